@@ -1,0 +1,62 @@
+"""Which layers a pass touches, as data: module-name globs and layer kinds.
+
+Every pass that selects layers (prune, quantize, shift) takes the same ``include`` /
+``exclude`` glob lists, so a recipe can say ``include: ["features.*"]`` once and mean the
+same thing everywhere. A glob that matches nothing is an error (a typo in a schedule must
+not silently do nothing).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Iterable, Optional
+
+import torch.nn as nn
+
+from edgecnn.errors import UserError
+
+
+def layer_kind(module: nn.Module) -> Optional[str]:
+    """conv / depthwise / pointwise / group / linear, or None for layers without weights we count."""
+    if isinstance(module, nn.Conv2d):
+        if module.groups == 1:
+            return "pointwise" if module.kernel_size == (1, 1) else "conv"
+        if module.groups == module.in_channels and module.out_channels % module.in_channels == 0:
+            return "depthwise"
+        return "group"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return None
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def select_layers(
+    model: nn.Module,
+    include: Optional[list[str]] = None,
+    exclude: Optional[list[str]] = None,
+    kinds: Optional[Iterable[str]] = None,
+    strict: bool = True,
+) -> list[tuple[str, nn.Module]]:
+    """Named conv/linear layers matching ``include`` (default all), minus ``exclude``.
+
+    With ``strict``, a pattern in ``include`` or ``exclude`` that matches no layer raises a
+    UserError listing a few valid names.
+    """
+    layers = [(n, m) for n, m in model.named_modules() if layer_kind(m) is not None]
+    if kinds is not None:
+        kinds = set(kinds)
+        layers = [(n, m) for n, m in layers if layer_kind(m) in kinds]
+    names = [n for n, _ in layers]
+    if strict:
+        for pat in list(include or []) + list(exclude or []):
+            if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+                sample = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+                raise UserError(f"layer pattern '{pat}' matches no layer; layer names look like: {sample}")
+    if include:
+        layers = [(n, m) for n, m in layers if matches(n, include)]
+    if exclude:
+        layers = [(n, m) for n, m in layers if not matches(n, exclude)]
+    return layers

@@ -1,0 +1,26 @@
+"""Shared test fixtures. Tests that need the real weights/images skip when ../shared is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real ImageNet weights + labelled sample); skips when absent."""
+    if not (SHARED_DATA / "weights").is_dir():
+        pytest.skip(f"shared reference data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep tests away from the user's cache (~/.cache/edgecnn)."""
+    cache = tmp_path_factory.getbasetemp() / "edgecnn-cache"
+    monkeypatch.setenv("EDGECNN_CACHE", str(cache))
