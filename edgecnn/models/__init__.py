@@ -43,8 +43,12 @@ class LoadedModel:
 def default_preprocess(name: str) -> Preprocess:
     """The preprocessing a zoo model's published weights were trained with."""
     spec = get_spec(name)
-    preset = spec.imagenet.preprocess if spec.imagenet is not None else spec.preprocess
-    return get_preset(preset)
+    if spec.imagenet is None:
+        return get_preset(spec.preprocess)
+    preprocess = get_preset(spec.imagenet.preprocess)
+    if spec.imagenet.resize != preprocess.resize:
+        preprocess = preprocess.replace(resize=spec.imagenet.resize, name=preprocess.name)
+    return preprocess
 
 
 def _as_preprocess(value) -> Preprocess:

@@ -39,6 +39,7 @@ class PublishedWeights:
     sha256_prefix: str  # the hash prefix that is part of the file name, checked on download
     preprocess: str = "torchvision"
     top1: Optional[float] = None  # published ImageNet-1k top-1 of this checkpoint (%)
+    resize: int = 256  # evaluation resize of the checkpoint's recipe (newer torchvision recipes use 232)
     num_classes: int = 1000
 
 

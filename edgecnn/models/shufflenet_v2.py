@@ -110,7 +110,7 @@ def shufflenet_v2_x1_0(*, num_classes: int = 1000) -> ShuffleNetV2:
 @register_model(
     "shufflenet_v2_x1_5",
     family="shufflenet_v2",
-    imagenet=PublishedWeights(_URL + "shufflenetv2_x1_5-3c479a10.pth", "3c479a10", top1=72.996),
+    imagenet=PublishedWeights(_URL + "shufflenetv2_x1_5-3c479a10.pth", "3c479a10", top1=72.996, resize=232),
 )
 def shufflenet_v2_x1_5(*, num_classes: int = 1000) -> ShuffleNetV2:
     """ShuffleNet V2 1.5x."""
@@ -120,7 +120,7 @@ def shufflenet_v2_x1_5(*, num_classes: int = 1000) -> ShuffleNetV2:
 @register_model(
     "shufflenet_v2_x2_0",
     family="shufflenet_v2",
-    imagenet=PublishedWeights(_URL + "shufflenetv2_x2_0-8be3c8ee.pth", "8be3c8ee", top1=76.230),
+    imagenet=PublishedWeights(_URL + "shufflenetv2_x2_0-8be3c8ee.pth", "8be3c8ee", top1=76.230, resize=232),
 )
 def shufflenet_v2_x2_0(*, num_classes: int = 1000) -> ShuffleNetV2:
     """ShuffleNet V2 2.0x."""
