@@ -1,0 +1,270 @@
+"""FP32 ONNX export with the TorchScript exporter, checked and compared against PyTorch.
+
+Why the TorchScript exporter (``dynamo=False``): TensorRT 8.5 on JetPack 5 reads opset <= 17,
+and the dynamo exporter only writes opset >= 18. Why a GlobalAveragePool rewrite: a model
+that pools with ``x.mean((2, 3))`` exports as ReduceMean, which some runtimes (TensorRT's DLA,
+older ORT ARM kernels) run slower or not at all; GlobalAveragePool is the op every edge
+runtime fuses.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from edgecnn.errors import UserError
+from edgecnn.export.metadata import (
+    KEY_INPUT_NAME,
+    KEY_OUTPUT_NAME,
+    KEY_PRECISION,
+    atomic_save,
+    model_metadata,
+    read_metadata,
+    set_metadata,
+    write_metadata,
+)
+from edgecnn.export.parity import ParityError, ParityReport, check_parity
+
+__all__ = [
+    "MIN_OPSET",
+    "MAX_OPSET",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "ParityError",
+    "ParityReport",
+    "check_parity",
+    "export_onnx",
+    "export_with_parity",
+    "read_metadata",
+    "write_metadata",
+    "use_global_average_pool",
+]
+
+MIN_OPSET, MAX_OPSET = 13, 20
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+BatchSpec = Union[int, str]
+
+
+def _batch_dim(batch: BatchSpec) -> Optional[int]:
+    """None for a dynamic batch, else the positive static batch size."""
+    if isinstance(batch, str):
+        if batch.strip().lower() == "dynamic":
+            return None
+        try:
+            batch = int(batch)
+        except ValueError:
+            raise UserError(f"batch '{batch}' is not valid; give a positive integer or 'dynamic'") from None
+    if int(batch) < 1:
+        raise UserError(f"batch {batch} is not valid; give a positive integer or 'dynamic'")
+    return int(batch)
+
+
+def _check_opset(opset: int) -> int:
+    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
+        raise UserError(
+            f"opset {opset} is not supported; choose {MIN_OPSET}-{MAX_OPSET} (17 for TensorRT 8.5 on JetPack 5)"
+        )
+    return int(opset)
+
+
+def _trace_to_proto(module, shape, opset: int, dynamic: bool):
+    """Run the TorchScript exporter into memory and return the ModelProto."""
+    import onnx
+    import torch
+
+    example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    buffer = io.BytesIO()
+    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                (example,),
+                buffer,
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+                export_params=True,
+            )
+    finally:
+        module.train(was_training)
+    return onnx.load_model_from_string(buffer.getvalue())
+
+
+def _constant_values(model, name: str) -> Optional[np.ndarray]:
+    """Value of an initializer or Constant node output, or None when not constant."""
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] == name:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+    return None
+
+
+def use_global_average_pool(model):
+    """Rewrite spatial-mean pooling to GlobalAveragePool in place; returns the count rewritten.
+
+    Handles ``ReduceMean`` over axes (2, 3) of a 4-D tensor (keepdims=0 gets a Flatten after
+    it, which is what the squeeze did) and ``AveragePool`` whose kernel covers the whole
+    feature map without padding. Hand-written: onnx has no such rewrite and onnxsim/onnxoptimizer
+    do not do it.
+    """
+    import onnx
+    from onnx import helper, shape_inference
+
+    inferred = shape_inference.infer_shapes(model)
+    ranks, spatial = {}, {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        ranks[value.name] = len(dims)
+        if len(dims) == 4:
+            spatial[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[2:])
+
+    new_nodes, rewritten, used_inputs = [], 0, set()
+    for node in model.graph.node:
+        replacement = None
+        if node.op_type == "ReduceMean" and ranks.get(node.input[0]) == 4:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            axes = attrs.get("axes")
+            if axes is None and len(node.input) > 1 and node.input[1]:
+                values = _constant_values(model, node.input[1])
+                axes = None if values is None else [int(v) for v in values.reshape(-1)]
+            if axes is not None and sorted(a % 4 for a in axes) == [2, 3]:
+                keepdims = int(attrs.get("keepdims", 1))
+                pooled = node.output[0] if keepdims else node.output[0] + "_gap"
+                replacement = [helper.make_node("GlobalAveragePool", [node.input[0]], [pooled], name=node.name + "_gap")]
+                if not keepdims:
+                    replacement.append(
+                        helper.make_node("Flatten", [pooled], [node.output[0]], name=node.name + "_flatten", axis=1)
+                    )
+        elif node.op_type == "AveragePool" and node.input[0] in spatial:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            kernel = tuple(attrs.get("kernel_shape", ()))
+            pads = attrs.get("pads", [0, 0, 0, 0])
+            if (
+                kernel
+                and kernel == spatial[node.input[0]]
+                and not any(pads)
+                and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET", b"VALID", "VALID")
+            ):
+                replacement = [helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name)]
+        if replacement is None:
+            new_nodes.append(node)
+            used_inputs.update(node.input)
+        else:
+            rewritten += 1
+            new_nodes.extend(replacement)
+            used_inputs.update(i for n in replacement for i in n.input)
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(new_nodes)
+        # Drop axes constants nothing reads any more.
+        dead = [i for i in model.graph.initializer if i.name not in used_inputs]
+        for init in dead:
+            if not any(init.name == g.name for g in model.graph.input):
+                model.graph.initializer.remove(init)
+        for node in [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] not in used_inputs]:
+            if not any(node.output[0] == o.name for o in model.graph.output):
+                model.graph.node.remove(node)
+        del model.graph.value_info[:]  # stale after the rewrite; checker re-infers
+    onnx.checker.check_model(model)
+    return rewritten
+
+
+def export_with_parity(
+    model,
+    path: Union[str, Path],
+    input_shape=(1, 3, 224, 224),
+    opset: int = 17,
+    batch: BatchSpec = 1,
+    metadata: Optional[dict] = None,
+    parity_inputs=None,
+    parity: bool = True,
+    atol: float = 1e-3,
+    rtol: float = 1e-3,
+    overwrite: bool = True,
+) -> tuple[Path, Optional[ParityReport]]:
+    """:func:`export_onnx` that also returns the parity report (None when ``parity`` is False)."""
+    import onnx
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"'{path}' already exists; pass --force to overwrite it or choose another -o path")
+    if path.suffix.lower() != ".onnx":
+        raise UserError(f"output '{path}' should end in .onnx; e.g. -o {path.with_suffix('.onnx').name}")
+    opset = _check_opset(opset)
+    static_batch = _batch_dim(batch)
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 4:
+        raise UserError(f"input shape must be N,C,H,W (4 numbers), got {input_shape}")
+    module = getattr(model, "module", model)
+    trace_shape = (static_batch if static_batch else 2, *shape[1:])
+
+    proto = _trace_to_proto(module, trace_shape, opset, dynamic=static_batch is None)
+    use_global_average_pool(proto)
+    values = model_metadata(model if hasattr(model, "preprocess") else None)
+    values.update({KEY_INPUT_NAME: INPUT_NAME, KEY_OUTPUT_NAME: OUTPUT_NAME, KEY_PRECISION: "fp32"})
+    values.update(metadata or {})
+    set_metadata(proto, values)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise UserError(f"the exported ONNX graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.stem}.{os.getpid()}.check.onnx")
+    report = None
+    try:
+        atomic_save(proto, staging)
+        if parity:
+            if parity_inputs is None:
+                # A batch other than the traced one proves a dynamic batch really is dynamic.
+                count = 3 if static_batch is None else max(static_batch, 2)
+                report = check_parity(staging, model, None, atol=atol, rtol=rtol, input_shape=shape, count=count)
+            else:
+                report = check_parity(staging, model, parity_inputs, atol=atol, rtol=rtol)
+        os.replace(staging, path)
+    finally:
+        if staging.exists():
+            staging.unlink()
+    return path, report
+
+
+def export_onnx(
+    model,
+    path: Union[str, Path],
+    input_shape=(1, 3, 224, 224),
+    opset: int = 17,
+    batch: BatchSpec = 1,
+    metadata: Optional[dict] = None,
+    parity_inputs=None,
+    parity: bool = True,
+    overwrite: bool = True,
+) -> Path:
+    """Export ``model`` (nn.Module or LoadedModel) to one self-contained FP32 ONNX file.
+
+    ``batch``: a static batch size or ``'dynamic'`` (input_shape's batch is then ignored).
+    ``metadata`` is merged over the defaults (edgecnn version, and for a LoadedModel its
+    preprocessing, labels, name, weights). Before the file lands at ``path`` (atomically) it
+    passes ``onnx.checker`` (full check) and, unless ``parity=False``, agrees with PyTorch in
+    ONNX Runtime on ``parity_inputs`` (default: seeded random inputs), else ParityError.
+    """
+    out, _ = export_with_parity(
+        model, path, input_shape=input_shape, opset=opset, batch=batch, metadata=metadata,
+        parity_inputs=parity_inputs, parity=parity, overwrite=overwrite,
+    )
+    return out
