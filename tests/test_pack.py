@@ -1,0 +1,229 @@
+"""The .ecnn shipped format: bit-exact round trip, entropy coders, corruption, CLI, no torch."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgecnn.errors import UserError
+from edgecnn.pack import decode_model, pack_file, pack_model, read_ecnn, shipped_size, unpack_file
+from edgecnn.pack import decoder, entropy
+
+
+def _tiny_model(seed: int = 0) -> onnx.ModelProto:
+    """Conv (shared + 70 % zeros) -> Relu -> Conv (dense float) -> Conv (int8 Q/DQ weights)."""
+    rng = np.random.default_rng(seed)
+    codebook = np.sort(rng.normal(0, 0.2, 16)).astype(np.float32)
+    w1 = codebook[rng.integers(0, 16, (32, 3, 3, 3))]
+    w1[rng.random(w1.shape) < 0.7] = 0
+    w1[0, 0, 0, 0] = -0.0  # bit patterns, not values, must survive
+    b1 = rng.normal(0, 0.1, 32).astype(np.float32)
+    w2 = rng.normal(0, 0.1, (16, 32, 1, 1)).astype(np.float32)
+    w3 = np.clip(np.round(rng.laplace(0, 6, (64, 16, 1, 1))), -127, 127).astype(np.int8)
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(b1, "b1"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(w3, "w3_q"),
+        numpy_helper.from_array(np.float32(0.01), "w3_scale"),
+        numpy_helper.from_array(np.int8(0), "w3_zp"),
+        numpy_helper.from_array(np.array([1, -1], np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+        helper.make_node("DequantizeLinear", ["w3_q", "w3_scale", "w3_zp"], ["w3"]),
+        helper.make_node("Conv", ["c2", "w3"], ["c3"]),
+        helper.make_node("Reshape", ["c3", "shape"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def _same_initializers(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
+    assert [t.name for t in a.graph.initializer] == [t.name for t in b.graph.initializer]
+    for ta, tb in zip(a.graph.initializer, b.graph.initializer):
+        xa, xb = numpy_helper.to_array(ta), numpy_helper.to_array(tb)
+        assert xa.dtype == xb.dtype and xa.shape == xb.shape, ta.name
+        assert xa.tobytes() == xb.tobytes(), ta.name
+
+
+@pytest.mark.parametrize("codec", ["rans", "huffman"])
+def test_round_trip_is_bit_exact_and_ort_output_identical(codec):
+    model = _tiny_model()
+    data, stats = pack_model(model, codec=codec)
+    decoded = decode_model(data)
+    _same_initializers(model, decoded)
+    assert {t.name: t.encoding for t in stats.tensors}["w1"] in ("sparse", "dense")
+    assert {t.name: t.encoding for t in stats.tensors}["w3_q"] == "dense"
+    x = np.random.default_rng(1).normal(size=(1, 3, 12, 12)).astype(np.float32)
+    np.testing.assert_array_equal(_run(model, x), _run(decoded, x))
+    # The graph minus weights survives too (names, attributes, opset).
+    assert [n.op_type for n in decoded.graph.node] == [n.op_type for n in model.graph.node]
+    assert decoded.opset_import[0].version == 17
+
+
+def test_codebook_tensors_are_smaller_than_lzma():
+    model = _tiny_model()
+    data, stats = pack_model(model)
+    sizes = {t.name: t for t in stats.tensors}
+    w1 = numpy_helper.to_array(model.graph.initializer[0])
+    # 16 centroids, 30 % non-zero: far below 1 byte per element.
+    assert sizes["w1"].bytes < 0.5 * w1.size
+    assert len(data) < model.ByteSize()
+
+
+def _random_streams(rng, skewed: bool):
+    streams = []
+    for alphabet in (1, 2, 17, 64, 256):
+        n = int(rng.integers(0, 3000))
+        if skewed:
+            p = rng.dirichlet(np.full(alphabet, 0.05))
+        else:
+            p = np.full(alphabet, 1 / alphabet)
+        symbols = rng.choice(alphabet, size=n, p=p)
+        streams.append((symbols.astype(np.int64), alphabet))
+    return streams
+
+
+@pytest.mark.parametrize("skewed", [False, True])
+def test_entropy_coders_round_trip(skewed):
+    rng = np.random.default_rng(7 if skewed else 3)
+    streams = _random_streams(rng, skewed)
+    symbols = np.concatenate([s for s, _ in streams])
+    ids = np.concatenate([np.full(len(s), i) for i, (s, _) in enumerate(streams)]).astype(np.int64)
+    total_entropy = sum(entropy.entropy_bits(np.bincount(s, minlength=a)) for s, a in streams) / 8
+    for lanes in (1, 5, 64):
+        models = [entropy.rans_model(np.bincount(s, minlength=a) + (len(s) == 0))[0] for s, a in streams]
+        body = entropy.rans_encode(symbols, ids, models, lanes)
+        out = decoder.rans_decode(decoder.Reader(body, "test"), models, ids)
+        np.testing.assert_array_equal(out, symbols)
+    # rANS lands within 1 % + lane overhead of the empirical entropy.
+    assert len(body) <= 1.01 * total_entropy + 6 * 64 + 16
+    models = [entropy.huffman_table(np.bincount(s, minlength=a) + (len(s) == 0))[0] for s, a in streams]
+    body = entropy.huffman_encode(symbols, ids, models)
+    out = decoder.huffman_decode(decoder.Reader(body, "test"), models, ids)
+    np.testing.assert_array_equal(out, symbols)
+
+
+def test_huffman_lengths_are_limited_and_prefix_free():
+    counts = (2.0 ** np.arange(40)).astype(np.int64)  # would need 39-bit codes unrestricted
+    lengths = entropy.huffman_lengths(counts)
+    assert lengths.max() <= decoder.HUFFMAN_MAX_LEN
+    assert np.sum(2.0 ** -lengths) <= 1.0
+
+
+def test_zero_runs_round_trip():
+    from edgecnn.pack.format import _zero_runs
+
+    rng = np.random.default_rng(5)
+    for density in (0.0, 0.01, 0.3, 1.0):
+        mask = rng.random(5000) < density
+        for escape in (7, 255):
+            runs = _zero_runs(mask, escape)
+            np.testing.assert_array_equal(decoder.runs_to_mask(runs, escape, mask.size), mask)
+
+
+def test_corrupted_or_truncated_file_is_rejected(tmp_path):
+    data, _ = pack_model(_tiny_model())
+    positions = [0, 5, 20, decoder.HEADER.size + 3, len(data) // 2, len(data) - 1]
+    for pos in positions:
+        bad = bytearray(data)
+        bad[pos] ^= 0x40
+        with pytest.raises(UserError) as err:
+            decode_model(bytes(bad))
+        assert "\n" not in str(err.value)
+    for cut in (10, decoder.HEADER.size, len(data) - 1):
+        with pytest.raises(UserError, match="truncated|magic"):
+            decode_model(data[:cut])
+    with pytest.raises(UserError, match="truncated"):
+        decode_model(data + b"\0")
+    path = tmp_path / "bad.ecnn"
+    path.write_bytes(data[:-3])
+    with pytest.raises(UserError):
+        read_ecnn(path)
+
+
+def test_cli_pack_unpack_and_force(tmp_path, capsys):
+    from edgecnn.cli import main
+
+    src = tmp_path / "tiny.onnx"
+    onnx.save(_tiny_model(), src)
+    packed, restored = tmp_path / "tiny.ecnn", tmp_path / "back.onnx"
+    main(["pack", str(src), "-o", str(packed)])
+    assert packed.stat().st_size == shipped_size(src)
+    main(["unpack", str(packed), "-o", str(restored)])
+    _same_initializers(onnx.load(src), onnx.load(restored))
+    for argv in (["pack", str(src), "-o", str(packed)], ["unpack", str(packed), "-o", str(restored)]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert "already exists; pass --force" in capsys.readouterr().err
+    main(["pack", str(src), "-o", str(packed), "--force", "--codec", "huffman"])
+    main(["unpack", str(packed), "-o", str(restored), "--force"])
+    _same_initializers(onnx.load(src), onnx.load(restored))
+    with pytest.raises(SystemExit):
+        main(["unpack", str(src), "-o", str(tmp_path / "x.onnx")])  # an ONNX file is no .ecnn
+    assert "bad magic" in capsys.readouterr().err
+
+
+def test_pack_file_api(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(_tiny_model(), src)
+    stats = pack_file(src, tmp_path / "m.ecnn")
+    assert stats.total == (tmp_path / "m.ecnn").stat().st_size
+    path = unpack_file(tmp_path / "m.ecnn", tmp_path / "m2.onnx")
+    _same_initializers(onnx.load(src), onnx.load(path))
+    with pytest.raises(UserError, match="not found"):
+        pack_file(tmp_path / "missing.onnx", tmp_path / "o.ecnn")
+
+
+def test_vendored_decoder_needs_no_torch_and_no_edgecnn(tmp_path):
+    data, _ = pack_model(_tiny_model())
+    (tmp_path / "m.ecnn").write_bytes(data)
+    shutil.copy(decoder.__file__, tmp_path / "ecnn_decoder.py")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["edgecnn"] = None  # an app without edgecnn installed
+        sys.path.insert(0, {str(tmp_path)!r})
+        import ecnn_decoder
+        model = ecnn_decoder.load_ecnn({str(tmp_path / "m.ecnn")!r})
+        assert len(model.graph.initializer) == 7
+        try:
+            ecnn_decoder.decode_model(b"ECNN" + bytes(60))
+        except ValueError as exc:
+            print("rejected:", exc)
+        assert "torch" not in sys.modules
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "rejected:" in out.stdout
+    # The pack/unpack commands do not import torch either.
+    script = "import sys; import edgecnn.commands.pack, edgecnn.pack; assert 'torch' not in sys.modules"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
