@@ -35,6 +35,12 @@ RESULT_FIELDS = (
 )
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write via a temp file in the same folder + os.replace: readers never see half a file."""
     path = Path(path)
@@ -42,6 +48,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -100,18 +107,19 @@ COLUMNS = (
     ("macs", "MACs", fmt_macs),
     ("onnx_bytes", "ONNX", fmt_bytes),
     ("shipped_bytes", "shipped", fmt_bytes),
-    ("latency_ms_median", "latency ms (median)", fmt_ms),
+    ("latency_ms_median", "latency ms", fmt_ms),
     ("latency_ms_p90", "p90", fmt_ms),
     ("top1", "top-1 %", fmt_pct),
     ("top5", "top-5 %", fmt_pct),
-    ("agreement", "agree % vs FP32", fmt_pct),
+    ("agreement", "agree %", fmt_pct),
 )
 
 
-def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+def table_rows(report: dict, keys: Optional[tuple] = None) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells of the results table (shared by report.md and the console)."""
-    header = [title for _, title, _ in COLUMNS]
-    rows = [[fmt(r.get(key)) if r.get(key) is not None else "-" for key, _, fmt in COLUMNS] for r in report["results"]]
+    columns = [c for c in COLUMNS if keys is None or c[0] in keys]
+    header = [title for _, title, _ in columns]
+    rows = [[fmt(r.get(key)) if r.get(key) is not None else "-" for key, _, fmt in columns] for r in report["results"]]
     return header, rows
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -254,7 +255,12 @@ def train_baseline(
     batch = 64
     steps_per_epoch = max(1, (len(x_train) + batch - 1) // batch)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=epochs * steps_per_epoch, pct_start=0.25)
+    total_steps = epochs * steps_per_epoch
+    warmup = max(1, total_steps // 10)
+    # Linear warm-up then cosine decay; works for any step count (a 1-epoch test run too).
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    )
     module.train()
     for epoch in range(epochs):
         order = torch.randperm(len(x_train), generator=gen)

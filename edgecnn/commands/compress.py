@@ -1,0 +1,125 @@
+"""``edgecnn compress MODEL``: run a compression pipeline from flags or a recipe, end to end.
+
+Every flag is a recipe field (:func:`edgecnn.recipe.recipe_from_flags`): ``--print-recipe``
+shows the resolved recipe, ``--dry-run`` the plan, and the run saves
+``recipe.resolved.yaml`` so that ``edgecnn compress --recipe <it>`` reproduces it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgecnn.cli_options import model_options, pop_model_options
+from edgecnn.errors import UserError
+
+PRUNE_MODES = ("unstructured", "2:4", "channel")
+
+
+def _model_section(model_opts: dict) -> dict:
+    """CLI model options -> the recipe's ``model`` fields (weights, options, preprocess)."""
+    out: dict = {}
+    options = {}
+    for key in ("width_mult", "groups", "num_classes"):
+        if model_opts.get(key) is not None:
+            options[key] = model_opts[key]
+    if model_opts.get("tf_padding"):
+        options["tf_padding"] = True
+    out["options"] = options
+    preset = model_opts.get("preprocess")
+    overrides = model_opts.get("preprocess_set") or ()
+    if overrides:
+        # Resolve to explicit fields so the saved recipe does not depend on preset defaults.
+        from edgecnn.preprocess import get_preset
+
+        if preset:
+            base = get_preset(preset)
+        else:
+            from edgecnn.models import default_preprocess, resolve_name
+
+            base = default_preprocess(resolve_name(model_opts["_model"]))
+        out["preprocess"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in base.with_overrides(overrides).to_dict().items()}
+    elif preset:
+        out["preprocess"] = preset
+    return out
+
+
+@click.command("compress")
+@click.argument("model", required=False)
+@model_options
+@click.option("--bits", type=click.Choice(["8", "6", "4"]), default=None, help="Weight bits of the quantize stage (activations stay 8-bit).")
+@click.option("--prune", "prune", type=float, default=None, metavar="D", help="Prune to density D (fraction of weights kept, 0 < D <= 1).")
+@click.option("--prune-mode", type=click.Choice(PRUNE_MODES), default=None, help="unstructured (default), 2:4 or channel.")
+@click.option("--shift", is_flag=True, help="Replace 3x3 convolutions by shift + 1x1 (shift stage).")
+@click.option("--calib", type=str, default=None, metavar="DIR", help="Calibration images: a folder or a list file.")
+@click.option("--data", type=str, default=None, metavar="DIR", help="Labelled evaluation images (class sub-folders or a labelled list file).")
+@click.option("--target", "targets", multiple=True, metavar="TARGET", help="ort-x86 (default), trt, ort-arm; repeatable.")
+@click.option("--recipe", "recipe_path", type=str, default=None, metavar="FILE", help="A recipe YAML (or a shipped recipe name); flags override it.")
+@click.option("-o", "--output", type=str, default=None, metavar="DIR", help="Output folder (default ./edgecnn-out/<model>-<tag>).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--print-recipe", is_flag=True, help="Print the resolved recipe and exit.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def compress(model, bits, prune, prune_mode, shift, calib, data, targets, recipe_path, output, force, print_recipe, dry_run, quiet, **kwargs):
+    """Compress MODEL (zoo name or path/to/file.py:factory) and measure every stage.
+
+    \b
+    Without --weights, edgecnn trains a small baseline of MODEL on its embedded
+    handwritten-digits dataset (offline, cached) and reports accuracy on digits.
+    Example: edgecnn compress squeezenet --bits 6
+    """
+    from rich.console import Console
+
+    from edgecnn import recipe as recipes
+
+    model_opts = pop_model_options(kwargs)
+    if model is None and recipe_path is None:
+        raise UserError("give a MODEL (e.g. 'edgecnn compress squeezenet --bits 6') or --recipe FILE")
+    base = None
+    source = "command line"
+    if recipe_path is not None:
+        path = recipes.resolve_recipe_path(recipe_path)
+        base = recipes.load_raw(path)
+        source = str(path)
+        recipes.validate(base, source)  # errors in the file itself name the file, before flags are applied
+    base_model = (base or {}).get("model")
+    model_opts["_model"] = model or (base_model.get("name") if isinstance(base_model, dict) else base_model)
+    section = _model_section(model_opts)
+    raw = recipes.recipe_from_flags(
+        base,
+        model=model,
+        options=section["options"],
+        weights=model_opts.get("weights"),
+        bits=int(bits) if bits else None,
+        prune=prune,
+        prune_mode=prune_mode,
+        shift=shift,
+        calib=calib,
+        data=data,
+        targets=list(targets) or None,
+        output=output,
+    )
+    if "preprocess" in section:
+        raw["model"]["preprocess"] = section["preprocess"]
+    flags_given = any(v not in (None, False, ()) for v in (model, bits, prune, prune_mode, shift, calib, data, targets, output))
+    if base is not None and flags_given:
+        source = f"{source} (with command-line flags)"
+    recipe = recipes.validate(raw, source)
+
+    import sys
+
+    # A terminal gets its own width; a pipe or log file gets 110 columns so tables stay whole.
+    console = Console(record=True, highlight=False, width=None if sys.stdout.isatty() else 110)
+    if print_recipe:
+        click.echo(recipe.to_yaml(), nl=False)
+        return
+    from edgecnn.pipeline import Pipeline
+
+    pipeline = Pipeline(recipe, Path(output) if output else None, force=force, console=console, progress=not quiet)
+    if dry_run:
+        for line in pipeline.plan():
+            click.echo(line)
+        return
+    pipeline.run()
+
