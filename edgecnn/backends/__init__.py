@@ -1,1 +1,4 @@
-"""edgecnn.backends."""
+"""Runtimes an exported model runs on: ONNX Runtime (``ort``) and TensorRT (``tensorrt``,
+``trtexec``, ``jetson``). Nothing here imports torch: this is what runs on the device.
+Optional runtimes are imported lazily, so a missing one fails with an install hint.
+"""

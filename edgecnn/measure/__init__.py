@@ -1,1 +1,3 @@
-"""edgecnn.measure."""
+"""Measurements: ``profile`` (params/MACs, needs torch), and torch-free ``latency``, ``size``,
+``accuracy`` and ``sysinfo`` that run next to the runtime on the device.
+"""

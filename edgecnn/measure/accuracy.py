@@ -1,0 +1,210 @@
+"""Top-1/top-5 accuracy on an image folder, streaming, with the model's own preprocessing.
+
+ONNX files are evaluated in ONNX Runtime with the preprocessing stored in their metadata
+(torch-free: this runs on the device). Any other model plugs in as a ``predict(images) ->
+logits`` function (``edgecnn eval`` does that for zoo models). With a reference model, the
+report also gives how often the two agree on top-1: for a compressed model that number is
+more sensitive than accuracy on a small sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from edgecnn.errors import UserError
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class AccuracyReport:
+    model: str
+    data: str
+    samples: int
+    labelled: bool
+    top1: Optional[float]  # fraction
+    top5: Optional[float]
+    reference: Optional[str] = None
+    agreement: Optional[float] = None  # top-1 agreement with the reference model
+    reference_top1: Optional[float] = None
+    preprocess: Optional[dict] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        parts = [f"{Path(self.model).name} on {self.samples} images"]
+        if self.top1 is not None:
+            parts.append(f"top-1 {self.top1 * 100:.2f}%, top-5 {self.top5 * 100:.2f}%")
+        if self.agreement is not None:
+            ref = f" (reference top-1 {self.reference_top1 * 100:.2f}%)" if self.reference_top1 is not None else ""
+            parts.append(f"top-1 agreement with {Path(self.reference).name} {self.agreement * 100:.2f}%{ref}")
+        return ": ".join(parts[:1]) + (": " + "; ".join(parts[1:]) if len(parts) > 1 else "")
+
+
+def onnx_predictor(onnx_path: Union[str, Path], threads: int = 0) -> tuple[Predict, list]:
+    """(predict function, input shape) for an ONNX file in ONNX Runtime; a fixed-batch model
+    is fed in chunks of its batch (the last one padded)."""
+    from edgecnn.backends.ort import OrtRunner
+
+    runner = OrtRunner(onnx_path, threads=threads)
+    static = runner.static_batch
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        if not static:
+            return np.asarray(runner.run(images), dtype=np.float32)
+        outs = []
+        for start in range(0, len(images), static):
+            chunk = images[start:start + static]
+            if len(chunk) < static:
+                pad = np.zeros((static - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
+                outs.append(np.asarray(runner.run(np.concatenate([chunk, pad])), dtype=np.float32)[: len(chunk)])
+            else:
+                outs.append(np.asarray(runner.run(chunk), dtype=np.float32))
+        return np.concatenate(outs)
+
+    return predict, runner.input_shape
+
+
+def onnx_preprocess(onnx_path: Union[str, Path], override=None):
+    """The preprocessing for an ONNX file: ``override`` if given, else its metadata; the input
+    size follows the file's input when they differ (resize/crop scaled to keep the ratio)."""
+    from edgecnn.export.metadata import preprocess_from_metadata, read_metadata
+
+    preprocess = override if override is not None else preprocess_from_metadata(read_metadata(onnx_path))
+    if preprocess is None:
+        raise UserError(
+            f"'{onnx_path}' has no edgecnn preprocessing metadata; pass --preprocess torchvision|caffe|tf "
+            "(and --preprocess-set KEY=VALUE) or re-export it with edgecnn export"
+        )
+    return preprocess
+
+
+def _fit_size(preprocess, input_shape):
+    dims = [d for d in input_shape[2:] if isinstance(d, int) and d > 0]
+    if len(dims) == 2 and dims[0] == dims[1] and dims[0] != preprocess.input_size:
+        return preprocess.replace(input_size=dims[0])
+    return preprocess
+
+
+def subset(dataset, limit: Optional[int]):
+    """Keep ``limit`` images spread evenly over the dataset (folders are sorted by class, so
+    the first N images would cover only the first few classes)."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    if limit < 1:
+        raise UserError(f"--limit {limit} is not valid; give a positive number of images")
+    keep = np.unique(np.linspace(0, len(dataset) - 1, int(limit)).round().astype(int))
+    dataset.items = [dataset.items[i] for i in keep]
+    return dataset
+
+
+def evaluate(
+    predict: Predict,
+    data: Union[str, Path],
+    preprocess,
+    model_name: str = "model",
+    reference: Optional[Predict] = None,
+    reference_name: Optional[str] = None,
+    limit: Optional[int] = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    num_outputs: Optional[int] = None,
+) -> AccuracyReport:
+    """Stream the images of ``data`` through ``predict`` (and ``reference``) and count hits."""
+    from edgecnn.data.images import ImageFolder, iter_batches
+
+    dataset = subset(ImageFolder(data), limit)
+    if not dataset.labelled and reference is None:
+        raise UserError(f"'{data}' has no labels (no class sub-folders); give labelled data or a --reference model")
+    if num_outputs is not None and dataset.labelled and dataset.num_classes and dataset.num_classes > num_outputs:
+        raise UserError(
+            f"'{data}' has {dataset.num_classes} classes but the model outputs {num_outputs}; use matching data"
+        )
+    seen = top1 = top5 = agree = ref_top1 = 0
+    bar = _progress(progress, len(dataset), f"eval {Path(model_name).name}")
+    try:
+        for images, labels in iter_batches(dataset, preprocess, batch_size):
+            logits = predict(images)
+            if logits.ndim != 2:
+                logits = logits.reshape(len(images), -1)
+            best = np.argsort(-logits, axis=1)[:, :5]
+            if labels is not None:
+                top1 += int((best[:, 0] == labels).sum())
+                top5 += int((best == labels[:, None]).any(axis=1).sum())
+            if reference is not None:
+                ref_best = reference(images).reshape(len(images), -1).argmax(axis=1)
+                agree += int((ref_best == best[:, 0]).sum())
+                if labels is not None:
+                    ref_top1 += int((ref_best == labels).sum())
+            seen += len(images)
+            bar.advance(len(images))
+    finally:
+        bar.close()
+    labelled = dataset.labelled
+    return AccuracyReport(
+        model=str(model_name),
+        data=str(data),
+        samples=seen,
+        labelled=labelled,
+        top1=top1 / seen if labelled and seen else None,
+        top5=top5 / seen if labelled and seen else None,
+        reference=reference_name,
+        agreement=agree / seen if reference is not None and seen else None,
+        reference_top1=ref_top1 / seen if reference is not None and labelled and seen else None,
+        preprocess=preprocess.to_dict() if hasattr(preprocess, "to_dict") else None,
+    )
+
+
+def evaluate_onnx(
+    onnx_path: Union[str, Path],
+    data: Union[str, Path],
+    reference: Union[str, Path, None] = None,
+    limit: Optional[int] = None,
+    batch_size: int = 32,
+    threads: int = 0,
+    preprocess=None,
+    progress: bool = True,
+) -> AccuracyReport:
+    """Accuracy of an ONNX file on an image folder (and agreement with a reference ONNX)."""
+    predict, shape = onnx_predictor(onnx_path, threads)
+    prep = _fit_size(onnx_preprocess(onnx_path, preprocess), shape)
+    ref_predict = onnx_predictor(reference, threads)[0] if reference is not None else None
+    return evaluate(predict, data, prep, str(onnx_path), ref_predict, str(reference) if reference else None,
+                    limit, batch_size, progress, num_outputs=_onnx_outputs(onnx_path))
+
+
+def _onnx_outputs(onnx_path) -> Optional[int]:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    last = dims[-1] if dims else None
+    return int(last.dim_value) if last is not None and last.HasField("dim_value") else None
+
+
+class _progress:
+    """A rich progress bar on stderr, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, label: str):
+        self._bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self._bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(label, total=total)
+
+    def advance(self, count: int):
+        if self._bar is not None:
+            self._bar.advance(self._task, count)
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.stop()

@@ -1,0 +1,270 @@
+"""Latency and throughput of an ONNX model (ONNX Runtime) or a TensorRT engine. Torch-free.
+
+Protocol: warm up for a fixed *time* (caches, allocator, thread pool spin-up), then time
+single inferences for a fixed duration or iteration count; report median, p90, p99, mean,
+std and throughput, and warn when the coefficient of variation exceeds 2.5 % (the machine
+was busy, or the clocks moved: the median is then the only number worth quoting).
+
+One engine per process: two ORT sessions in one process share and fight over thread pools
+(2-4x slowdowns were seen), so :func:`measure_in_subprocess` runs each measurement in a fresh
+``python -m edgecnn.measure.latency`` process and reads its JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from edgecnn.errors import UserError
+
+CV_LIMIT = 0.025
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+@dataclass
+class LatencyStats:
+    samples: int
+    batch: int
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    cv: float  # std / mean
+    throughput_ips: float  # images per second at the median latency
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(times_s: Sequence[float], batch: int = 1) -> LatencyStats:
+    """Statistics of per-inference wall times in seconds."""
+    times = np.asarray(times_s, dtype=np.float64) * 1000.0
+    if times.size == 0:
+        raise UserError("no timed runs: increase --duration or --iterations")
+    mean = float(times.mean())
+    std = float(times.std(ddof=1)) if times.size > 1 else 0.0
+    median = float(np.median(times))
+    return LatencyStats(
+        samples=int(times.size),
+        batch=int(batch),
+        median_ms=median,
+        p90_ms=float(np.percentile(times, 90)),
+        p99_ms=float(np.percentile(times, 99)),
+        mean_ms=mean,
+        std_ms=std,
+        min_ms=float(times.min()),
+        max_ms=float(times.max()),
+        cv=std / mean if mean > 0 else math.inf,
+        throughput_ips=batch * 1000.0 / median if median > 0 else math.inf,
+    )
+
+
+def variation_warning(stats: LatencyStats, limit: float = CV_LIMIT) -> Optional[str]:
+    """A warning when run-to-run variation is too high for the mean to be trusted."""
+    if stats.cv > limit:
+        return (
+            f"latency varies {stats.cv * 100:.1f}% (coefficient of variation > {limit * 100:.1f}%): "
+            "the machine is busy or clocks are changing; quote the median, close other work, pin clocks"
+        )
+    return None
+
+
+def time_runs(
+    run: Callable[[], object],
+    warmup_s: float = 1.0,
+    duration_s: Optional[float] = None,
+    iterations: Optional[int] = None,
+    clock: Callable[[], float] = time.perf_counter,
+    on_progress: Optional[Callable[[float], None]] = None,
+) -> list[float]:
+    """Warm up ``run`` for ``warmup_s`` seconds (at least once), then time it for ``duration_s``
+    seconds or exactly ``iterations`` calls. Returns the per-call times in seconds."""
+    if duration_s is not None and iterations is not None:
+        raise UserError("give either --duration or --iterations, not both")
+    if duration_s is None and iterations is None:
+        duration_s = 5.0
+    if warmup_s < 0 or (duration_s is not None and duration_s <= 0) or (iterations is not None and iterations < 1):
+        raise UserError("warm-up must be >= 0 s, duration > 0 s and iterations >= 1")
+    start = clock()
+    run()
+    while clock() - start < warmup_s:
+        run()
+    times: list[float] = []
+    begin = clock()
+    while True:
+        t0 = clock()
+        run()
+        t1 = clock()
+        times.append(t1 - t0)
+        if iterations is not None:
+            if len(times) >= iterations:
+                break
+            if on_progress:
+                on_progress(len(times) / iterations)
+        else:
+            elapsed = t1 - begin
+            if elapsed >= duration_s:
+                break
+            if on_progress:
+                on_progress(elapsed / duration_s)
+    return times
+
+
+@dataclass
+class LatencyResult:
+    model: str
+    backend: str
+    threads: int
+    batch: int
+    warmup_s: float
+    duration_s: Optional[float]
+    iterations: Optional[int]
+    stats: LatencyStats
+    warnings: list[str] = field(default_factory=list)
+    system: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["stats"] = self.stats.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LatencyResult":
+        data = dict(data)
+        data["stats"] = LatencyStats(**data["stats"])
+        return cls(**data)
+
+    def summary(self) -> str:
+        s = self.stats
+        return (
+            f"{Path(self.model).name} [{self.backend}, batch {self.batch}, threads {self.threads or 'default'}]: "
+            f"median {s.median_ms:.3f} ms, p90 {s.p90_ms:.3f}, p99 {s.p99_ms:.3f}, mean {s.mean_ms:.3f} "
+            f"± {s.std_ms:.3f} ms (cv {s.cv * 100:.1f}%, n={s.samples}), {s.throughput_ips:.1f} images/s"
+        )
+
+
+def open_runner(model_path: Union[str, Path], backend: str = "ort", threads: int = 0, opt_level: str = "all",
+                providers=None):
+    """The runner for a model file: ORT for .onnx, TensorRT (Polygraphy) for engines."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise UserError(f"model file '{path}' does not exist; check the path")
+    if backend not in ("ort", "trt"):
+        raise UserError(f"backend '{backend}' is not valid; choose ort or trt")
+    if backend == "trt":
+        if path.suffix.lower() == ".onnx":
+            raise UserError(f"build a TensorRT engine first: edgecnn compile {path} --backend trt -o {path.stem}.engine")
+        from edgecnn.backends.tensorrt import TrtRunner
+
+        return TrtRunner(path)
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        raise UserError(f"'{path.name}' looks like a TensorRT engine; bench it with --backend trt")
+    from edgecnn.backends.ort import OrtRunner
+
+    return OrtRunner(path, threads=threads, opt_level=opt_level, providers=providers)
+
+
+def measure_latency(
+    model_path: Union[str, Path],
+    backend: str = "ort",
+    batch: int = 1,
+    threads: int = 0,
+    warmup_s: float = 1.0,
+    duration_s: Optional[float] = None,
+    iterations: Optional[int] = None,
+    opt_level: str = "all",
+    providers=None,
+    on_progress: Optional[Callable[[float], None]] = None,
+) -> LatencyResult:
+    """Measure in this process (see :func:`measure_in_subprocess` to isolate runs)."""
+    if batch < 1:
+        raise UserError(f"batch {batch} is not valid; give a positive integer")
+    runner = open_runner(model_path, backend, threads, opt_level, providers)
+    inputs = runner.input_for(batch)
+    if duration_s is None and iterations is None:
+        duration_s = 5.0
+    times = time_runs(runner.run_callable(inputs), warmup_s, duration_s, iterations, on_progress=on_progress)
+    if hasattr(runner, "close"):
+        runner.close()
+    stats = summarize(times, batch)
+    from edgecnn.measure.sysinfo import system_info
+
+    system = system_info(threads=threads, jetson=backend == "trt")
+    warnings = [w for w in [variation_warning(stats)] if w]
+    warnings += system.get("jetson", {}).get("warnings", [])
+    return LatencyResult(str(model_path), backend, threads, batch, warmup_s, duration_s, iterations, stats,
+                         warnings, system)
+
+
+def measure_in_subprocess(
+    model_path: Union[str, Path],
+    backend: str = "ort",
+    batch: int = 1,
+    threads: int = 0,
+    warmup_s: float = 1.0,
+    duration_s: Optional[float] = None,
+    iterations: Optional[int] = None,
+    opt_level: str = "all",
+    providers: Optional[str] = None,
+    timeout: Optional[float] = None,
+) -> LatencyResult:
+    """Run :func:`measure_latency` in a fresh ``python -m edgecnn.measure.latency`` process."""
+    cmd = [sys.executable, "-m", "edgecnn.measure.latency", str(model_path), "--backend", backend,
+           "--batch", str(batch), "--threads", str(threads), "--warmup", repr(float(warmup_s)),
+           "--opt-level", opt_level]
+    if duration_s is not None:
+        cmd += ["--duration", repr(float(duration_s))]
+    if iterations is not None:
+        cmd += ["--iterations", str(int(iterations))]
+    if providers:
+        cmd += ["--providers", providers]
+    if timeout is None:
+        timeout = 120.0 + warmup_s + (duration_s or 0) * 2
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"latency measurement of '{model_path}' did not finish in {timeout:.0f} s") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UserError(f"latency measurement of '{model_path}' failed: {last}")
+    return LatencyResult.from_dict(json.loads(done.stdout))
+
+
+def main(argv=None) -> int:
+    """``python -m edgecnn.measure.latency MODEL [...]``: one measurement, JSON on stdout."""
+    parser = argparse.ArgumentParser(prog="python -m edgecnn.measure.latency", description=main.__doc__)
+    parser.add_argument("model")
+    parser.add_argument("--backend", default="ort", choices=["ort", "trt"])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--duration", type=float, default=None)
+    parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--opt-level", default="all")
+    parser.add_argument("--providers", default=None)
+    args = parser.parse_args(argv)
+    try:
+        result = measure_latency(args.model, args.backend, args.batch, args.threads, args.warmup, args.duration,
+                                 args.iterations, args.opt_level, args.providers)
+    except UserError as exc:
+        print(f"edgecnn: error: {exc}", file=sys.stderr)
+        return 2
+    json.dump(result.to_dict(), sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
