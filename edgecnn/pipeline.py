@@ -138,6 +138,7 @@ class Pipeline:
         self.results: list[dict] = []
         self.data_info: dict = {}
         self.model_info: dict = {}
+        self.latency_warnings: list[str] = []
 
     # --- planning -----------------------------------------------------------------------------
 
@@ -427,23 +428,27 @@ class Pipeline:
             return self.calib_arrays[:16]
         return np.random.default_rng(0).standard_normal((4, *self.input_shape[1:]), dtype=np.float32)
 
-    def _export_one(self, ck: Checkpoint, path: Path, target: str, config) -> Path:
+    def _export_one(self, ck: Checkpoint, path: Path, target: str, config, parity: bool = True) -> Path:
+        """Export one checkpoint; FP32 files are parity-checked by the exporter, Q/DQ ones in _export."""
         path.parent.mkdir(parents=True, exist_ok=True)
         if ck.quantized:
             stages.export_quantized(ck.module, path, target, self.input_shape, config.opset, config.batch, self._metadata("qdq", target))
         else:
-            stages.export_fp32(ck.module, path, self.input_shape, config.opset, config.batch, self._metadata("fp32", target))
+            stages.export_fp32(
+                ck.module, path, self.input_shape, config.opset, config.batch, self._metadata("fp32", target),
+                parity_inputs=self._parity_inputs(), parity=parity,
+            )
         return path
 
     def _export(self, config) -> str:
         final = self.checkpoints[-1]
         parts = []
         for target in self.recipe.targets:
-            path = self._export_one(final, self.work / target / "model.onnx", target, config)
+            path = self._export_one(final, self.work / target / "model.onnx", target, config, parity=config.parity)
             entry = {"onnx": f"{target}/model.onnx", "precision": "qdq" if final.quantized else "fp32", "stage": final.stage}
-            if config.parity:
+            if config.parity and final.quantized:
                 rep = stages.parity(path, final.module, self._parity_inputs(), final.quantized)
-                entry["parity"] = rep.to_dict()
+                entry["parity"] = rep.summary()
             lint = stages.lint_for_target(path, target)
             if lint:
                 entry["lint"] = lint
@@ -487,8 +492,9 @@ class Pipeline:
 
     def _measure_onnx(self, path: Path, config) -> dict:
         values: dict = {"onnx_bytes": stages.onnx_bytes(path), "shipped_bytes": stages.shipped_bytes(path)}
-        lat = stages.latency(path, config.latency_runs, config.warmup, config.threads)
+        lat = stages.latency(path, config.latency_runs, config.warmup, config.warmup_seconds, config.threads)
         values.update(latency_ms_median=lat["median"], latency_ms_p90=lat["p90"], runtime=lat["runtime"])
+        self.latency_warnings.extend(f"{path.name}: {w}" for w in lat["warnings"])
         logits = self._predict(path, config.threads)
         if logits is not None:
             labels = self._labels_array()

@@ -28,6 +28,8 @@ SHIPPED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 FALLBACK_TARGETS = ("ort-x86", "trt", "ort-arm")
 # Stages that are not transform passes: they run in the pipeline itself.
 PIPELINE_STAGES = ("distill", "export", "compile", "measure")
+# Every transform stage edgecnn knows of (a partial build may lack some).
+KNOWN_PASS_STAGES = ("fold_bn", "prune", "channel_prune", "shift", "quantize", "weight_share")
 # Stage name -> pass name, where they differ (``prune`` with mode channel is its own pass).
 STAGE_TO_PASS = {"channel_prune": "channel_prune"}
 
@@ -86,8 +88,9 @@ class MeasureConfig(_Strict):
     """Latency, size and accuracy of every checkpoint (``all``) or only the final model."""
 
     checkpoints: Literal["all", "final"] = "all"
-    latency_runs: int = Field(100, ge=5, le=100000)
+    latency_runs: int = Field(200, ge=5, le=100000)
     warmup: int = Field(10, ge=0)
+    warmup_seconds: float = Field(1.0, ge=0, le=60)
     threads: Optional[int] = Field(None, ge=1)
     plot: bool = True
 
@@ -348,6 +351,8 @@ def _parse_stage(entry: Any, index: int, prefix: str) -> Stage:
     if not isinstance(raw, dict):
         raise UserError(f"{prefix}{where}.{name}: the config must be a mapping of keys, got {raw!r}")
     allowed = allowed_stages()
+    if name in KNOWN_PASS_STAGES and name not in allowed:
+        raise UserError(f"{prefix}{where}: stage {name} is not available in this build (no edgecnn.passes.{name} pass registered)")
     if name not in allowed:
         raise UserError(f"{prefix}{where}: unknown stage '{name}'; allowed: {', '.join(allowed)}")
     cls = stage_config_class(name)

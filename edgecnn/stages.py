@@ -93,9 +93,15 @@ def distill(student, teacher, train_data, config, progress=None):
 # --- export ---------------------------------------------------------------------------------
 
 
-def export_fp32(model, path: Path, input_shape, opset: int, batch, metadata: dict) -> Path:
+def export_fp32(model, path: Path, input_shape, opset: int, batch, metadata: dict, parity_inputs=None, parity: bool = True) -> Path:
+    """FP32 ONNX; export_onnx itself checks it against PyTorch on ``parity_inputs``."""
     export_onnx = need("edgecnn.export.onnx_export", "export_onnx", "export")
-    return Path(export_onnx(model, path, input_shape=tuple(input_shape), opset=opset, batch=batch, metadata=metadata))
+    return Path(
+        export_onnx(
+            model, path, input_shape=tuple(input_shape), opset=opset, batch=batch, metadata=metadata,
+            parity_inputs=parity_inputs, parity=parity,
+        )
+    )
 
 
 def export_quantized(model, path: Path, target: str, input_shape, opset: int, batch, metadata: dict) -> Path:
@@ -169,11 +175,8 @@ def shipped_bytes(onnx_path: Path) -> Optional[int]:
     return int(fn(onnx_path))
 
 
-def latency(onnx_path: Path, runs: int, warmup: int, threads: Optional[int]) -> dict:
-    """Median and p90 latency (ms, batch 1) in ONNX Runtime on this machine, in a subprocess."""
-    measure_latency = need("edgecnn.measure.latency", "measure_latency", "measure")
-    result: Any = measure_latency(onnx_path, runs=runs, warmup=warmup, threads=threads)
-    get = (lambda k: result.get(k)) if isinstance(result, dict) else (lambda k: getattr(result, k, None))
-    median = get("median_ms") or get("median")
-    p90 = get("p90_ms") or get("p90")
-    return {"median": float(median), "p90": float(p90) if p90 is not None else None, "runtime": get("runtime") or "onnxruntime-cpu"}
+def latency(onnx_path: Path, runs: int, warmup: int, warmup_seconds: float, threads: Optional[int]) -> dict:
+    """Median and p90 latency (ms, batch 1) in ONNX Runtime on this machine, in a fresh process."""
+    measure = need("edgecnn.measure.latency", "measure_in_subprocess", "measure")
+    result = measure(onnx_path, backend="ort", threads=threads or 0, warmup_s=warmup_seconds, iterations=runs, warmup=warmup)
+    return {"median": float(result.median_ms), "p90": float(result.p90_ms), "runtime": result.runtime, "warnings": list(result.warnings)}

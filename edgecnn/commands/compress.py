@@ -80,9 +80,8 @@ def compress(model, bits, prune, prune_mode, shift, calib, data, targets, recipe
     source = "command line"
     if recipe_path is not None:
         path = recipes.resolve_recipe_path(recipe_path)
-        base = recipes.load_raw(path)
+        base = recipes.load_raw(path)  # validated once the flags are applied: a recipe may leave the model to the command line
         source = str(path)
-        recipes.validate(base, source)  # errors in the file itself name the file, before flags are applied
     base_model = (base or {}).get("model")
     model_opts["_model"] = model or (base_model.get("name") if isinstance(base_model, dict) else base_model)
     section = _model_section(model_opts)
