@@ -19,7 +19,7 @@ from edgecnn.pack import decoder, entropy
 
 
 def _tiny_model(seed: int = 0) -> onnx.ModelProto:
-    """Conv (shared + 70 % zeros) -> Relu -> Conv (dense float) -> Conv (int8 Q/DQ weights)."""
+    """Conv (shared + 70 % zeros) -> Relu -> Conv (pruned float) -> Conv (int8 Q/DQ weights)."""
     rng = np.random.default_rng(seed)
     codebook = np.sort(rng.normal(0, 0.2, 16)).astype(np.float32)
     w1 = codebook[rng.integers(0, 16, (32, 3, 3, 3))]
@@ -27,6 +27,7 @@ def _tiny_model(seed: int = 0) -> onnx.ModelProto:
     w1[0, 0, 0, 0] = -0.0  # bit patterns, not values, must survive
     b1 = rng.normal(0, 0.1, 32).astype(np.float32)
     w2 = rng.normal(0, 0.1, (16, 32, 1, 1)).astype(np.float32)
+    w2[np.abs(w2) < 0.1] = 0  # pruned (68 % zeros) but not shared
     w3 = np.clip(np.round(rng.laplace(0, 6, (64, 16, 1, 1))), -127, 127).astype(np.int8)
     inits = [
         numpy_helper.from_array(w1, "w1"),
@@ -79,6 +80,7 @@ def test_round_trip_is_bit_exact_and_ort_output_identical(codec):
     _same_initializers(model, decoded)
     assert {t.name: t.encoding for t in stats.tensors}["w1"] in ("sparse", "dense")
     assert {t.name: t.encoding for t in stats.tensors}["w3_q"] == "dense"
+    assert {t.name: t.encoding for t in stats.tensors}["w2"] == "sparse_raw"
     x = np.random.default_rng(1).normal(size=(1, 3, 12, 12)).astype(np.float32)
     np.testing.assert_array_equal(_run(model, x), _run(decoded, x))
     # The graph minus weights survives too (names, attributes, opset).

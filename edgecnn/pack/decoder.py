@@ -13,7 +13,8 @@ Layout (all integers little-endian; full specification in docs/ecnn-format.md)::
     payload         sections: tag u8 | length varint | bytes
       'G'  lzma: ONNX ModelProto whose stripped initializers keep name/dims/type but no data
       'D'  lzma: tensor directory (one record per stripped initializer) + probability models
-      'R'  lzma: raw little-endian bytes (byte-plane shuffled) of raw tensors and codebooks
+      'R'  lzma: raw little-endian bytes (byte-plane shuffled) of raw tensors, codebooks and
+           the non-zero values of pruned-but-not-shared tensors
       'S'  entropy-coded symbols of every index / zero-run stream (interleaved rANS or Huffman)
 
 A file whose length or checksum does not match is rejected before any decoding; a file that
@@ -42,6 +43,7 @@ HEADER = struct.Struct("<4sHHQ32s")  # magic, version, flags, payload length, sh
 ENC_RAW = 0  # raw little-endian bytes in the 'R' section
 ENC_DENSE = 1  # codebook + one index symbol per element (zero, if present, is a codebook entry)
 ENC_SPARSE = 2  # codebook of the non-zero values + zero-run stream + one index per non-zero
+ENC_SPARSE_RAW = 3  # zero-run stream + raw bytes of the non-zero values (pruned, not shared)
 
 # Entropy codecs of the 'S' section.
 CODEC_RANS = 0
@@ -341,6 +343,12 @@ def decode_tensors(sections: dict[bytes, bytes], stubs) -> list[np.ndarray]:
         if enc == ENC_RAW:
             plans.append((ENC_RAW, dtype, numel, unshuffle(raw.bytes(numel * dtype.itemsize), dtype.itemsize)))
             continue
+        if enc == ENC_SPARSE_RAW:
+            escape, n_runs, nnz = d.varint(), d.varint(), d.varint()
+            streams.append((model_ref(), n_runs))
+            values = np.frombuffer(unshuffle(raw.bytes(nnz * dtype.itemsize), dtype.itemsize), dtype)
+            plans.append((ENC_SPARSE_RAW, dtype, numel, values, len(streams) - 1, escape, nnz))
+            continue
         if enc not in (ENC_DENSE, ENC_SPARSE):
             raise EcnnError(f"corrupt .ecnn file: unknown tensor encoding {enc}; re-create it with 'edgecnn pack'")
         k = d.varint()
@@ -379,6 +387,13 @@ def decode_tensors(sections: dict[bytes, bytes], stubs) -> list[np.ndarray]:
             if idx.size and idx.max() >= len(codebook):
                 raise EcnnError("corrupt .ecnn file: index outside its codebook; re-create it with 'edgecnn pack'")
             flat = codebook[idx]
+        elif enc == ENC_SPARSE_RAW:
+            values, sid, escape, nnz = plan[3], plan[4], plan[5], plan[6]
+            mask = runs_to_mask(stream(sid), escape, numel)
+            if int(mask.sum()) != nnz:
+                raise EcnnError("corrupt .ecnn file: sparse tensor is inconsistent; re-create it with 'edgecnn pack'")
+            flat = np.zeros(numel, dtype)
+            flat[mask] = values
         else:
             codebook, sid, escape, nnz = plan[3], plan[4], plan[5], plan[6]
             mask = runs_to_mask(stream(sid), escape, numel)

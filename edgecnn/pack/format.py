@@ -6,6 +6,8 @@ Every numeric initializer is stored one of three ways, whichever is smallest:
   (biases, float weights with many distinct values, shape constants);
 * ``dense``: a codebook of its <= 256 distinct values (bit patterns, so -0.0 and NaN survive)
   plus one entropy-coded index per element (int8 Q/DQ weights, shared weights without zeros);
+* ``sparse_raw``: zero runs as below plus the raw bytes of the non-zero values (pruned
+  float weights that are not shared);
 * ``sparse``: the codebook of its non-zero values, the positions of the non-zeros as
   entropy-coded zero runs (Deep Compression's relative indexing, but with an entropy coder
   instead of fixed 4-bit fields) and one entropy-coded index per non-zero.
@@ -29,6 +31,7 @@ from edgecnn.pack.decoder import (
     ENC_DENSE,
     ENC_RAW,
     ENC_SPARSE,
+    ENC_SPARSE_RAW,
     HEADER,
     MAGIC,
     ONNX_DTYPES,
@@ -56,7 +59,7 @@ class TensorStat:
     name: str
     dtype: str
     numel: int
-    encoding: str  # raw / dense / sparse
+    encoding: str  # raw / dense / sparse / sparse_raw
     nonzeros: int
     distinct: int
     bytes: float  # bytes attributed to the tensor (entropy estimate for coded streams)
@@ -124,7 +127,17 @@ def _plan_tensor(name: str, array: np.ndarray) -> _Plan:
     raw_cost = len(lzma.compress(shuffle(raw_bytes, dtype.itemsize), preset=6)) if numel else 0
     candidates.append((raw_cost, "raw"))
     distinct = None
+    best_runs = None
     if numel >= 32 and dtype.kind in "fiub":
+        mask = bits != 0
+        if 0 < mask.sum() < 0.9 * numel:
+            for escape in RUN_ESCAPES:
+                runs = _zero_runs(mask, escape)
+                cost = _stream_cost(runs, escape + 1)
+                if best_runs is None or cost < best_runs[0]:
+                    best_runs = (cost, escape, runs)
+            nz_raw = shuffle(flat[mask].tobytes(), dtype.itemsize)
+            candidates.append((best_runs[0] + len(lzma.compress(nz_raw, preset=6)), "sparse_raw", best_runs, nz_raw, mask))
         uniq = np.unique(bits)
         distinct = len(uniq)
         if distinct <= MAX_CODEBOOK:
@@ -132,16 +145,9 @@ def _plan_tensor(name: str, array: np.ndarray) -> _Plan:
             book_cost = distinct * dtype.itemsize
             candidates.append((_stream_cost(index, distinct) + book_cost, "dense"))
             zero_slot = np.flatnonzero(_bit_view(codebook) == 0)
-            if zero_slot.size and distinct > 1:
-                mask = bits != 0
+            if zero_slot.size and distinct > 1 and best_runs is not None:
                 nz_index = index[mask]
                 nz_index = nz_index - (nz_index > zero_slot[0])
-                best_runs = None
-                for escape in RUN_ESCAPES:
-                    runs = _zero_runs(mask, escape)
-                    cost = _stream_cost(runs, escape + 1)
-                    if best_runs is None or cost < best_runs[0]:
-                        best_runs = (cost, escape, runs)
                 cost = best_runs[0] + _stream_cost(nz_index, distinct - 1) + book_cost
                 candidates.append((cost, "sparse", best_runs, nz_index, mask))
     best = min(candidates, key=lambda c: c[0])
@@ -149,6 +155,10 @@ def _plan_tensor(name: str, array: np.ndarray) -> _Plan:
     stat = TensorStat(name, str(array.dtype), numel, best[1], nonzeros, distinct if distinct is not None else -1, best[0])
     if best[1] == "raw":
         return _Plan(ENC_RAW, bytes([ENC_RAW]), shuffle(raw_bytes, dtype.itemsize), stat=stat)
+    if best[1] == "sparse_raw":
+        _, _, (_, escape, runs), nz_raw, mask = best
+        record = bytes([ENC_SPARSE_RAW]) + entropy.varint(escape) + entropy.varint(len(runs)) + entropy.varint(int(mask.sum()))
+        return _Plan(ENC_SPARSE_RAW, record, nz_raw, [(runs, escape + 1)], stat=stat)
     codebook_bytes = shuffle(codebook.tobytes(), dtype.itemsize)
     if best[1] == "dense":
         return _Plan(ENC_DENSE, bytes([ENC_DENSE]) + entropy.varint(distinct), codebook_bytes, [(index, distinct)], stat=stat)
@@ -158,6 +168,7 @@ def _plan_tensor(name: str, array: np.ndarray) -> _Plan:
     record += entropy.varint(len(runs)) + entropy.varint(int(mask.sum()))
     return _Plan(
         ENC_SPARSE,
+    ENC_SPARSE_RAW,
         record,
         shuffle(nz_book.tobytes(), dtype.itemsize),
         [(runs, escape + 1), (nz_index, len(nz_book))],
