@@ -46,6 +46,7 @@ class TrtBuildConfig:
     input_shape: Optional[tuple[int, ...]] = None  # (C, H, W) for a dynamic-batch ONNX
     batch: tuple[int, int, int] = (1, 1, 1)  # min, opt, max for a dynamic batch
     detailed_profiling: bool = True  # ProfilingVerbosity.DETAILED: layer info in the engine inspector
+    notes: list[str] = field(default_factory=list)  # decisions taken for the user, shown with the build
 
 
 @dataclass
@@ -69,13 +70,13 @@ class BuildPlan:
 
 def plan_build(cfg: TrtBuildConfig) -> BuildPlan:
     """Turn a request into the TensorRT settings, refusing combinations TensorRT would reject."""
-    plan = BuildPlan()
+    plan = BuildPlan(notes=list(cfg.notes))
     if cfg.trt_major >= 11:
         if cfg.fp16 or cfg.int8:
             precision = "--fp16" if cfg.fp16 else "--int8"
             raise UserError(
                 f"TensorRT {cfg.trt_major} has no {precision} builder flag (strongly typed networks only); "
-                "build an FP16 ONNX (edgecnn.export.fp16.to_fp16) or a Q/DQ INT8 export and compile that"
+                "export an FP16 ONNX (edgecnn export MODEL --precision fp16) or a Q/DQ INT8 model and compile that"
             )
         if cfg.strongly_typed is False:
             raise UserError(f"TensorRT {cfg.trt_major} builds strongly typed networks only; drop the weak-typing option")
@@ -191,16 +192,24 @@ class BuildResult:
     trt_version: str
 
 
-def build_engine(onnx_path: Union[str, Path], engine_path: Union[str, Path], cfg: TrtBuildConfig,
-                 overwrite: bool = False) -> BuildResult:
-    """Parse ``onnx_path``, build with ``cfg``, write the engine and ``<engine>.log`` atomically."""
+def build_engine(onnx_path: Union[str, Path], engine_path: Union[str, Path], cfg: Optional[TrtBuildConfig] = None,
+                 overwrite: bool = True, **options) -> BuildResult:
+    """Parse ``onnx_path``, build it, write the engine and ``<engine>.log`` atomically.
+
+    Either a full ``cfg`` or :class:`TrtBuildConfig` fields as keywords (``fp16=True``,
+    ``int8=True``, ``sparse=True``, ``dla_core=0``, ``workspace_mb=1024``...), which are fitted
+    to the ONNX file and the installed TensorRT by :func:`config_for_onnx`.
+    """
     trt = import_tensorrt()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not onnx_path.is_file():
         raise UserError(f"ONNX file '{onnx_path}' does not exist; check the path")
     if engine_path.exists() and not overwrite:
         raise UserError(f"'{engine_path}' already exists; pass --force to overwrite it")
-    cfg.trt_major = int(trt.__version__.split(".")[0])
+    major = int(trt.__version__.split(".")[0])
+    if cfg is None:
+        cfg = config_for_onnx(onnx_path, major, **options)
+    cfg.trt_major = major
     plan = plan_build(cfg)
     log_lines: list[str] = []
 
@@ -307,4 +316,11 @@ def config_for_onnx(onnx_path: Union[str, Path], trt_major: int, batch: Sequence
         cfg.batch = tuple(batch)
     if cfg.strongly_typed is None and trt_major < 11 and typed and not (cfg.fp16 or cfg.int8):
         cfg.strongly_typed = True
+    if trt_major >= 11 and typed and (cfg.fp16 or cfg.int8):
+        # The file already carries its precision; on 11.x that is the only way to ask for it.
+        cfg.notes.append(
+            f"TensorRT {trt_major}: precision comes from the ONNX file's Q/DQ and float16 tensors; "
+            "--fp16/--int8 ignored"
+        )
+        cfg.fp16 = cfg.int8 = False
     return cfg

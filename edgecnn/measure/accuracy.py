@@ -37,7 +37,8 @@ class AccuracyReport:
         return asdict(self)
 
     def summary(self) -> str:
-        parts = [f"{Path(self.model).name} on {self.samples} images"]
+        name = Path(self.model).name if self.model.endswith(".onnx") else self.model
+        parts = [f"{name} on {self.samples} images"]
         if self.top1 is not None:
             parts.append(f"top-1 {self.top1 * 100:.2f}%, top-5 {self.top5 * 100:.2f}%")
         if self.agreement is not None:

@@ -88,9 +88,10 @@ def time_runs(
     iterations: Optional[int] = None,
     clock: Callable[[], float] = time.perf_counter,
     on_progress: Optional[Callable[[float], None]] = None,
+    warmup_runs: int = 1,
 ) -> list[float]:
-    """Warm up ``run`` for ``warmup_s`` seconds (at least once), then time it for ``duration_s``
-    seconds or exactly ``iterations`` calls. Returns the per-call times in seconds."""
+    """Warm up ``run`` for ``warmup_s`` seconds and at least ``warmup_runs`` calls, then time it
+    for ``duration_s`` seconds or exactly ``iterations`` calls. Returns per-call seconds."""
     if duration_s is not None and iterations is not None:
         raise UserError("give either --duration or --iterations, not both")
     if duration_s is None and iterations is None:
@@ -98,9 +99,10 @@ def time_runs(
     if warmup_s < 0 or (duration_s is not None and duration_s <= 0) or (iterations is not None and iterations < 1):
         raise UserError("warm-up must be >= 0 s, duration > 0 s and iterations >= 1")
     start = clock()
-    run()
-    while clock() - start < warmup_s:
+    done = 0
+    while done < max(1, warmup_runs) or clock() - start < warmup_s:
         run()
+        done += 1
     times: list[float] = []
     begin = clock()
     while True:
@@ -146,6 +148,23 @@ class LatencyResult:
         data["stats"] = LatencyStats(**data["stats"])
         return cls(**data)
 
+    # Flat views of the headline numbers (what reports and the pipeline read).
+    @property
+    def median_ms(self) -> float:
+        return self.stats.median_ms
+
+    @property
+    def p90_ms(self) -> float:
+        return self.stats.p90_ms
+
+    @property
+    def p99_ms(self) -> float:
+        return self.stats.p99_ms
+
+    @property
+    def runtime(self) -> str:
+        return "tensorrt" if self.backend == "trt" else "onnxruntime-cpu"
+
     def summary(self) -> str:
         s = self.stats
         return (
@@ -187,15 +206,24 @@ def measure_latency(
     opt_level: str = "all",
     providers=None,
     on_progress: Optional[Callable[[float], None]] = None,
+    runs: Optional[int] = None,
+    warmup: Optional[int] = None,
 ) -> LatencyResult:
-    """Measure in this process (see :func:`measure_in_subprocess` to isolate runs)."""
+    """Measure in this process (see :func:`measure_in_subprocess` to isolate runs).
+
+    ``runs`` is an alias of ``iterations``; ``warmup`` a minimum number of warm-up calls
+    (on top of ``warmup_s`` seconds).
+    """
+    if runs is not None and iterations is None and duration_s is None:
+        iterations = int(runs)
     if batch < 1:
         raise UserError(f"batch {batch} is not valid; give a positive integer")
     runner = open_runner(model_path, backend, threads, opt_level, providers)
     inputs = runner.input_for(batch)
     if duration_s is None and iterations is None:
         duration_s = 5.0
-    times = time_runs(runner.run_callable(inputs), warmup_s, duration_s, iterations, on_progress=on_progress)
+    times = time_runs(runner.run_callable(inputs), warmup_s, duration_s, iterations, on_progress=on_progress,
+                      warmup_runs=int(warmup or 1))
     if hasattr(runner, "close"):
         runner.close()
     stats = summarize(times, batch)
@@ -219,6 +247,7 @@ def measure_in_subprocess(
     opt_level: str = "all",
     providers: Optional[str] = None,
     timeout: Optional[float] = None,
+    warmup: Optional[int] = None,
 ) -> LatencyResult:
     """Run :func:`measure_latency` in a fresh ``python -m edgecnn.measure.latency`` process."""
     cmd = [sys.executable, "-m", "edgecnn.measure.latency", str(model_path), "--backend", backend,
@@ -230,6 +259,8 @@ def measure_in_subprocess(
         cmd += ["--iterations", str(int(iterations))]
     if providers:
         cmd += ["--providers", providers]
+    if warmup:
+        cmd += ["--warmup-runs", str(int(warmup))]
     if timeout is None:
         timeout = 120.0 + warmup_s + (duration_s or 0) * 2
     try:
@@ -237,7 +268,7 @@ def measure_in_subprocess(
     except subprocess.TimeoutExpired:
         raise UserError(f"latency measurement of '{model_path}' did not finish in {timeout:.0f} s") from None
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1].replace("edgecnn: error: ", "")
         raise UserError(f"latency measurement of '{model_path}' failed: {last}")
     return LatencyResult.from_dict(json.loads(done.stdout))
 
@@ -250,6 +281,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--warmup-runs", type=int, default=None)
     parser.add_argument("--duration", type=float, default=None)
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--opt-level", default="all")
@@ -257,7 +289,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         result = measure_latency(args.model, args.backend, args.batch, args.threads, args.warmup, args.duration,
-                                 args.iterations, args.opt_level, args.providers)
+                                 args.iterations, args.opt_level, args.providers, warmup=args.warmup_runs)
     except UserError as exc:
         print(f"edgecnn: error: {exc}", file=sys.stderr)
         return 2

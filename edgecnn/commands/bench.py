@@ -1,0 +1,132 @@
+"""``edgecnn bench MODEL.onnx|ENGINE``: latency, throughput and size on this machine (no torch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgecnn.errors import UserError
+
+
+@click.command("bench")
+@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.option("--backend", type=click.Choice(["ort", "trt"]), default=None,
+              help="Runtime (default: trt for .engine/.plan files, ort otherwise).")
+@click.option("--threads", type=int, default=0, show_default=True, help="ORT intra-op threads (0: ORT's default).")
+@click.option("--batch", "batches", type=int, multiple=True, help="Batch size; repeat for several (each in its own process).")
+@click.option("--warmup", type=float, default=1.0, show_default=True, help="Warm-up time in seconds.")
+@click.option("--duration", type=float, default=None, help="Measure for this many seconds (default 5).")
+@click.option("--iterations", type=int, default=None, help="Measure exactly this many runs instead of a duration.")
+@click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all", show_default=True,
+              help="ORT graph optimization level.")
+@click.option("--providers", default=None, help="ORT execution providers, e.g. cpu or cuda,cpu.")
+@click.option("--profile", "profile_ops", is_flag=True, help="Also print ORT's per-op-type time table.")
+@click.option("--size/--no-size", "with_size", default=True, help="Also report file size (ONNX only).")
+@click.option("--isolate/--in-process", default=True,
+              help="Run each measurement in a fresh process (default; sessions in one process slow each other).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench(model_file, backend, threads, batches, warmup, duration, iterations, opt_level, providers, profile_ops,
+          with_size, isolate, as_json):
+    """Measure MODEL_FILE: median/p90/p99 latency, throughput, and size."""
+    from edgecnn.measure.latency import ENGINE_SUFFIXES, measure_in_subprocess, measure_latency
+
+    path = Path(model_file)
+    if not path.is_file():
+        raise UserError(f"'{path}' does not exist; check the path")
+    if duration is not None and iterations is not None:
+        raise UserError("give either --duration or --iterations, not both")
+    backend = backend or ("trt" if path.suffix.lower() in ENGINE_SUFFIXES else "ort")
+    batches = list(batches) or [1]
+    if any(b < 1 for b in batches):
+        raise UserError("--batch values must be positive integers")
+    results = []
+    status = _status(not as_json)
+    try:
+        for batch in batches:
+            status.update(f"measuring {path.name} batch {batch} ({warmup:g} s warm-up + "
+                          f"{f'{iterations} runs' if iterations else f'{duration or 5:g} s'})")
+            kwargs = dict(backend=backend, batch=batch, threads=threads, warmup_s=warmup, duration_s=duration,
+                          iterations=iterations, opt_level=opt_level, providers=providers)
+            results.append(measure_in_subprocess(path, **kwargs) if isolate else measure_latency(path, **kwargs))
+    finally:
+        status.stop()
+
+    size = None
+    if with_size and path.suffix.lower() == ".onnx":
+        from edgecnn.measure.size import size_report
+
+        size = size_report(path)
+    ops = None
+    if profile_ops:
+        if backend != "ort":
+            raise UserError("--profile uses ONNX Runtime's profiler; for engines use trtexec --dumpProfile")
+        from edgecnn.backends.ort import profile_ops as run_profile
+
+        ops = run_profile(path, batch=batches[0], threads=threads, opt_level=opt_level, providers=providers)
+
+    if as_json:
+        click.echo(json.dumps({
+            "results": [r.to_dict() for r in results],
+            "size": size.to_dict() if size else None,
+            "ops": [vars(o) for o in ops] if ops else None,
+        }))
+        return
+    _print_tables(path, results, size, ops)
+
+
+def _print_tables(path, results, size, ops):
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    first = results[0]
+    table = Table(title=f"{path.name}: {first.backend}, threads {first.threads or 'default'}")
+    for col in ("batch", "median ms", "p90 ms", "p99 ms", "mean ± std ms", "cv %", "images/s", "runs"):
+        table.add_column(col, justify="right")
+    for r in results:
+        s = r.stats
+        table.add_row(str(s.batch), f"{s.median_ms:.3f}", f"{s.p90_ms:.3f}", f"{s.p99_ms:.3f}",
+                      f"{s.mean_ms:.3f} ± {s.std_ms:.3f}", f"{s.cv * 100:.1f}", f"{s.throughput_ips:.1f}", str(s.samples))
+    console.print(table)
+    system = first.system
+    libs = ", ".join(f"{k} {v}" for k, v in system.get("libraries", {}).items())
+    console.print(f"[dim]{system.get('cpu')} ({system.get('usable_cpus')} usable CPUs, load "
+                  f"{system.get('load_average')}); {libs}[/dim]")
+    for warning in sorted({w for r in results for w in r.warnings}):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if size:
+        from edgecnn.measure.size import human_bytes
+
+        codecs = ", ".join(f"{k} {human_bytes(v)}" for k, v in size.compressed.items())
+        console.print(f"size: {human_bytes(size.onnx_bytes)} ({codecs}); {size.params:,} params, "
+                      f"{size.sparsity * 100:.1f}% zeros, {size.stored_bits_per_weight:.1f} stored / "
+                      f"{size.distinct_bits_per_weight:.1f} distinct bits per weight")
+    if ops:
+        op_table = Table(title="time per op type (ORT profiler)")
+        for col, justify in (("op", "left"), ("calls", "right"), ("total ms", "right"), ("share %", "right")):
+            op_table.add_column(col, justify=justify)
+        for row in ops:
+            op_table.add_row(row.op_type, str(row.calls), f"{row.total_us / 1000:.2f}", f"{row.share * 100:.1f}")
+        console.print(op_table)
+
+
+class _status:
+    """A rich spinner on stderr while measuring (nothing in --json mode)."""
+
+    def __init__(self, enabled: bool):
+        self._status = None
+        if enabled:
+            from rich.console import Console
+
+            self._status = Console(stderr=True).status("measuring")
+            self._status.start()
+
+    def update(self, text: str):
+        if self._status is not None:
+            self._status.update(text)
+
+    def stop(self):
+        if self._status is not None:
+            self._status.stop()

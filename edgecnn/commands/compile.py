@@ -1,0 +1,114 @@
+"""``edgecnn compile model.onnx --backend ort|trt -o OUT``: a runtime artifact from ONNX (no torch).
+
+``--backend ort`` writes ONNX Runtime's optimised graph (what the session would build at
+load time, saved so the device skips it). ``--backend trt`` builds a TensorRT engine and its
+build log; ``--print-trtexec`` prints the equivalent trtexec command with every timing flag
+pinned, and works without TensorRT installed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgecnn.errors import UserError
+
+
+@click.command("compile")
+@click.argument("onnx_file", type=click.Path(dir_okay=False))
+@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Engine (trt) or optimised ONNX (ort) to write.")
+@click.option("--fp16", is_flag=True, help="TensorRT 10: allow FP16 kernels (TensorRT 11: compile an FP16 ONNX instead).")
+@click.option("--int8", is_flag=True, help="TensorRT 10: allow INT8 kernels for a Q/DQ model.")
+@click.option("--strongly-typed/--weakly-typed", "strongly_typed", default=None,
+              help="TensorRT 10: precision from the ONNX types (default for FP16/Q-DQ files); 11 is always strongly typed.")
+@click.option("--sparse", is_flag=True, help="Use 2:4 sparse kernels where weights allow (BuilderFlag.SPARSE_WEIGHTS).")
+@click.option("--dla", "dla_core", type=int, default=None, help="Run on this DLA core (Jetson), GPU fallback allowed.")
+@click.option("--no-gpu-fallback", is_flag=True, help="With --dla: fail instead of running unsupported layers on the GPU.")
+@click.option("--workspace", "workspace_mb", type=int, default=None, help="Builder workspace limit in MB.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="Timing cache file (read and updated).")
+@click.option("--builder-opt-level", type=click.IntRange(0, 5), default=None, help="TensorRT builder optimization level.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Batch size to optimise a dynamic-batch ONNX for.")
+@click.option("--threads", type=int, default=0, help="ORT: intra-op threads used while optimising.")
+@click.option("--opt-level", type=click.Choice(["basic", "extended", "all"]), default="extended", show_default=True,
+              help="ORT: graph optimization level saved ('all' adds hardware-specific layouts, not portable).")
+@click.option("--print-trtexec", is_flag=True, help="Print the equivalent trtexec command (no TensorRT needed).")
+@click.option("--trt-version", type=click.IntRange(10, 11), default=None,
+              help="TensorRT major version for --print-trtexec when TensorRT is not installed (default 10).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def compile_(onnx_file, backend, output, fp16, int8, strongly_typed, sparse, dla_core, no_gpu_fallback, workspace_mb,
+             timing_cache, builder_opt_level, batch, threads, opt_level, print_trtexec, trt_version, force, as_json):
+    """Build a runtime artifact from ONNX_FILE."""
+    path = Path(onnx_file)
+    if not path.is_file():
+        raise UserError(f"ONNX file '{path}' does not exist; export one with: edgecnn export MODEL -o {path.name}")
+    if output is not None and Path(output).exists() and not force:
+        raise UserError(f"'{output}' already exists; pass --force to overwrite it")
+    if batch < 1:
+        raise UserError(f"--batch {batch} is not valid; give a positive integer")
+    if backend == "ort":
+        if any([fp16, int8, sparse, dla_core is not None, workspace_mb, timing_cache, print_trtexec]):
+            raise UserError("--fp16/--int8/--sparse/--dla/--workspace/--timing-cache/--print-trtexec are TensorRT "
+                            "options; add --backend trt")
+        _compile_ort(path, output, threads, opt_level, as_json)
+        return
+    _compile_trt(path, output, dict(
+        fp16=fp16, int8=int8, strongly_typed=strongly_typed, sparse=sparse, dla_core=dla_core,
+        gpu_fallback=not no_gpu_fallback, workspace_mb=workspace_mb, timing_cache=timing_cache,
+        optimization_level=builder_opt_level,
+    ), batch, print_trtexec, trt_version, as_json)
+
+
+def _compile_ort(path: Path, output, threads: int, opt_level: str, as_json: bool):
+    from edgecnn.backends.ort import save_optimized
+
+    out = Path(output) if output else path.with_name(f"{path.stem}.ort.onnx")
+    if out.resolve() == path.resolve():
+        raise UserError("-o must differ from the input file")
+    save_optimized(path, out, threads=threads, opt_level=opt_level)
+    result = {"backend": "ort", "output": str(out), "opt_level": opt_level, "bytes": out.stat().st_size}
+    click.echo(json.dumps(result) if as_json else f"wrote {out} (ONNX Runtime graph, optimization level {opt_level})")
+
+
+def _compile_trt(path: Path, output, options: dict, batch: int, print_trtexec: bool, trt_version, as_json: bool):
+    from edgecnn.backends import tensorrt as trt_backend
+    from edgecnn.backends.trtexec import TrtexecTiming, format_command, trtexec_command
+
+    installed = trt_backend.tensorrt_version()
+    major = int(installed.split(".")[0]) if installed else (trt_version or 10)
+    if installed and trt_version and trt_version != major:
+        raise UserError(f"--trt-version {trt_version} differs from the installed TensorRT {installed}; drop it")
+    engine = Path(output) if output else path.with_suffix(".engine")
+    cfg = trt_backend.config_for_onnx(path, major, batch=(1, batch, batch), **options)
+    command = format_command(trtexec_command(path, cfg, TrtexecTiming(batch=batch), save_engine=str(engine)))
+    if print_trtexec:
+        if as_json:
+            click.echo(json.dumps({"trtexec": command, "trt_major": major, "plan": trt_backend.plan_build(cfg).to_dict()}))
+        else:
+            click.echo(command)
+        if not installed:
+            return
+        if output is None:
+            return
+    if not installed:
+        raise UserError(trt_backend.INSTALL_HINT + "; or print the trtexec command with --print-trtexec")
+    result = trt_backend.build_engine(path, engine, cfg, overwrite=True)
+    from edgecnn.backends.jetson import detect
+
+    jetson = detect()
+    payload = {"backend": "trt", "output": result.engine_path, "log": result.log_path, "seconds": result.seconds,
+               "bytes": result.engine_bytes, "trt_version": result.trt_version, "plan": result.plan,
+               "trtexec": command, "jetson": jetson.to_dict() if jetson.is_jetson else None}
+    if as_json:
+        click.echo(json.dumps(payload))
+        return
+    click.echo(f"wrote {result.engine_path} ({result.engine_bytes / 1e6:.2f} MB, TensorRT {result.trt_version}, "
+               f"{result.seconds:.1f} s); build log {result.log_path}")
+    for note in result.plan.get("notes", []):
+        click.echo(f"note: {note}")
+    for warning in jetson.warnings:
+        click.echo(f"warning: {warning}", err=True)
