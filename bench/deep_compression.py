@@ -40,6 +40,8 @@ from edgecnn.export.onnx_export import export_onnx
 from edgecnn.models import create
 from edgecnn.pack import decode_model, pack_model
 from edgecnn.passes import PassContext, run_pass
+from edgecnn.passes.prune import reapply_masks, remove_masks
+from edgecnn.passes.schedules import DEEP_COMPRESSION_SQUEEZENET1_0, DEEP_COMPRESSION_SQUEEZENET1_0_NONZERO
 from edgecnn.passes.weight_share import centroid_gradient_hook, tie_to_centroids
 from edgecnn.preprocess import get_preset
 
@@ -59,46 +61,32 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 # --------------------------------------------------------------------------- pruning
 
 
-def deep_compression_densities(data: Path) -> list[float]:
-    """Per-layer weight densities of the published Deep Compression SqueezeNet 1.0, in layer order.
-
-    Prefers edgecnn's schedule table when it is installed; otherwise reads the densities off the
-    published compressed model itself (same 26 convs in the same order).
-    """
-    try:
-        from edgecnn.passes.schedules import DEEP_COMPRESSION_SQUEEZENET1_0 as table  # noqa: F401
-    except ImportError:
-        table = None
-    sd = torch.load(data / "weights" / "squeezenet1_0.pth", map_location="cpu")
-    weights = [v for k, v in sd.items() if k.endswith("weight")]
-    return [float((w != 0).float().mean()) for w in weights]
+# torchvision module names of the 26 convs in order (conv1, fire2..fire9 x squeeze/expand1x1/expand3x3, conv10).
+FIRES_1_0 = (3, 4, 5, 7, 8, 9, 10, 12)
+FIRES_1_1 = (3, 4, 6, 7, 9, 10, 11, 12)
 
 
-def magnitude_prune(model: nn.Module, densities: list[float]) -> dict[str, torch.Tensor]:
-    """Keep the largest-|w| weights of each layer at the given density; returns the masks."""
-    masks = {}
-    with torch.no_grad():
-        for (name, module), density in zip(conv_layers(model), densities):
-            w = module.weight
-            keep = max(1, int(round(density * w.numel())))
-            threshold = w.abs().flatten().kthvalue(w.numel() - keep + 1).values
-            mask = w.abs() >= threshold
-            w.mul_(mask)
-            masks[name] = mask
-    return masks
+def schedule_for_1_1() -> dict[str, float]:
+    """The Deep Compression SqueezeNet 1.0 densities mapped onto 1.1 by role (conv1, fireN, conv10)."""
+    table = DEEP_COMPRESSION_SQUEEZENET1_0
+    mapped = {"features.0": table["features.0"], "classifier.1": table["classifier.1"]}
+    for i10, i11 in zip(FIRES_1_0, FIRES_1_1):
+        for conv in ("squeeze", "expand1x1", "expand3x3"):
+            mapped[f"features.{i11}.{conv}"] = table[f"features.{i10}.{conv}"]
+    return mapped
 
 
-def reapply(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for name, module in conv_layers(model):
-            if name in masks:
-                module.weight.mul_(masks[name])
+def prune(model: nn.Module, schedule) -> list[dict]:
+    ctx = PassContext(progress=False)
+    run_pass("prune", model, {"schedule": schedule}, ctx)
+    return ctx.reports[-1].rows
 
 
 def count_nonzeros(model: nn.Module) -> tuple[int, int]:
+    """(kept parameters, all parameters): non-zero weights plus every bias (biases stay dense)."""
     params = sum(p.numel() for p in model.parameters())
-    nonzeros = sum(int((p != 0).sum()) for p in model.parameters())
-    return nonzeros, params
+    kept = sum(p.numel() if name.endswith("bias") else int((p != 0).sum()) for name, p in model.named_parameters())
+    return kept, params
 
 
 # --------------------------------------------------------------------------- export / pack / eval
@@ -208,35 +196,46 @@ def distill(student, teacher, images: np.ndarray, epochs: int, lr: float, after_
 
 
 def section_a(data: Path, log) -> list[str]:
-    densities = deep_compression_densities(data)
     torch.manual_seed(0)
     base = create("squeezenet1_0").eval()
-    magnitude_prune(base, densities)
+    with torch.no_grad():  # zoo biases start at 0; give them the cost of trained biases
+        for name, p in base.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.05)
+    prune(base, "deep_compression_squeezenet1_0")
+    remove_masks(base)
     nonzeros, params = count_nonzeros(base)
     rows = []
     for bits in (6, 8):
-        model = create("squeezenet1_0").eval()
-        model.load_state_dict(base.state_dict())
-        run_pass("weight_share", model, {"bits": bits}, PassContext(progress=False))
-        result = ship(model, 227)
-        alt = result["stats"].alternatives
-        rows.append((bits, result, alt))
-        log(f"  A {bits} bit: {result['shipped']:,} B")
+        for init in ("linear", "linear_nonzero"):
+            model = create("squeezenet1_0").eval()
+            model.load_state_dict(base.state_dict())
+            ctx = PassContext(progress=False)
+            run_pass("weight_share", model, {"bits": bits, "init": init}, ctx)
+            used = sum(r["distinct"] for r in ctx.reports[-1].rows) / len(ctx.reports[-1].rows)
+            result = ship(model, 227)
+            rows.append((bits, init, used, result, result["stats"].alternatives))
+            log(f"  A {bits} bit {init}: {result['shipped']:,} B")
     lines = [
         "## A. squeezenet1_0, zoo initialisation, Deep Compression densities",
         "",
-        f"Per-layer magnitude pruning to the densities of the published Deep Compression model: "
-        f"{nonzeros:,} of {params:,} parameters non-zero (paper: {PAPER['nonzeros']:,}, "
-        f"{100 * (nonzeros - PAPER['nonzeros']) / PAPER['nonzeros']:+.2f} %; biases are kept dense). "
-        "Weights are kaiming-uniform initialisation, not trained: uniform weights give near-uniform "
-        "codebook usage, the worst case for the entropy coder.",
+        f"Per-layer magnitude pruning with the `prune` pass and the Deep Compression schedule "
+        "(`deep_compression_squeezenet1_0`): "
+        f"{nonzeros:,} of {params:,} parameters kept (paper: {PAPER['nonzeros']:,}, "
+        f"{100 * (nonzeros - PAPER['nonzeros']) / PAPER['nonzeros']:+.3f} %; biases are kept dense and drawn from N(0, 0.05) "
+        "so that they cost what trained float biases cost). "
+        "Weights are kaiming-uniform initialisation, not trained: after pruning, uniform weights "
+        "leave a gap of 2/3 of the range around zero, so Deep Compression's linear centroid "
+        "initialisation leaves most centroids unused there (column 'used'); `linear_nonzero` "
+        "spreads them over the non-zero intervals and uses all 2^bits (near-uniform usage: the "
+        "worst case for the entropy coder).",
         "",
-        "| bits | ONNX B | shipped B | shipped MiB | paper MB | rANS B | Huffman B | encode s | decode s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| bits | init | used centroids / layer | ONNX B | shipped B | shipped MiB | paper MB | rANS B | Huffman B | encode s | decode s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for bits, r, alt in rows:
+    for bits, init, used, r, alt in rows:
         lines.append(
-            f"| {bits} | {r['onnx']:,} | {r['shipped']:,} | {mib(r['shipped'])} | {PAPER[f'{bits}bit_mb']} | "
+            f"| {bits} | {init} | {used:.0f} | {r['onnx']:,} | {r['shipped']:,} | {mib(r['shipped'])} | {PAPER[f'{bits}bit_mb']} | "
             f"{alt.get('rans', 0):,} | {alt.get('huffman', 0):,} | {r['encode_s']:.1f} | {r['decode_s']:.2f} |"
         )
     return lines + [""]
@@ -283,7 +282,6 @@ def section_b(data: Path, log, limit) -> list[str]:
 
 
 def section_c(data: Path, log, quick: bool, workdir: Path) -> list[str]:
-    densities = deep_compression_densities(data)
     sd = torch.load(data / "weights" / "squeezenet1_1.pth", map_location="cpu")
     teacher = create("squeezenet1_1").eval()
     teacher.load_state_dict(sd)
@@ -307,10 +305,10 @@ def section_c(data: Path, log, quick: bool, workdir: Path) -> list[str]:
     record("dense FP32", teacher)
     student = create("squeezenet1_1")
     student.load_state_dict(sd)
-    masks = magnitude_prune(student, densities)
+    prune(student, schedule_for_1_1())
     record("pruned (DC densities)", student)
     t0 = time.perf_counter()
-    distill(student, teacher, train_images, epochs[0], 1e-3, lambda m: reapply(m, masks), log)
+    distill(student, teacher, train_images, epochs[0], 1e-3, reapply_masks, log)
     record("pruned + distilled", student)
     run_pass("weight_share", student, {"bits": 6}, PassContext(progress=False))
     record("pruned + distilled + 6-bit shared", student)
@@ -323,8 +321,8 @@ def section_c(data: Path, log, quick: bool, workdir: Path) -> list[str]:
     lines = [
         "## C. squeezenet1_1 (dense real weights) -> pruned, 6-bit shared, distilled",
         "",
-        f"Same per-layer densities as the Deep Compression SqueezeNet 1.0 (its 26 convs mapped in "
-        f"order onto 1.1's). Distillation from the dense model (T=2, SGD momentum 0.9, lr 1e-3, "
+        "The Deep Compression SqueezeNet 1.0 schedule mapped onto 1.1 by role (conv1, fire2..fire9, "
+        "conv10), one-shot magnitude pruning with the `prune` pass. Distillation from the dense model (T=2, SGD momentum 0.9, lr 1e-3, "
         f"batch 32, random flips, trained at 160 px to fit the CPU budget) on sample half A ({len(train_images)} images, possibly ImageNet "
         f"training images): {epochs[0]} epochs after pruning (masks re-applied every step), "
         f"{epochs[1]} epochs of centroid fine-tuning after sharing (cluster-mean gradients, weights "

@@ -48,6 +48,15 @@ def test_kmeans_1d_linear_init_and_bounded_clusters():
     np.testing.assert_array_equal(assign, nearest)
 
 
+def test_linear_nonzero_init_uses_every_centroid_on_pruned_weights():
+    rng = np.random.default_rng(1)
+    values = rng.uniform(-1, 1, 20000)
+    values = values[np.abs(values) > 0.6]  # pruning left a wide gap around zero
+    linear, _ = kmeans_1d(values, 16)
+    spread, _ = kmeans_1d(values, 16, init="linear_nonzero")
+    assert len(linear) < 16 and len(spread) == 16
+
+
 @pytest.mark.parametrize("bits", [2, 4, 6, 8])
 def test_pass_keeps_zeros_and_at_most_2_pow_bits_values(bits):
     net = _net()

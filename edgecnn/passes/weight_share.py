@@ -15,7 +15,7 @@ The shared model exports as ordinary float weights with few distinct values, whi
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -37,6 +37,10 @@ class WeightShareConfig(PassConfig):
     exclude: Optional[list[str]] = None
     layer_bits: dict[str, int] = Field(default_factory=dict)
     iterations: int = Field(40, ge=1, le=1000)
+    # linear: evenly between min and max (Deep Compression). linear_nonzero: evenly over the two
+    # intervals that hold non-zero weights ([min, largest negative], [smallest positive, max]),
+    # so no centroid starts in the gap pruning left around zero, where it would stay unused.
+    init: Literal["linear", "linear_nonzero"] = "linear"
 
     @field_validator("layer_bits")
     @classmethod
@@ -56,7 +60,16 @@ class WeightShareState:
         self.bits = bits
 
 
-def kmeans_1d(values: np.ndarray, clusters: int, iterations: int = 40) -> tuple[np.ndarray, np.ndarray]:
+def initial_centroids(values: np.ndarray, clusters: int, init: str = "linear") -> np.ndarray:
+    neg, pos = values[values < 0], values[values > 0]
+    if init == "linear" or neg.size == 0 or pos.size == 0 or clusters < 2:
+        return np.linspace(values.min(), values.max(), clusters)
+    span_neg, span_pos = neg.max() - neg.min(), pos.max() - pos.min()
+    k_neg = int(np.clip(round(clusters * span_neg / max(span_neg + span_pos, 1e-30)), 1, clusters - 1))
+    return np.concatenate([np.linspace(neg.min(), neg.max(), k_neg), np.linspace(pos.min(), pos.max(), clusters - k_neg)])
+
+
+def kmeans_1d(values: np.ndarray, clusters: int, iterations: int = 40, init: str = "linear") -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means on scalars with linear initialisation; returns (centroids, assignment).
 
     Hand-written because it is ten lines in 1-D: with sorted centroids, the nearest centroid
@@ -66,7 +79,7 @@ def kmeans_1d(values: np.ndarray, clusters: int, iterations: int = 40) -> tuple[
     values = np.asarray(values, np.float64)
     if values.size == 0:
         return np.zeros(0), np.zeros(0, np.int64)
-    centroids = np.linspace(values.min(), values.max(), clusters)
+    centroids = initial_centroids(values, clusters, init)
     assign = np.zeros(values.size, np.int64)
     for _ in range(iterations):
         assign = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
@@ -93,13 +106,13 @@ def _bits_for(name: str, config: WeightShareConfig) -> int:
     return config.bits
 
 
-def share_layer(module: nn.Module, bits: int, iterations: int = 40) -> dict:
+def share_layer(module: nn.Module, bits: int, iterations: int = 40, init: str = "linear") -> dict:
     """Cluster one layer's non-zero weights in place; returns its report row."""
     with torch.no_grad():
         weight = module.weight
         flat = weight.detach().reshape(-1).cpu().numpy().astype(np.float32)
         nonzero = flat != 0
-        centroids, assign = kmeans_1d(flat[nonzero], 1 << bits, iterations)
+        centroids, assign = kmeans_1d(flat[nonzero], 1 << bits, iterations, init)
         centroids32 = centroids.astype(np.float32)
         if np.any(centroids32 == 0):  # a centroid rounding to 0 would turn weights into zeros
             centroids32[centroids32 == 0] = np.float32(np.finfo(np.float32).tiny)
@@ -132,7 +145,7 @@ def weight_share(model: nn.Module, config: WeightShareConfig, ctx: PassContext) 
 
         iterator = track(layers, description="weight sharing", transient=True)
     for name, module in iterator:
-        row = {"layer": name, **share_layer(module, _bits_for(name, config), config.iterations)}
+        row = {"layer": name, **share_layer(module, _bits_for(name, config), config.iterations, config.init)}
         rows.append(row)
     total_nz = sum(r["nonzeros"] for r in rows)
     index_bits = sum(r["nonzeros"] * r["bits"] for r in rows)
