@@ -1,0 +1,278 @@
+"""Q/DQ ONNX export of a quantized model, one artifact per deployment target.
+
+The fake-quantized PyTorch model (``edgecnn.passes.quantize``) is switched to the target's
+integer encoding (:mod:`edgecnn.export.targets`), its weights are baked onto their grid and
+it is traced with the TorchScript exporter, which writes QuantizeLinear/DequantizeLinear for
+every quantizer. Then:
+
+* every weight ``QuantizeLinear(float initializer)`` is folded into an int8 initializer
+  feeding its DequantizeLinear (per-channel, axis 0), so the file is int8-sized: a plain
+  fake-quant export keeps the float weights (about 4x larger). 6/4-bit weights are int8
+  initializers holding -31..31 / -7..7 (ONNX and the exporters only know 8-bit ranges);
+* identical Q/DQ pairs on one tensor are merged (a residual Add and the conv reading the
+  same tensor share one quantizer);
+* ``trt`` exports are linted against TensorRT's placement rules (:mod:`trt_rules`);
+* ONNX Runtime (CPU) is run against the PyTorch model in the same encoding on real inputs
+  (max abs/rel error, top-1 agreement); a disagreement fails the export.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from edgecnn.errors import UserError
+from edgecnn.export.targets import QuantTarget, get_target
+
+
+class QDQLintError(UserError):
+    """A trt export breaks TensorRT's Q/DQ placement rules."""
+
+
+@dataclass
+class QDQExport:
+    path: Path
+    target: str
+    size_bytes: int
+    weight_bytes_int8: int
+    parity: object = None  # edgecnn.export.parity.ParityReport
+    violations: list = field(default_factory=list)
+
+
+def _constant(graph_model, name: str):
+    from edgecnn.export.onnx_export import _constant_values
+
+    return _constant_values(graph_model, name)
+
+
+def _quantize_array(values: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int) -> np.ndarray:
+    """ONNX QuantizeLinear semantics (round half to even, saturate) in numpy."""
+    if scale.ndim == 1 and values.ndim > 1:
+        shape = [1] * values.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+        zero = zero.reshape(shape)
+    info = np.iinfo(zero.dtype)
+    q = np.rint(values / scale) + zero.astype(np.int64)
+    return np.clip(q, info.min, info.max).astype(zero.dtype)
+
+
+def fold_weight_quantizers(model) -> int:
+    """Replace QuantizeLinear(constant float weight) by an int8 initializer; returns count."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    folded = 0
+    for node in list(graph.node):
+        if node.op_type != "QuantizeLinear" or node.input[0] not in initializers:
+            continue
+        values = numpy_helper.to_array(initializers[node.input[0]]).astype(np.float32)
+        scale = np.asarray(_constant(model, node.input[1]), dtype=np.float32)
+        zero = np.asarray(_constant(model, node.input[2])) if len(node.input) > 2 else np.zeros_like(scale, dtype=np.uint8)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        ints = _quantize_array(values, scale, zero, axis)
+        name = node.input[0] + "_quantized"
+        graph.initializer.append(numpy_helper.from_array(ints, name))
+        for user in consumers.get(node.output[0], []):
+            for i, inp in enumerate(user.input):
+                if inp == node.output[0]:
+                    user.input[i] = name
+        graph.node.remove(node)
+        folded += 1
+    _drop_unused_initializers(model)
+    return folded
+
+
+def _drop_unused_initializers(model) -> None:
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {o.name for o in model.graph.output}
+    keep = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    inputs = [i for i in model.graph.input if i.name in used or i.name not in {x.name for x in keep}]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+
+
+def merge_duplicate_qdq(model) -> int:
+    """Merge Q->DQ pairs that quantize the same tensor with the same parameters."""
+    graph = model.graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    seen: dict[tuple, str] = {}
+    merged = 0
+    for node in list(graph.node):
+        if node.op_type != "QuantizeLinear":
+            continue
+        dqs = [c for c in consumers.get(node.output[0], []) if c.op_type == "DequantizeLinear"]
+        if len(dqs) != 1 or len(consumers.get(node.output[0], [])) != 1:
+            continue
+        scale = _constant(model, node.input[1])
+        zero = _constant(model, node.input[2]) if len(node.input) > 2 else None
+        if scale is None:
+            continue
+        key = (node.input[0], scale.tobytes(), None if zero is None else (zero.dtype.str, zero.tobytes()))
+        dq = dqs[0]
+        if key not in seen:
+            seen[key] = dq.output[0]
+            continue
+        for user in consumers.get(dq.output[0], []):
+            for i, inp in enumerate(user.input):
+                if inp == dq.output[0]:
+                    user.input[i] = seen[key]
+        for output in graph.output:
+            if output.name == dq.output[0]:
+                break
+        else:
+            graph.node.remove(node)
+            graph.node.remove(dq)
+            merged += 1
+    return merged
+
+
+def _int8_weight_bytes(model) -> int:
+    return sum(int(np.prod(init.dims)) for init in model.graph.initializer if init.data_type in (2, 3))
+
+
+def prepare_for_target(model, target: Union[str, QuantTarget]):
+    """A copy of the quantized model in ``target``'s encoding with weights baked (for parity)."""
+    from edgecnn.passes.quant.quantizers import bake_weights, quantizers, set_target
+
+    module = getattr(model, "module", model)
+    if not quantizers(module):
+        raise UserError("export_qdq needs a quantized model; run the quantize pass first (or use --target fp32)")
+    clone = copy.deepcopy(module).eval()
+    set_target(clone, target)
+    bake_weights(clone)
+    return clone
+
+
+def export_qdq_report(
+    model,
+    path: Union[str, Path],
+    target: Union[str, QuantTarget] = "ort-x86",
+    input_shape=(1, 3, 224, 224),
+    opset: int = 17,
+    metadata: Optional[dict] = None,
+    parity_inputs=None,
+    parity: bool = True,
+    min_agreement: float = 1.0,
+    batch: Union[int, str] = 1,
+    overwrite: bool = True,
+) -> QDQExport:
+    """:func:`export_qdq` returning the parity report, lint result and sizes too."""
+    import onnx
+
+    from edgecnn.export import onnx_export
+    from edgecnn.export.metadata import KEY_INPUT_NAME, KEY_OUTPUT_NAME, KEY_PRECISION, atomic_save, model_metadata, set_metadata
+    from edgecnn.export.parity import check_parity
+    from edgecnn.export.trt_rules import lint
+
+    target = get_target(target)
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UserError(f"'{path}' already exists; pass --force to overwrite it or choose another -o path")
+    if path.suffix.lower() != ".onnx":
+        raise UserError(f"output '{path}' should end in .onnx; e.g. -o {path.with_suffix('.onnx').name}")
+    opset = onnx_export._check_opset(opset)
+    if opset < 13:
+        raise UserError("Q/DQ export needs opset 13 or later (per-channel DequantizeLinear)")
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 4:
+        raise UserError(f"input shape must be N,C,H,W (4 numbers), got {input_shape}")
+    static_batch = onnx_export._batch_dim(batch)
+    clone = prepare_for_target(model, target)
+
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        # Quantizer ranges become constants of the traced graph: that is the point.
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding")
+        proto = onnx_export._trace_to_proto(clone, (static_batch or 2, *shape[1:]), opset, dynamic=static_batch is None)
+    onnx_export.use_global_average_pool(proto)
+    fold_weight_quantizers(proto)
+    merge_duplicate_qdq(proto)
+
+    from edgecnn.passes.quant.quantizers import quant_layers
+
+    bits = sorted({layer.weight_bits for _, layer in quant_layers(clone) if layer.weight_bits})
+    precision = "int8" if bits == [8] else "w" + "/".join(map(str, bits)) + "a8"
+    values = model_metadata(model if hasattr(model, "preprocess") else None)
+    values.update(
+        {
+            KEY_INPUT_NAME: onnx_export.INPUT_NAME,
+            KEY_OUTPUT_NAME: onnx_export.OUTPUT_NAME,
+            KEY_PRECISION: precision,
+            "edgecnn.quant_target": target.name,
+            "edgecnn.activation_dtype": target.activation_dtype,
+        }
+    )
+    values.update(metadata or {})
+    set_metadata(proto, values)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise UserError(f"the Q/DQ ONNX graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
+
+    violations = lint(proto) if "trt" in target.lint else []
+    if violations:
+        shown = "; ".join(str(v) for v in violations[:5])
+        more = f" (+{len(violations) - 5} more)" if len(violations) > 5 else ""
+        raise QDQLintError(f"{path.name} breaks TensorRT Q/DQ placement rules: {shown}{more}")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.stem}.{os.getpid()}.qdq.onnx")
+    report = None
+    try:
+        atomic_save(proto, staging)
+        if parity:
+            # Quantized outputs differ elementwise from PyTorch only by rounding ties, so
+            # pass/fail is on top-1 agreement; the errors are reported.
+            report = check_parity(
+                staging, clone, parity_inputs, atol=None, rtol=None, min_agreement=min_agreement,
+                input_shape=shape, count=4,
+            )
+        os.replace(staging, path)
+    finally:
+        if staging.exists():
+            staging.unlink()
+    return QDQExport(path, target.name, path.stat().st_size, _int8_weight_bytes(proto), report, violations)
+
+
+def export_qdq(
+    model,
+    path: Union[str, Path],
+    target: Union[str, QuantTarget] = "ort-x86",
+    input_shape=(1, 3, 224, 224),
+    opset: int = 17,
+    metadata: Optional[dict] = None,
+    parity_inputs=None,
+    parity: bool = True,
+    overwrite: bool = True,
+) -> Path:
+    """Export a quantized model (nn.Module or LoadedModel) as a Q/DQ ONNX file for ``target``.
+
+    ``target``: ``ort-x86`` (u8 activations), ``ort-arm`` (s8), ``trt`` (s8, zero-point 0,
+    placement-linted). Weights are int8 initializers + per-channel DequantizeLinear. Parity
+    against the PyTorch model in the same encoding runs on ``parity_inputs`` (NCHW array or
+    batches; default seeded random inputs) and raises ParityError on disagreement.
+    """
+    return export_qdq_report(
+        model, path, target, input_shape=input_shape, opset=opset, metadata=metadata,
+        parity_inputs=parity_inputs, parity=parity, overwrite=overwrite,
+    ).path

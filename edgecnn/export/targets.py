@@ -1,0 +1,74 @@
+"""Deployment targets of a quantized model, as data (one calibration, many artifacts).
+
+A target says how the calibrated activation ranges are stored as integers: which integer
+type, and whether a tensor that never goes negative (after ReLU/ReLU6) uses the full 8-bit
+range one-sided or the symmetric half range. Weights are always per-channel symmetric int8
+with zero-point 0. Adding a target is adding an entry here, not an ``if`` elsewhere.
+
+Encodings and why:
+
+* ``ort-x86``: uint8 activations. ONNX Runtime's x86 kernels (MLAS, VPMADDUBSW/VNNI) run
+  int8 convolutions with u8 activations x s8 weights; signed activations fall back to slower
+  paths. Non-negative tensors use zero-point 0 (256 levels, and ORT can drop the ReLU into
+  the QuantizeLinear); signed tensors use zero-point 128, the same grid as s8 zero-point 0.
+* ``ort-arm``: int8 activations. ORT's ARM64 kernels use the signed dot-product
+  instructions (SDOT/SMMLA) natively and ORT recommends S8S8 for QDQ models there.
+  Non-negative tensors use zero-point -128 (the same 256-level grid as ``ort-x86``, so both
+  ORT artifacts compute identical values), signed ones zero-point 0.
+* ``trt``: int8, zero-point 0, symmetric everywhere (TensorRT's explicit quantization only
+  supports symmetric int8); every export is linted against TensorRT's placement rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgecnn.errors import UserError
+
+
+@dataclass(frozen=True)
+class QuantTarget:
+    name: str
+    activation_dtype: str  # "uint8" | "int8"
+    one_sided_nonnegative: bool  # non-negative tensors use all 256 levels (zero-point = qmin)
+    lint: tuple[str, ...] = ()  # lint rule sets run on every export ("trt")
+    description: str = ""
+
+    @property
+    def qmin(self) -> int:
+        return 0 if self.activation_dtype == "uint8" else -128
+
+    @property
+    def qmax(self) -> int:
+        return 255 if self.activation_dtype == "uint8" else 127
+
+    def activation_encoding(self, nonnegative: bool) -> tuple[int, int, int, int]:
+        """(levels above zero-point used for the range, zero_point, qmin, qmax) for one tensor.
+
+        The scale is ``amax / levels``: 255 for a one-sided tensor, 127 for a symmetric one.
+        """
+        if nonnegative and self.one_sided_nonnegative:
+            return 255, self.qmin, self.qmin, self.qmax
+        zero_point = 128 if self.activation_dtype == "uint8" else 0
+        return 127, zero_point, self.qmin, self.qmax
+
+
+TARGETS: dict[str, QuantTarget] = {
+    "ort-x86": QuantTarget(
+        "ort-x86", "uint8", True, description="ONNX Runtime x86: u8 activations, s8 per-channel weights"
+    ),
+    "ort-arm": QuantTarget(
+        "ort-arm", "int8", True, description="ONNX Runtime ARM64: s8 activations (S8S8), s8 per-channel weights"
+    ),
+    "trt": QuantTarget(
+        "trt", "int8", False, lint=("trt",), description="TensorRT explicit quantization: symmetric s8, zero-point 0"
+    ),
+}
+
+
+def get_target(name: str) -> QuantTarget:
+    if isinstance(name, QuantTarget):
+        return name
+    if name not in TARGETS:
+        raise UserError(f"unknown quantization target '{name}'; valid targets: {', '.join(TARGETS)}")
+    return TARGETS[name]
