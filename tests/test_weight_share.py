@@ -112,6 +112,19 @@ def test_fine_tuning_stays_tied_to_centroids():
     assert not torch.equal(before, net[2].weight), "centroids should have moved"
 
 
+def test_training_loop_unaware_of_sharing_still_trains_tied_centroids():
+    net = run_pass("weight_share", _net(), {"bits": 2}, PassContext(progress=False))
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    for _ in range(3):  # no tie_to_centroids call: the pre-forward hook re-ties
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    assert _nonzero_distinct(net[0].weight) > 4  # the last step is not tied yet
+    net.eval()(x)
+    assert _nonzero_distinct(net[0].weight) <= 4
+
+
 def test_shared_model_packs_small_and_decodes_exactly(tmp_path):
     import onnx
     import onnxruntime as ort

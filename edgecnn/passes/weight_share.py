@@ -6,9 +6,11 @@ layer's min and max (linear initialisation: it keeps the rare large weights, whi
 most, as the paper shows), then 1-D Lloyd iterations run on the sorted values.
 
 The cluster assignment is remembered on the module (not in its state dict, so checkpoints
-and ONNX export are unchanged). Fine-tuning keeps weights tied to centroids by calling
-:func:`tie_to_centroids` after every optimizer step: each centroid moves by the mean update
-of its weights (the per-centroid gradient sum of the paper, up to the learning rate scale).
+and ONNX export are unchanged). Fine-tuning keeps weights tied to centroids: call
+:func:`tie_to_centroids` after every optimizer step (shared layers also re-tie themselves
+before each forward, so loops that do not know about sharing work too); each centroid moves
+by the mean update of its weights (the per-centroid gradient sum of the paper, up to the
+learning rate scale). Call :func:`tie_to_centroids` once after training, before export.
 The shared model exports as ordinary float weights with few distinct values, which
 ``edgecnn pack`` turns into codebooks and entropy-coded indices.
 """
@@ -58,6 +60,21 @@ class WeightShareState:
         self.index = index
         self.centroids = centroids
         self.bits = bits
+        self.version = -1  # weight._version when the weights were last tied
+
+
+def _tie_before_forward(module: nn.Module, inputs) -> None:
+    """Forward pre-hook: re-tie the weights if an optimizer changed them since the last tie.
+
+    This lets any training loop (edgecnn.train, a user's own) fine-tune centroids without
+    knowing about sharing. Skipped while tracing/exporting so no tie op enters the graph.
+    """
+    state = getattr(module, SHARE_ATTR, None)
+    if state is None or module.weight._version == state.version:
+        return
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return
+    _tie_module(module, state)
 
 
 def initial_centroids(values: np.ndarray, clusters: int, init: str = "linear") -> np.ndarray:
@@ -123,6 +140,9 @@ def share_layer(module: nn.Module, bits: int, iterations: int = 40, init: str = 
         weight.copy_(torch.from_numpy(shared).reshape(weight.shape).to(weight.dtype))
         error = float(np.sqrt(np.mean((shared - flat) ** 2))) if flat.size else 0.0
     state = WeightShareState(torch.from_numpy(index).reshape(weight.shape), torch.from_numpy(centroids32), bits)
+    state.version = module.weight._version
+    if getattr(module, SHARE_ATTR, None) is None:
+        module.register_forward_pre_hook(_tie_before_forward)
     setattr(module, SHARE_ATTR, state)
     return {
         "nonzeros": int(nonzero.sum()),
@@ -174,24 +194,31 @@ def tie_to_centroids(model: nn.Module) -> None:
     Each centroid becomes the mean of its weights after the step, i.e. the old centroid plus
     the mean per-weight update; weights are then reset to their centroid and zeros to zero.
     Cluster assignments never change, so the layer keeps <= 2**bits distinct values.
+    Shared layers also re-tie themselves before each forward (a pre-hook), so a training
+    loop that does not call this still trains tied centroids; call it once after training,
+    before export, so the last step is tied too.
     """
-    with torch.no_grad():
-        for _, module in shared_layers(model):
-            state: WeightShareState = getattr(module, SHARE_ATTR)
-            weight = module.weight
-            index = state.index.to(weight.device)
-            member = index >= 0
-            k = state.centroids.numel()
-            flat_idx = index[member]
-            sums = torch.zeros(k, dtype=torch.float64, device=weight.device)
-            sums.index_add_(0, flat_idx, weight[member].double())
-            counts = torch.bincount(flat_idx, minlength=k).clamp_min(1)
-            centroids = (sums / counts).float()
-            centroids[centroids == 0] = torch.finfo(torch.float32).tiny
-            state.centroids = centroids.cpu()
-            tied = torch.zeros_like(weight)
-            tied[member] = centroids[flat_idx].to(weight.dtype)
-            weight.copy_(tied)
+    for _, module in shared_layers(model):
+        _tie_module(module, getattr(module, SHARE_ATTR))
+
+
+@torch.no_grad()
+def _tie_module(module: nn.Module, state: WeightShareState) -> None:
+    weight = module.weight
+    index = state.index.to(weight.device)
+    member = index >= 0
+    k = state.centroids.numel()
+    flat_idx = index[member]
+    sums = torch.zeros(k, dtype=torch.float64, device=weight.device)
+    sums.index_add_(0, flat_idx, weight[member].double())
+    counts = torch.bincount(flat_idx, minlength=k).clamp_min(1)
+    centroids = (sums / counts).float()
+    centroids[centroids == 0] = torch.finfo(torch.float32).tiny
+    state.centroids = centroids.cpu()
+    tied = torch.zeros_like(weight)
+    tied[member] = centroids[flat_idx].to(weight.dtype)
+    weight.copy_(tied)
+    state.version = weight._version
 
 
 def centroid_gradient_hook(model: nn.Module) -> list:
