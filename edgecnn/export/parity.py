@@ -30,7 +30,7 @@ class ParityReport:
     mean_abs_error: float
     top1_agreement: float  # fraction of samples with the same top-1 class (ties included)
     disagreements: int  # top-1 differs and the reference was not a tie
-    ties: int  # reference top-2 margin below the observed error: excluded from pass/fail
+    ties: int  # swapped with a near-equal runner-up (margin below the typical error): not counted
     atol: Optional[float] = None
     rtol: Optional[float] = None
     min_agreement: float = 1.0
@@ -75,12 +75,17 @@ def compare_outputs(
     out_top = out.argmax(axis=1)
     same = ref_top == out_top
     if ref.shape[1] > 1:
-        top2 = np.sort(ref, axis=1)[:, -2:]
-        margin = top2[:, 1] - top2[:, 0]
+        order = np.argsort(ref, axis=1)
+        runner_up = order[:, -2]
+        margin = ref[np.arange(len(ref)), order[:, -1]] - ref[np.arange(len(ref)), runner_up]
     else:
+        runner_up = ref_top
         margin = np.full(len(ref), np.inf)
-    # A sample is a tie when swapping its top-2 needs no more than twice the error seen on it.
-    tie = (~same) & (margin <= 2 * per_sample_err + 1e-7)
+    # A tie: the candidate picked the reference's runner-up, and the two were closer than twice
+    # the typical (median) error of this comparison. A broken export has large errors on some
+    # samples, but its flips are not to a near-equal runner-up, so they still count.
+    typical_err = float(np.median(per_sample_err)) if len(per_sample_err) else 0.0
+    tie = (~same) & (out_top == runner_up) & (margin <= 2 * typical_err + 1e-6 * scale)
     disagreements = int(((~same) & ~tie).sum())
     n = len(ref)
     agreement = float(same.mean()) if n else 1.0
@@ -203,7 +208,7 @@ def check_parity(
     if array.ndim != 4:
         raise UserError(f"parity inputs must be NCHW (4-D), got shape {array.shape}")
     reference = run_torch(model, array)
-    candidate = run_onnx(onnx_path, array)
+    candidate = run_onnx(onnx_path, array, threads=1)  # a few inputs: one thread avoids pool contention
     report = compare_outputs(reference, candidate, atol=atol, rtol=rtol, min_agreement=min_agreement)
     if raise_on_failure:
         report.raise_if_failed()
