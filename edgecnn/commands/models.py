@@ -10,10 +10,7 @@ import click
 def zoo_table(input_size: int = 224) -> list[dict]:
     """One dict per zoo model: name, family, options, params, MACs, weights and preprocessing.
 
-    Models are built on the ``meta`` device: shapes only, no memory or compute.
     """
-    import torch
-
     from edgecnn.measure.profile import profile_model
     from edgecnn.models import available, default_preprocess, get_spec
     from edgecnn.models.registry import create
@@ -21,8 +18,7 @@ def zoo_table(input_size: int = 224) -> list[dict]:
     rows = []
     for name in available():
         spec = get_spec(name)
-        with torch.device("meta"):
-            module = create(name)
+        module = create(name)
         prof = profile_model(module, input_size)
         rows.append(
             {

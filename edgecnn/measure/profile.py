@@ -7,6 +7,7 @@ The per-kind table is MobileNet's "resource per layer type" table.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Union
 
@@ -58,10 +59,20 @@ def _layer_params(module: nn.Module) -> int:
 def profile_model(model: nn.Module, input_size: Union[int, tuple[int, int]] = 224) -> Profile:
     """Run one batch-1 forward of zeros and count params and MACs per conv/linear layer.
 
-    Works on models built on the ``meta`` device too (no memory, no compute): handy for
-    listing the zoo.
+    Works on models built on the ``meta`` device too (cheap to build: no weight init): they
+    are run as a copy with uninitialised CPU weights, since only shapes matter here.
     """
     height, width = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if any(p.is_meta for p in model.parameters()):
+        # A meta forward goes through Python decompositions (~1 s); an uninitialised CPU copy
+        # runs in milliseconds and gives the same shapes.
+        runnable = copy.deepcopy(model).to_empty(device="cpu")
+        with torch.no_grad():
+            for tensor in list(runnable.parameters()) + list(runnable.buffers()):
+                tensor.zero_()  # uninitialised memory may hold denormals, which are very slow
+        profile = profile_model(runnable, (height, width))
+        profile.nonzero_params = profile.params
+        return profile
     try:
         first = next(model.parameters())
         device, dtype = first.device, first.dtype if first.is_floating_point() else torch.float32
@@ -78,11 +89,16 @@ def profile_model(model: nn.Module, input_size: Union[int, tuple[int, int]] = 22
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if layer_kind(m) is not None]
     was_training = model.training
+    threads = torch.get_num_threads()
     model.eval()
     try:
+        # One batch-1 forward is too small to gain from threads, and loses a lot to them on a
+        # busy machine.
+        torch.set_num_threads(1)
         with torch.inference_mode():
             model(torch.zeros(1, 3, height, width, device=device, dtype=dtype))
     finally:
+        torch.set_num_threads(threads)
         for h in handles:
             h.remove()
         model.train(was_training)
@@ -95,7 +111,7 @@ def profile_model(model: nn.Module, input_size: Union[int, tuple[int, int]] = 22
         entry["macs"] += row.macs
     by_kind = {k: by_kind[k] for k in KIND_ORDER if k in by_kind}
     params = sum(p.numel() for p in model.parameters())
-    nonzero = params if device.type == "meta" else int(sum(int(torch.count_nonzero(p)) for p in model.parameters()))
+    nonzero = int(sum(int(torch.count_nonzero(p)) for p in model.parameters()))
     return Profile(
         params=params,
         macs=sum(r.macs for r in rows),
