@@ -1,0 +1,67 @@
+"""The engines compared by bench/run.py, as data: what each needs, how it is built and opened.
+
+``build`` (optional) runs once in a fresh process (calibration time and peak memory are
+measured there) and returns the artifact; ``open`` runs in the engine's own long-lived
+worker process and returns a runner with ``run(x) -> logits``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    label: str
+    precision: str  # 'fp32' | 'int8': which measured peak MAC rate it is compared with
+    open: str  # "module:function" -> runner
+    build: Optional[str] = None  # "module:function" -> artifact dict; None: runs the FP32 ONNX / module
+    requires: tuple[str, ...] = ()  # importable modules it needs
+    artifact_kind: str = "onnx"  # onnx | ir | module
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+ENGINES: dict[str, Engine] = {
+    e.name: e
+    for e in [
+        Engine("torch", "PyTorch eager FP32", "fp32", "engines.torch_eager:open_eager",
+               requires=("torch",), artifact_kind="module"),
+        Engine("ort_fp32", "ORT FP32", "fp32", "engines.ort:open_onnx", requires=("onnxruntime",)),
+        Engine("edgecnn_int8", "edgecnn INT8 (ORT)", "int8", "engines.ort:open_onnx",
+               build="engines.edgecnn_quant:build_int8",
+               requires=("onnxruntime", "torch", "edgecnn.export.qdq", "edgecnn.passes.quant")),
+        Engine("edgecnn_w6a8", "edgecnn W6A8 (ORT)", "int8", "engines.ort:open_onnx",
+               build="engines.edgecnn_quant:build_w6a8",
+               requires=("onnxruntime", "torch", "edgecnn.export.qdq", "edgecnn.passes.quant")),
+        Engine("ort_qstatic", "ORT quantize_static INT8", "int8", "engines.ort:open_onnx",
+               build="engines.ort:build_quantize_static", requires=("onnxruntime",)),
+        Engine("ov_fp32", "OpenVINO FP32", "fp32", "engines.openvino_engines:open_fp32",
+               requires=("openvino",)),
+        Engine("ov_int8", "OpenVINO INT8 (NNCF PTQ)", "int8", "engines.openvino_engines:open_ir",
+               build="engines.openvino_engines:build_nncf_int8", requires=("openvino", "nncf"),
+               artifact_kind="ir"),
+    ]
+}
+
+
+def missing_requirement(engine: Engine) -> Optional[str]:
+    """The first module the engine needs that cannot be imported here, else None."""
+    for module in engine.requires:
+        try:
+            if importlib.util.find_spec(module) is None:
+                return module
+        except (ImportError, ValueError):
+            return module
+    return None
+
+
+def resolve(target: str):
+    """'module:function' -> the function (imports the module)."""
+    import importlib
+
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)

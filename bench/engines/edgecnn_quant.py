@@ -1,0 +1,47 @@
+"""edgecnn's own INT8 and W6A8 Q/DQ artifacts for ONNX Runtime x86 (target ``ort-x86``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engines.common import calibration_arrays, peak_rss_mb, rss_mb
+
+
+def build_qdq(job: dict, weight_bits: int) -> dict:
+    """fold_bn -> quantize (calibrated on the shared images) -> export_qdq(target='ort-x86')."""
+    import torch
+
+    from edgecnn.export.qdq import export_qdq_report
+    from edgecnn.models import load_model
+    from edgecnn.passes.registry import PassContext, run_pass
+
+    torch.set_num_threads(job["threads"])
+    loaded = load_model(job["model"], weights=job["weights_path"], **job["options"])
+    arrays = calibration_arrays(job)
+    batches = [torch.from_numpy(np.concatenate(arrays[i:i + 8])) for i in range(0, len(arrays), 8)]
+    work = Path(job["work_dir"])
+    out = work / f"{job['model']}.edgecnn_w{weight_bits}a8.onnx"
+    rss_before = rss_mb()
+    start = time.perf_counter()
+    ctx = PassContext(example_input=batches[0][:1], calib_batches=batches, progress=False)
+    model = run_pass("fold_bn", loaded.module, None, ctx)
+    config = {"bits": weight_bits, "target": "ort-x86"}  # the pass defaults otherwise (MSE calibrator)
+    model = run_pass("quantize", model, config, ctx)
+    export_qdq_report(model, out, target="ort-x86", input_shape=tuple(job["input_shape"]), batch="dynamic")
+    seconds = time.perf_counter() - start
+    return {
+        "path": str(out), "calib_seconds": seconds, "calib_peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": rss_before, "onnx_bytes": out.stat().st_size,
+        "config": f"fold_bn + quantize({config}) + export_qdq(target='ort-x86')",
+    }
+
+
+def build_int8(job: dict) -> dict:
+    return build_qdq(job, 8)
+
+
+def build_w6a8(job: dict) -> dict:
+    return build_qdq(job, 6)

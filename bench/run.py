@@ -1,0 +1,625 @@
+"""edgecnn against what users would pick instead, side by side in one run.
+
+For each model: PyTorch eager FP32, ONNX Runtime FP32, edgecnn's INT8 and W6A8 Q/DQ
+artifacts (target ort-x86), ONNX Runtime's quantize_static, OpenVINO FP32 and OpenVINO INT8
+from NNCF, on the same FP32 ONNX and the same calibration images. Columns: latency
+(batch 1), throughput (batch 8), bytes, accuracy on the shared ImageNet sample, calibration
+cost, and the fraction of this CPU's measured peak MAC rate.
+
+Method: every engine runs in its own process; timing rounds are interleaved (A, B, C, A, B,
+C, ...) with warm-up in each round, and the median over rounds is reported. Engines or data
+that are missing are skipped with a line saying so.
+
+    python bench/run.py                      # full run, writes bench/results/<date>-<machine>.md/.json
+    python bench/run.py --quick --models mobilenet_v2 --engines ort_fp32,ov_int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+import numpy as np  # noqa: E402
+
+from _stats import NA, accuracy, markdown_table, ratio, split_calibration, summarize_rounds, throughput  # noqa: E402
+from engines import ENGINES, missing_requirement  # noqa: E402
+
+DEFAULT_DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", BENCH_DIR.parent.parent / "shared" / "data"))
+
+# Model -> how it is built and fed. Weights paths are relative to the shared data folder.
+MODELS = {
+    "mobilenet_v2": {"options": {"tf_padding": True}, "preprocess": "tf", "weights": "weights/mobilenet_v2.pth"},
+    "squeezenet1_1": {"options": {}, "preprocess": "torchvision", "weights": "weights/squeezenet1_1.pth"},
+    # No real ShuffleNet weights exist here: seeded random init, speed and size only.
+    "shufflenet_v2_x1_0": {"options": {}, "preprocess": "torchvision", "weights": None},
+}
+
+# Full run vs --quick (development).
+PROFILES = {
+    "full": {"calib": 128, "eval_limit": None, "rounds": 7, "iters_b1": 40, "iters_b8": 8, "warmup": 5, "op_iters": 30},
+    "quick": {"calib": 32, "eval_limit": 96, "rounds": 3, "iters_b1": 10, "iters_b8": 3, "warmup": 2, "op_iters": 10},
+}
+FP32_REFERENCE_ORDER = ("torch", "ort_fp32", "ov_fp32")  # FP32 agreement is measured against the first present
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
+    except OSError:
+        pass
+    return []
+
+
+def machine_name() -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")
+    return f"{slug}-{os.cpu_count()}cpu"
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for package in ("edgecnn", "numpy", "torch", "onnx", "onnxruntime", "openvino", "nncf"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def read_manifest(data_dir: Path) -> list[tuple[str, int]]:
+    with open(data_dir / "imagenet-sample-manifest.csv", newline="") as handle:
+        return [(row["relpath"], int(row["class_index"])) for row in csv.DictReader(handle)]
+
+
+def build_image_cache(data_dir: Path, manifest, rows: list[int], preprocess, path: Path) -> None:
+    """Decode and preprocess the selected manifest rows once into a .npy every engine memory-maps."""
+    from edgecnn.data.images import ImageFolder, iter_batches
+
+    list_file = path.with_suffix(".txt")
+    list_file.write_text("".join(f"{data_dir / 'imagenet-sample' / manifest[i][0]} {manifest[i][1]}\n" for i in rows))
+    dataset = ImageFolder(list_file)
+    size = preprocess.input_size
+    out = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=np.float32, shape=(len(rows), 3, size, size))
+    position = 0
+    for images, _ in iter_batches(dataset, preprocess, batch_size=32, workers=2):
+        out[position:position + len(images)] = images
+        position += len(images)
+    out.flush()
+    del out
+    os.replace(path.with_suffix(".tmp.npy"), path)
+
+
+# ----------------------------------------------------------------------------- per model
+
+
+def onnx_op_counts(path: str) -> dict:
+    import onnx
+
+    return dict(sorted(Counter(n.op_type for n in onnx.load(path, load_external_data=False).graph.node).items()))
+
+
+def shipped_bytes(path: str):
+    try:
+        from edgecnn.pack import shipped_size
+
+        return int(shipped_size(path))
+    except Exception as exc:  # the column becomes n/a; the reason goes into the JSON
+        return f"error: {type(exc).__name__}: {exc}"
+
+
+def prepare_model(name: str, spec: dict, data_dir: Path, work: Path, size_hint: int):
+    """Load the model in this (coordinating) process, save its weights, export the FP32 ONNX, count MACs."""
+    import torch
+
+    from edgecnn.export.onnx_export import export_onnx
+    from edgecnn.measure.profile import profile_model
+    from edgecnn.models import load_model
+
+    weights = str(data_dir / spec["weights"]) if spec["weights"] else None
+    if weights and not Path(weights).exists():
+        say(f"  {name}: weights {weights} absent: random init, accuracy n/a")
+        weights = None
+    torch.manual_seed(0)
+    loaded = load_model(name, weights=weights, preprocess=spec["preprocess"], **spec["options"])
+    weights_path = work / f"{name}.pth"
+    torch.save(loaded.module.state_dict(), weights_path)
+    size = loaded.preprocess.input_size
+    fp32_onnx = work / f"{name}.fp32.onnx"
+    export_onnx(loaded, fp32_onnx, input_shape=(1, 3, size, size), batch="dynamic")
+    profile = profile_model(loaded.module, size)
+    return loaded, {
+        "weights": weights or "random init (seed 0)",
+        "weights_path": str(weights_path),
+        "fp32_onnx": str(fp32_onnx),
+        "input_size": size,
+        "macs": int(profile.macs),
+        "params": int(profile.params),
+        "real_weights": weights is not None,
+    }
+
+
+def run_model(name: str, args, settings: dict, engines: list[str], data, work: Path, peaks_box: dict, progress) -> dict:
+    from _workers import EngineError, EngineWorker, run_build
+
+    spec = MODELS[name]
+    say(f"\n== {name}")
+    loaded, info = prepare_model(name, spec, args.data, work, 224)
+    result = {"model": name, **info, "preprocess": loaded.preprocess.to_dict(), "options": spec["options"], "engines": {}}
+    evaluate = data is not None and info["real_weights"]
+    if data is not None and not info["real_weights"]:
+        say(f"  {name}: no real weights here: accuracy columns are n/a (speed and size only)")
+    cache = data["caches"][loaded.preprocess.name] if data else None
+    job = {
+        "model": name, "options": spec["options"], "weights_path": info["weights_path"], "fp32_onnx": info["fp32_onnx"],
+        "work_dir": str(work), "threads": args.threads, "cache": str(cache) if cache else None,
+        "calib_indices": data["calib_positions"] if data else [], "eval_indices": data["eval_positions"] if data else [],
+        "input_shape": [1, 3, info["input_size"], info["input_size"]],
+    }
+    if data is None:
+        # No shared images: calibrate on seeded random inputs so the quantizers still run.
+        random_cache = work / f"{name}.random.npy"
+        rng = np.random.default_rng(0)
+        np.save(random_cache, rng.standard_normal((settings["calib"], *job["input_shape"][1:])).astype(np.float32))
+        job.update(cache=str(random_cache), calib_indices=list(range(settings["calib"])), eval_indices=[])
+
+    artifacts = {}
+    for engine_name in engines:
+        engine = ENGINES[engine_name]
+        entry = result["engines"].setdefault(engine_name, {"label": engine.label, "precision": engine.precision})
+        if engine.build is None:
+            artifacts[engine_name] = {"path": info["fp32_onnx"], "onnx_bytes": Path(info["fp32_onnx"]).stat().st_size}
+            if engine.artifact_kind == "module":
+                artifacts[engine_name] = {"path": info["weights_path"], "onnx_bytes": None}
+            continue
+        progress(f"{name}: building {engine.label} (calibration on {len(job['calib_indices'])} images)")
+        try:
+            artifacts[engine_name] = run_build(engine.build, job, timeout=args.build_timeout)
+        except EngineError as exc:
+            first = str(exc).splitlines()[0]
+            say(f"  skip {engine_name}: build failed: {first}")
+            entry["skipped"] = f"build failed: {first}"
+            entry["error"] = str(exc)[-3000:]
+    for engine_name, artifact in artifacts.items():
+        entry = result["engines"][engine_name]
+        entry["artifact"] = {k: v for k, v in artifact.items()}
+        if artifact.get("path", "").endswith(".onnx"):
+            entry["artifact"]["shipped_bytes"] = shipped_bytes(artifact["path"])
+            entry["artifact"]["graph_ops"] = onnx_op_counts(artifact["path"])
+
+    workers = {}
+    for engine_name in list(artifacts):
+        try:
+            workers[engine_name] = EngineWorker(ENGINES[engine_name].open, job, artifacts[engine_name])
+        except EngineError as exc:
+            first = str(exc).splitlines()[0]
+            say(f"  skip {engine_name}: cannot open: {first}")
+            result["engines"][engine_name]["skipped"] = f"cannot open: {first}"
+    try:
+        if evaluate:
+            labels = data["labels"]
+            predictions = {}
+            for engine_name, worker in workers.items():
+                progress(f"{name}: accuracy of {ENGINES[engine_name].label} on {len(job['eval_indices'])} images")
+                predictions[engine_name] = worker.call("eval", indices=job["eval_indices"], batch=8)
+            reference = next((e for e in FP32_REFERENCE_ORDER if e in predictions), None)
+            for engine_name, top5 in predictions.items():
+                reference_top1 = predictions[reference][:, 0] if reference else None
+                result["engines"][engine_name]["accuracy"] = accuracy(top5, labels, reference_top1)
+            result["agreement_reference"] = reference
+        timings = {e: {"b1": [], "b8": []} for e in workers}
+        for round_index in range(settings["rounds"]):
+            progress(f"{name}: timing round {round_index + 1}/{settings['rounds']} ({len(workers)} engines interleaved)")
+            for batch, iters in ((1, settings["iters_b1"]), (8, settings["iters_b8"])):
+                for engine_name, worker in workers.items():
+                    warmup = settings["warmup"] * (3 if round_index == 0 else 1)
+                    timings[engine_name][f"b{batch}"].append(worker.call("time", batch=batch, warmup=warmup, iters=iters))
+        for engine_name, worker in workers.items():
+            entry = result["engines"][engine_name]
+            entry["latency_b1"] = summarize_rounds(timings[engine_name]["b1"])
+            entry["latency_b8"] = summarize_rounds(timings[engine_name]["b8"])
+            entry["throughput_b8"] = throughput(timings[engine_name]["b8"], 8)
+            entry["info"] = worker.call("info")
+            if ENGINES[engine_name].open.startswith("engines.ort:") and not args.no_op_profile:
+                progress(f"{name}: ORT op profile of {ENGINES[engine_name].label}")
+                entry["op_profile"] = worker.call("op_profile", iters=settings["op_iters"])
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def derived_columns(model: dict, peaks: dict) -> None:
+    """Speed-up vs ORT FP32 and the fraction of the measured peak MAC rate, per engine."""
+    base = model["engines"].get("ort_fp32", {}).get("latency_b1", {}).get("median_ms")
+    for entry in model["engines"].values():
+        if "latency_b1" not in entry:
+            continue
+        median_s = entry["latency_b1"]["median_ms"] / 1e3
+        peak = peaks.get(entry["precision"]) if peaks else None
+        entry["speedup_vs_ort_fp32"] = ratio(base, entry["latency_b1"]["median_ms"])
+        entry["macs_per_s_b1"] = model["macs"] / median_s if median_s > 0 else math.nan
+        entry["macs_per_s_b8"] = model["macs"] * entry["throughput_b8"]
+        entry["peak_fraction_b1"] = ratio(entry["macs_per_s_b1"], peak)
+        entry["peak_fraction_b8"] = ratio(entry["macs_per_s_b8"], peak)
+
+
+HEADERS = [
+    "engine", "b1 median ms", "b1 p90 ms", "x ORT FP32", "b8 img/s", "model bytes", "shipped bytes",
+    "top-1 %", "top-5 %", "FP32 agree %", "calib s", "calib peak MB", "% peak b1", "% peak b8",
+]
+
+
+def table_rows(model: dict) -> list[list]:
+    rows = []
+    for engine_name, entry in model["engines"].items():
+        if "latency_b1" not in entry:
+            continue
+        art = entry.get("artifact", {})
+        acc = entry.get("accuracy", {})
+        shipped = art.get("shipped_bytes")
+        percent = lambda v: v * 100 if isinstance(v, float) and not math.isnan(v) else None  # noqa: E731
+        rows.append([
+            entry["label"],
+            entry["latency_b1"]["median_ms"], entry["latency_b1"]["p90_ms"], entry.get("speedup_vs_ort_fp32"),
+            entry["throughput_b8"], art.get("onnx_bytes"), shipped if isinstance(shipped, int) else None,
+            acc.get("top1"), acc.get("top5"), acc.get("agreement"),
+            art.get("calib_seconds"), art.get("calib_peak_rss_mb"),
+            percent(entry.get("peak_fraction_b1")), percent(entry.get("peak_fraction_b8")),
+        ])
+    return rows
+
+
+def goal_lines(model: dict) -> list[str]:
+    """The goal: edgecnn INT8 at least as accurate as quantize_static and NNCF, >= 2.5x ORT FP32
+    (MobileNetV2), no slower than OpenVINO INT8."""
+    engines = model["engines"]
+    ours = engines.get("edgecnn_int8", {})
+    if "latency_b1" not in ours:
+        return ["- edgecnn INT8 not measured in this run: goal not checked."]
+    lines = []
+    top1 = ours.get("accuracy", {}).get("top1")
+    for peer in ("ort_qstatic", "ov_int8"):
+        other = engines.get(peer, {}).get("accuracy", {}).get("top1")
+        if top1 is not None and other is not None:
+            verdict = "met" if top1 >= other else "NOT met"
+            lines.append(f"- top-1 vs {engines[peer]['label']}: {top1:.1f} vs {other:.1f} -> {verdict}")
+    speedup = ours.get("speedup_vs_ort_fp32")
+    if speedup is not None and not math.isnan(speedup):
+        lines.append(f"- speed-up vs ORT FP32 (b1): {speedup:.2f}x (goal 2.5x) -> {'met' if speedup >= 2.5 else 'NOT met'}")
+    ov = engines.get("ov_int8", {}).get("latency_b1", {}).get("median_ms")
+    if ov:
+        mine = ours["latency_b1"]["median_ms"]
+        lines.append(f"- latency vs OpenVINO INT8 (b1): {mine:.2f} ms vs {ov:.2f} ms -> {'met' if mine <= ov else f'NOT met ({mine / ov:.2f}x slower)'}")
+    return lines
+
+
+def op_profile_section(model: dict) -> list[str]:
+    lines = []
+    for entry in model["engines"].values():
+        profile = entry.get("op_profile")
+        if not profile:
+            continue
+        total = sum(v["ms"] for v in profile["ops"].values()) or math.nan
+        rows = [[op, v["nodes"], v["ms"], v["ms"] / total * 100] for op, v in list(profile["ops"].items())[:10]]
+        lines += [f"**{entry['label']}** (ORT profiler, batch 1: {total:.2f} ms in kernels, {profile['wall_ms']:.2f} ms per run with profiling on)", ""]
+        lines += [markdown_table(["op type (after ORT fusion)", "nodes", "ms", "% of kernel time"], rows), ""]
+    return lines
+
+
+def graph_diff_section(model: dict) -> list[str]:
+    """Node types of the int8 ONNX files as written (before ORT fusion): where ours differs from quantize_static."""
+    ours = model["engines"].get("edgecnn_int8", {}).get("artifact", {}).get("graph_ops")
+    theirs = model["engines"].get("ort_qstatic", {}).get("artifact", {}).get("graph_ops")
+    if not ours or not theirs:
+        return []
+    ops = sorted(set(ours) | set(theirs))
+    rows = [[op, ours.get(op, 0), theirs.get(op, 0)] for op in ops if ours.get(op, 0) != theirs.get(op, 0)]
+    if not rows:
+        return ["Node types of the two Q/DQ files are identical in count.", ""]
+    return [markdown_table(["op type (ONNX file)", "edgecnn INT8", "quantize_static"], rows), ""]
+
+
+def render_markdown(report: dict) -> str:
+    env, config = report["environment"], report["config"]
+    peaks = report.get("peaks") or {}
+    lines = [
+        f"# edgecnn vs peers: {config['date']} on {env['machine']}",
+        "",
+        f"- CPU: {env['cpu']} ({env['cpu_count']} logical CPUs; flags {', '.join(env['cpu_flags'])}); all engines at "
+        f"{config['threads']} threads, 1 stream.",
+        f"- Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+        f"- Load average at start / end: {env['load_start']} / {env.get('load_end')}"
+        + (" — the machine was shared with other work during this run: timings are noisy." if env.get("shared") else ""),
+        f"- Run: {'--quick' if config['quick'] else 'full'}, {config['rounds']} interleaved rounds x "
+        f"({config['iters_b1']} batch-1 + {config['iters_b8']} batch-8 iterations, warm-up {config['warmup']} "
+        f"(x3 in round 1)); each engine in its own process; latency = median over rounds of each round's median "
+        f"(p90 likewise); took {report.get('elapsed_s', 0) / 60:.1f} min.",
+        f"- Data: {config['data_note']}",
+        f"- Peak MAC rate measured in this run ({config['threads']} threads, best of large GEMMs): "
+        + (f"fp32 {peaks['fp32'] / 1e9:.1f} GMAC/s, int8 {peaks['int8'] / 1e9:.1f} GMAC/s "
+           f"({', '.join(f'{k} {v / 1e9:.1f}' for k, v in peaks['kernels'].items())}); "
+           "% peak = model MACs x inferences/s / peak of the engine's precision." if peaks else "not measured."),
+        "- model bytes: the ONNX file (OpenVINO INT8: IR xml+bin; PyTorch: n/a); shipped bytes: "
+        "`edgecnn.pack.shipped_size` of that ONNX. calib peak MB: peak RSS of the process that calibrated "
+        "(imports and model included).",
+        "",
+    ]
+    for skipped in report.get("skipped", []):
+        lines.append(f"- skipped: {skipped}")
+    if report.get("skipped"):
+        lines.append("")
+    for model in report["models"]:
+        lines += [
+            f"## {model['model']}",
+            "",
+            f"{model['macs'] / 1e6:.1f} M MACs, {model['params'] / 1e6:.2f} M params, input {model['input_size']}, "
+            f"preprocess `{model['preprocess']['name']}`, options {model['options']}, weights: {model['weights']}.",
+            "",
+            markdown_table(HEADERS, table_rows(model)),
+            "",
+        ]
+        notes = [f"- {e['label']}: {e['skipped']}" for e in model["engines"].values() if e.get("skipped")]
+        if not model.get("real_weights"):
+            notes.append("- no real weights for this model here: accuracy columns are n/a.")
+        if model.get("agreement_reference"):
+            notes.append(f"- FP32 agreement = same top-1 as {ENGINES[model['agreement_reference']].label}.")
+        for e in model["engines"].values():
+            if e.get("info", {}).get("runtime_precision"):
+                notes.append(f"- {e['label']}: runtime inference precision {e['info']['runtime_precision']}.")
+            if e.get("artifact", {}).get("config"):
+                notes.append(f"- {e['label']}: {e['artifact']['config']}.")
+        lines += notes + [""]
+        goals = goal_lines(model)
+        lines += ["Goal check (edgecnn INT8):", ""] + goals + [""]
+        diff = graph_diff_section(model)
+        if diff:
+            lines += ["Q/DQ graph difference (node counts that differ):", ""] + diff
+        profile = op_profile_section(model)
+        if profile:
+            lines += ["<details><summary>ORT per-op-type profile</summary>", ""] + profile + ["</details>", ""]
+    if report.get("findings"):
+        lines += ["## Findings", "", report["findings"], ""]
+    return "\n".join(lines)
+
+
+def print_tables(report: dict) -> None:
+    for model in report["models"]:
+        say(f"\n{model['model']} ({model['macs'] / 1e6:.1f} M MACs)")
+        say(markdown_table(HEADERS, table_rows(model)))
+        for line in goal_lines(model):
+            say(line)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="edgecnn vs ORT / OpenVINO / NNCF / PyTorch, side by side.")
+    parser.add_argument("--quick", action="store_true", help="few images and rounds (development)")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma list of: {', '.join(MODELS)}")
+    parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma list of: {', '.join(ENGINES)}")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, help="override the number of interleaved timing rounds")
+    parser.add_argument("--calib", type=int, help="override the number of calibration images")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder (weights + imagenet-sample)")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="folder for <date>-<machine>.md/.json")
+    parser.add_argument("--machine", default=None, help="machine name in the result file name (default: from the CPU)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep artifacts here (default: a temp folder)")
+    parser.add_argument("--no-write", action="store_true", help="print the tables only")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing result file")
+    parser.add_argument("--no-op-profile", action="store_true", help="skip the ORT per-op-type profile")
+    parser.add_argument("--findings", type=Path, help="markdown file appended to the results as 'Findings'")
+    parser.add_argument("--build-timeout", type=float, default=900)
+    args = parser.parse_args(argv)
+    for flag, known in (("models", MODELS), ("engines", ENGINES)):
+        chosen = [x.strip() for x in getattr(args, flag).split(",") if x.strip()]
+        unknown = [x for x in chosen if x not in known]
+        if unknown or not chosen:
+            parser.error(f"--{flag}: unknown {', '.join(unknown) or '(empty)'}; valid: {', '.join(known)}")
+        setattr(args, flag, chosen)
+    return args
+
+
+def select_engines(requested: list[str]) -> tuple[list[str], list[str]]:
+    """(engines that can run here, 'name: reason' lines for those skipped)."""
+    ready, skipped = [], []
+    for name in requested:
+        missing = missing_requirement(ENGINES[name])
+        if missing:
+            skipped.append(f"{name} ({ENGINES[name].label}): needs '{missing}', not importable here "
+                           f"(pip install -r bench/requirements.txt)")
+        else:
+            ready.append(name)
+    return ready, skipped
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    settings = dict(PROFILES["quick" if args.quick else "full"])
+    if args.rounds:
+        settings["rounds"] = args.rounds
+    if args.calib:
+        settings["calib"] = args.calib
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    machine = args.machine or machine_name()
+    stem = f"{date}-{machine}" + ("-quick" if args.quick else "")
+    md_path, json_path = args.out / f"{stem}.md", args.out / f"{stem}.json"
+    if not args.no_write and not args.force and (md_path.exists() or json_path.exists()):
+        say(f"error: {md_path} already exists; pass --force to overwrite it or --out another folder")
+        return 2
+
+    engines, skipped = select_engines(args.engines)
+    for line in skipped:
+        say(f"skip {line}")
+    env = {
+        "machine": machine, "cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(),
+        "platform": platform.platform(), "versions": versions(), "load_start": load_average(),
+    }
+    say(f"{env['cpu']}, {env['cpu_count']} CPUs, load {env['load_start']}; engines: {', '.join(engines)}")
+
+    work_context = tempfile.TemporaryDirectory(prefix="edgecnn-bench-") if args.work_dir is None else None
+    work = Path(work_context.name) if work_context else args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    status = console.status("starting")
+    status.start()
+    progress = lambda text: status.update(text)  # noqa: E731
+    report = {"environment": env, "skipped": skipped, "models": []}
+    try:
+        data = None
+        data_ok = (args.data / "imagenet-sample-manifest.csv").exists() and (args.data / "imagenet-sample").is_dir()
+        if not data_ok:
+            data_note = f"shared data absent at {args.data}: accuracy columns skipped, calibration on seeded random inputs"
+            say(f"skip accuracy: {data_note}")
+        else:
+            manifest = read_manifest(args.data)
+            calib, evaluation = split_calibration(len(manifest), settings["calib"])
+            if settings["eval_limit"]:
+                evaluation = evaluation[:: max(1, len(evaluation) // settings["eval_limit"])][: settings["eval_limit"]]
+            rows = sorted(set(calib) | set(evaluation))
+            position = {row: i for i, row in enumerate(rows)}
+            data = {
+                "calib_positions": [position[i] for i in calib],
+                "eval_positions": [position[i] for i in evaluation],
+                "labels": np.asarray([manifest[i][1] for i in evaluation], dtype=np.int64),
+                "caches": {},
+            }
+            data_note = (
+                f"{args.data / 'imagenet-sample'} ({len(manifest)} labelled images). Calibration: {len(calib)} images, "
+                f"every {len(manifest) // max(1, len(calib))}th row of imagenet-sample-manifest.csv from row 0 (spans all "
+                f"classes); evaluation: {len(evaluation)} other images, none used for calibration; "
+                f"the same calibration images for every quantizer."
+            )
+            from edgecnn.models import default_preprocess  # noqa: F401  (zoo import check)
+            from edgecnn.preprocess import get_preset
+
+            for preset in sorted({MODELS[m]["preprocess"] for m in args.models}):
+                progress(f"decoding {len(rows)} images with the '{preset}' preprocessing")
+                cache = work / f"images-{preset}.npy"
+                build_image_cache(args.data, manifest, rows, get_preset(preset), cache)
+                data["caches"][preset] = cache
+        report["config"] = {
+            "date": date, "quick": args.quick, "threads": args.threads, "models": args.models, "engines": engines,
+            "data_note": data_note, **settings,
+            "calib_manifest_rows": calib if data else [], "eval_manifest_rows": evaluation if data else [],
+        }
+
+        from _workers import EngineError, run_build
+
+        progress("measuring this CPU's peak fp32 / int8 MAC rate")
+        try:
+            peaks = run_build("peak_macs:measure_peaks_job", {"threads": args.threads}, timeout=300)
+        except EngineError as exc:
+            say(f"skip peak MAC rate: {str(exc).splitlines()[0]}")
+            peaks = None
+        for name in args.models:
+            try:
+                model = run_model(name, args, settings, engines, data, work, {}, progress)
+            except Exception as exc:  # one model failing should not lose the others' numbers
+                say(f"skip {name}: {type(exc).__name__}: {exc}")
+                report["skipped"].append(f"{name}: {type(exc).__name__}: {exc}")
+                continue
+            report["models"].append(model)
+        if peaks:
+            progress("measuring the peak MAC rate again (the max of both is used)")
+            try:
+                again = run_build("peak_macs:measure_peaks_job", {"threads": args.threads}, timeout=300)
+                for kind in ("fp32", "int8"):
+                    peaks[kind] = max(peaks[kind], again[kind])
+                peaks["kernels"] = {k: max(v, again["kernels"][k]) for k, v in peaks["kernels"].items()}
+            except EngineError:
+                pass
+        report["peaks"] = peaks
+        for model in report["models"]:
+            derived_columns(model, peaks)
+    finally:
+        status.stop()
+        if work_context:
+            work_context.cleanup()
+    env["load_end"] = load_average()
+    env["shared"] = max(env["load_start"][:1] + env["load_end"][:1] or [0]) > args.threads * 0.75
+    report["elapsed_s"] = time.perf_counter() - started
+    if args.findings:
+        report["findings"] = args.findings.read_text()
+    print_tables(report)
+    if not args.no_write:
+        write_atomic(json_path, json.dumps(report, indent=1, default=_json_default))
+        write_atomic(md_path, render_markdown(report))
+        say(f"\nwrote {md_path} and {json_path} ({report['elapsed_s'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
