@@ -78,7 +78,10 @@ def eval_(model, data, reference, limit, batch_size, threads, as_json, **kwargs)
         from edgecnn.cli_options import load_model_from_cli
 
         loaded = load_model_from_cli(model, **options)
-        ref_predict = accuracy.onnx_predictor(reference, threads)[0] if reference else None
+        ref_predict = None
+        if reference:
+            ref_predict, ref_shape = accuracy.onnx_predictor(reference, threads)
+            accuracy.check_input_size(ref_shape, loaded.preprocess, f"reference '{reference}'")
         report = accuracy.evaluate(
             _torch_predictor(loaded), data, loaded.preprocess, loaded.name, ref_predict, reference, limit,
             batch_size, progress, num_outputs=getattr(loaded.module, "num_classes", None),

@@ -92,6 +92,16 @@ def _fit_size(preprocess, input_shape):
     return preprocess
 
 
+def check_input_size(input_shape, preprocess, what: str) -> None:
+    """UserError when an ONNX file with a fixed spatial size cannot take these images."""
+    dims = [d for d in list(input_shape)[2:] if isinstance(d, int) and d > 0]
+    if len(dims) == 2 and tuple(dims) != (preprocess.input_size, preprocess.input_size):
+        raise UserError(
+            f"{what} takes {dims[0]}x{dims[1]} inputs but the images are preprocessed to "
+            f"{preprocess.input_size}x{preprocess.input_size}; compare models exported at the same --input-size"
+        )
+
+
 def subset(dataset, limit: Optional[int]):
     """Keep ``limit`` images spread evenly over the dataset (folders are sorted by class, so
     the first N images would cover only the first few classes)."""
@@ -174,7 +184,10 @@ def evaluate_onnx(
     """Accuracy of an ONNX file on an image folder (and agreement with a reference ONNX)."""
     predict, shape = onnx_predictor(onnx_path, threads)
     prep = _fit_size(onnx_preprocess(onnx_path, preprocess), shape)
-    ref_predict = onnx_predictor(reference, threads)[0] if reference is not None else None
+    ref_predict = None
+    if reference is not None:
+        ref_predict, ref_shape = onnx_predictor(reference, threads)
+        check_input_size(ref_shape, prep, f"reference '{reference}'")
     return evaluate(predict, data, prep, str(onnx_path), ref_predict, str(reference) if reference else None,
                     limit, batch_size, progress, num_outputs=_onnx_outputs(onnx_path))
 

@@ -1,0 +1,61 @@
+"""The device side (bench, compile, backends, latency/size/accuracy on ONNX) never imports torch:
+a Jetson has no pip torch. Checked in a fresh interpreter, where nothing imported it before."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    import numpy as np, onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from PIL import Image
+
+    import edgecnn.commands.bench, edgecnn.commands.compile
+    import edgecnn.backends, edgecnn.backends.ort, edgecnn.backends.tensorrt, edgecnn.backends.trtexec
+    import edgecnn.backends.jetson
+    import edgecnn.measure.latency, edgecnn.measure.size, edgecnn.measure.accuracy, edgecnn.measure.sysinfo
+    imported = "torch" in sys.modules
+
+    # Use them on a real file: measure, size, evaluate an ONNX model, plan a TensorRT build.
+    tmp = Path(sys.argv[1])
+    w = numpy_helper.from_array(np.eye(3, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+         helper.make_node("Gemm", ["f", "w"], ["logits"], transB=1)], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    from edgecnn.export.metadata import write_metadata
+    from edgecnn.preprocess import Preprocess
+    write_metadata(model, Preprocess(input_size=8, resize=8, crop=8).to_metadata())
+    onnx.save(model, str(tmp / "m.onnx"))
+    (tmp / "data" / "a").mkdir(parents=True)
+    (tmp / "data" / "b").mkdir()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp / "data" / "a" / "x.png")
+    Image.new("RGB", (8, 8), (0, 200, 0)).save(tmp / "data" / "b" / "y.png")
+
+    from edgecnn.measure.latency import measure_latency
+    from edgecnn.measure.size import size_report
+    from edgecnn.measure.accuracy import evaluate_onnx
+    from edgecnn.backends.tensorrt import config_for_onnx, plan_build
+    from edgecnn.backends.trtexec import trtexec_command
+    measure_latency(tmp / "m.onnx", iterations=3, warmup_s=0)
+    size_report(tmp / "m.onnx")
+    report = evaluate_onnx(tmp / "m.onnx", tmp / "data", progress=False)
+    trtexec_command(tmp / "m.onnx", config_for_onnx(tmp / "m.onnx", 10, fp16=True))
+    print(json.dumps({"after_import": imported, "after_use": "torch" in sys.modules, "top1": report.top1}))
+    """
+)
+
+
+def test_device_side_never_imports_torch(tmp_path):
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"after_import": False, "after_use": False, "top1": 1.0}
