@@ -38,7 +38,7 @@ from edgecnn.pack.decoder import (
     VERSION,
 )
 
-MAX_CODEBOOK = 256
+MAX_CODEBOOK = 4096  # distinct values; larger codebooks never beat raw on real weights
 RUN_ESCAPES = (7, 15, 31, 63, 127, 255)
 LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
@@ -168,7 +168,6 @@ def _plan_tensor(name: str, array: np.ndarray) -> _Plan:
     record += entropy.varint(len(runs)) + entropy.varint(int(mask.sum()))
     return _Plan(
         ENC_SPARSE,
-    ENC_SPARSE_RAW,
         record,
         shuffle(nz_book.tobytes(), dtype.itemsize),
         [(runs, escape + 1), (nz_index, len(nz_book))],
