@@ -151,3 +151,16 @@ def test_bn_whose_conv_output_is_shared_is_kept():
     folded, rows = fold_batchnorm(copy.deepcopy(model))
     assert rows[0]["status"].startswith("kept")
     _assert_same(model, folded, torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+def test_fold_is_a_no_op_on_shared_mobilenet_weights(shared_data, name):
+    """Their BNs are identity + bias: conv weights must come out bit-exact, outputs unchanged."""
+    model = create(name).eval()
+    model.load_state_dict(torch.load(shared_data / "weights" / f"{name}.pth", map_location="cpu"), strict=True)
+    weights = {n: m.weight.clone() for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    folded, rows = fold_batchnorm(copy.deepcopy(model))
+    assert all(r["status"] == "folded" for r in rows)
+    for layer, weight in weights.items():
+        assert torch.equal(folded.get_submodule(layer).weight, weight), layer
+    _assert_same(model, folded, torch.randn(1, 3, 96, 96))
