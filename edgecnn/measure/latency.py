@@ -216,6 +216,7 @@ def measure_latency(
     """
     if runs is not None and iterations is None and duration_s is None:
         iterations = int(runs)
+    threads = int(threads or 0)
     if batch < 1:
         raise UserError(f"batch {batch} is not valid; give a positive integer")
     runner = open_runner(model_path, backend, threads, opt_level, providers)
