@@ -82,10 +82,15 @@ def _serve(conn, open_target: str, job: dict, artifact: dict) -> None:
                 return
             if command == "time":
                 x = batch_input(args["batch"])
-                for _ in range(args["warmup"]):
+                warm_until = time.perf_counter() + args.get("budget_s", float("inf")) / 2
+                for done in range(args["warmup"]):
                     runner.run(x)
+                    if done and time.perf_counter() > warm_until:
+                        break
                 samples = []
-                for _ in range(args["iters"]):
+                deadline = time.perf_counter() + args.get("budget_s", float("inf"))
+                # At least 3 samples; stop early past the budget so a slow engine cannot stall the run.
+                while len(samples) < args["iters"] and (len(samples) < 3 or time.perf_counter() < deadline):
                     start = time.perf_counter()
                     runner.run(x)
                     samples.append(time.perf_counter() - start)
@@ -94,10 +99,16 @@ def _serve(conn, open_target: str, job: dict, artifact: dict) -> None:
                 from _stats import padded_batches, top5_of
 
                 batch = args["batch"]
+                if hasattr(runner, "set_threads"):
+                    # Accuracy does not depend on threads; one thread avoids the thread-pool
+                    # stalls PyTorch shows on an oversubscribed machine.
+                    runner.set_threads(1)
                 out = []
                 for chunk, real in padded_batches(args["indices"], batch):
                     logits = runner.run(np.ascontiguousarray(cache[chunk]))
                     out.append(top5_of(logits[:real]))
+                if hasattr(runner, "set_threads"):
+                    runner.set_threads(job["threads"])
                 conn.send(("ok", np.concatenate(out) if out else np.zeros((0, 5), np.int32)))
             elif command == "op_profile":
                 if not hasattr(runner, "op_profile"):

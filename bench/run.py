@@ -51,8 +51,8 @@ MODELS = {
 
 # Full run vs --quick (development).
 PROFILES = {
-    "full": {"calib": 128, "eval_limit": None, "rounds": 7, "iters_b1": 40, "iters_b8": 8, "warmup": 5, "op_iters": 30},
-    "quick": {"calib": 32, "eval_limit": 96, "rounds": 3, "iters_b1": 10, "iters_b8": 3, "warmup": 2, "op_iters": 10},
+    "full": {"calib": 128, "eval_limit": None, "rounds": 7, "iters_b1": 40, "iters_b8": 8, "warmup": 5, "op_iters": 30, "budget_s": 4.0},
+    "quick": {"calib": 32, "eval_limit": 96, "rounds": 3, "iters_b1": 10, "iters_b8": 3, "warmup": 2, "op_iters": 10, "budget_s": 1.5},
 }
 FP32_REFERENCE_ORDER = ("torch", "ort_fp32", "ov_fp32")  # FP32 agreement is measured against the first present
 
@@ -258,7 +258,9 @@ def run_model(name: str, args, settings: dict, engines: list[str], data, work: P
             for batch, iters in ((1, settings["iters_b1"]), (8, settings["iters_b8"])):
                 for engine_name, worker in workers.items():
                     warmup = settings["warmup"] * (3 if round_index == 0 else 1)
-                    timings[engine_name][f"b{batch}"].append(worker.call("time", batch=batch, warmup=warmup, iters=iters))
+                    timings[engine_name][f"b{batch}"].append(
+                        worker.call("time", batch=batch, warmup=warmup, iters=iters, budget_s=settings["budget_s"])
+                    )
         for engine_name, worker in workers.items():
             entry = result["engines"][engine_name]
             entry["latency_b1"] = summarize_rounds(timings[engine_name]["b1"])
@@ -469,6 +471,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, help="override the number of interleaved timing rounds")
     parser.add_argument("--calib", type=int, help="override the number of calibration images")
+    parser.add_argument("--eval-limit", type=int, help="evaluate on at most this many images (spread over the sample)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder (weights + imagenet-sample)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="folder for <date>-<machine>.md/.json")
     parser.add_argument("--machine", default=None, help="machine name in the result file name (default: from the CPU)")
@@ -509,6 +512,8 @@ def main(argv=None) -> int:
         settings["rounds"] = args.rounds
     if args.calib:
         settings["calib"] = args.calib
+    if args.eval_limit:
+        settings["eval_limit"] = args.eval_limit
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     machine = args.machine or machine_name()
     stem = f"{date}-{machine}" + ("-quick" if args.quick else "")

@@ -19,6 +19,9 @@ class TorchRunner:
         self.torch = torch
         self.module = load_model(job["model"], weights=job["weights_path"], **job["options"]).module.eval()
 
+    def set_threads(self, threads: int) -> None:
+        self.torch.set_num_threads(threads)
+
     def run(self, x: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
             return self.module(self.torch.from_numpy(np.ascontiguousarray(x))).numpy()
