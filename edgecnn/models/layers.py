@@ -72,8 +72,29 @@ class SamePadConv2d(nn.Conv2d):
         top, bottom = same_padding(height, self.kernel_size[0], self.stride[0], self.dilation[0])
         left, right = same_padding(width, self.kernel_size[1], self.stride[1], self.dilation[1])
         if top or bottom or left or right:
-            x = F.pad(x, (left, right, top, bottom))
+            if torch.onnx.is_in_onnx_export():
+                x = _ConstantPad.apply(x, (left, right, top, bottom))
+            else:
+                x = F.pad(x, (left, right, top, bottom))
         return super().forward(x)
+
+
+class _ConstantPad(torch.autograd.Function):
+    """Zero padding that the TorchScript ONNX exporter writes as one Pad with constant pads.
+
+    Its generic F.pad translation reverses the pad list with a step -1 Slice that constant
+    folding cannot remove, leaving five extra nodes per pad in the graph.
+    """
+
+    @staticmethod
+    def forward(ctx, x, pads):
+        return F.pad(x, pads)
+
+    @staticmethod
+    def symbolic(g, x, pads):
+        left, right, top, bottom = pads
+        onnx_pads = torch.tensor([0, 0, top, left, 0, 0, bottom, right], dtype=torch.int64)
+        return g.op("Pad", x, g.op("Constant", value_t=onnx_pads), mode_s="constant")
 
 
 def use_tf_padding(model: nn.Module) -> nn.Module:
