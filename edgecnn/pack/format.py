@@ -4,7 +4,7 @@ Every numeric initializer is stored one of three ways, whichever is smallest:
 
 * ``raw``: lossless little-endian bytes, byte-plane shuffled and lzma-compressed together
   (biases, float weights with many distinct values, shape constants);
-* ``dense``: a codebook of its <= 256 distinct values (bit patterns, so -0.0 and NaN survive)
+* ``dense``: a codebook of its few distinct values (bit patterns, so -0.0 and NaN survive)
   plus one entropy-coded index per element (int8 Q/DQ weights, shared weights without zeros);
 * ``sparse_raw``: zero runs as below plus the raw bytes of the non-zero values (pruned
   float weights that are not shared);
