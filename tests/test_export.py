@@ -189,3 +189,23 @@ def test_export_cli(tmp_path):
     assert meta["edgecnn.preprocess.input_size"] == "64" and meta["edgecnn.model"] == "squeezenet1_1"
     again = CliRunner().invoke(cli, args)
     assert isinstance(again.exception, UserError) and "--force" in str(again.exception)
+
+
+def test_export_cli_with_images_records_labels(tmp_path):
+    from PIL import Image
+
+    from edgecnn.cli import cli
+
+    (tmp_path / "classes.txt").write_text("n1 cat\nn2 dog\nn3 bird\n")
+    for i, synset in enumerate(("n1", "n2", "n3")):
+        (tmp_path / "data" / synset).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (80 * i, 40, 200 - 60 * i)).save(tmp_path / "data" / synset / "a.png")
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(cli, ["export", "squeezenet1_1", "--num-classes", "3", "--input-size", "64",
+                                      "--data", str(tmp_path / "data"), "-o", str(out), "--batch", "dynamic",
+                                      "--precision", "fp16"])
+    assert result.exit_code == 0, result.output
+    assert "on 3 images from" in result.output
+    meta = read_metadata(out)
+    assert labels_from_metadata(meta) == ["cat", "dog", "bird"] and meta["edgecnn.precision"] == "fp16"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.txt", "data", "m.onnx"]  # no staging files left

@@ -25,14 +25,18 @@ def _batch(value: str):
 
 
 def load_parity_images(data: str, preprocess, count: int):
-    """``count`` images spread over the folder ``data``, preprocessed, as one NCHW array."""
+    """(NCHW array of ``count`` preprocessed images spread over ``data``, the folder's class names
+    in label order or None)."""
     import numpy as np
 
     from edgecnn.data.images import ImageFolder, iter_batches
     from edgecnn.measure.accuracy import subset
 
-    dataset = subset(ImageFolder(data), count)
-    return np.concatenate([images for images, _ in iter_batches(dataset, preprocess, batch_size=32)])
+    dataset = ImageFolder(data)
+    names = list(dataset.class_names) if dataset.class_names else None
+    dataset = subset(dataset, count)
+    images = np.concatenate([batch for batch, _ in iter_batches(dataset, preprocess, batch_size=32)])
+    return images, names
 
 
 @click.command("export")
@@ -76,7 +80,12 @@ def export(model, output, opset, batch, input_size, precision, data, parity_imag
     metadata = {}
     if recipe_file:
         metadata["edgecnn.recipe"] = Path(recipe_file).read_text(encoding="utf-8")
-    inputs = load_parity_images(data, loaded.preprocess, parity_images) if data else None
+    inputs = None
+    if data:
+        inputs, class_names = load_parity_images(data, loaded.preprocess, parity_images)
+        classes = getattr(loaded.module, "num_classes", None)
+        if not loaded.labels and class_names and len(class_names) == classes:
+            loaded.labels = class_names  # the folder's classes file names every output
 
     target = out if precision == "fp32" else out.with_name(f".{out.stem}.fp32-stage.onnx")
     try:
