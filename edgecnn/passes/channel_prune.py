@@ -512,7 +512,9 @@ def count_macs(model: nn.Module, size: tuple[int, int]) -> dict[str, int]:
     return {row.name: row.macs for row in profile_model(model, size).rows}
 
 
-def channel_prune_model(model: nn.Module, config: ChannelPruneConfig, example: Optional[torch.Tensor] = None) -> tuple[nn.Module, list[dict], dict]:
+def channel_prune_model(
+    model: nn.Module, config: ChannelPruneConfig, example: Optional[torch.Tensor] = None, progress: bool = False
+) -> tuple[nn.Module, list[dict], dict]:
     """Prune ``model`` in place; returns (model, per-layer rows, summary)."""
     if example is None:
         example = torch.zeros(1, 3, config.input_size, config.input_size)
@@ -525,7 +527,7 @@ def channel_prune_model(model: nn.Module, config: ChannelPruneConfig, example: O
     total_before = sum(macs_before.values())
     density = config.density
     if config.target == "macs" and config.density < 1.0:
-        density = _density_for_macs(model, config, example, size, total_before)
+        density = _density_for_macs(model, config, example, size, total_before, progress)
     counts = _prune_in_place(model, config, density, example)
     try:
         with torch.no_grad():
@@ -566,17 +568,23 @@ def channel_prune_model(model: nn.Module, config: ChannelPruneConfig, example: O
     return model, rows, summary
 
 
-def _density_for_macs(model, config, example, size, total_before) -> float:
+def _density_for_macs(model, config, example, size, total_before, progress: bool = False) -> float:
     """Uniform channel density whose pruned model keeps about ``config.density`` of the MACs."""
+    from rich.progress import Progress
+
     low, high = 0.05, 1.0  # kept MACs at ``high`` exceed the target; at ``low`` they should not
-    for _ in range(7):
-        mid = (low + high) / 2
-        trial = copy.deepcopy(model)
-        _prune_in_place(trial, config, mid, example)
-        if sum(count_macs(trial, size).values()) / total_before > config.density:
-            high = mid
-        else:
-            low = mid
+    trials = 7
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task(f"channel_prune: searching {config.density:.0%} of MACs", total=trials)
+        for _ in range(trials):
+            mid = (low + high) / 2
+            trial = copy.deepcopy(model)
+            _prune_in_place(trial, config, mid, example)
+            if sum(count_macs(trial, size).values()) / total_before > config.density:
+                high = mid
+            else:
+                low = mid
+            bar.advance(task)
     return low
 
 
@@ -586,6 +594,6 @@ def channel_prune(model: nn.Module, config: ChannelPruneConfig, ctx) -> nn.Modul
     example = getattr(ctx, "example_input", None)
     if isinstance(example, (list, tuple)):
         example = example[0]
-    model, rows, summary = channel_prune_model(model, config, example)
+    model, rows, summary = channel_prune_model(model, config, example, progress=getattr(ctx, "progress", False))
     ctx.report(PassReport("channel_prune", rows=rows, summary=summary))
     return model
