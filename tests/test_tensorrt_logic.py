@@ -236,6 +236,30 @@ def test_stats_from_export_times(tmp_path):
     assert stats["samples"] == 100 and stats["median_ms"] == pytest.approx(1.045)
 
 
+def test_run_trtexec_with_a_stand_in_binary(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from edgecnn.backends.trtexec import find_trtexec, run_trtexec
+
+    (tmp_path / "out.txt").write_text(TRT10_OUTPUT)
+    script = tmp_path / "trtexec"
+    script.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/args.txt\ncat {tmp_path}/out.txt\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    binary = find_trtexec()
+    args = trtexec_command(None, TrtBuildConfig(trt_major=10), TrtexecTiming(iterations=50), load_engine="m.engine",
+                           trtexec=binary)
+    result = run_trtexec(args, log_path=tmp_path / "log.txt")
+    assert result["median_ms"] == 0.954346 and result["command"].startswith(binary)
+    assert "--loadEngine=m.engine" in (tmp_path / "args.txt").read_text()
+    assert (tmp_path / "log.txt").read_text() == TRT10_OUTPUT
+    (tmp_path / "out.txt").write_text("[E] Error[1]: engine deserialization failed\n")
+    script.write_text(f"#!/bin/sh\ncat {tmp_path}/out.txt\nexit 1\n")
+    with pytest.raises(UserError, match="deserialization failed"):
+        run_trtexec(args)
+
+
 # --- Jetson --------------------------------------------------------------------------------
 
 NVPMODEL_Q = "NV Fan Mode:quiet\nNV Power Mode: 15W\n2\n"

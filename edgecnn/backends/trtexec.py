@@ -187,3 +187,36 @@ def stats_from_export_times(path: Union[str, Path]) -> dict:
     if not compute:
         raise UserError(f"'{path}' has no computeMs entries; is it a trtexec --exportTimes file?")
     return summarize(compute, batch=1).to_dict()
+
+
+TRTEXEC_LOCATIONS = ("/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtexec")
+
+
+def find_trtexec() -> str:
+    """Path of the trtexec binary (PATH, then where JetPack and the tarballs install it)."""
+    import shutil
+
+    found = shutil.which("trtexec") or next((p for p in TRTEXEC_LOCATIONS if Path(p).is_file()), None)
+    if found is None:
+        raise UserError("trtexec not found; it ships with TensorRT (JetPack: /usr/src/tensorrt/bin/trtexec), "
+                        "add its folder to PATH")
+    return found
+
+
+def run_trtexec(args: Sequence[str], log_path: Optional[Union[str, Path]] = None, timeout: float = 1800) -> dict:
+    """Run a trtexec command, keep its full output in ``log_path``, return the parsed summary."""
+    import subprocess
+
+    try:
+        done = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"trtexec did not finish in {timeout:.0f} s") from None
+    text = (done.stdout or "") + (done.stderr or "")
+    if log_path is not None:
+        Path(log_path).write_text(text)
+    if done.returncode != 0:
+        last = next((line for line in reversed(text.splitlines()) if "[E]" in line), text.strip().splitlines()[-1:] or [""])
+        raise UserError(f"trtexec failed (exit {done.returncode}): {str(last)[:300]}")
+    result = parse_trtexec_output(text)
+    result["command"] = format_command(args)
+    return result

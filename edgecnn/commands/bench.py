@@ -26,9 +26,11 @@ from edgecnn.errors import UserError
 @click.option("--size/--no-size", "with_size", default=True, help="Also report file size (ONNX only).")
 @click.option("--isolate/--in-process", default=True,
               help="Run each measurement in a fresh process (default; sessions in one process slow each other).")
+@click.option("--trtexec", "use_trtexec", is_flag=True,
+              help="Engines: also time with trtexec (every timing flag pinned) and report its GPU compute time.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(model_file, backend, threads, batches, warmup, duration, iterations, opt_level, providers, profile_ops,
-          with_size, isolate, as_json):
+          with_size, isolate, use_trtexec, as_json):
     """Measure MODEL_FILE: median/p90/p99 latency, throughput, and size."""
     from edgecnn.measure.latency import ENGINE_SUFFIXES, measure_in_subprocess, measure_latency
 
@@ -39,6 +41,8 @@ def bench(model_file, backend, threads, batches, warmup, duration, iterations, o
         raise UserError("give either --duration or --iterations, not both")
     backend = backend or ("trt" if path.suffix.lower() in ENGINE_SUFFIXES else "ort")
     batches = list(batches) or [1]
+    if use_trtexec and backend != "trt":
+        raise UserError("--trtexec times TensorRT engines; build one with: edgecnn compile MODEL.onnx --backend trt")
     if any(b < 1 for b in batches):
         raise UserError("--batch values must be positive integers")
     results = []
@@ -66,14 +70,35 @@ def bench(model_file, backend, threads, batches, warmup, duration, iterations, o
 
         ops = run_profile(path, batch=batches[0], threads=threads, opt_level=opt_level, providers=providers)
 
+    trtexec = None
+    if use_trtexec:
+        trtexec = _trtexec(path, batches[0], warmup, duration, iterations)
+
     if as_json:
         click.echo(json.dumps({
             "results": [r.to_dict() for r in results],
             "size": size.to_dict() if size else None,
             "ops": [vars(o) for o in ops] if ops else None,
+            "trtexec": trtexec,
         }))
         return
     _print_tables(path, results, size, ops)
+    if trtexec:
+        click.echo(f"trtexec GPU compute time: median {trtexec['median_ms']} ms, p90 {trtexec['p90_ms']} ms, "
+                   f"p99 {trtexec['p99_ms']} ms ({trtexec['command']})")
+
+
+def _trtexec(path: Path, batch: int, warmup: float, duration, iterations) -> dict:
+    """Time the engine with trtexec; its output is kept next to the engine."""
+    from edgecnn.backends.tensorrt import TrtBuildConfig, tensorrt_version
+    from edgecnn.backends.trtexec import TrtexecTiming, find_trtexec, run_trtexec, trtexec_command
+
+    version = tensorrt_version()
+    major = int(version.split(".")[0]) if version else 10
+    timing = TrtexecTiming(warmup_ms=int(warmup * 1000), duration_s=duration or 5.0, iterations=iterations or 100,
+                           batch=batch)
+    args = trtexec_command(None, TrtBuildConfig(trt_major=major), timing, load_engine=str(path), trtexec=find_trtexec())
+    return run_trtexec(args, log_path=path.with_suffix(path.suffix + ".trtexec.log"))
 
 
 def _print_tables(path, results, size, ops):
