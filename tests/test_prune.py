@@ -192,6 +192,7 @@ def test_repruning_keeps_earlier_zeros():
         ({"schedule": "nosuch"}, "unknown schedule"),
         ({"density": 0.5, "include": ["typo*"]}, "matches no layer"),
         ({}, "needs 'density'"),
+        ({"scope": "global", "schedule": {"features.0": 0.5}}, "global pruning needs 'density'"),
     ],
 )
 def test_bad_configs_are_one_line_errors(config, message):

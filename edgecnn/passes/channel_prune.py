@@ -277,8 +277,8 @@ class ShuffleUnit:
         if _shape(end) != shape_in:
             return None
         pre, node = [], start.args[0]
-        while True:  # walk back to the producing conv
-            if len(_tensor_users(node)) != 1 and node is not start.args[0]:
+        while True:  # walk back to the producing conv; every tensor on the way has one consumer
+            if len(_tensor_users(node)) != 1:
                 return None
             module = analysis._module(node)
             if module is not None and _is_root(module):
@@ -286,11 +286,9 @@ class ShuffleUnit:
                 break
             if not _elementwise(node, module):
                 return None
-            if module is not None and list(module.parameters()) or isinstance(module, _BatchNorm):
+            if isinstance(module, _BatchNorm):
                 pre.append(node.target)
             node = _tensor_inputs(node)[0]
-        if len([u for u in _tensor_users(start.args[0])]) != 1:
-            return None
         post, node = [], end
         while True:  # walk forward to the consuming conv
             users = _tensor_users(node)

@@ -15,7 +15,7 @@ from typing import Literal, Optional, Union
 
 import torch
 import torch.nn as nn
-from pydantic import field_validator, model_validator
+from pydantic import field_validator
 
 from edgecnn.errors import UserError
 from edgecnn.passes.registry import PassConfig, PassReport, register_pass
@@ -66,13 +66,12 @@ class PruneConfig(PassConfig):
             _check_density(density, f"density of '{pattern}'")
         return value
 
-    @model_validator(mode="after")
-    def _needs_target(self):
+    def check_target(self) -> None:
+        """Cross-field checks, as one-line UserErrors (pydantic would print an empty field name)."""
         if self.mode == "unstructured" and self.density is None and not self.schedule:
-            raise ValueError("unstructured pruning needs 'density' or 'schedule'")
+            raise UserError("prune: unstructured pruning needs 'density' or 'schedule'; e.g. density: 0.5")
         if self.scope == "global" and self.density is None:
-            raise ValueError("global pruning needs 'density' (the fraction kept over all selected layers)")
-        return self
+            raise UserError("prune: global pruning needs 'density' (the fraction kept over all selected layers)")
 
     def schedule_dict(self) -> dict[str, float]:
         return SCHEDULES[self.schedule] if isinstance(self.schedule, str) else dict(self.schedule or {})
@@ -276,6 +275,7 @@ def prune_2_4(model: nn.Module, config: PruneConfig) -> list[dict]:
 @register_pass("prune", config=PruneConfig, not_after=("quantize", "shift", "weight_share"))
 def prune(model: nn.Module, config: PruneConfig, ctx) -> nn.Module:
     """Magnitude pruning (unstructured, global or per layer, or 2:4) with persistent masks."""
+    config.check_target()
     rows = prune_2_4(model, config) if config.mode == "2:4" else prune_unstructured(model, config)
     params = sum(p.numel() for p in model.parameters())
     nonzero = int(sum(int(torch.count_nonzero(p)) for p in model.parameters()))
