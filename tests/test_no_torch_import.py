@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent(
     from onnx import TensorProto, helper, numpy_helper
     from PIL import Image
 
-    import edgecnn.commands.bench, edgecnn.commands.compile
+    import edgecnn.commands.bench, edgecnn.commands.compile, edgecnn.commands.eval
     import edgecnn.backends, edgecnn.backends.ort, edgecnn.backends.tensorrt, edgecnn.backends.trtexec
     import edgecnn.backends.jetson
     import edgecnn.measure.latency, edgecnn.measure.size, edgecnn.measure.accuracy, edgecnn.measure.sysinfo
@@ -49,6 +49,10 @@ SCRIPT = textwrap.dedent(
     size_report(tmp / "m.onnx")
     report = evaluate_onnx(tmp / "m.onnx", tmp / "data", progress=False)
     trtexec_command(tmp / "m.onnx", config_for_onnx(tmp / "m.onnx", 10, fp16=True))
+    from edgecnn.cli import cli
+    cli.main(args=["eval", str(tmp / "m.onnx"), "--data", str(tmp / "data"), "--json"], standalone_mode=False)
+    cli.main(args=["bench", str(tmp / "m.onnx"), "--iterations", "3", "--warmup", "0", "--in-process", "--json"],
+             standalone_mode=False)
     print(json.dumps({"after_import": imported, "after_use": "torch" in sys.modules, "top1": report.top1}))
     """
 )
