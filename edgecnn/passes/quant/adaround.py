@@ -111,7 +111,7 @@ def adaround_layer(
     iters: int = 300,
     batch: int = 4,
     crop: int = 32,
-    lr: float = 1e-2,
+    lr: float = 0.1,
     reg_weight: float = 0.01,
     seed: int = 0,
 ) -> float:
@@ -153,10 +153,12 @@ def adaround_layer(
         h = soft(v)
         w_soft = torch.clamp(floor + h, -qmax, qmax) * scale
         out = layer_output(layer, xq, w_soft, quantize_input=False)
-        recon = (out - target).pow(2).sum(1).mean()
+        # Scale-free: reconstruction relative to the target's energy, regulariser averaged
+        # per weight, so one ``reg_weight`` suits every layer and a short schedule.
+        recon = (out - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12)
         if step >= warmup:
             beta = 20 - (20 - 2) * (step - warmup) / max(iters - warmup, 1)
-            loss = recon + reg_weight * (1 - (2 * h - 1).abs().pow(beta)).sum()
+            loss = recon + reg_weight * (1 - (2 * h - 1).abs().pow(beta)).mean()
         else:
             loss = recon
         optimiser.zero_grad()
