@@ -18,7 +18,9 @@ import copy
 import datetime as _dt
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +98,17 @@ class OutputFolder:
             self.tmp = None
 
 
+def _raise_on_sigterm():
+    """Turn SIGTERM into SystemExit so that a killed run still removes its temp folder."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def _fmt_summary(summary: dict, limit: int = 6) -> str:
     parts = []
     for key, value in list(summary.items())[:limit]:
@@ -139,6 +152,7 @@ class Pipeline:
         self.data_info: dict = {}
         self.model_info: dict = {}
         self.latency_warnings: list[str] = []
+        self._export_notes: dict[str, dict] = {}
 
     # --- planning -----------------------------------------------------------------------------
 
@@ -169,8 +183,13 @@ class Pipeline:
         out = OutputFolder(self.output, self.force)
         out.check()
         self._check_inputs()
+        import torch
+
         start = time.perf_counter()
         work = out.open()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(stages.busy_machine_threads())
+        previous_sigterm = _raise_on_sigterm()
         try:
             self.work = work
             self._load()
@@ -189,6 +208,10 @@ class Pipeline:
         except BaseException:
             out.abort()
             raise
+        finally:
+            torch.set_num_threads(threads)
+            if previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, previous_sigterm)
         return report
 
     def _check_inputs(self) -> None:
@@ -363,6 +386,8 @@ class Pipeline:
         summary, layers = {}, []
         if stage.name == "measure":  # has its own progress bar (one live display at a time)
             text = self._measure(stage.config)
+        elif stage.name == "distill":  # the trainer shows its own progress
+            text, summary, layers = self._transform(stage)
         else:
             with self.console.status(f"{stage.name} ..."):
                 if stage.name == "export":
@@ -382,8 +407,10 @@ class Pipeline:
         example = torch.from_numpy(self.calib_arrays[:1]) if self.calib_arrays is not None else torch.zeros(self.input_shape)
         ctx = PassContext(example_input=example, calib_batches=calib, teacher=self.baseline.module, progress=False)
         if stage.name == "distill":
-            train = self._train_batches()
-            model = stages.distill(self.module, self.baseline.module, train, stage.config)
+            if self.train_set is None:
+                raise UserError("stage distill needs labelled training images: set data.train in the recipe")
+            model, result = stages.distill(self.module, self.baseline.module, self.train_set, self.preprocess, stage.config, flip=not self.recipe.embedded)
+            ctx.report(SimpleNamespace(summary={"steps": result.steps, "epochs": result.epochs_done, **{k: v for k, v in result.final.items() if isinstance(v, (int, float))}}, rows=[]))
         else:
             model = stages.run_transform(stage.name, self.module, stage.config, ctx)
         if model is None:
@@ -406,20 +433,15 @@ class Pipeline:
             text += " (model unchanged)"
         return text, summary, layers
 
-    def _train_batches(self):
-        from edgecnn.data.images import iter_batches
-
-        import torch
-
-        if self.train_set is None:
-            raise UserError("stage distill needs labelled training images: set data.train in the recipe")
-        return [(torch.from_numpy(x), torch.from_numpy(y) if y is not None else None) for x, y in iter_batches(self.train_set, self.preprocess, self.recipe.data.batch_size)]
-
-    def _metadata(self, precision: str, target: str) -> dict:
+    def _metadata(self, precision: Optional[str], target: str) -> dict:
+        """ONNX metadata_props: preprocessing, labels, weights, the recipe, the target."""
         from edgecnn.export.metadata import model_metadata
 
         loaded = SimpleNamespace(preprocess=self.preprocess, name=self.model_info["name"], weights=self.model_info["weights"], labels=self.labels)
-        return model_metadata(loaded, recipe=self.recipe.to_dict(), extra={"edgecnn.precision": precision, "edgecnn.target": target})
+        extra = {"edgecnn.target": target}
+        if precision:  # Q/DQ exports write their own precision (int8, w6a8, ...)
+            extra["edgecnn.precision"] = precision
+        return model_metadata(loaded, recipe=self.recipe.to_dict(), extra=extra)
 
     def _parity_inputs(self) -> np.ndarray:
         if self.eval_arrays is not None:
@@ -432,7 +454,11 @@ class Pipeline:
         """Export one checkpoint; FP32 files are parity-checked by the exporter, Q/DQ ones in _export."""
         path.parent.mkdir(parents=True, exist_ok=True)
         if ck.quantized:
-            stages.export_quantized(ck.module, path, target, self.input_shape, config.opset, config.batch, self._metadata("qdq", target))
+            result = stages.export_quantized(
+                ck.module, path, target, self.input_shape, config.opset, config.batch, self._metadata(None, target),
+                parity_inputs=self._parity_inputs(), parity=parity,
+            )
+            self._export_notes[str(path)] = result
         else:
             stages.export_fp32(
                 ck.module, path, self.input_shape, config.opset, config.batch, self._metadata("fp32", target),
@@ -446,12 +472,11 @@ class Pipeline:
         for target in self.recipe.targets:
             path = self._export_one(final, self.work / target / "model.onnx", target, config, parity=config.parity)
             entry = {"onnx": f"{target}/model.onnx", "precision": "qdq" if final.quantized else "fp32", "stage": final.stage}
-            if config.parity and final.quantized:
-                rep = stages.parity(path, final.module, self._parity_inputs(), final.quantized)
-                entry["parity"] = rep.summary()
-            lint = stages.lint_for_target(path, target)
-            if lint:
-                entry["lint"] = lint
+            notes = self._export_notes.get(str(path), {})
+            if notes.get("parity"):
+                entry["parity"] = notes["parity"]
+            if notes.get("lint"):
+                entry["lint"] = notes["lint"]
             self.artifacts[target] = entry
             parts.append(f"{target} {stages.onnx_bytes(path) / 1e3:,.0f} kB")
         return "ONNX " + ", ".join(parts) + (" (parity checked)" if config.parity else "")

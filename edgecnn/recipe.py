@@ -125,22 +125,12 @@ def available_targets() -> tuple[str, ...]:
 
 
 def distill_config_class() -> type:
-    """The distillation config class of edgecnn.train, or a minimal fallback."""
+    """The config class of edgecnn.train.distill (same keys as ``edgecnn finetune``), or a minimal fallback."""
     try:
-        import edgecnn.train as train
+        from edgecnn.train.distill import DistillConfig
     except ImportError:
         return DistillFallbackConfig
-    for mod_name in ("edgecnn.train.distill", "edgecnn.train"):
-        try:
-            mod = __import__(mod_name, fromlist=["_"])
-        except ImportError:
-            continue
-        for attr in ("DistillConfig", "FinetuneConfig", "TrainConfig"):
-            cls = getattr(mod, attr, None)
-            if isinstance(cls, type) and issubclass(cls, BaseModel):
-                return cls
-    del train
-    return DistillFallbackConfig
+    return DistillConfig
 
 
 def stage_config_class(stage: str) -> type:

@@ -9,6 +9,7 @@ available in this build".
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,6 +33,25 @@ def need(module: str, attr: str, stage: str):
     if fn is None:
         raise UserError(f"stage {stage} is not available in this build ({module}.{attr} is missing)")
     return fn
+
+
+# --- machine ------------------------------------------------------------------------------
+
+
+def busy_machine_threads() -> int:
+    """Torch threads for this process: 1 on an oversubscribed machine, else torch's default.
+
+    When the load average exceeds the core count, torch's OpenMP threads wait on each other
+    while descheduled: a 2-thread training step was measured 10x slower than a 1-thread
+    one on a loaded 2-core machine, and only ~1.6x faster on an idle one.
+    """
+    import torch
+
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return torch.get_num_threads()
+    return 1 if load > (os.cpu_count() or 1) else torch.get_num_threads()
 
 
 # --- models -------------------------------------------------------------------------------
@@ -76,18 +96,12 @@ def run_transform(stage: str, model, config, ctx):
     return info.fn(model, config, ctx)
 
 
-def distill(student, teacher, train_data, config, progress=None):
-    """Knowledge distillation of ``student`` from ``teacher`` on labelled training batches."""
-    for module_name, attr in (("edgecnn.train.distill", "distill"), ("edgecnn.train", "distill"), ("edgecnn.train", "finetune")):
-        try:
-            fn = getattr(importlib.import_module(module_name), attr, None)
-        except ModuleNotFoundError:
-            fn = None
-        if fn is not None:
-            break
-    else:
-        raise UserError("stage distill is not available in this build (edgecnn.train has no distill function)")
-    return fn(student, teacher, train_data, config, progress=progress)
+def distill(student, teacher, train_set, preprocess, config, flip: bool = True):
+    """Knowledge distillation of ``student`` (in place) from ``teacher`` on an image folder."""
+    run = need("edgecnn.train.distill", "distill", "distill")
+    dataset_cls = need("edgecnn.data.torch_data", "ImageDataset", "distill")
+    result = run(student, teacher, dataset_cls(train_set, preprocess, train=True, flip=flip), config)
+    return student, result
 
 
 # --- export ---------------------------------------------------------------------------------
@@ -104,34 +118,17 @@ def export_fp32(model, path: Path, input_shape, opset: int, batch, metadata: dic
     )
 
 
-def export_quantized(model, path: Path, target: str, input_shape, opset: int, batch, metadata: dict) -> Path:
-    export_qdq = need("edgecnn.export.qdq", "export_qdq", "export")
-    return Path(export_qdq(model, path, target, input_shape=tuple(input_shape), opset=opset, batch=batch, metadata=metadata))
-
-
-def parity(onnx_path: Path, model, inputs: np.ndarray, quantized: bool):
-    """Check the ONNX file against PyTorch; quantized models get the looser Q/DQ tolerance."""
-    check_parity = need("edgecnn.export.parity", "check_parity", "export")
-    if quantized:
-        # Fake-quant in PyTorch and integer kernels in ORT may round a few values one step
-        # apart: compare top-1 on real images, not raw logits.
-        return check_parity(onnx_path, model, inputs, atol=None, rtol=None, min_agreement=0.9)
-    return check_parity(onnx_path, model, inputs)
-
-
-def lint_for_target(onnx_path: Path, target: str) -> Optional[str]:
-    """Target-specific checks of the exported graph (TensorRT lint); None when none exist."""
-    if target != "trt":
-        return None
-    for module_name, attr in (("edgecnn.export.trt_lint", "lint"), ("edgecnn.export.lint", "lint_trt"), ("edgecnn.export.qdq", "lint_trt")):
-        try:
-            fn = getattr(importlib.import_module(module_name), attr, None)
-        except ModuleNotFoundError:
-            fn = None
-        if fn is not None:
-            result = fn(onnx_path)
-            return getattr(result, "summary", lambda: str(result))() if not isinstance(result, str) else result
-    return None
+def export_quantized(model, path: Path, target: str, input_shape, opset: int, batch, metadata: dict, parity_inputs=None, parity: bool = True) -> dict:
+    """Q/DQ ONNX for ``target``; the exporter checks parity on real images and, for trt, TensorRT's placement rules."""
+    export_qdq_report = need("edgecnn.export.qdq", "export_qdq_report", "export")
+    result = export_qdq_report(
+        model, path, target, input_shape=tuple(input_shape), opset=opset, metadata=metadata,
+        parity_inputs=parity_inputs, parity=parity, batch=batch,
+    )
+    lint = None
+    if target == "trt":
+        lint = "TensorRT Q/DQ placement lint: no violations" if not result.violations else f"{len(result.violations)} violations"
+    return {"path": Path(result.path), "parity": result.parity.summary() if result.parity is not None else None, "lint": lint}
 
 
 def predict_onnx(onnx_path: Path, inputs: np.ndarray, threads: int = 0) -> np.ndarray:
