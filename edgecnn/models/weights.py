@@ -105,9 +105,11 @@ def download(url: str, dest: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0)
+            from rich.console import Console
             from rich.progress import Progress
 
-            with Progress(transient=True) as progress:
+            # Progress goes to stderr so that `--json` output on stdout stays clean.
+            with Progress(console=Console(stderr=True), transient=True) as progress:
                 task = progress.add_task(f"downloading {dest.name}", total=total or None)
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
