@@ -51,7 +51,7 @@ MODELS = {
 
 # Full run vs --quick (development).
 PROFILES = {
-    "full": {"calib": 128, "eval_limit": None, "rounds": 7, "iters_b1": 40, "iters_b8": 8, "warmup": 5, "op_iters": 30, "budget_s": 4.0},
+    "full": {"calib": 128, "eval_limit": None, "rounds": 5, "iters_b1": 30, "iters_b8": 6, "warmup": 5, "op_iters": 20, "budget_s": 2.5},
     "quick": {"calib": 32, "eval_limit": 96, "rounds": 3, "iters_b1": 10, "iters_b8": 3, "warmup": 2, "op_iters": 10, "budget_s": 1.5},
 }
 FP32_REFERENCE_ORDER = ("torch", "ort_fp32", "ov_fp32")  # FP32 agreement is measured against the first present
@@ -219,7 +219,9 @@ def run_model(name: str, args, settings: dict, engines: list[str], data, work: P
             continue
         progress(f"{name}: building {engine.label} (calibration on {len(job['calib_indices'])} images)")
         try:
+            began = time.perf_counter()
             artifacts[engine_name] = run_build(engine.build, job, timeout=args.build_timeout)
+            say(f"  built {engine_name} in {time.perf_counter() - began:.0f} s")
         except EngineError as exc:
             first = str(exc).splitlines()[0]
             say(f"  skip {engine_name}: build failed: {first}")
@@ -246,13 +248,16 @@ def run_model(name: str, args, settings: dict, engines: list[str], data, work: P
             predictions = {}
             for engine_name, worker in workers.items():
                 progress(f"{name}: accuracy of {ENGINES[engine_name].label} on {len(job['eval_indices'])} images")
+                began = time.perf_counter()
                 predictions[engine_name] = worker.call("eval", indices=job["eval_indices"], batch=8)
+                say(f"  accuracy of {engine_name} in {time.perf_counter() - began:.0f} s")
             reference = next((e for e in FP32_REFERENCE_ORDER if e in predictions), None)
             for engine_name, top5 in predictions.items():
                 reference_top1 = predictions[reference][:, 0] if reference else None
                 result["engines"][engine_name]["accuracy"] = accuracy(top5, labels, reference_top1)
             result["agreement_reference"] = reference
         timings = {e: {"b1": [], "b8": []} for e in workers}
+        began = time.perf_counter()
         for round_index in range(settings["rounds"]):
             progress(f"{name}: timing round {round_index + 1}/{settings['rounds']} ({len(workers)} engines interleaved)")
             for batch, iters in ((1, settings["iters_b1"]), (8, settings["iters_b8"])):
@@ -261,6 +266,7 @@ def run_model(name: str, args, settings: dict, engines: list[str], data, work: P
                     timings[engine_name][f"b{batch}"].append(
                         worker.call("time", batch=batch, warmup=warmup, iters=iters, budget_s=settings["budget_s"])
                     )
+        say(f"  timing rounds in {time.perf_counter() - began:.0f} s")
         for engine_name, worker in workers.items():
             entry = result["engines"][engine_name]
             entry["latency_b1"] = summarize_rounds(timings[engine_name]["b1"])
@@ -481,6 +487,7 @@ def parse_args(argv=None):
     parser.add_argument("--no-op-profile", action="store_true", help="skip the ORT per-op-type profile")
     parser.add_argument("--findings", type=Path, help="markdown file appended to the results as 'Findings'")
     parser.add_argument("--build-timeout", type=float, default=900)
+    parser.add_argument("--from-json", type=Path, help="only re-render the .md of an existing results .json")
     args = parser.parse_args(argv)
     for flag, known in (("models", MODELS), ("engines", ENGINES)):
         chosen = [x.strip() for x in getattr(args, flag).split(",") if x.strip()]
@@ -506,6 +513,15 @@ def select_engines(requested: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+        if args.findings:
+            report["findings"] = args.findings.read_text()
+            write_atomic(args.from_json, json.dumps(report, indent=1, default=_json_default))
+        print_tables(report)
+        write_atomic(args.from_json.with_suffix(".md"), render_markdown(report))
+        say(f"wrote {args.from_json.with_suffix('.md')}")
+        return 0
     started = time.perf_counter()
     settings = dict(PROFILES["quick" if args.quick else "full"])
     if args.rounds:
@@ -597,6 +613,14 @@ def main(argv=None) -> int:
                 report["skipped"].append(f"{name}: {type(exc).__name__}: {exc}")
                 continue
             report["models"].append(model)
+            if not args.no_write:  # partial results survive an interrupted run
+                derived_columns(model, peaks)
+                report["peaks"] = peaks
+                env["load_end"] = load_average()
+                env["shared"] = max(env["load_start"][:1] + env["load_end"][:1] or [0]) > args.threads * 0.75
+                report["elapsed_s"] = time.perf_counter() - started
+                write_atomic(json_path, json.dumps(report, indent=1, default=_json_default))
+                write_atomic(md_path, render_markdown(report))
         if peaks:
             progress("measuring the peak MAC rate again (the max of both is used)")
             try:

@@ -31,7 +31,17 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far in MB (ru_maxrss is KB on Linux)."""
+    """Peak resident memory of this process so far in MB.
+
+    VmHWM, not ru_maxrss: a spawned process is fork+exec of the parent and ru_maxrss keeps
+    the parent's peak across exec, VmHWM belongs to the new address space only.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

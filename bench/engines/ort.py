@@ -67,13 +67,17 @@ class OrtRunner:
         node_events = node_events[warm_runs * per_run:] if per_run else node_events
         totals: dict[str, float] = defaultdict(float)
         nodes: dict[str, set] = defaultdict(set)
+        per_node: dict[tuple, float] = defaultdict(float)
         for event in node_events:
             op = event.get("args", {}).get("op_name", "?")
             totals[op] += event.get("dur", 0) / 1e3  # us -> ms
             nodes[op].add(event["name"])
+            per_node[(event["name"].removesuffix("_kernel_time"), op)] += event.get("dur", 0) / 1e3
         timed_runs = max(1, run_count - warm_runs)
+        slowest = sorted(per_node, key=per_node.get, reverse=True)[:20]
         return {
             "wall_ms": wall_ms,
+            "slowest_nodes": [{"node": n, "op": op, "ms": per_node[(n, op)] / timed_runs} for n, op in slowest],
             "ops": {
                 op: {"ms": totals[op] / timed_runs, "nodes": len(nodes[op])}
                 for op in sorted(totals, key=totals.get, reverse=True)
