@@ -9,6 +9,7 @@ inserted into the graph:
 * Add: the residual input (the one not produced by a conv, or produced by the earlier conv
   when both are) is quantized with the input quantizer of a conv that also reads it, when
   there is one (one scale, one Q/DQ after export de-duplication), else with a new one.
+* Siblings: layers reading the same tensor share one input quantizer.
 * Concat: one new quantizer is applied to every input; convs reading the Concat's output
   (through max-pooling, ReLU, reshapes, shuffles, splits) use that same quantizer.
 
@@ -142,6 +143,11 @@ def insert_graph_quantizers(model: nn.Module, act_bits: int = 8) -> tuple[nn.Mod
     except Exception as exc:  # fx raises many kinds of errors on untraceable code
         return model, PlacementInfo(False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
     info = PlacementInfo(True)
+    # Layers reading the same tensor share one input quantizer: one Q/DQ, one scale.
+    for node in list(gm.graph.nodes):
+        readers = _quantized_readers(gm, node, through=False)
+        for reader in readers[1:]:
+            reader.input_quantizer = readers[0].input_quantizer
     order = {node: i for i, node in enumerate(gm.graph.nodes)}
     counter = 0
     for node in list(gm.graph.nodes):
