@@ -12,7 +12,6 @@ from typing import Optional, Union
 
 import torch.nn as nn
 
-from edgecnn.errors import UserError
 from edgecnn.models.registry import ALIASES, available, create, get_spec, resolve_name
 from edgecnn.preprocess import Preprocess, get_preset
 
@@ -100,7 +99,3 @@ def load_model(
         weights=description,
     )
 
-
-def __getattr__(attr):
-    # Unknown attribute access should not hide typos behind a registry import error.
-    raise AttributeError(f"module 'edgecnn.models' has no attribute {attr!r}")
