@@ -11,6 +11,17 @@ from edgecnn.export.qdq import QDQLintError
 from edgecnn.export.trt_rules import lint
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one thread avoids thread hand-off costs on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _model(nodes, extra_inits=(), zero_dtype=np.int8, second_scale=0.1):
     inits = [
         numpy_helper.from_array(np.array(0.1, np.float32), "s"),
@@ -129,7 +140,6 @@ def test_zoo_trt_exports_are_clean(name, tmp_path):
     from edgecnn.models import create
     from edgecnn.passes.quantize import QuantConfig, quantize_model
 
-    torch.set_num_threads(1)
     options = {"tf_padding": True} if name == "mobilenet_v2" else {}
     model = create(name, num_classes=10, **options).eval()
     quantized, report = quantize_model(model, QuantConfig(), [torch.randn(2, 3, 32, 32)], progress=False)
