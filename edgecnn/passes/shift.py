@@ -32,6 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgecnn.errors import UserError
+from pydantic import Field
+
 from edgecnn.passes.registry import PassConfig, PassReport, register_pass
 from edgecnn.passes.targets import layer_kind, select_layers
 
@@ -181,6 +183,8 @@ class Shift(nn.Module):
         self.padding = kernel_size // 2 if padding == "auto" else padding
         self.deploy = deploy
         self.register_buffer("taps", taps.clone().long())
+        # The one-hot kernel is derived from the taps (not saved): a constant initializer on export.
+        self.register_buffer("onehot", onehot_weight(self.taps, kernel_size), persistent=False)
         self._plan = None
 
     def extra_repr(self) -> str:
@@ -213,13 +217,15 @@ class Shift(nn.Module):
         return self._plan
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._plan = None
         super()._load_from_state_dict(*args, **kwargs)
+        self._plan = None
+        self.onehot = onehot_weight(self.taps, self.kernel_size, self.onehot.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = self.pads(x)
         if self.deploy == "onehot_dwconv":
-            return shift_onehot(x, onehot_weight(self.taps, self.kernel_size, x.dtype), self.stride, pads)
+            weight = self.onehot if self.onehot.dtype == x.dtype else self.onehot.to(x.dtype)
+            return shift_onehot(x, weight, self.stride, pads)
         groups, inverse = self.slice_plan()
         return shift_pad_slice(x, groups, inverse, self.kernel_size, self.stride, pads)
 
@@ -230,7 +236,7 @@ class Shift(nn.Module):
         """
         conv = nn.Conv2d(self.channels, self.channels, self.kernel_size, self.stride,
                          0 if self.padding == "same" else self.padding, groups=self.channels, bias=False)
-        conv.weight.data.copy_(onehot_weight(self.taps.cpu(), self.kernel_size))
+        conv.weight.data.copy_(self.onehot.cpu())
         conv.weight.requires_grad_(False)
         if self.padding == "same":
             from edgecnn.models.layers import SamePadConv2d
@@ -362,6 +368,10 @@ class ShiftConfig(PassConfig):
     deploy: Literal["auto", "onehot_dwconv", "pad_slice"] = "auto"
     backend: str = "ort"
     ste: bool = True  # active shift: train with rounded offsets (straight-through gradient)
+    # With calibration batches in the context: fit the kept weights layer by layer by least
+    # squares to the replaced conv's output, on the inputs the already-shifted model produces.
+    reconstruct: bool = True
+    calib_images: int = Field(32, ge=1)
 
 
 def _shift_module(cfg: ShiftConfig, channels: int, kernel: int, taps, stride: int, padding, deploy: str):
@@ -398,37 +408,84 @@ def _check_replaceable(name: str, conv: nn.Conv2d) -> Optional[str]:
     return None
 
 
-def _absorb_scale_into_bn(bn: nn.BatchNorm2d, scale: torch.Tensor) -> None:
-    """BN(scale * x) == BN'(x), exactly in eval mode: mean/scale, var/scale^2, gamma rescaled."""
+def _absorb_scale_into_bn(bn: nn.BatchNorm2d, scale: torch.Tensor, offset: Optional[torch.Tensor] = None) -> None:
+    """BN(scale * x + offset) == BN'(x) in eval mode: (mean - offset)/scale, var/scale^2, gamma rescaled."""
     with torch.no_grad():
         safe = torch.where(scale.abs() < 1e-8, torch.full_like(scale, 1e-8) * torch.sign(scale + 1e-30), scale)
         old_std = torch.sqrt(bn.running_var + bn.eps)
+        if offset is not None:
+            bn.running_mean.sub_(offset)
         bn.running_mean.div_(safe)
         bn.running_var.div_(safe * safe)
         new_std = torch.sqrt(bn.running_var + bn.eps)
         bn.weight.mul_(safe * new_std / old_std)
 
 
-def _replace_depthwise(cfg, conv: nn.Conv2d, next_bn: Optional[nn.BatchNorm2d], deploy: str):
+def _replace_depthwise(cfg, conv: nn.Conv2d, next_bn: Optional[nn.BatchNorm2d], deploy: str, inputs=None):
     channels, kernel = conv.in_channels, conv.kernel_size[0]
     weight = conv.weight.detach().reshape(channels, -1)  # (C, k*k) (channel multiplier 1)
     energy = weight.abs()
     taps = balanced_taps(energy, kernel) if cfg.assign == "balanced" else even_taps(channels, kernel)
     tap_index = taps[:, 0] * kernel + taps[:, 1]
     scale = weight.sum(1) if cfg.init_scale == "dc" else weight.gather(1, tap_index[:, None])[:, 0]
+    offset = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(channels)
     shift = _shift_module(cfg, channels, kernel, taps, conv.stride[0], _conv_padding(conv), deploy)
-    if next_bn is not None and conv.bias is None and next_bn.num_features == channels:
-        _absorb_scale_into_bn(next_bn, scale)
-        return shift, "scale absorbed into the next BatchNorm"
-    affine = nn.Conv2d(channels, channels, 1, groups=channels, bias=conv.bias is not None)
+    how = ""
+    if inputs is not None:
+        scale, offset = _fit_depthwise(conv, shift, inputs)
+        how = "least-squares fit on calibration data; "
+    if next_bn is not None and next_bn.num_features == channels:
+        _absorb_scale_into_bn(next_bn, scale, offset)
+        return shift, how + "scale absorbed into the next BatchNorm"
+    affine = nn.Conv2d(channels, channels, 1, groups=channels, bias=True)
     with torch.no_grad():
         affine.weight.copy_(scale.reshape(channels, 1, 1, 1))
-        if conv.bias is not None:
-            affine.bias.copy_(conv.bias)
-    return nn.Sequential(shift, affine), "scale kept in a 1x1 depthwise conv"
+        affine.bias.copy_(offset)
+    return nn.Sequential(shift, affine), how + "scale kept in a 1x1 depthwise conv"
 
 
-def _replace_full(cfg, conv: nn.Conv2d, deploy: str):
+@torch.no_grad()
+def _fit_depthwise(conv: nn.Conv2d, shift: nn.Module, inputs: torch.Tensor):
+    """Per-channel (scale, offset) minimising ||conv(x) - (scale * shift(x) + offset)||^2."""
+    target = conv(inputs).transpose(0, 1).reshape(conv.out_channels, -1)
+    shifted = _as_fixed(shift)(inputs).transpose(0, 1).reshape(conv.out_channels, -1)
+    mean_s, mean_t = shifted.mean(1), target.mean(1)
+    cov = ((shifted - mean_s[:, None]) * (target - mean_t[:, None])).mean(1)
+    var = (shifted - mean_s[:, None]).pow(2).mean(1)
+    scale = torch.where(var > 1e-12, cov / var.clamp_min(1e-12), torch.zeros_like(var))
+    return scale, mean_t - scale * mean_s
+
+
+def _as_fixed(shift: nn.Module) -> "Shift":
+    return shift.freeze() if isinstance(shift, ActiveShift) else shift
+
+
+@torch.no_grad()
+def _fit_pointwise(conv: nn.Conv2d, pointwise: nn.Conv2d, shift: nn.Module, inputs: torch.Tensor, ridge: float = 1e-3):
+    """Least-squares 1x1 weights: output channel o of ``shift(pointwise(x))`` fits ``conv(x)``.
+
+    A 1x1 conv commutes with a shift (up to the bias at the border), so each tap group is an
+    ordinary linear regression of the target on the inputs shifted by that tap.
+    """
+    target = conv(inputs)  # (N, O, Ho, Wo)
+    fixed = _as_fixed(shift)
+    cin = inputs.shape[1]
+    taps = fixed.taps.tolist()
+    for tap in sorted(set(map(tuple, taps))):
+        outs = [o for o, t in enumerate(taps) if tuple(t) == tap]
+        probe = Shift(cin, fixed.kernel_size, torch.tensor([tap] * cin), fixed.stride, fixed.padding, "pad_slice")
+        a = probe(inputs).transpose(0, 1).reshape(cin, -1).T.double()  # (samples, Cin)
+        a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], 1)
+        y = target[:, outs].transpose(0, 1).reshape(len(outs), -1).T.double()
+        gram = a.T @ a
+        gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
+        solution = torch.linalg.solve(gram, a.T @ y)  # (Cin + 1, len(outs))
+        pointwise.weight[outs] = solution[:-1].T.float()[:, :, None, None].to(pointwise.weight.dtype)
+        if pointwise.bias is not None:
+            pointwise.bias[outs] = solution[-1].float()
+
+
+def _replace_full(cfg, conv: nn.Conv2d, deploy: str, inputs=None):
     out_channels, kernel = conv.out_channels, conv.kernel_size[0]
     weight = conv.weight.detach()  # (O, I/g, k, k)
     per_tap = weight.reshape(out_channels, weight.shape[1], kernel * kernel)
@@ -447,7 +504,13 @@ def _replace_full(cfg, conv: nn.Conv2d, deploy: str):
     # 1x1 conv first, then the shift of its outputs: each output channel reads all inputs at
     # its own offset (shifting the inputs instead would give every output the same offsets).
     shift = _shift_module(cfg, out_channels, kernel, taps, conv.stride[0], _conv_padding(conv), deploy)
-    return nn.Sequential(pointwise, shift), "1x1 conv + shift of its outputs"
+    how = "1x1 conv + shift of its outputs"
+    if inputs is not None and conv.groups == 1:
+        if pointwise.bias is None:
+            pointwise.bias = nn.Parameter(torch.zeros(out_channels))
+        _fit_pointwise(conv, pointwise, shift, inputs)
+        how += " (least-squares fit on calibration data)"
+    return nn.Sequential(pointwise, shift), how
 
 
 def _params(module: nn.Module) -> int:
@@ -456,6 +519,47 @@ def _params(module: nn.Module) -> int:
 
 def _conv_macs(conv: nn.Conv2d, out_hw: int) -> int:
     return conv.out_channels * (conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1] * out_hw
+
+
+class _Captured(Exception):
+    pass
+
+
+def _calibration_images(ctx, config) -> Optional[torch.Tensor]:
+    batches = getattr(ctx, "calib_batches", None) if ctx is not None else None
+    if batches is None:
+        return None
+    images, count = [], 0
+    for batch in batches:
+        batch = batch[0] if isinstance(batch, (list, tuple)) else batch
+        images.append(batch[: config.calib_images - count])
+        count += images[-1].shape[0]
+        if count >= config.calib_images:
+            break
+    return torch.cat(images) if images else None
+
+
+@torch.no_grad()
+def _layer_inputs(model: nn.Module, layer: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The input ``layer`` sees when ``model`` (as transformed so far) runs on ``images``."""
+    captured = {}
+
+    def hook(module, inputs):
+        captured["x"] = inputs[0].detach().clone()
+        raise _Captured
+
+    handle = layer.register_forward_pre_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(layer.parameters()).device
+        model(images.to(device))
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return captured["x"]
 
 
 @register_pass("shift", config=ShiftConfig, not_after=("quantize",))
@@ -477,6 +581,7 @@ def shift_pass(model: nn.Module, config: ShiftConfig, ctx) -> nn.Module:
         for h in hooks:
             h.remove()
     parents = {n: m for n, m in model.named_modules()}
+    calib = _calibration_images(ctx, config) if config.reconstruct else None
     rows, replaced = [], 0
     params_before = _params(model)
     for name, conv in candidates:
@@ -498,9 +603,11 @@ def shift_pass(model: nn.Module, config: ShiftConfig, ctx) -> nn.Module:
                 position = keys.index(child)
                 if position + 1 < len(keys) and isinstance(parent._modules[keys[position + 1]], nn.BatchNorm2d):
                     next_bn = parent._modules[keys[position + 1]]
-            new, how = _replace_depthwise(config, conv, next_bn, deploy)
+            inputs = _layer_inputs(model, conv, calib) if calib is not None else None
+            new, how = _replace_depthwise(config, conv, next_bn, deploy, inputs)
         else:
-            new, how = _replace_full(config, conv, deploy)
+            inputs = _layer_inputs(model, conv, calib) if calib is not None else None
+            new, how = _replace_full(config, conv, deploy, inputs)
         new = new.to(conv.weight.device)
         setattr(parent, child, new)
         replaced += 1

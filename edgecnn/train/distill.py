@@ -346,6 +346,8 @@ def distill(
             loader = torch.utils.data.DataLoader(train_data, batch_sampler=batches[offset:], num_workers=config.num_workers,
                                                  # own generator: creating the loader must not draw from the global RNG
                                                  generator=torch.Generator().manual_seed(config.seed + epoch))
+            if hasattr(train_data, "set_epoch"):  # per-epoch augmentation seed (edgecnn.data.torch_data)
+                train_data.set_epoch(epoch)
             _set_train_mode(student, config.freeze_bn)
             for batch in loader:
                 images, labels = _labels_of(batch)
