@@ -564,6 +564,16 @@ class Pipeline:
                     seen[key] = values
                 self.results.append(new_result(ck.stage, target, **ck.stats, **values))
                 advance(n, len(todo), f"{ck.stage} {target}")
+        if "trt" in self.recipe.targets and not stages.tensorrt_available():
+            self.notes.append(
+                "trt rows: the TensorRT Q/DQ model timed in ONNX Runtime CPU here (TensorRT is not installed); "
+                "time the engine on the device with 'edgecnn compile' and 'edgecnn bench'"
+            )
+        if self.latency_warnings:
+            self.notes.append(
+                f"latency varied more than usual in {len(self.latency_warnings)} of {len(seen)} measurements "
+                "(a busy machine?): quote the medians"
+            )
         checkpoints_dir = self.work / "checkpoints"
         if checkpoints_dir.is_dir():  # intermediate files served their purpose: ship only the artifacts
             shutil.rmtree(checkpoints_dir)

@@ -309,7 +309,9 @@ def _allowed_keys(cls: type, loc: tuple) -> Optional[list[str]]:
 
 def format_validation_error(exc: ValidationError, cls: type, prefix: str) -> str:
     """One line: ``<file>: <key.path>: <what is wrong and what is allowed>``."""
-    err = exc.errors()[0]
+    errors = exc.errors()
+    # A misspelt key also makes the real key "missing": the unknown key is the useful line.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(err["loc"])
     path = ".".join(str(p) for p in loc) or "(top)"
     if err["type"] == "extra_forbidden":
@@ -519,7 +521,9 @@ def recipe_from_flags(
         raw["model"]["options"] = {**(raw["model"].get("options") or {}), **options}
     if weights is not None:
         raw["model"]["weights"] = weights
-    stages = list(raw.get("stages") or DEFAULT_STAGES)
+    stages = raw.get("stages") or list(DEFAULT_STAGES)
+    if not isinstance(stages, list):  # left for validate() to report
+        return raw
     if prune is not None:
         stage, cfg = prune_stage_for(prune, prune_mode or "unstructured")
         stages = _set_stage(stages, stage, cfg, ("shift", "quantize", "weight_share", "distill", "export", "compile", "measure"))

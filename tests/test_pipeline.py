@@ -57,11 +57,13 @@ def test_digits_split_is_fixed_and_stratified():
 
 
 def test_digits_folders_and_baseline_cache(tmp_path):
-    """Materialised once, read by ImageFolder; a second baseline request hits the cache."""
+    """Materialised once (in the session cache, shared with the CLI tests), read by
+    ImageFolder; a second baseline request hits the cache."""
     from edgecnn.data.images import ImageFolder
     from edgecnn.models import create
 
-    folders = embedded.materialize(tmp_path)
+    folders = embedded.materialize()
+    assert folders.root.parent.parent == embedded.cache_root()
     train, test = ImageFolder(folders.train), ImageFolder(folders.test)
     assert (len(train), len(test)) == (1438, 359) and train.num_classes == 10 and test.labelled
 

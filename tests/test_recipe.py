@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,7 @@ def test_errors_are_one_line_with_file_and_key_path(tmp_path, text, expected):
     message = str(exc.value)
     assert "\n" not in message
     assert message.startswith(f"{path}: ")
-    assert __import__("re").search(expected, message), message
+    assert re.search(expected, message), message
 
 
 def test_yaml_is_data_only(tmp_path):

@@ -1,0 +1,117 @@
+"""End to end: ``edgecnn compress`` on small inputs for every family and both targets.
+
+Small on purpose: 32 px digits, a 2-epoch baseline on 300 images (cached for the whole
+session through $EDGECNN_CACHE), 16 calibration and 60 evaluation images. Latency is
+measured in the squeezenet run only; the other families check export for both targets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import yaml
+
+from edgecnn.cli import main
+
+SMALL = """
+data:
+  embedded: {input_size: 32, epochs: 2, max_train_images: 300, max_test_images: 60}
+  calib_images: 16
+  batch_size: 16
+stages:
+  - fold_bn
+  - quantize: {bits: 8, calibrator: max}
+  - export
+"""
+MEASURE = "  - measure: {checkpoints: final, latency_runs: 10, warmup: 1, warmup_seconds: 0.0}\n"
+
+
+def _recipe(tmp: Path, measure: bool) -> Path:
+    path = tmp / ("small-measure.yaml" if measure else "small.yaml")
+    path.write_text(SMALL + (MEASURE if measure else ""))
+    return path
+
+
+def _ops(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.fixture(scope="module")
+def squeezenet_run(tmp_path_factory):
+    """The main job, small: ``compress squeezenet --bits 6`` for ort-x86 and trt, measured."""
+    tmp = tmp_path_factory.mktemp("squeezenet")
+    out = tmp / "out"
+    main(["compress", "squeezenet", "--bits", "6", "--recipe", str(_recipe(tmp, True)), "--target", "ort-x86", "--target", "trt", "-o", str(out), "--quiet"])
+    return out
+
+
+def test_main_job_writes_every_output(squeezenet_run, capsys):
+    out = squeezenet_run
+    names = {p.name for p in out.iterdir()}
+    assert {"report.json", "report.md", "accuracy.png", "recipe.resolved.yaml", "log.txt", "fp32", "ort-x86", "trt"} <= names
+    assert not [n for n in names if n.startswith(".")]
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema_version"] == 1
+    assert report["data"]["source"] == "embedded-digits"
+    assert "accuracy is on digits, not ImageNet" in report["data"]["note"]
+    rows = {(r["stage"], r["target"]): r for r in report["results"]}
+    assert set(rows) == {("baseline", "fp32"), ("quantize", "ort-x86"), ("quantize", "trt")}
+    base, x86 = rows["baseline", "fp32"], rows["quantize", "ort-x86"]
+    for row in rows.values():
+        assert row["latency_ms_median"] > 0 and row["latency_ms_p90"] >= row["latency_ms_median"]
+        assert 0 <= row["top1"] <= row["top5"] <= 100 and 0 <= row["agreement"] <= 100
+        assert row["params"] == base["params"] and row["macs"] == base["macs"] > 0
+    assert base["agreement"] == 100.0
+    assert x86["onnx_bytes"] < base["onnx_bytes"] / 2  # int8 initializers
+    assert x86["shipped_bytes"] < x86["onnx_bytes"]
+    assert [s["name"] for s in report["stages"]] == ["baseline", "fold_bn", "quantize", "export", "measure"]
+    assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(out / "ort-x86" / "model.onnx")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(out / "trt" / "model.onnx")
+    assert "lint" in report["artifacts"]["trt"]
+    meta = {p.key: p.value for p in onnx.load(str(out / "ort-x86" / "model.onnx")).metadata_props}
+    assert meta["edgecnn.precision"] == "w6a8" and meta["edgecnn.quant_target"] == "ort-x86"
+    md = (out / "report.md").read_text()
+    assert "| quantize | trt |" in md and "accuracy is on digits, not ImageNet" in md
+    assert "✓ quantize" in (out / "log.txt").read_text()
+
+
+def test_resolved_recipe_reproduces_the_run(squeezenet_run, tmp_path):
+    again = tmp_path / "again"
+    main(["compress", "--recipe", str(squeezenet_run / "recipe.resolved.yaml"), "-o", str(again), "--quiet"])
+    first = json.loads((squeezenet_run / "report.json").read_text())["results"]
+    second = json.loads((again / "report.json").read_text())["results"]
+    keys = ("stage", "target", "params", "nonzeros", "macs", "top1", "top5", "agreement")
+    assert [{k: r[k] for k in keys} for r in first] == [{k: r[k] for k in keys} for r in second]
+    recipe = yaml.safe_load((again / "recipe.resolved.yaml").read_text())
+    assert recipe["targets"] == ["ort-x86", "trt"]
+
+
+@pytest.mark.parametrize(
+    "model,options",
+    [("mobilenet_v2", ["--width-mult", "0.5"]), ("mobilenet_v3_small", []), ("shufflenet_v2_x0_5", [])],
+)
+def test_family_exports_for_both_targets(model, options, tmp_path):
+    out = tmp_path / "out"
+    main(["compress", model, *options, "--recipe", str(_recipe(tmp_path, False)), "--target", "ort-x86", "--target", "trt", "-o", str(out), "--quiet"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["name"] == model
+    for target in ("ort-x86", "trt"):
+        path = out / target / "model.onnx"
+        assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(path)
+        assert "parity" in report["artifacts"][target]
+    assert "lint" in report["artifacts"]["trt"]
+
+
+def test_print_recipe_and_dry_run_do_no_work(tmp_path, capsys):
+    main(["compress", "squeezenet", "--bits", "6", "--target", "trt", "--print-recipe"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["name"] == "squeezenet" and printed["model"]["weights"] is None
+    assert printed["targets"] == ["trt"]
+    assert {"quantize": {**printed["stages"][1]["quantize"], "bits": 6}} == printed["stages"][1]
+    main(["compress", "squeezenet", "--bits", "6", "--dry-run", "-o", str(tmp_path / "never")])
+    plan = capsys.readouterr().out
+    assert "embedded digits baseline" in plan and "stage 2: quantize" in plan
+    assert not (tmp_path / "never").exists()
