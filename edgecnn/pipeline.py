@@ -636,7 +636,7 @@ class Pipeline:
 
         @contextmanager
         def bar():
-            if not self.progress:
+            if not self.progress or not self.console.is_terminal:  # no bars in logs and pipes
                 yield lambda *a: None
                 return
             with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console, transient=True) as prog:

@@ -321,7 +321,7 @@ def format_validation_error(exc: ValidationError, cls: type, prefix: str) -> str
         msg = "required key is missing"
     else:
         msg = err["msg"]
-        if "input" in err and not isinstance(err["input"], (dict, list)):
+        if "input" in err and not isinstance(err["input"], (dict, list)) and "got" not in msg:
             msg += f" (got {err['input']!r})"
     return f"{prefix}{path}: {msg}"
 
@@ -418,6 +418,7 @@ def validate(raw: dict, source: str = "<recipe>") -> Recipe:
             raise UserError(f"{prefix}targets[{i}]: unknown target {t!r}; allowed: {', '.join(allowed_targets)}")
     if len(set(targets)) != len(targets):
         raise UserError(f"{prefix}targets: a target is listed twice")
+    _simulate_first_target(stages, targets)
     output = raw.get("output")
     if output is not None and not isinstance(output, str):
         raise UserError(f"{prefix}output: expected a folder path, got {output!r}")
@@ -425,6 +426,17 @@ def validate(raw: dict, source: str = "<recipe>") -> Recipe:
     if name is not None and not isinstance(name, str):
         raise UserError(f"{prefix}name: expected a string, got {name!r}")
     return Recipe(sections["model"], sections["data"], stages, list(targets), output, source, name)
+
+
+def _simulate_first_target(stages: list[Stage], targets: list[str]) -> None:
+    """A quantize stage that names no ``target`` simulates the first deployment target's encoding."""
+    for stage in stages:
+        cfg = stage.config
+        if stage.name == "quantize" and "target" in type(cfg).model_fields and "target" not in cfg.model_fields_set:
+            try:
+                cfg.target = targets[0]
+            except ValidationError:  # a target the quantizer cannot simulate keeps its default
+                pass
 
 
 def load_recipe(ref: str | Path) -> Recipe:

@@ -144,6 +144,11 @@ def to_markdown(report: dict) -> str:
     lines.append("|" + "|".join(" --- " if i < 2 else " ---: " for i in range(len(header))) + "|")
     for cells in rows:
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "non-zeros: parameters not exactly zero; MACs: conv + linear at batch 1; shipped: the packed .ecnn file; "
+        "latency: batch 1, median and p90 in ms; agree %: evaluation images with the same top-1 class as the FP32 baseline.",
+    ]
     lines += ["", "## Stages", "", "| # | stage | seconds | what it did |", "| ---: | --- | ---: | --- |"]
     for i, stage in enumerate(report["stages"]):
         lines.append(f"| {i} | {stage['name']} | {stage['seconds']:.1f} | {stage.get('text') or ''} |")
@@ -173,7 +178,8 @@ def plot(report: dict, path: Path) -> Optional[Path]:
         (axes[1], "size", "size (bytes): shipped, else ONNX"),
     ):
         for target in report["targets"]:
-            pts = [r for r in points if r["target"] == target or (r["target"] == "fp32" and target == report["targets"][0])]
+            # FP32 checkpoints are shared by every target: each target's line starts there.
+            pts = [r for r in points if r["target"] in (target, "fp32")]
             xs, ys, labels = [], [], []
             for r in pts:
                 x = r.get(xkey) if xkey != "size" else (r.get("shipped_bytes") or r.get("onnx_bytes"))

@@ -53,7 +53,7 @@ def files(tmp_path, weights_file):
     ns["garbage"] = tmp_path / "garbage.pth"
     ns["syntax"] = _write(tmp_path / "syntax.yaml", "model: {name: squeezenet\nstages: [export\n")
     ns["unknown_key"] = _write(tmp_path / "unknown_key.yaml", "model: {name: squeezenet}\ndata: {calibb: x}\nstages: [export]\n")
-    ns["bad_value"] = _write(tmp_path / "bad_value.yaml", "model: {name: squeezenet}\nstages: [{quantize: {weight_bits: 5}}, export]\n")
+    ns["bad_value"] = _write(tmp_path / "bad_value.yaml", "model: {name: squeezenet}\nstages: [{quantize: {bits: 5}}, export]\n")
     ns["bad_stage"] = _write(tmp_path / "bad_stage.yaml", "model: {name: squeezenet}\nstages: [prunee, export]\n")
     _write(tmp_path / "a.yaml", "include: b.yaml\nmodel: {name: squeezenet}\n")
     _write(tmp_path / "b.yaml", "include: a.yaml\nstages: [export]\n")
@@ -78,7 +78,7 @@ CASES = [
     ("calib-without-weights", ["squeezenet", "--calib", "{broken}"], True, "--weights"),
     ("recipe-syntax", ["--recipe", "{syntax}"], True, "not valid YAML"),
     ("recipe-unknown-key", ["--recipe", "{unknown_key}"], True, "data.calibb"),
-    ("recipe-bad-value", ["--recipe", "{bad_value}"], True, "weight_bits"),
+    ("recipe-bad-value", ["--recipe", "{bad_value}"], True, "stages[0].quantize.bits"),
     ("recipe-unknown-stage", ["--recipe", "{bad_stage}"], True, "prunee"),
     ("recipe-include-cycle", ["--recipe", "{cycle}"], True, "cycle"),
     ("recipe-missing", ["--recipe", "{tmp}/nope.yaml"], True, "nope.yaml"),
