@@ -1,0 +1,95 @@
+"""Distillation: the KD loss falls on a tiny task; a resumed run ends in the same state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from edgecnn.errors import UserError
+from edgecnn.passes.registry import PassContext, run_pass
+from edgecnn.train import DistillConfig, distill, kd_loss
+
+
+def _net(seed: int = 1) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Dropout(0.2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+    )
+
+
+def _data(n=40, labelled=True):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 12, 12, generator=g)
+    y = torch.randint(0, 5, (n,), generator=g) if labelled else torch.full((n,), -1)
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def _student(kind="grouped"):
+    return run_pass("shift", _net(), {"kind": kind}, PassContext())
+
+
+@torch.no_grad()
+def _soft_loss(student, teacher, data, temperature=4.0):
+    x, _ = data.tensors
+    student.eval()
+    return float(kd_loss(student(x), teacher(x), None, temperature, 1.0)[0])
+
+
+def test_kd_loss_is_pure_soft_when_unlabelled():
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    soft, parts = kd_loss(s, t, torch.full((4,), -1), 2.0, 0.5)
+    assert "hard" not in parts
+    mixed, parts = kd_loss(s, t, torch.tensor([0, 1, -1, 2]), 2.0, 0.5)
+    assert "hard" in parts and float(mixed) != pytest.approx(float(soft))
+    assert float(kd_loss(t, t, None, 2.0, 1.0)[0]) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_distillation_reduces_kd_loss(labelled):
+    teacher = _net(seed=7).eval()
+    data = _data(labelled=labelled)
+    student = _student()
+    before = _soft_loss(student, teacher, data)
+    distill(student, teacher, data, DistillConfig(epochs=4, batch_size=8, lr=1e-2, progress=False))
+    assert _soft_loss(student, teacher, data) < 0.7 * before
+
+
+def test_resume_reaches_the_same_state(tmp_path):
+    teacher = _net(seed=7).eval()
+    data = _data()
+    config = DistillConfig(epochs=2, batch_size=8, lr=1e-2, shift_l1=0.1, progress=False)
+    straight = _student("active")
+    distill(straight, teacher, data, config)
+    paused = _student("active")
+    first = distill(paused, teacher, data, config, checkpoint_dir=tmp_path, stop_after=3)
+    assert first.steps == 3 and not first.finished
+    resumed = _student("active")
+    result = distill(resumed, teacher, data, config, checkpoint_dir=tmp_path, resume=True)
+    assert result.steps == 10 and result.finished
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_masks_are_reapplied_after_each_step():
+    from edgecnn.passes import prune
+
+    if not hasattr(prune, "reapply_masks") or not hasattr(prune, "MASK"):
+        pytest.skip("pruning masks not available")
+    teacher = _net(seed=7).eval()
+    student = _student()
+    linear = student[-1]
+    mask = torch.ones_like(linear.weight, dtype=torch.bool)
+    mask[:, ::2] = False
+    linear.register_buffer(prune.MASK, mask)
+    with torch.no_grad():
+        linear.weight.mul_(mask)
+    distill(student, teacher, _data(), DistillConfig(epochs=1, batch_size=8, lr=1e-2, progress=False))
+    assert torch.count_nonzero(linear.weight[:, ::2]) == 0
+
+
+def test_resume_without_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no checkpoint"):
+        distill(_student(), _net(), _data(), DistillConfig(progress=False), checkpoint_dir=tmp_path, resume=True)
