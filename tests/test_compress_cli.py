@@ -78,15 +78,27 @@ def test_main_job_writes_every_output(squeezenet_run, capsys):
     assert "✓ quantize" in (out / "log.txt").read_text()
 
 
+def _initializers(path: Path) -> dict:
+    return {t.name: t.raw_data or onnx.numpy_helper.to_array(t).tobytes() for t in onnx.load(str(path)).graph.initializer}
+
+
 def test_resolved_recipe_reproduces_the_run(squeezenet_run, tmp_path):
+    """Same baseline, same calibration, same configs: bit-identical Q/DQ weights and scales."""
+    import onnx.numpy_helper  # noqa: F401
+
+    recipe = yaml.safe_load((squeezenet_run / "recipe.resolved.yaml").read_text())
+    assert recipe["targets"] == ["ort-x86", "trt"]
+    recipe["stages"] = [s for s in recipe["stages"] if "measure" not in s]  # timing is not what is reproduced
+    path = tmp_path / "resolved-no-measure.yaml"
+    path.write_text(yaml.safe_dump(recipe))
     again = tmp_path / "again"
-    main(["compress", "--recipe", str(squeezenet_run / "recipe.resolved.yaml"), "-o", str(again), "--quiet"])
+    main(["compress", "--recipe", str(path), "-o", str(again), "--quiet"])
+    for target in ("ort-x86", "trt"):
+        assert _initializers(again / target / "model.onnx") == _initializers(squeezenet_run / target / "model.onnx")
     first = json.loads((squeezenet_run / "report.json").read_text())["results"]
     second = json.loads((again / "report.json").read_text())["results"]
-    keys = ("stage", "target", "params", "nonzeros", "macs", "top1", "top5", "agreement")
-    assert [{k: r[k] for k in keys} for r in first] == [{k: r[k] for k in keys} for r in second]
-    recipe = yaml.safe_load((again / "recipe.resolved.yaml").read_text())
-    assert recipe["targets"] == ["ort-x86", "trt"]
+    counts = lambda rows: {r["stage"]: (r["params"], r["nonzeros"], r["macs"]) for r in rows}  # noqa: E731
+    assert counts(first) == {k: v for k, v in counts(second).items() if k in counts(first)}
 
 
 @pytest.mark.parametrize(
