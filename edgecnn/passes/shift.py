@@ -39,10 +39,11 @@ from edgecnn.passes.targets import layer_kind, select_layers
 
 DeployForm = Literal["onehot_dwconv", "pad_slice"]
 
-# Fastest exact deploy form per backend, measured by bench/shift_distill.py (section "deploy
-# forms"; 1x144x56x56 shift, ORT CPU): one-hot depthwise conv 0.117 ms, Pad+Slice+Concat
-# 0.337 ms, GatherElements 0.362 ms, flat Gather 1.70 ms. Backends not measured here use the
-# one-hot depthwise conv, which every runtime implements as its (fast) depthwise kernel.
+# Fastest exact deploy form per backend, measured by bench/shift_distill.py (1x144x56x56
+# shift, ORT CPU, 1 thread; bench/results/shift_distill.md): one-hot depthwise conv 0.307 ms
+# (a real depthwise conv 0.322 ms), Pad+Slice+Concat 0.471 ms, with channel Gathers 0.514 ms.
+# Backends not measured here use the one-hot depthwise conv, which every runtime runs with its
+# own fast depthwise kernel.
 DEPLOY_TABLE: dict[str, tuple[str, str]] = {
     "ort": ("onehot_dwconv", "measured (ORT CPU, bench/shift_distill.py)"),
     "ort-x86": ("onehot_dwconv", "measured (ORT CPU, bench/shift_distill.py)"),
