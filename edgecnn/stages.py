@@ -39,19 +39,21 @@ def need(module: str, attr: str, stage: str):
 
 
 def busy_machine_threads() -> int:
-    """Torch threads for this process: 1 on an oversubscribed machine, else torch's default.
+    """Torch threads for this process: ``EDGECNN_TORCH_THREADS`` if set, else torch's default.
 
-    When the load average exceeds the core count, torch's OpenMP threads wait on each other
-    while descheduled: a 2-thread training step was measured 10x slower than a 1-thread
-    one on a loaded 2-core machine, and only ~1.6x faster on an idle one.
+    The count is fixed up front, never derived from the machine's load: float reductions
+    (training, calibration) depend on the thread count, and a recipe must reproduce the
+    same artifact bit for bit. On an oversubscribed machine, set EDGECNN_TORCH_THREADS=1:
+    a 2-thread training step was measured 10x slower than a 1-thread one there.
     """
     import torch
 
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
+    value = os.environ.get("EDGECNN_TORCH_THREADS", "").strip()
+    if not value:
         return torch.get_num_threads()
-    return 1 if load > (os.cpu_count() or 1) else torch.get_num_threads()
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"EDGECNN_TORCH_THREADS={value!r} is not a positive integer; unset it or set e.g. 1")
+    return int(value)
 
 
 # --- models -------------------------------------------------------------------------------
