@@ -19,8 +19,14 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Keep tests away from the user's cache (~/.cache/edgecnn)."""
-    cache = tmp_path_factory.getbasetemp() / "edgecnn-cache"
-    monkeypatch.setenv("EDGECNN_CACHE", str(cache))
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep every test, module- and session-scoped fixtures included, away from the user's
+    cache (~/.cache/edgecnn): a stale cached baseline there would leak into the results."""
+    previous = os.environ.get("EDGECNN_CACHE")
+    os.environ["EDGECNN_CACHE"] = str(tmp_path_factory.getbasetemp() / "edgecnn-cache")
+    yield
+    if previous is None:
+        os.environ.pop("EDGECNN_CACHE", None)
+    else:
+        os.environ["EDGECNN_CACHE"] = previous
