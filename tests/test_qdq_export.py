@@ -59,7 +59,7 @@ def quantized():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.normal_(m.weight, std=0.3)
     params = sum(p.numel() for p in model.parameters())
-    q6, _ = quantize_model(SmallNet().eval().load_state_dict(model.state_dict()) and model, QuantConfig(bits=6), calib(), progress=False)
+    q6, _ = quantize_model(SmallNet().eval().load_state_dict(model.state_dict()) and model, QuantConfig(bits=6, depthwise_bits=6), calib(), progress=False)
     return q6, params
 
 
@@ -103,9 +103,49 @@ def test_ort_x86_export_uses_uint8_and_agrees_with_pytorch(quantized, tmp_path):
     zps = _zero_points(proto)
     assert zps and all(z.dtype == np.uint8 for z in zps)
     assert any(int(z) == 0 for z in zps) and any(int(z) == 128 for z in zps)  # ReLU outputs one-sided, input signed
+    # 6-bit weights (|q| <= 31) cannot saturate VPMADDUBSW's int16 pair sums: stored s8 (U8S8).
     weights = _weight_initializers(proto)
-    assert weights and all(w.dtype == np.uint8 and 128 - 31 <= w.min() and w.max() <= 128 + 31 for w in weights)
+    assert weights and all(w.dtype == np.int8 and np.abs(w).max() <= 31 for w in weights)
     assert result.parity.top1_agreement >= 0.75 and result.parity.max_rel_error < 0.2
+
+
+def test_ort_x86_stores_full_8_bit_weights_unsigned(tmp_path):
+    torch.manual_seed(0)
+    model, _ = quantize_model(SmallNet().eval(), QuantConfig(bits=8), calib(), progress=False)
+    proto = onnx.load(str(export_qdq(model, tmp_path / "net8.onnx", "ort-x86", input_shape=SHAPE, parity=False)))
+    weights = _weight_initializers(proto)
+    assert weights and all(w.dtype == np.uint8 for w in weights if w.ndim > 1)
+    assert any(int(np.abs(w.astype(np.int16) - 128).max()) > 64 for w in weights)
+
+
+def test_ort_x86_graph_fuses_every_conv_and_trt_keeps_its_placement(quantized, tmp_path):
+    """ORT's optimizer turns every conv into QLinearConv (Add inputs and pool input quantized,
+    TF-SAME Pad folded into the conv, shape arithmetic folded); trt keeps TensorRT's rules."""
+    import onnxruntime as ort
+
+    model, _ = quantized
+    path = export_qdq(model, tmp_path / "net_x86.onnx", "ort-x86", input_shape=SHAPE, parity=False)
+    proto = onnx.load(str(path))
+    ops = [n.op_type for n in proto.graph.node]
+    assert "Pad" not in ops and not {"ConstantOfShape", "Identity", "Constant", "Slice"} & set(ops)
+    stem = next(n for n in proto.graph.node if n.op_type == "Conv")
+    assert [a.ints for a in stem.attribute if a.name == "pads"][0] == [0, 0, 1, 1]  # TF SAME, stride 2, even size
+    producers = {o: n.op_type for n in proto.graph.node for o in n.output}
+    add = next(n for n in proto.graph.node if n.op_type == "Add")
+    assert [producers[i] for i in add.input] == ["DequantizeLinear", "DequantizeLinear"]
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert fused.count("QLinearConv") == 5 and "Conv" not in fused and "FusedConv" not in fused
+    assert "QLinearAdd" in fused and "QLinearGlobalAveragePool" in fused
+
+    trt = export_qdq_report(model, tmp_path / "net_trt.onnx", "trt", input_shape=SHAPE, parity=False)
+    trt_proto = onnx.load(str(trt.path))
+    trt_producers = {o: n.op_type for n in trt_proto.graph.node for o in n.output}
+    trt_add = next(n for n in trt_proto.graph.node if n.op_type == "Add")
+    assert sorted(trt_producers[i] for i in trt_add.input) == ["Conv", "DequantizeLinear"]
+    assert trt.violations == [] and "Pad" not in {n.op_type for n in trt_proto.graph.node}
 
 
 def test_ort_arm_export_is_signed_with_one_sided_zero_points(quantized, tmp_path):

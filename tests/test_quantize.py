@@ -55,7 +55,7 @@ def make(seed=0):
 
 @pytest.mark.parametrize("bits", [4, 6, 8])
 def test_weights_sit_on_at_most_2_pow_bits_minus_1_levels(bits):
-    model, report = quantize_model(make(), QuantConfig(bits=bits), calib(), progress=False)
+    model, report = quantize_model(make(), QuantConfig(bits=bits, depthwise_bits=bits), calib(), progress=False)
     limit = 2 ** (bits - 1) - 1
     for name, layer in quant_layers(model):
         q = layer.weight_quantizer
@@ -67,6 +67,17 @@ def test_weights_sit_on_at_most_2_pow_bits_minus_1_levels(bits):
         assert weight_levels_used(layer) <= 2**bits - 1
     assert all(r["weight_bits"] == bits for r in report.rows)
     assert {r["name"] for r in report.rows} == {"stem", "body", "left", "right", "head", "fc"}
+
+
+def test_low_bit_default_keeps_depthwise_weights_at_8_bit_and_corrects_bias():
+    model, report = quantize_model(make(), QuantConfig(bits=6), calib(), progress=False)
+    bits = {r["name"]: r["weight_bits"] for r in report.rows}
+    assert bits.pop("right") == 8  # the depthwise conv
+    assert set(bits.values()) == {6}
+    assert report.summary["bias_correction"] is True
+    assert any("bias_shift" in r for r in report.rows)
+    _, report8 = quantize_model(make(), QuantConfig(bits=8), calib(), progress=False)
+    assert report8.summary["bias_correction"] is False and report8.summary["depthwise_bits"] == 8
 
 
 @pytest.mark.parametrize("target", ["trt", "ort-x86", "ort-arm"])
@@ -146,7 +157,7 @@ def test_int8_is_close_to_float():
 @pytest.mark.parametrize(
     "raw, needle",
     [
-        ({"bits": 5}, "bits must be 4, 6 or 8"),
+        ({"bits": 5}, "bits must be 4, 6, 7 or 8"),
         ({"activation_bits": 6}, "activation_bits"),
         ({"calibrator": "kl"}, "calibrator"),
         ({"bitz": 8}, "bitz"),
@@ -169,7 +180,7 @@ def test_unknown_layer_names_and_missing_data_are_one_line_errors():
 
 def test_pass_reports_rows_and_respects_excludes():
     ctx = PassContext(calib_batches=calib(), progress=False)
-    model = run_pass("quantize", make(), {"bits": 6, "exclude": ["fc"], "skip_first_last": False}, ctx)
+    model = run_pass("quantize", make(), {"bits": 6, "depthwise_bits": 6, "exclude": ["fc"], "skip_first_last": False}, ctx)
     report = ctx.reports[-1]
     assert report.name == "quantize"
     assert not isinstance(model.fc, TensorQuantizer) and "fc" not in {r["name"] for r in report.rows}
@@ -179,7 +190,7 @@ def test_pass_reports_rows_and_respects_excludes():
 
 
 def test_sensitivity_keeps_the_worst_layers_at_8_bit():
-    config = QuantConfig(bits=4, sensitivity={"keep_top_k": 2, "batches": 1})
+    config = QuantConfig(bits=4, depthwise_bits=4, sensitivity={"keep_top_k": 2, "batches": 1})
     model, report = quantize_model(make(), config, calib(), progress=False)
     kept = [r for r in report.rows if r["kept"]]
     assert len(kept) == 2 and all(r["weight_bits"] == 8 for r in kept)

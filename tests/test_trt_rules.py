@@ -124,6 +124,10 @@ def test_trt_export_of_a_planted_violation_fails_loudly(tmp_path, monkeypatch):
                 tensor = numpy_helper.to_array(node.attribute[0].t)
                 if tensor.dtype == np.int8 and tensor.ndim == 0:
                     node.attribute[0].t.CopyFrom(numpy_helper.from_array(np.array(1, np.int8)))
+        for init in proto.graph.initializer:  # constants folded into initializers
+            tensor = numpy_helper.to_array(init)
+            if tensor.dtype == np.int8 and tensor.ndim == 0:
+                init.CopyFrom(numpy_helper.from_array(np.array(1, np.int8), init.name))
         return count
 
     monkeypatch.setattr(qdq_module, "merge_duplicate_qdq", plant)

@@ -28,7 +28,7 @@ def build_qdq(job: dict, weight_bits: int) -> dict:
     start = time.perf_counter()
     ctx = PassContext(example_input=batches[0][:1], calib_batches=batches, progress=False)
     model = run_pass("fold_bn", loaded.module, None, ctx)
-    config = {"bits": weight_bits, "target": "ort-x86"}  # the pass defaults otherwise (MSE calibrator)
+    config = {"bits": weight_bits, "target": "ort-x86"}  # the pass's defaults otherwise (the `quantize` pass as a user runs it)
     model = run_pass("quantize", model, config, ctx)
     export_qdq_report(model, out, target="ort-x86", input_shape=tuple(job["input_shape"]), batch="dynamic")
     seconds = time.perf_counter() - start

@@ -93,11 +93,12 @@ def fold_weight_quantizers(model) -> int:
     return folded
 
 
-def store_weights_unsigned(model) -> int:
+def store_weights_unsigned(model, above: int = 0) -> int:
     """Re-store int8 weight initializers feeding DequantizeLinear as uint8 + zero-point 128.
 
     Same values (``(q + 128) - 128``), different storage: what ONNX Runtime's U8U8 kernels
-    take. Returns the number of weights converted.
+    take. Only weights whose largest ``|q|`` exceeds ``above`` are converted (the others can
+    stay s8 without saturating int16 pair sums). Returns the number of weights converted.
     """
     from onnx import numpy_helper
 
@@ -112,6 +113,8 @@ def store_weights_unsigned(model) -> int:
             continue
         zero = _constant(model, node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if zero is not None and np.any(zero != 0):
+            continue
+        if ints.size and int(np.abs(ints.astype(np.int16)).max()) <= above:
             continue
         scale = np.asarray(_constant(model, node.input[1]))
         name = node.input[0] + "_u8"
@@ -139,6 +142,122 @@ def _drop_unused_initializers(model) -> None:
     inputs = [i for i in model.graph.input if i.name in used or i.name not in {x.name for x in keep}]
     del model.graph.input[:]
     model.graph.input.extend(inputs)
+
+
+# Ops whose value is known at export time when all their inputs are: the TorchScript
+# exporter leaves shape arithmetic (TF-SAME pad amounts) and Identity copies of shared
+# initializers unfolded once fake-quant ops are in the graph. Q/DQ are excluded on purpose:
+# weight quantizers are folded by fold_weight_quantizers, the rest must stay.
+_FOLDABLE_OPS = {
+    "Constant", "ConstantOfShape", "Concat", "Reshape", "Slice", "Transpose", "Cast", "Identity",
+    "Unsqueeze", "Squeeze", "Gather", "Add", "Sub", "Mul", "Div", "Neg", "Range", "Expand",
+}
+
+
+def fold_constants(model) -> int:
+    """Evaluate nodes whose inputs are all constants into initializers; returns count.
+
+    Uses onnx's reference evaluator node by node (``onnx.reference``), so every folded value
+    is computed with ONNX semantics. Identity nodes on non-constant tensors are bypassed.
+    """
+    from onnx import TypeProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    graph = model.graph
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    graph_inputs = {i.name for i in graph.input} - set(constants)
+    graph_outputs = {o.name for o in graph.output}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    folded = 0
+    kept = []
+    for node in graph.node:
+        inputs = [name for name in node.input if name]
+        foldable = (
+            node.op_type in _FOLDABLE_OPS
+            and node.domain in ("", "ai.onnx")
+            and all(name in constants for name in inputs)
+            and not any(out in graph_outputs for out in node.output)
+        )
+        if foldable:
+            try:
+                one = helper.make_model(
+                    helper.make_graph([node], "fold", [], [helper.make_value_info(o, TypeProto()) for o in node.output]),
+                    opset_imports=[helper.make_opsetid("", opset)],
+                )
+                values = ReferenceEvaluator(one).run(None, {name: constants[name] for name in inputs})
+            except Exception:  # an op the reference evaluator cannot run: keep the node
+                kept.append(node)
+                continue
+            for name, value in zip(node.output, values):
+                constants[name] = np.asarray(value)
+                graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+            folded += 1
+            continue
+        kept.append(node)
+    # Bypass Identity on run-time tensors (not graph outputs).
+    renames = {}
+    final = []
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+        if node.op_type == "Identity" and node.output[0] not in graph_outputs and node.input[0] not in graph_inputs:
+            renames[node.output[0]] = node.input[0]
+            folded += 1
+            continue
+        final.append(node)
+    del graph.node[:]
+    graph.node.extend(final)
+    _drop_unused_initializers(model)
+    return folded
+
+
+def fold_pad_into_conv(model) -> int:
+    """``Pad(constant 0) -> Conv`` becomes one Conv with the pad amounts in its ``pads``.
+
+    ONNX Conv takes asymmetric pads ([top, left, bottom, right]), so TF-SAME padding needs
+    no Pad node: ONNX Runtime then sees ``DQ -> Conv`` and runs it as QLinearConv, and
+    TensorRT's "nothing between Pad and Conv" holds trivially. Returns the number folded.
+    """
+    from onnx import helper
+
+    graph = model.graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+    folded = 0
+    for pad in [n for n in graph.node if n.op_type == "Pad"]:
+        users = consumers.get(pad.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Conv" or users[0].input[0] != pad.output[0] or pad.output[0] in graph_outputs:
+            continue
+        conv = users[0]
+        mode = next((a.s.decode() for a in pad.attribute if a.name == "mode"), "constant")
+        amounts = _constant(model, pad.input[1]) if len(pad.input) > 1 and pad.input[1] else None
+        value = _constant(model, pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros(1)
+        axes = _constant(model, pad.input[3]) if len(pad.input) > 3 and pad.input[3] else None
+        if mode != "constant" or amounts is None or value is None or np.any(np.asarray(value) != 0) or axes is not None:
+            continue
+        amounts = [int(a) for a in np.asarray(amounts).reshape(-1)]
+        rank = len(amounts) // 2
+        begins, ends = amounts[:rank], amounts[rank:]
+        if rank < 3 or any(begins[:2]) or any(ends[:2]) or any(a < 0 for a in amounts):
+            continue
+        attrs = {a.name: a for a in conv.attribute}
+        if "auto_pad" in attrs and attrs["auto_pad"].s not in (b"", b"NOTSET"):
+            continue
+        spatial = rank - 2
+        old = list(attrs["pads"].ints) if "pads" in attrs else [0] * (2 * spatial)
+        pads = [old[i] + begins[2 + i] for i in range(spatial)] + [old[spatial + i] + ends[2 + i] for i in range(spatial)]
+        kept = [a for a in conv.attribute if a.name != "pads"]
+        del conv.attribute[:]
+        conv.attribute.extend(kept + [helper.make_attribute("pads", pads)])
+        conv.input[0] = pad.input[0]
+        graph.node.remove(pad)
+        folded += 1
+    _drop_unused_initializers(model)
+    return folded
 
 
 def merge_duplicate_qdq(model) -> int:
@@ -278,10 +397,12 @@ def export_qdq_report(
         warnings.filterwarnings("ignore", message="Constant folding")
         proto = onnx_export._trace_to_proto(clone, (static_batch or 2, *shape[1:]), opset, dynamic=static_batch is None)
     onnx_export.use_global_average_pool(proto)
+    fold_constants(proto)
+    fold_pad_into_conv(proto)
     fold_weight_quantizers(proto)
     merge_duplicate_qdq(proto)
     if target.weight_dtype == "uint8":
-        store_weights_unsigned(proto)
+        store_weights_unsigned(proto, target.signed_weights_max)
 
     from edgecnn.passes.quant.quantizers import quant_layers
 

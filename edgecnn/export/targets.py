@@ -36,8 +36,14 @@ class QuantTarget:
     activation_dtype: str  # "uint8" | "int8"
     one_sided_nonnegative: bool  # non-negative tensors use all 256 levels (zero-point = qmin)
     weight_dtype: str = "int8"  # "uint8": the same grid stored with zero-point 128 (U8U8)
+    # With weight_dtype "uint8": weights whose largest |q| is at most this stay s8 (U8S8).
+    signed_weights_max: int = 0
     runtime_arch: tuple[str, ...] = ()  # machines where ORT's own int8 kernels are the deployment
     lint: tuple[str, ...] = ()  # lint rule sets run on every export ("trt")
+    # Roles of the optional quantizers (edgecnn.passes.quant.placement) this target enables:
+    # "add_weighted_input" (both Add inputs quantized: QLinearAdd, and the conv feeding
+    # the Add fuses into QLinearConv), "pool_input" (QLinearGlobalAveragePool).
+    extra_quantizers: frozenset = frozenset()
     description: str = ""
 
     @property
@@ -59,13 +65,18 @@ class QuantTarget:
         return 127, zero_point, self.qmin, self.qmax
 
 
+# ORT fuses DQ -> op -> Q into QLinear* only where every input and the output are quantized.
+_ORT_FUSION_QUANTIZERS = frozenset({"add_weighted_input", "pool_input"})
+
 TARGETS: dict[str, QuantTarget] = {
     "ort-x86": QuantTarget(
-        "ort-x86", "uint8", True, weight_dtype="uint8", runtime_arch=("x86_64", "amd64"),
+        "ort-x86", "uint8", True, weight_dtype="uint8", signed_weights_max=64,
+        runtime_arch=("x86_64", "amd64"), extra_quantizers=_ORT_FUSION_QUANTIZERS,
         description="ONNX Runtime x86: u8 activations, u8 per-channel weights (zero-point 128, no VPMADDUBSW saturation)",
     ),
     "ort-arm": QuantTarget(
-        "ort-arm", "int8", True, runtime_arch=("aarch64", "arm64"), description="ONNX Runtime ARM64: s8 activations (S8S8), s8 per-channel weights"
+        "ort-arm", "int8", True, runtime_arch=("aarch64", "arm64"), extra_quantizers=_ORT_FUSION_QUANTIZERS,
+        description="ONNX Runtime ARM64: s8 activations (S8S8), s8 per-channel weights"
     ),
     "trt": QuantTarget(
         "trt", "int8", False, lint=("trt",), description="TensorRT explicit quantization: symmetric s8, zero-point 0"

@@ -13,6 +13,15 @@ inserted into the graph:
 * Concat: one new quantizer is applied to every input; convs reading the Concat's output
   (through max-pooling, ReLU, reshapes, shuffles, splits) use that same quantizer.
 
+ONNX Runtime's QDQ fusion wants more: a conv becomes QLinearConv only when its output is
+quantized too, and an Add becomes QLinearAdd only when both inputs are. So, in the same
+calibration, quantizers with a *role* are added that only some targets enable
+(``QuantTarget.extra_quantizers`` in :mod:`edgecnn.export.targets`):
+
+* ``add_weighted_input``: the Add input(s) TensorRT leaves unquantized (conv outputs);
+* ``pool_input``: the input of a global average pool (QLinearGlobalAveragePool lets the
+  last conv fuse; the classifier input is quantized by the linear layer already).
+
 A model that fx cannot trace is left as is (its conv/linear layers are still quantized) and
 the reason is reported.
 """
@@ -44,6 +53,39 @@ _TRANSPARENT_FUNCTIONS = {
 _TRANSPARENT_METHODS = {"view", "reshape", "flatten", "transpose", "contiguous", "chunk", "split", "relu", "permute"}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _CAT_FUNCTIONS = {torch.cat, torch.concat}
+_POOL_FUNCTIONS = {torch.nn.functional.adaptive_avg_pool2d}
+_POOL_MODULES = (nn.AdaptiveAvgPool2d,)
+
+
+class _RoleAlias(nn.Module):
+    """Applies ``quantizer`` (same range) only for targets enabling ``role``."""
+
+    def __init__(self, quantizer: TensorQuantizer, role: str):
+        super().__init__()
+        self.quantizer = quantizer
+        self.role = role
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantizer.calibrating or self.role not in self.quantizer.target.extra_quantizers:
+            return x
+        return self.quantizer(x)
+
+
+def _is_global_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        module = _module(gm, node)
+        return isinstance(module, _POOL_MODULES) and module.output_size in (1, (1, 1))
+    if node.op == "call_function" and node.target in _POOL_FUNCTIONS:
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        return size in (1, (1, 1), [1, 1])
+    if node.op == "call_method" and node.target == "mean":
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return isinstance(dims, (list, tuple)) and sorted(dims) in ([2, 3], [-2, -1])
+    return False
+
+
+def _is_quantizer_call(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return isinstance(_module(gm, node), TensorQuantizer)
 
 
 @dataclass
@@ -52,6 +94,7 @@ class PlacementInfo:
     reason: str = ""
     adds: list[str] = field(default_factory=list)  # add nodes given a residual quantizer
     concats: list[str] = field(default_factory=list)
+    role_quantizers: dict[str, int] = field(default_factory=dict)  # role -> count added
 
 
 class _Tracer(fx.Tracer):
@@ -133,7 +176,7 @@ def _qualified_name(gm: fx.GraphModule, module: nn.Module) -> str:
 
 
 def insert_graph_quantizers(model: nn.Module, act_bits: int = 8) -> tuple[nn.Module, PlacementInfo]:
-    """Trace ``model`` and add quantizers at Add residual inputs and Concat inputs.
+    """Trace ``model`` and add quantizers at Add inputs, Concat inputs and global pool inputs.
 
     Returns the (possibly new) model and what was done. Conv/linear layers must already be
     Quant* layers; those reading an Add residual or a Concat output get tied quantizers.
@@ -171,7 +214,34 @@ def insert_graph_quantizers(model: nn.Module, act_bits: int = 8) -> tuple[nn.Mod
                     gm.add_submodule(target, TensorQuantizer(act_bits))
                 quantized = _insert_call(gm, target, node, residual)
                 node.replace_input_with(residual, quantized)
+            for other in inputs:
+                if other in residuals or _is_quantizer_call(gm, other):
+                    continue
+                counter += 1
+                target = f"graph_quantizers.add_input_{counter}"
+                gm.add_submodule(target, TensorQuantizer(act_bits, role="add_weighted_input"))
+                node.replace_input_with(other, _insert_call(gm, target, node, other))
+                info.role_quantizers["add_weighted_input"] = info.role_quantizers.get("add_weighted_input", 0) + 1
             info.adds.append(node.name)
+        elif _is_global_pool(gm, node) and isinstance(node.args[0], fx.Node) and not _is_quantizer_call(gm, node.args[0]):
+            counter += 1
+            target = f"graph_quantizers.pool_input_{counter}"
+            gm.add_submodule(target, TensorQuantizer(act_bits, role="pool_input"))
+            node.replace_input_with(node.args[0], _insert_call(gm, target, node, node.args[0]))
+            info.role_quantizers["pool_input"] = info.role_quantizers.get("pool_input", 0) + 1
+            # Quantize the pool output with the classifier's own input quantizer (same scale),
+            # so DQ -> GlobalAveragePool -> Q is complete and Flatten between Q/DQ pairs of one
+            # scale is dropped by ONNX Runtime.
+            readers = _quantized_readers(gm, node, through=True)
+            if readers and all(not _is_quantizer_call(gm, user) for user in node.users):
+                shared = readers[0].input_quantizer
+                if shared.role is None:
+                    counter += 1
+                    target = f"graph_quantizers.pool_output_{counter}"
+                    gm.add_submodule(target, _RoleAlias(shared, "pool_input"))
+                    with gm.graph.inserting_after(node):
+                        quantized = gm.graph.call_module(target, (node,))
+                    node.replace_all_uses_with(quantized, delete_user_cb=lambda user: user is not quantized)
         elif node.op == "call_function" and node.target in _CAT_FUNCTIONS:
             tensors = node.args[0]
             if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, fx.Node) for t in tensors):

@@ -37,10 +37,13 @@ class TensorQuantizer(nn.Module):
     one-sided encoding use all 256 levels.
     """
 
-    def __init__(self, num_bits: int = 8, axis: Optional[int] = None):
+    def __init__(self, num_bits: int = 8, axis: Optional[int] = None, role: Optional[str] = None):
         super().__init__()
         self.num_bits = num_bits
         self.axis = axis
+        # None: every target quantizes here; else only targets listing the role in
+        # QuantTarget.extra_quantizers (calibrated always, so one calibration serves all).
+        self.role = role
         self.enabled = True
         self.calibrating = False
         self.collector = None  # set by edgecnn.passes.quant.calibrate while calibrating
@@ -55,6 +58,10 @@ class TensorQuantizer(nn.Module):
     @property
     def is_weight(self) -> bool:
         return self.axis is not None
+
+    @property
+    def active_for_target(self) -> bool:
+        return self.role is None or self.role in self.target.extra_quantizers
 
     @property
     def calibrated(self) -> bool:
@@ -72,6 +79,8 @@ class TensorQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         where = f"per-channel axis={self.axis}" if self.is_weight else f"per-tensor target={self.target.name}"
+        if self.role:
+            where += f", role={self.role}"
         state = "calibrating" if self.calibrating else ("on" if self.enabled else "off")
         return f"bits={self.num_bits}, {where}, {state}"
 
@@ -91,7 +100,7 @@ class TensorQuantizer(nn.Module):
             if self.collector is not None:
                 self.collector.collect(x.detach())
             return x
-        if not self.enabled or not self.calibrated:
+        if not self.enabled or not self.calibrated or not self.active_for_target:
             return x
         scale, zero_point, qmin, qmax = self.encoding()
         if self.is_weight:
