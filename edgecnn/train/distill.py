@@ -171,11 +171,13 @@ def _save_atomic(obj, path: Path) -> None:
 
 
 def _reapply_masks(model: nn.Module) -> None:
-    try:
-        from edgecnn.passes.prune import reapply_masks
-    except ImportError:  # pruning not installed in this build: no masks can exist
-        return
+    """After each optimizer step: pruned weights back to zero, shared weights back on their
+    centroids (both no-ops for a model without masks or sharing)."""
+    from edgecnn.passes.prune import reapply_masks
+    from edgecnn.passes.weight_share import tie_to_centroids
+
     reapply_masks(model)
+    tie_to_centroids(model)
 
 
 def _set_train_mode(student: nn.Module, freeze_bn: bool) -> None:
