@@ -114,8 +114,11 @@ def test_ort_x86_stores_full_8_bit_weights_unsigned(tmp_path):
     model, _ = quantize_model(SmallNet().eval(), QuantConfig(bits=8), calib(), progress=False)
     proto = onnx.load(str(export_qdq(model, tmp_path / "net8.onnx", "ort-x86", input_shape=SHAPE, parity=False)))
     weights = _weight_initializers(proto)
-    assert weights and all(w.dtype == np.uint8 for w in weights if w.ndim > 1)
-    assert any(int(np.abs(w.astype(np.int16) - 128).max()) > 64 for w in weights)
+    dense = [w for w in weights if w.ndim == 2 or (w.ndim == 4 and w.shape[1] > 1)]
+    depthwise = [w for w in weights if w.ndim == 4 and w.shape[1] == 1]
+    assert dense and all(w.dtype == np.uint8 for w in dense)
+    assert any(int(np.abs(w.astype(np.int16) - 128).max()) > 64 for w in dense)
+    assert depthwise and all(w.dtype == np.int8 for w in depthwise)  # int32 depthwise kernel: no saturation
 
 
 def test_ort_x86_graph_fuses_every_conv_and_trt_keeps_its_placement(quantized, tmp_path):

@@ -10,11 +10,22 @@ Encodings and why:
 * ``ort-x86``: uint8 activations. ONNX Runtime's x86 kernels (MLAS) run int8 convolutions
   with u8 activations; signed activations fall back to slower paths. Non-negative tensors use
   zero-point 0 (256 levels, and ORT can drop the ReLU into the QuantizeLinear); signed
-  tensors use zero-point 128, the same grid as s8 zero-point 0. Weights are stored as uint8
-  with zero-point 128 (U8U8: the same symmetric grid): with s8 weights, AVX2 machines
-  without VNNI compute u8 x s8 pairs with VPMADDUBSW, whose int16 sums saturate (255 * 127
-  * 2 > 32767); measured here on SqueezeNet 1.1 this moved logits by up to 14 and changed
-  19 % of top-1 answers.
+  tensors use zero-point 128, the same grid as s8 zero-point 0. AVX2 machines without VNNI
+  compute u8 x s8 pairs with VPMADDUBSW, whose int16 sums saturate when
+  255 * (|w1| + |w2|) > 32767; with full 8-bit s8 weights, measured here on SqueezeNet 1.1,
+  this moved logits by up to 14 and changed 19 % of top-1 answers. So a weight tensor whose
+  largest |q| exceeds 64 is stored as uint8 with zero-point 128 (U8U8: the same symmetric
+  grid, slower kernels); 7/6/4-bit weights (|q| <= 63) stay s8 and run on the faster U8S8
+  kernels (``signed_weights_max``); depthwise weights always stay s8 (MLAS's depthwise
+  kernel accumulates in int32: bit-identical outputs to U8U8 on MobileNetV2, and faster).
+  Measured 2026-11-22 (AMD EPYC Zen 3, AVX2 without VNNI, 2 threads, batch 1, ORT
+  optimised, 64 ImageNet images; shared machine, ratios are what counts):
+  MobileNetV2 8-bit U8U8 19.9 ms (1.07x FP32, top-1 84.4), 7-bit s8 14.3 ms (1.48x, 84.4),
+  quantize_static 11.5 ms (1.85x, 82.8); SqueezeNet 1.1 8-bit U8U8 14.4 ms (1.11x, 75.0,
+  96.9 % FP32 agreement), 7-bit s8 9.0 ms (1.77x, 73.4, 92.2 %), quantize_static 8.5 ms
+  (1.88x, 71.9, 89.1 %). So ``bits=8`` keeps full 8-bit weights (accuracy first) and
+  ``bits=7`` (ORT's reduce_range grid) is the fast choice on this kind of CPU. Both Add inputs and the global-pool input are
+  quantized too (``extra_quantizers``) so ORT fuses QLinearConv/QLinearAdd/QLinearGlobalAveragePool.
 * ``ort-arm``: int8 activations. ORT's ARM64 kernels use the signed dot-product
   instructions (SDOT/SMMLA) natively and ORT recommends S8S8 for QDQ models there.
   Non-negative tensors use zero-point -128 (the same 256-level grid as ``ort-x86``, so both

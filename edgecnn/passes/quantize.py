@@ -1,7 +1,8 @@
 """The ``quantize`` pass: fake-quantized conv/linear layers calibrated on real data (PTQ or QAT).
 
 Order of work (PTQ): swap conv/linear for QuantConv2d/QuantLinear (same names and weight
-keys) -> add Add/Concat quantizers where TensorRT wants them (torch.fx) -> per-channel
+keys) -> add Add/Concat quantizers where TensorRT wants them, plus the per-target ones
+ORT's fusion wants (both Add inputs, global-pool input; torch.fx) -> per-channel
 weight ranges (max at 8 bit, MSE search at 6/4 bit) -> one calibration pass (streaming
 histograms) -> optional per-layer sensitivity, keeping the worst layers at higher
 precision -> optional learned rounding and bias correction -> weights baked onto their grid.
