@@ -18,12 +18,12 @@ Encodings and why:
   grid, slower kernels); 7/6/4-bit weights (|q| <= 63) stay s8 and run on the faster U8S8
   kernels (``signed_weights_max``); depthwise weights always stay s8 (MLAS's depthwise
   kernel accumulates in int32: bit-identical outputs to U8U8 on MobileNetV2, and faster).
-  Measured 2026-11-22 (AMD EPYC Zen 3, AVX2 without VNNI, 2 threads, batch 1, ORT
-  optimised, 64 ImageNet images; shared machine, ratios are what counts):
-  MobileNetV2 8-bit U8U8 19.9 ms (1.07x FP32, top-1 84.4), 7-bit s8 14.3 ms (1.48x, 84.4),
-  quantize_static 11.5 ms (1.85x, 82.8); SqueezeNet 1.1 8-bit U8U8 14.4 ms (1.11x, 75.0,
-  96.9 % FP32 agreement), 7-bit s8 9.0 ms (1.77x, 73.4, 92.2 %), quantize_static 8.5 ms
-  (1.88x, 71.9, 89.1 %). So ``bits=8`` keeps full 8-bit weights (accuracy first) and
+  Measured 2026-11-22 (AMD EPYC Zen 3, AVX2 without VNNI, ORT 2 threads, batch 1, 64
+  ImageNet images; docs/quantization.md has the table): MobileNetV2 8-bit U8U8 19.0 ms
+  (1.05x FP32, top-1 84.4), 7-bit s8 13.2 ms (1.50x, 84.4), quantize_static 9.5 ms (2.09x,
+  82.8); SqueezeNet 1.1 8-bit U8U8 14.5 ms (1.17x, 75.0), 7-bit s8 9.8 ms (1.73x, 73.4),
+  6-bit s8 8.7 ms (1.95x, 78.1), quantize_static 11.0 ms (1.55x, 71.9). So ``bits=8`` keeps
+  full 8-bit weights (accuracy first) and
   ``bits=7`` (ORT's reduce_range grid) is the fast choice on this kind of CPU. Both Add inputs and the global-pool input are
   quantized too (``extra_quantizers``) so ORT fuses QLinearConv/QLinearAdd/QLinearGlobalAveragePool.
 * ``ort-arm``: int8 activations. ORT's ARM64 kernels use the signed dot-product
