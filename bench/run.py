@@ -386,7 +386,7 @@ def render_markdown(report: dict) -> str:
         f"{config['threads']} threads, 1 stream.",
         f"- Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
         f"- Load average at start / end: {env['load_start']} / {env.get('load_end')}"
-        + (" — the machine was shared with other work during this run: timings are noisy." if env.get("shared") else ""),
+        + (" — above 0.75 x threads at start or end (this run's own engine processes count too): other work may have added noise." if env.get("shared") else ""),
         f"- Run: {'--quick' if config['quick'] else 'full'}, {config['rounds']} interleaved rounds x "
         f"({config['iters_b1']} batch-1 + {config['iters_b8']} batch-8 iterations, warm-up {config['warmup']} "
         f"(x3 in round 1)); each engine in its own process; latency = median over rounds of each round's median "
