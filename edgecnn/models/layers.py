@@ -65,18 +65,26 @@ class SamePadConv2d(nn.Conv2d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with warnings.catch_warnings():
-            # Tracing turns these sizes into constants, which is what we want for export.
-            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-            height, width = int(x.shape[-2]), int(x.shape[-1])
-        top, bottom = same_padding(height, self.kernel_size[0], self.stride[0], self.dilation[0])
-        left, right = same_padding(width, self.kernel_size[1], self.stride[1], self.dilation[1])
-        if top or bottom or left or right:
-            if torch.onnx.is_in_onnx_export():
-                x = _ConstantPad.apply(x, (left, right, top, bottom))
-            else:
-                x = F.pad(x, (left, right, top, bottom))
-        return super().forward(x)
+        return super().forward(pad_same(x, self))
+
+
+def pad_same(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """Zero-pad ``x`` the way TensorFlow's SAME padding does for ``conv`` (a padding=0 conv).
+
+    Shared by SamePadConv2d and the quantized conv that replaces it, so both export the
+    padding the same way: one Pad with constant amounts.
+    """
+    with warnings.catch_warnings():
+        # Tracing turns these sizes into constants, which is what we want for export.
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        height, width = int(x.shape[-2]), int(x.shape[-1])
+    top, bottom = same_padding(height, conv.kernel_size[0], conv.stride[0], conv.dilation[0])
+    left, right = same_padding(width, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
+    if top or bottom or left or right:
+        if torch.onnx.is_in_onnx_export():
+            return _ConstantPad.apply(x, (left, right, top, bottom))
+        return F.pad(x, (left, right, top, bottom))
+    return x
 
 
 class _ConstantPad(torch.autograd.Function):

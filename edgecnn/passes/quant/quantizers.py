@@ -13,7 +13,6 @@ deployment target (:mod:`edgecnn.export.targets`), the range from calibration.
 
 from __future__ import annotations
 
-import warnings
 from typing import Optional
 
 import torch
@@ -188,16 +187,9 @@ class QuantConv2d(_QuantLayerMixin, nn.Conv2d):
         return new.to(conv.weight.device)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        from edgecnn.models.layers import same_padding
+        from edgecnn.models.layers import pad_same
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-            height, width = int(x.shape[-2]), int(x.shape[-1])
-        top, bottom = same_padding(height, self.kernel_size[0], self.stride[0], self.dilation[0])
-        left, right = same_padding(width, self.kernel_size[1], self.stride[1], self.dilation[1])
-        if top or bottom or left or right:
-            x = F.pad(x, (left, right, top, bottom))
-        return x
+        return pad_same(x, self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_quantizer(x)
