@@ -30,3 +30,14 @@ def _isolated_cache(tmp_path_factory):
         os.environ.pop("EDGECNN_CACHE", None)
     else:
         os.environ["EDGECNN_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Small tensors: one torch thread avoids thread hand-off costs, worst on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

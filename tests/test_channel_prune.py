@@ -23,12 +23,7 @@ from edgecnn.passes.registry import PassContext, run_pass
 SIZE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

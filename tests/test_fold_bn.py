@@ -14,13 +14,7 @@ from edgecnn.passes.fold_bn import fold_batchnorm
 from edgecnn.passes.registry import PassContext, run_pass
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models run fastest single-threaded on a shared CPU (no thread oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

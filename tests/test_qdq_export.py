@@ -18,12 +18,7 @@ from edgecnn.passes.quantize import QuantConfig, quantize_model
 SHAPE = (1, 3, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 class SmallNet(nn.Module):

@@ -14,13 +14,7 @@ from edgecnn.passes.quantize import QuantConfig, quantize_model, weight_levels_u
 from edgecnn.passes.registry import PassContext, get_pass, run_pass
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids thread hand-off costs on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 class ResidualConcatNet(nn.Module):
