@@ -111,6 +111,7 @@ def _model_entry():
         "engines": {
             "ort_fp32": engine("ORT FP32", "fp32", 3.0, 80.0),
             "edgecnn_int8": engine("edgecnn INT8 (ORT)", "int8", 1.0, 79.5),
+            "edgecnn_w7a8": engine("edgecnn W7A8 (ORT, reduce-range)", "int8", 0.8, 79.4),
             "ort_qstatic": engine("ORT quantize_static INT8", "int8", 1.5, 79.0),
             "ov_int8": engine("OpenVINO INT8 (NNCF PTQ)", "int8", 0.9, 79.8),
             "broken": {"label": "Broken", "precision": "int8", "skipped": "build failed: X"},
@@ -130,8 +131,12 @@ def test_derived_columns_and_goal_check():
     assert "OpenVINO INT8 (NNCF PTQ): 79.5 vs 79.8 -> NOT met" in goals
     assert "3.00x (goal 2.5x) -> met" in goals
     assert "1.00 ms vs 0.90 ms -> NOT met (1.11x slower)" in goals
+    assert "fastest edgecnn artifact: edgecnn W7A8 (ORT, reduce-range) at 3.75x ORT FP32" in goals
+    # (toy numbers) fp32 at 300e6/3e-3/20e9 = 5x its peak, int8 peak 2x fp32: 2.5x needs 2.5 * 5 / 2 = 6.25x int8 peak
+    assert "int8 peak MAC rate is 2.00x the fp32 peak" in goals and "at 625 % of int8 peak (edgecnn INT8: 750 %)" in goals
     rows = run.table_rows(model)
-    assert [r[0] for r in rows] == ["ORT FP32", "edgecnn INT8 (ORT)", "ORT quantize_static INT8", "OpenVINO INT8 (NNCF PTQ)"]
+    assert [r[0] for r in rows] == ["ORT FP32", "edgecnn INT8 (ORT)", "edgecnn W7A8 (ORT, reduce-range)",
+                                    "ORT quantize_static INT8", "OpenVINO INT8 (NNCF PTQ)"]
 
 
 def test_render_markdown_names_skips_and_shared_machine():

@@ -93,3 +93,34 @@ def test_masks_are_reapplied_after_each_step():
 def test_resume_without_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no checkpoint"):
         distill(_student(), _net(), _data(), DistillConfig(progress=False), checkpoint_dir=tmp_path, resume=True)
+
+
+def test_feature_matching_alone_pulls_the_named_layer_to_the_teacher():
+    """logit_weight 0 + feature_layers: only the named outputs are matched, and they get closer."""
+    teacher = _net(seed=7).eval()
+    data = _data(labelled=False)
+    student = _student()
+    x, _ = data.tensors
+
+    @torch.no_grad()
+    def feature_error():
+        student.eval()
+        return float(((student[:6](x) - teacher[:6](x)) ** 2).mean() / (teacher[:6](x) ** 2).mean())
+
+    before = feature_error()
+    run = distill(student, teacher, data, DistillConfig(epochs=4, batch_size=8, lr=1e-2, logit_weight=0.0,
+                                                        feature_layers=["5"], feature_weight=1.0, freeze_bn=True,
+                                                        progress=False))
+    assert feature_error() < 0.75 * before
+    assert run.history[-1]["feature"] < run.history[0]["feature"] and run.history[-1]["soft"] > 0
+    # the hooks are gone afterwards
+    assert not any(m._forward_hooks for m in list(student.modules()) + list(teacher.modules()))
+
+
+def test_feature_layers_must_exist_and_match():
+    teacher, data = _net(seed=7).eval(), _data()
+    with pytest.raises(UserError, match="not found in the student"):
+        distill(_student(), teacher, data, DistillConfig(feature_layers=["nope"], feature_weight=1.0, progress=False))
+    narrow_teacher = nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+    with pytest.raises(UserError, match="has shape"):  # layer 0: 8 channels in the student, 4 in the teacher
+        distill(_net(), narrow_teacher, data, DistillConfig(feature_layers=["0"], feature_weight=1.0, progress=False))

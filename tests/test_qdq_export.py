@@ -71,7 +71,7 @@ def _weight_initializers(model_proto) -> list[np.ndarray]:
     return [
         numpy_helper.to_array(inits[n.input[0]])
         for n in model_proto.graph.node
-        if n.op_type == "DequantizeLinear" and n.input[0] in inits
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type != onnx.TensorProto.INT32
     ]
 
 
@@ -137,6 +137,7 @@ def test_ort_x86_graph_fuses_every_conv_and_trt_keeps_its_placement(quantized, t
     fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
     assert fused.count("QLinearConv") == 5 and "Conv" not in fused and "FusedConv" not in fused
     assert "QLinearAdd" in fused and "QLinearGlobalAveragePool" in fused
+    assert "QGemm" in fused and "Gemm" not in fused  # int32 bias: the classifier runs in int8 too
 
     trt = export_qdq_report(model, tmp_path / "net_trt.onnx", "trt", input_shape=SHAPE, parity=False)
     trt_proto = onnx.load(str(trt.path))
@@ -144,6 +145,26 @@ def test_ort_x86_graph_fuses_every_conv_and_trt_keeps_its_placement(quantized, t
     trt_add = next(n for n in trt_proto.graph.node if n.op_type == "Add")
     assert sorted(trt_producers[i] for i in trt_add.input) == ["Conv", "DequantizeLinear"]
     assert trt.violations == [] and "Pad" not in {n.op_type for n in trt_proto.graph.node}
+
+
+def test_gemm_bias_is_int32_on_the_product_grid(quantized, tmp_path):
+    """The classifier bias is stored as int32 with scale = input scale x weight scale (per
+    output), and dequantizes to within half a step of the float bias; trt keeps it float."""
+    model, _ = quantized
+    proto = onnx.load(str(export_qdq(model, tmp_path / "x86.onnx", "ort-x86", input_shape=SHAPE, parity=False)))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    gemm = next(n for n in proto.graph.node if n.op_type == "Gemm")
+    dq_bias = producers[gemm.input[2]]
+    assert dq_bias.op_type == "DequantizeLinear" and inits[dq_bias.input[0]].dtype == np.int32
+    scale_a = inits[producers[gemm.input[0]].input[1]]
+    scale_b = inits[producers[gemm.input[1]].input[1]]
+    np.testing.assert_allclose(inits[dq_bias.input[1]], scale_a * scale_b, rtol=1e-6)
+    bias = model.fc.bias.detach().numpy()
+    assert np.all(np.abs(inits[dq_bias.input[0]] * inits[dq_bias.input[1]] - bias) <= inits[dq_bias.input[1]] / 2 + 1e-9)
+    trt = onnx.load(str(export_qdq(model, tmp_path / "trt.onnx", "trt", input_shape=SHAPE, parity=False)))
+    trt_gemm = next(n for n in trt.graph.node if n.op_type == "Gemm")
+    assert trt_gemm.input[2] in {i.name for i in trt.graph.initializer}
 
 
 def test_ort_arm_export_is_signed_with_one_sided_zero_points(quantized, tmp_path):

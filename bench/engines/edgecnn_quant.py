@@ -43,5 +43,11 @@ def build_int8(job: dict) -> dict:
     return build_qdq(job, 8)
 
 
+def build_w7a8(job: dict) -> dict:
+    """7-bit weights (ORT's reduce_range grid): s8 weights that cannot saturate VPMADDUBSW, so
+    the fast U8S8 kernels run on AVX2 CPUs without VNNI."""
+    return build_qdq(job, 7)
+
+
 def build_w6a8(job: dict) -> dict:
     return build_qdq(job, 6)

@@ -48,6 +48,12 @@ def save_student(module, path: Path, meta: dict) -> None:
 @click.option("--temperature", type=float, default=4.0, show_default=True)
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.9, show_default=True,
               help="Weight of the soft (teacher) loss; 1 - alpha goes to the labels when there are any.")
+@click.option("--logit-weight", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Weight of the logit (KD + label) loss; 0 trains on --feature-layers alone.")
+@click.option("--feature-layers", multiple=True, metavar="NAME",
+              help="Module whose output the student matches to the teacher's (repeatable), e.g. features.12.")
+@click.option("--feature-weight", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Weight of the feature-matching loss (with --feature-layers).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--input-size", type=int, default=None, help="Training resolution (default: the model's); smaller is faster.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None)
@@ -62,7 +68,7 @@ def save_student(module, path: Path, meta: dict) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def finetune(model, teacher, teacher_weights, data, eval_data, epochs, lr, lr_schedule, optimizer, batch_size,
-             temperature, alpha, seed, input_size, checkpoint_dir, resume, use_shift, shift_kind, shift_include,
+             temperature, alpha, logit_weight, feature_layers, feature_weight, seed, input_size, checkpoint_dir, resume, use_shift, shift_kind, shift_include,
              shift_l1, device, workers, output, force, as_json, **kwargs):
     """Fine-tune a transformed MODEL with knowledge distillation from the original."""
     output = Path(output)
@@ -72,6 +78,8 @@ def finetune(model, teacher, teacher_weights, data, eval_data, epochs, lr, lr_sc
         raise UserError(f"--temperature {temperature} is not valid; give a positive number")
     if lr <= 0:
         raise UserError(f"--lr {lr} is not valid; give a positive number")
+    if logit_weight == 0 and not feature_layers:
+        raise UserError("--logit-weight 0 leaves nothing to train on; add --feature-layers NAME or raise --logit-weight")
 
     import torch
 
@@ -110,6 +118,8 @@ def finetune(model, teacher, teacher_weights, data, eval_data, epochs, lr, lr_sc
 
     config = DistillConfig(epochs=epochs, lr=lr, lr_schedule=lr_schedule, optimizer=optimizer, batch_size=batch_size,
                            temperature=temperature, alpha=alpha, seed=seed, shift_l1=shift_l1, device=device,
+                           logit_weight=logit_weight, feature_layers=list(feature_layers),
+                           feature_weight=feature_weight if feature_layers else 0.0,
                            num_workers=workers, progress=not as_json)
     result = distill(student.module, teacher_model.module, train_set, config, eval_data=eval_set,
                      checkpoint_dir=checkpoint_dir, resume=resume)

@@ -55,6 +55,8 @@ class QuantTarget:
     # "add_weighted_input" (both Add inputs quantized: QLinearAdd, and the conv feeding
     # the Add fuses into QLinearConv), "pool_input" (QLinearGlobalAveragePool).
     extra_quantizers: frozenset = frozenset()
+    # Store a dequantized Gemm's bias as int32 so ONNX Runtime fuses the classifier to QGemm.
+    int32_gemm_bias: bool = False
     description: str = ""
 
     @property
@@ -82,11 +84,12 @@ _ORT_FUSION_QUANTIZERS = frozenset({"add_weighted_input", "pool_input"})
 TARGETS: dict[str, QuantTarget] = {
     "ort-x86": QuantTarget(
         "ort-x86", "uint8", True, weight_dtype="uint8", signed_weights_max=64,
-        runtime_arch=("x86_64", "amd64"), extra_quantizers=_ORT_FUSION_QUANTIZERS,
+        runtime_arch=("x86_64", "amd64"), extra_quantizers=_ORT_FUSION_QUANTIZERS, int32_gemm_bias=True,
         description="ONNX Runtime x86: u8 activations, u8 per-channel weights (zero-point 128, no VPMADDUBSW saturation)",
     ),
     "ort-arm": QuantTarget(
         "ort-arm", "int8", True, runtime_arch=("aarch64", "arm64"), extra_quantizers=_ORT_FUSION_QUANTIZERS,
+        int32_gemm_bias=True,
         description="ONNX Runtime ARM64: s8 activations (S8S8), s8 per-channel weights"
     ),
     "trt": QuantTarget(

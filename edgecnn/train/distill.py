@@ -1,7 +1,11 @@
 """Knowledge distillation from the original model (teacher) into a transformed one (student).
 
 Hinton et al.'s loss: ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels)``
-on labelled samples, the soft term alone on unlabelled ones (label -1). Training respects
+on labelled samples, the soft term alone on unlabelled ones (label -1), scaled by
+``logit_weight``; optionally plus FitNets-style feature matching (``feature_layers``: the
+mean squared error between the student's and the teacher's outputs of the named modules,
+each normalised by the teacher's mean square), which gives every pixel of every image a
+target: far more signal per image than the logits when only a few hundred images exist. Training respects
 what earlier passes put in the student: pruning masks are re-applied after every optimizer
 step, fake-quant modules run in the forward as they are, and active shifts add their L1
 penalty. Checkpoints hold everything needed to resume to the same state (weights, optimizer,
@@ -50,6 +54,10 @@ class DistillConfig(BaseModel):
     step_gamma: float = Field(0.1, gt=0, le=1)
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.9, ge=0, le=1)  # weight of the soft (teacher) loss when labels exist
+    logit_weight: float = Field(1.0, ge=0)  # weight of the logit (KD + label) loss
+    # Modules (names in both models, same output shapes) whose outputs the student matches.
+    feature_layers: list[str] = Field(default_factory=list)
+    feature_weight: float = Field(0.0, ge=0)  # weight of the summed normalised feature MSE
     shift_l1: float = Field(0.0, ge=0)  # weight of the active-shift L1 penalty (per offset, mean)
     freeze_bn: bool = False  # keep BatchNorm statistics fixed (eval-mode BN) while training
     seed: int = 0
@@ -92,6 +100,42 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     hard = F.cross_entropy(student_logits, labels, ignore_index=-1)
     parts["hard"] = float(hard.detach())
     return alpha * soft + (1 - alpha) * hard, parts
+
+
+class FeatureTaps:
+    """Forward hooks keeping the outputs of the named modules of one model (one batch)."""
+
+    def __init__(self, model: nn.Module, names: list[str], role: str):
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise UserError(f"feature layer(s) {', '.join(missing)} not found in the {role}; "
+                            f"use module names such as {', '.join(list(modules)[1:4])}")
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = [modules[n].register_forward_hook(self._keep(n)) for n in names]
+
+    def _keep(self, name):
+        def hook(module, inputs, output):
+            self.outputs[name] = output
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def feature_loss(student_features: dict, teacher_features: dict) -> torch.Tensor:
+    """Sum over layers of MSE(student, teacher) / mean(teacher^2): scale-free, so early
+    high-resolution maps and late ones count alike."""
+    total = None
+    for name, target in teacher_features.items():
+        output = student_features[name]
+        if output.shape != target.shape:
+            raise UserError(f"feature layer '{name}' has shape {tuple(output.shape)} in the student but "
+                            f"{tuple(target.shape)} in the teacher; pick layers whose outputs match")
+        term = F.mse_loss(output, target) / target.pow(2).mean().clamp_min(1e-12)
+        total = term if total is None else total + term
+    return total
 
 
 # ---------------------------------------------------------------------------------------
@@ -265,6 +309,10 @@ def distill(
     from edgecnn.passes.shift import ActiveShift, l1_penalty
 
     shift_offsets = sum(m.offset.numel() for m in student.modules() if isinstance(m, ActiveShift))
+    student_taps = teacher_taps = None
+    if config.feature_layers and config.feature_weight > 0:
+        student_taps = FeatureTaps(student, config.feature_layers, "student")
+        teacher_taps = FeatureTaps(teacher, config.feature_layers, "teacher")
 
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
@@ -359,6 +407,11 @@ def distill(
                     teacher_logits = teacher(images)
                 logits = model(images)
                 loss, parts = kd_loss(logits, teacher_logits, labels, config.temperature, config.alpha)
+                loss = config.logit_weight * loss
+                if student_taps is not None:
+                    features = feature_loss(student_taps.outputs, teacher_taps.outputs)
+                    parts["feature"] = float(features.detach())
+                    loss = loss + config.feature_weight * features
                 if config.shift_l1 and shift_offsets:
                     loss = loss + config.shift_l1 * l1_penalty(student) / shift_offsets
                 optimizer.zero_grad(set_to_none=True)
@@ -372,6 +425,7 @@ def distill(
                 running["loss"] += float(loss.detach())
                 running["soft"] += parts["soft"]
                 running["hard"] += parts.get("hard", 0.0)
+                running["feature"] = running.get("feature", 0.0) + parts.get("feature", 0.0)
                 running["n"] += 1
                 if progress is not None:
                     progress.update(task, advance=1, info=f"loss {running['loss'] / running['n']:.3f}")
@@ -380,6 +434,8 @@ def distill(
                     entry = {"epoch": step / steps_per_epoch, "step": step, "loss": running["loss"] / n,
                              "soft": running["soft"] / n, "hard": running["hard"] / n,
                              "lr": optimizer.param_groups[0]["lr"]}
+                    if student_taps is not None:
+                        entry["feature"] = running.get("feature", 0.0) / n
                     if eval_data is not None and rank == 0:
                         entry["top1"] = evaluate_top1(student, eval_data, config.batch_size, device)
                         _set_train_mode(student, config.freeze_bn)
@@ -397,6 +453,9 @@ def distill(
     finally:
         if progress is not None:
             progress.stop()
+        for taps in (student_taps, teacher_taps):
+            if taps is not None:
+                taps.remove()
     student.eval()
     return TrainResult(steps=step, epochs_done=step / steps_per_epoch, history=history, checkpoint=ckpt_path,
                        finished=finished, seconds=time.perf_counter() - started)
