@@ -36,7 +36,7 @@ if str(BENCH_DIR) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from _stats import NA, accuracy, markdown_table, ratio, split_calibration, summarize_rounds, throughput  # noqa: E402
+from _stats import accuracy, markdown_table, ratio, split_calibration, summarize_rounds, throughput  # noqa: E402
 from engines import ENGINES, missing_requirement  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", BENCH_DIR.parent.parent / "shared" / "data"))
@@ -399,7 +399,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"- CPU: {env['cpu']} ({env['cpu_count']} logical CPUs; flags {', '.join(env['cpu_flags'])}); all engines at "
         f"{config['threads']} threads, 1 stream.",
-        f"- Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
         f"- Load average at start / end: {env['load_start']} / {env.get('load_end')}"
         + (" — above 0.75 x threads at start or end (this run's own engine processes count too): other work may have added noise." if env.get("shared") else ""),
         f"- Run: {'--quick' if config['quick'] else 'full'}, {config['rounds']} interleaved rounds x "

@@ -124,3 +124,37 @@ def test_feature_layers_must_exist_and_match():
     narrow_teacher = nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
     with pytest.raises(UserError, match="has shape"):  # layer 0: 8 channels in the student, 4 in the teacher
         distill(_net(), narrow_teacher, data, DistillConfig(feature_layers=["0"], feature_weight=1.0, progress=False))
+
+
+def test_finetune_cli_end_to_end_with_shift_and_feature_matching(tmp_path, torch_one_thread):
+    """``edgecnn finetune``: shift, feature-only distillation on a tiny folder, student written;
+    bad flag combinations and an existing output are one-line user errors."""
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from edgecnn.cli import cli
+
+    data = tmp_path / "images"
+    for synset, fill in (("n001", (200, 20, 20)), ("n002", (20, 200, 20))):
+        (data / synset).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40 + i, 36), tuple(c + 5 * i for c in fill)).save(data / synset / f"{i}.png")
+    out = tmp_path / "student.pth"
+    args = ["finetune", "squeezenet1_1", "--num-classes", "2", "--data", str(data), "--input-size", "32",
+            "--epochs", "1", "--batch-size", "4", "--shift", "--logit-weight", "0",
+            "--feature-layers", "features.12", "-o", str(out), "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["history"][-1]["feature"] > 0
+    assert summary["passes"][0]["pass"] == "shift" and out.is_file()
+    saved = torch.load(out, weights_only=False)
+    assert saved["edgecnn"]["distill"]["feature_layers"] == ["features.12"]
+
+    again = CliRunner().invoke(cli, args)
+    assert isinstance(again.exception, UserError) and "--force" in str(again.exception)
+    no_features = args[:args.index("--feature-layers")] + ["-o", str(tmp_path / "other.pth")]
+    nothing = CliRunner().invoke(cli, no_features)
+    assert isinstance(nothing.exception, UserError) and "--feature-layers" in str(nothing.exception)

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from edgecnn.errors import UserError
 from edgecnn.passes.registry import PassContext, run_pass
-from edgecnn.passes.shift import (ActiveShift, Shift, balanced_taps, even_taps, freeze_shifts, l1_penalty,
+from edgecnn.passes.shift import (ActiveShift, Shift, balanced_taps, choose_taps, even_taps, freeze_shifts, l1_penalty,
                                   reference_shift)
 
 
@@ -64,16 +64,23 @@ def _export_and_run(module, x, path):
 
 @pytest.mark.parametrize("deploy,assign,padding", [
     ("onehot_dwconv", "balanced", 1), ("onehot_dwconv", "even", "same"),
-    ("pad_slice", "even", 1), ("pad_slice", "balanced", "same"),
+    ("pad_slice", "even", 1), ("pad_slice", "balanced", "same"), ("pad_slice", "dominant", 1),
 ])
 def test_every_deploy_form_exports_bit_exact(tmp_path, deploy, assign, padding):
     torch.manual_seed(1)
     channels = 30
-    taps = even_taps(channels, 3) if assign == "even" else balanced_taps(torch.rand(channels, 9), 3)
+    taps = choose_taps(assign, torch.rand(channels, 9), 3)
     shift = Shift(channels, 3, taps, stride=2, padding=padding, deploy=deploy)
     x = torch.randn(1, channels, 15, 16) * 1e3
     out = _export_and_run(shift, x, tmp_path / "s.onnx")
     assert np.array_equal(out, shift(x).numpy())
+
+
+def test_dominant_taps_keep_each_channels_strongest_tap():
+    energy = torch.zeros(5, 9)
+    energy[torch.arange(5), torch.tensor([4, 4, 0, 8, 5])] = 1.0
+    assert choose_taps("dominant", energy, 3).tolist() == [[1, 1], [1, 1], [0, 0], [2, 2], [1, 2]]
+    assert choose_taps("even", energy, 3).shape == (5, 2)
 
 
 def test_onehot_form_survives_8bit_per_channel_weight_quantization():

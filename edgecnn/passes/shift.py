@@ -23,7 +23,6 @@ one-hot kernels of value 1.0 (``onehot_dwconv``) and Pad + strided Slice + Conca
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Literal, Optional
 
@@ -163,6 +162,24 @@ def balanced_taps(energy: torch.Tensor, kernel: int) -> torch.Tensor:
     taps = torch.empty(channels, 2, dtype=torch.long)
     taps[torch.as_tensor(rows)] = slots[torch.as_tensor(cols)]
     return taps
+
+
+def dominant_taps(energy: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Each channel keeps the tap holding most of its kernel's energy (groups of any size).
+
+    Pretrained 3x3 kernels are centre-heavy, so most channels keep the centre: the closest
+    single-tap approximation of each kernel, at the price of ShiftNet's even spread.
+    """
+    index = energy.argmax(1)
+    return torch.stack([index // kernel, index % kernel], 1).long()
+
+
+def choose_taps(assign: str, energy: torch.Tensor, kernel: int) -> torch.Tensor:
+    if assign == "balanced":
+        return balanced_taps(energy, kernel)
+    if assign == "dominant":
+        return dominant_taps(energy, kernel)
+    return even_taps(energy.shape[0], kernel)
 
 
 class Shift(nn.Module):
@@ -360,9 +377,10 @@ class ShiftConfig(PassConfig):
     kinds: list[Literal["depthwise", "conv"]] = ["depthwise", "conv"]
     # Convs reading the image (<= 4 input channels) keep their kernel, as in ShiftNet.
     skip_input_convs: bool = True
-    # Which channel takes which offset: ShiftNet's fixed contiguous split, or the same even
-    # split chosen by the pretrained kernel (keeps the most kernel energy).
-    assign: Literal["even", "balanced"] = "balanced"
+    # Which channel takes which offset: ShiftNet's fixed contiguous split, the same even
+    # split chosen by the pretrained kernel (keeps the most kernel energy), or each
+    # channel's own strongest tap (uneven groups; closest to the pretrained kernels).
+    assign: Literal["even", "balanced", "dominant"] = "balanced"
     # Per-channel scale kept from the pretrained kernel: its weight at the kept tap, or the
     # kernel sum (exact on constant images).
     init_scale: Literal["tap", "dc"] = "dc"
@@ -426,7 +444,7 @@ def _replace_depthwise(cfg, conv: nn.Conv2d, next_bn: Optional[nn.BatchNorm2d], 
     channels, kernel = conv.in_channels, conv.kernel_size[0]
     weight = conv.weight.detach().reshape(channels, -1)  # (C, k*k) (channel multiplier 1)
     energy = weight.abs()
-    taps = balanced_taps(energy, kernel) if cfg.assign == "balanced" else even_taps(channels, kernel)
+    taps = choose_taps(cfg.assign, energy, kernel)
     tap_index = taps[:, 0] * kernel + taps[:, 1]
     scale = weight.sum(1) if cfg.init_scale == "dc" else weight.gather(1, tap_index[:, None])[:, 0]
     offset = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(channels)
@@ -491,7 +509,7 @@ def _replace_full(cfg, conv: nn.Conv2d, deploy: str, inputs=None):
     weight = conv.weight.detach()  # (O, I/g, k, k)
     per_tap = weight.reshape(out_channels, weight.shape[1], kernel * kernel)
     energy = per_tap.pow(2).sum(1)  # (O, k*k)
-    taps = balanced_taps(energy, kernel) if cfg.assign == "balanced" else even_taps(out_channels, kernel)
+    taps = choose_taps(cfg.assign, energy, kernel)
     tap_index = taps[:, 0] * kernel + taps[:, 1]
     pointwise = nn.Conv2d(conv.in_channels, out_channels, 1, groups=conv.groups, bias=conv.bias is not None)
     with torch.no_grad():
