@@ -5,11 +5,12 @@ on labelled samples, the soft term alone on unlabelled ones (label -1), scaled b
 ``logit_weight``; optionally plus FitNets-style feature matching (``feature_layers``: the
 mean squared error between the student's and the teacher's outputs of the named modules,
 each normalised by the teacher's mean square), which gives every pixel of every image a
-target: far more signal per image than the logits when only a few hundred images exist. Training respects
-what earlier passes put in the student: pruning masks are re-applied after every optimizer
-step, fake-quant modules run in the forward as they are, and active shifts add their L1
-penalty. Checkpoints hold everything needed to resume to the same state (weights, optimizer,
-scheduler, epoch/step, RNG states); a run is deterministic for a given seed.
+target: far more signal per image than the logits when only a few hundred images exist.
+Training respects what earlier passes put in the student: pruning masks are re-applied
+after every optimizer step, fake-quant modules run in the forward as they are, and active
+shifts add their L1 penalty. Checkpoints hold everything needed to resume to the same state
+(weights, optimizer, scheduler, epoch/step, RNG states); a run is deterministic for a given
+seed.
 
 Under ``torchrun`` (``WORLD_SIZE`` set) the same loop runs data-parallel with PyTorch DDP:
 a DistributedSampler splits each epoch, rank 0 writes checkpoints and logs.
@@ -57,7 +58,7 @@ class DistillConfig(BaseModel):
     logit_weight: float = Field(1.0, ge=0)  # weight of the logit (KD + label) loss
     # Modules (names in both models, same output shapes) whose outputs the student matches.
     feature_layers: list[str] = Field(default_factory=list)
-    feature_weight: float = Field(0.0, ge=0)  # weight of the summed normalised feature MSE
+    feature_weight: float = Field(1.0, ge=0)  # weight of the summed normalised feature MSE (with feature_layers)
     shift_l1: float = Field(0.0, ge=0)  # weight of the active-shift L1 penalty (per offset, mean)
     freeze_bn: bool = False  # keep BatchNorm statistics fixed (eval-mode BN) while training
     seed: int = 0
