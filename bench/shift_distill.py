@@ -35,7 +35,7 @@ MODELS = [
     # Feature matching alone (logit_weight 0) recovered more than logit KD on these few
     # hundred images (see the findings in bench/results/shift_distill.md).
     ("squeezenet1_1", {}, None, [f"features.{i}" for i in (3, 4, 6, 7, 9, 10, 11, 12)],
-     {"lr": 1e-3, "epochs": 6, "logit_weight": 0.0, "feature_weight": 1.0}),
+     {"lr": 1e-3, "epochs": 16, "logit_weight": 0.0, "feature_weight": 1.0}),
     ("mobilenet_v2", {"tf_padding": True}, "tf", [f"features.{i}" for i in range(1, 18)],
      {"lr": 1e-3, "epochs": 2, "logit_weight": 0.0, "feature_weight": 1.0, "freeze_bn": True}),
 ]
