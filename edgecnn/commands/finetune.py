@@ -119,7 +119,7 @@ def finetune(model, teacher, teacher_weights, data, eval_data, epochs, lr, lr_sc
     config = DistillConfig(epochs=epochs, lr=lr, lr_schedule=lr_schedule, optimizer=optimizer, batch_size=batch_size,
                            temperature=temperature, alpha=alpha, seed=seed, shift_l1=shift_l1, device=device,
                            logit_weight=logit_weight, feature_layers=list(feature_layers),
-                           feature_weight=feature_weight if feature_layers else 0.0,
+                           feature_weight=feature_weight,
                            num_workers=workers, progress=not as_json)
     result = distill(student.module, teacher_model.module, train_set, config, eval_data=eval_set,
                      checkpoint_dir=checkpoint_dir, resume=resume)

@@ -159,8 +159,8 @@ def quantize_gemm_bias(model) -> int:
     for gemm in [n for n in graph.node if n.op_type == "Gemm"]:
         if len(gemm.input) < 3 or gemm.input[2] not in initializers:
             continue
-        attrs = {a.name: a for a in gemm.attribute}
-        if attrs.get("beta") is not None and attrs["beta"].f != 1.0 or attrs.get("alpha") is not None and attrs["alpha"].f != 1.0:
+        attrs = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
+        if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
             continue
         dq_a, dq_b = producers.get(gemm.input[0]), producers.get(gemm.input[1])
         if not (dq_a is not None and dq_b is not None and dq_a.op_type == dq_b.op_type == "DequantizeLinear"):
@@ -168,13 +168,12 @@ def quantize_gemm_bias(model) -> int:
         scale_a = np.asarray(_constant(model, dq_a.input[1]), dtype=np.float64)
         scale_b = np.asarray(_constant(model, dq_b.input[1]), dtype=np.float64)
         bias = numpy_helper.to_array(initializers[gemm.input[2]]).astype(np.float64)
-        trans_b = attrs["transB"].i if "transB" in attrs else 0
+        trans_b = attrs.get("transB", 0)
         b_axis = next((a.i for a in dq_b.attribute if a.name == "axis"), 1)
         per_column = scale_b.ndim == 1 and scale_b.size > 1
         if scale_a.size != 1 or bias.ndim != 1 or (per_column and (b_axis != (0 if trans_b else 1) or scale_b.size != bias.size)):
             continue
-        scale = (scale_a.reshape(()) * scale_b).astype(np.float32)
-        scale = np.broadcast_to(scale, bias.shape).copy() if per_column else scale.reshape(())
+        scale = (scale_a.reshape(()) * scale_b).astype(np.float32).reshape(bias.shape if per_column else ())
         ints = np.clip(np.round(bias / scale.astype(np.float64)), -(2 ** 31), 2 ** 31 - 1).astype(np.int32)
         name = gemm.input[2] + "_quantized_i32"
         graph.initializer.extend([
@@ -429,7 +428,6 @@ def export_qdq_report(
 
     from edgecnn.export import onnx_export
     from edgecnn.export.metadata import KEY_INPUT_NAME, KEY_OUTPUT_NAME, KEY_PRECISION, atomic_save, model_metadata, set_metadata
-    from edgecnn.export.parity import check_parity
     from edgecnn.export.trt_rules import lint
 
     target = get_target(target)

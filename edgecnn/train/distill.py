@@ -233,6 +233,11 @@ def _set_train_mode(student: nn.Module, freeze_bn: bool) -> None:
                 m.eval()
 
 
+def _zero_running() -> dict:
+    """Per-epoch sums of the loss terms (saved in checkpoints, so a resumed epoch averages right)."""
+    return {"loss": 0.0, "soft": 0.0, "hard": 0.0, "feature": 0.0, "n": 0}
+
+
 def _labels_of(batch) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     if isinstance(batch, (list, tuple)):
         images = batch[0]
@@ -380,9 +385,9 @@ def distill(
 
     started = time.perf_counter()
     finished = True
-    running = {"loss": 0.0, "soft": 0.0, "hard": 0.0, "n": 0}
+    running = _zero_running()
     if resume and resumed_running:
-        running = dict(resumed_running)
+        running = {**running, **resumed_running}
     try:
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
@@ -426,7 +431,7 @@ def distill(
                 running["loss"] += float(loss.detach())
                 running["soft"] += parts["soft"]
                 running["hard"] += parts.get("hard", 0.0)
-                running["feature"] = running.get("feature", 0.0) + parts.get("feature", 0.0)
+                running["feature"] += parts.get("feature", 0.0)
                 running["n"] += 1
                 if progress is not None:
                     progress.update(task, advance=1, info=f"loss {running['loss'] / running['n']:.3f}")
@@ -436,12 +441,12 @@ def distill(
                              "soft": running["soft"] / n, "hard": running["hard"] / n,
                              "lr": optimizer.param_groups[0]["lr"]}
                     if student_taps is not None:
-                        entry["feature"] = running.get("feature", 0.0) / n
+                        entry["feature"] = running["feature"] / n
                     if eval_data is not None and rank == 0:
                         entry["top1"] = evaluate_top1(student, eval_data, config.batch_size, device)
                         _set_train_mode(student, config.freeze_bn)
                     history.append(entry)
-                    running = {"loss": 0.0, "soft": 0.0, "hard": 0.0, "n": 0}
+                    running = _zero_running()
                     save_checkpoint()
                 elif config.checkpoint_every and step % config.checkpoint_every == 0:
                     save_checkpoint()
