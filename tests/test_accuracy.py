@@ -77,17 +77,7 @@ def test_missing_preprocessing_is_a_user_error(folder, tmp_path):
     assert report.top1 == pytest.approx(11 / 12)
 
 
-@pytest.fixture
-def one_torch_thread():
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on a shared 2-core machine made eager runs 10x slower
-    yield
-    torch.set_num_threads(previous)
-
-
-def test_eval_command_on_onnx_and_zoo_model(folder, tmp_path, one_torch_thread):
+def test_eval_command_on_onnx_and_zoo_model(folder, tmp_path, torch_one_thread):
     from edgecnn.cli import cli
 
     model = colour_model(tmp_path / "m.onnx", class_of_channel=(1, 2, 0))

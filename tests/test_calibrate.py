@@ -8,15 +8,7 @@ import torch
 from edgecnn.passes.quant.calibrate import HistogramCollector
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids thread hand-off costs on a busy machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def collect(*tensors, **kwargs) -> HistogramCollector:

@@ -22,12 +22,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_models_lists_the_zoo(capsys):

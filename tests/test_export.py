@@ -24,13 +24,7 @@ from edgecnn.export.parity import ParityError, check_parity, compare_outputs
 from edgecnn.preprocess import PRESETS
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Two intra-op threads on a shared 2-core machine made eager runs 100x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 class TinyNet(nn.Module):

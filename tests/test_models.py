@@ -37,17 +37,8 @@ def test_available_lists_the_zoo():
     assert ALIASES == {"squeezenet": "squeezenet1_1", "mobilenet": "mobilenet_v2", "shufflenet": "shufflenet_v2_x1_0"}
 
 
-@pytest.fixture
-def one_thread():
-    """Batch-1 forwards are faster on one thread, especially on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", ZOO)
-def test_builds_and_runs_at_224_and_small(name, one_thread):
+def test_builds_and_runs_at_224_and_small(name, torch_one_thread):
     model = create(name).eval()
     if name in TORCHVISION_PARAMS:
         assert sum(p.numel() for p in model.parameters()) == TORCHVISION_PARAMS[name]
@@ -86,7 +77,7 @@ def test_mobilenet_v1_layout():
 @pytest.mark.parametrize(
     "groups,width", [(1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0), (8, 1.0), (3, 0.5), (8, 0.5), (4, 0.5), (2, 1.5), (3, 2.0), (1, 0.75)]
 )
-def test_shufflenet_v1_groups_and_widths_build(groups, width, one_thread):
+def test_shufflenet_v1_groups_and_widths_build(groups, width, torch_one_thread):
     model = create("shufflenet_v1", groups=groups, width_mult=width, num_classes=5).eval()
     with torch.inference_mode():
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
@@ -128,7 +119,7 @@ def test_same_padding_matches_tensorflow():
     assert same_padding(9, 1, 2) == (0, 0)
 
 
-def test_tf_padding_keeps_keys_and_changes_strided_convs_only(one_thread):
+def test_tf_padding_keeps_keys_and_changes_strided_convs_only(torch_one_thread):
     plain = create("mobilenet_v1", width_mult=0.25).eval()
     tf = create("mobilenet_v1", width_mult=0.25, tf_padding=True).eval()
     assert list(plain.state_dict()) == list(tf.state_dict())
@@ -148,7 +139,7 @@ def test_tf_padding_keeps_keys_and_changes_strided_convs_only(one_thread):
     assert sum(isinstance(m, SamePadConv2d) for m in v2.modules()) == 5  # stem + 4 strided depthwise
 
 
-def test_tf_padding_exports_to_onnx_as_pad_and_conv(tmp_path, one_thread):
+def test_tf_padding_exports_to_onnx_as_pad_and_conv(tmp_path, torch_one_thread):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     model = create("mobilenet_v1", width_mult=0.25, tf_padding=True, num_classes=10).eval()

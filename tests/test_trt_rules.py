@@ -11,15 +11,7 @@ from edgecnn.export.qdq import QDQLintError
 from edgecnn.export.trt_rules import lint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids thread hand-off costs on a busy machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _model(nodes, extra_inits=(), zero_dtype=np.int8, second_scale=0.1):
