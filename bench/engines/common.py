@@ -19,15 +19,21 @@ def calibration_arrays(job: dict) -> list[np.ndarray]:
     return [np.ascontiguousarray(cache[i:i + 1]) for i in job["calib_indices"]]
 
 
-def rss_mb() -> float:
-    """Current resident memory of this process in MB (Linux /proc)."""
+def _proc_status_mb(field: str):
+    """``field`` of /proc/self/status (kB there) in MB, or None off Linux."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return float("nan")
+    return None
+
+
+def rss_mb() -> float:
+    """Current resident memory of this process in MB (Linux /proc)."""
+    value = _proc_status_mb("VmRSS")
+    return float("nan") if value is None else value
 
 
 def peak_rss_mb() -> float:
@@ -36,13 +42,8 @@ def peak_rss_mb() -> float:
     VmHWM, not ru_maxrss: a spawned process is fork+exec of the parent and ru_maxrss keeps
     the parent's peak across exec, VmHWM belongs to the new address space only.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    value = _proc_status_mb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if value is None else value
 
 
 def artifact_bytes(*paths) -> int:
