@@ -180,7 +180,7 @@ def _version_from_code(code: int) -> str:
 
 def stats_from_export_times(path: Union[str, Path]) -> dict:
     """Median/p90/p99 of the per-iteration GPU compute times trtexec wrote with --exportTimes."""
-    from edgecnn.measure.latency import summarize
+    from edgecnn.latency_stats import summarize
 
     records = json.loads(Path(path).read_text())
     compute = [float(r["computeMs"]) / 1000.0 for r in records if "computeMs" in r]

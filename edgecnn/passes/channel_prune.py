@@ -40,7 +40,8 @@ from edgecnn.errors import UserError, require
 from edgecnn.passes.fold_bn import trace
 from edgecnn.passes.prune import reapply_masks
 from edgecnn.passes.registry import PassConfig, PassReport, register_pass
-from edgecnn.passes.targets import layer_kind
+from edgecnn.models.layer_select import layer_kind
+from edgecnn.models.macs import profile_model
 
 MIXING_OPS = {"view", "reshape", "transpose", "permute", "flatten", "unflatten", "swapaxes", "movedim"}
 PASS_THROUGH_OPS = {"contiguous", "clone"}
@@ -504,9 +505,7 @@ def _channels(model: nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def count_macs(model: nn.Module, size: tuple[int, int]) -> dict[str, int]:
-    """Conv/linear MACs per layer at batch 1 (edgecnn.measure.profile's convention)."""
-    from edgecnn.measure.profile import profile_model
-
+    """Conv/linear MACs per layer at batch 1 (edgecnn.models.macs' convention)."""
     return {row.name: row.macs for row in profile_model(model, size).rows}
 
 

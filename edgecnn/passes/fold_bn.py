@@ -18,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from edgecnn.errors import UserError
 from edgecnn.passes.registry import PassConfig, PassReport, register_pass
-from edgecnn.passes.targets import layer_kind
+from edgecnn.models.layer_select import layer_kind
 
 
 class FoldBNConfig(PassConfig):

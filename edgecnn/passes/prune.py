@@ -20,7 +20,7 @@ from pydantic import field_validator
 from edgecnn.errors import UserError
 from edgecnn.passes.registry import PassConfig, PassReport, register_pass
 from edgecnn.passes.schedules import SCHEDULES
-from edgecnn.passes.targets import layer_kind, select_layers
+from edgecnn.models.layer_select import layer_kind, select_layers
 
 MASK = "weight_mask"
 

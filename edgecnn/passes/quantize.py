@@ -42,7 +42,7 @@ from edgecnn.passes.quant.quantizers import (
     weight_qmax,
 )
 from edgecnn.passes.registry import PassConfig, PassContext, PassReport, register_pass
-from edgecnn.passes.targets import layer_kind, select_layers
+from edgecnn.models.layer_select import layer_kind, select_layers
 
 __all__ = [
     "QuantConfig",

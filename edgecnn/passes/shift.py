@@ -34,7 +34,7 @@ from edgecnn.errors import UserError
 from pydantic import Field
 
 from edgecnn.passes.registry import PassConfig, PassReport, register_pass
-from edgecnn.passes.targets import layer_kind, select_layers
+from edgecnn.models.layer_select import layer_kind, select_layers
 
 DeployForm = Literal["onehot_dwconv", "pad_slice"]
 

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 
 from edgecnn.errors import UserError
 from edgecnn.passes.registry import PassConfig, PassContext, PassReport, register_pass
-from edgecnn.passes.targets import select_layers
+from edgecnn.models.layer_select import select_layers
 
 SHARE_ATTR = "_edgecnn_weight_share"  # module attribute holding the WeightShareState
 
@@ -115,7 +115,7 @@ def kmeans_1d(values: np.ndarray, clusters: int, iterations: int = 40, init: str
 
 
 def _bits_for(name: str, config: WeightShareConfig) -> int:
-    from edgecnn.passes.targets import matches
+    from edgecnn.models.layer_select import matches
 
     for pattern, bits in config.layer_bits.items():
         if matches(name, [pattern]):
