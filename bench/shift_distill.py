@@ -148,6 +148,7 @@ def run_model(name, options, preset, feature_layers, hparams, epochs, train_item
     from edgecnn.measure.profile import profile_model
     from edgecnn.models import load_model
     from edgecnn.passes.registry import PassContext, run_pass
+    from edgecnn.passes.hooks import after_step_hooks, regularizers
     from edgecnn.train import DistillConfig, distill, evaluate_top1
 
     weights = DATA / "weights" / f"{name}.pth"
@@ -181,7 +182,8 @@ def run_model(name, options, preset, feature_layers, hparams, epochs, train_item
     config = DistillConfig(batch_size=32, lr_schedule="cosine", optimizer="adamw", warmup_steps=10, seed=0,
                            feature_layers=feature_layers, **hparams)
     started = time.perf_counter()
-    run = distill(student, teacher.module, trainset, config)
+    run = distill(student, teacher.module, trainset, config, after_step=after_step_hooks(student),
+                  regularizers=regularizers(student, config.shift_l1))
     result["train_s"] = time.perf_counter() - started
     result["history"] = run.history
     result["top1_after"] = evaluate_top1(student, evalset)

@@ -102,7 +102,10 @@ def distill(student, teacher, train_set, preprocess, config, flip: bool = True):
     """Knowledge distillation of ``student`` (in place) from ``teacher`` on an image folder."""
     run = need("edgecnn.train.distill", "distill", "distill")
     dataset_cls = need("edgecnn.data.torch_data", "ImageDataset", "distill")
-    result = run(student, teacher, dataset_cls(train_set, preprocess, train=True, flip=flip), config)
+    from edgecnn.passes.hooks import after_step_hooks, regularizers
+
+    result = run(student, teacher, dataset_cls(train_set, preprocess, train=True, flip=flip), config,
+                 after_step=after_step_hooks(student), regularizers=regularizers(student, config.shift_l1))
     return student, result
 
 

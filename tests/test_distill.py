@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from edgecnn.errors import UserError
+from edgecnn.passes import after_step_hooks, regularizers
 from edgecnn.passes.registry import PassContext, run_pass
 from edgecnn.train import DistillConfig, distill, kd_loss
 
@@ -62,12 +63,14 @@ def test_resume_reaches_the_same_state(tmp_path):
     data = _data()
     config = DistillConfig(epochs=2, batch_size=8, lr=1e-2, shift_l1=0.1, progress=False)
     straight = _student("active")
-    distill(straight, teacher, data, config)
+    distill(straight, teacher, data, config, regularizers=regularizers(straight, config.shift_l1))
     paused = _student("active")
-    first = distill(paused, teacher, data, config, checkpoint_dir=tmp_path, stop_after=3)
+    first = distill(paused, teacher, data, config, checkpoint_dir=tmp_path, stop_after=3,
+                    regularizers=regularizers(paused, config.shift_l1))
     assert first.steps == 3 and not first.finished
     resumed = _student("active")
-    result = distill(resumed, teacher, data, config, checkpoint_dir=tmp_path, resume=True)
+    result = distill(resumed, teacher, data, config, checkpoint_dir=tmp_path, resume=True,
+                     regularizers=regularizers(resumed, config.shift_l1))
     assert result.steps == 10 and result.finished
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
@@ -86,7 +89,8 @@ def test_masks_are_reapplied_after_each_step():
     linear.register_buffer(prune.MASK, mask)
     with torch.no_grad():
         linear.weight.mul_(mask)
-    distill(student, teacher, _data(), DistillConfig(epochs=1, batch_size=8, lr=1e-2, progress=False))
+    distill(student, teacher, _data(), DistillConfig(epochs=1, batch_size=8, lr=1e-2, progress=False),
+            after_step=after_step_hooks(student))
     assert torch.count_nonzero(linear.weight[:, ::2]) == 0
 
 

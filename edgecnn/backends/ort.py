@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from edgecnn.errors import UserError
+from edgecnn.lazy import lazy_import
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 PROVIDER_ALIASES = {
@@ -30,10 +31,11 @@ PROVIDER_ALIASES = {
 }
 
 
-def _ort():
-    from edgecnn.errors import require
+_onnxruntime = lazy_import("onnxruntime", extra="ort")
 
-    return require("onnxruntime", "ort")
+
+def _ort():
+    return _onnxruntime.load()
 
 
 def resolve_providers(providers: Union[None, str, Sequence[str]]) -> list[str]:

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from edgecnn.errors import UserError
+from edgecnn.lazy import lazy_import
 
 INSTALL_HINT = (
     "TensorRT is not installed; on a Jetson it comes with JetPack (apt install nvidia-jetpack, "
     "python3-libnvinfer), on x86 install it from NVIDIA's index: "
     "pip install --extra-index-url https://pypi.nvidia.com tensorrt"
 )
+_tensorrt = lazy_import("tensorrt", hint=INSTALL_HINT)
 
 
 @dataclass
@@ -129,22 +131,14 @@ def plan_build(cfg: TrtBuildConfig) -> BuildPlan:
 
 def import_tensorrt():
     """The ``tensorrt`` module, or UserError with how to install it."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        raise UserError(INSTALL_HINT) from None
-    return tensorrt
+    return _tensorrt.load()
 
 
 def tensorrt_version() -> Optional[str]:
     """Installed TensorRT version string without importing it when absent."""
-    import importlib.util
-
-    if importlib.util.find_spec("tensorrt") is None:
+    if not _tensorrt.installed():
         return None
-    import tensorrt
-
-    return getattr(tensorrt, "__version__", None)
+    return getattr(_tensorrt.load(), "__version__", None)
 
 
 def network_creation_flags(trt, plan: BuildPlan) -> int:

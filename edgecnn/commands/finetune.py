@@ -85,6 +85,7 @@ def finetune(model, teacher, teacher_weights, data, eval_data, epochs, lr, lr_sc
 
     from edgecnn.data.images import ImageFolder
     from edgecnn.data.torch_data import ImageDataset
+    from edgecnn.passes.hooks import after_step_hooks, regularizers
     from edgecnn.passes.registry import PassContext, run_pass
     from edgecnn.train import DistillConfig, distill
 
@@ -122,7 +123,8 @@ def finetune(model, teacher, teacher_weights, data, eval_data, epochs, lr, lr_sc
                            feature_weight=feature_weight,
                            num_workers=workers, progress=not as_json)
     result = distill(student.module, teacher_model.module, train_set, config, eval_data=eval_set,
-                     checkpoint_dir=checkpoint_dir, resume=resume)
+                     checkpoint_dir=checkpoint_dir, resume=resume, after_step=after_step_hooks(student.module),
+                     regularizers=regularizers(student.module, config.shift_l1))
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         meta = {"model": student.name, "options": student.options, "weights": student.weights, "passes": passes,

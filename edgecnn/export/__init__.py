@@ -7,7 +7,7 @@ without importing the exporter.
 
 from __future__ import annotations
 
-import importlib
+from edgecnn.lazy import lazy_attributes
 
 _LAZY = {
     "export_onnx": "edgecnn.export.onnx_export",
@@ -22,9 +22,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'edgecnn.export' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -6,12 +6,12 @@ torchvision pattern), so the CLI, ``available()`` and ``edgecnn models`` read on
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from edgecnn.errors import UserError
+from edgecnn.lazy import lazy_import
 
 # Family modules that register models; imported on first lookup.
 FAMILY_MODULES = [
@@ -83,7 +83,7 @@ def _load_all() -> None:
     global _loaded
     if not _loaded:
         for module in FAMILY_MODULES:
-            importlib.import_module(module)
+            lazy_import(module).load()
         _loaded = True
 
 

@@ -36,7 +36,8 @@ from pydantic import Field, field_validator
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from edgecnn.errors import UserError, require
+from edgecnn.errors import UserError
+from edgecnn.lazy import require
 from edgecnn.passes.fold_bn import trace
 from edgecnn.passes.prune import reapply_masks
 from edgecnn.passes.registry import PassConfig, PassReport, register_pass

@@ -6,9 +6,10 @@ on labelled samples, the soft term alone on unlabelled ones (label -1), scaled b
 mean squared error between the student's and the teacher's outputs of the named modules,
 each normalised by the teacher's mean square), which gives every pixel of every image a
 target: far more signal per image than the logits when only a few hundred images exist.
-Training respects what earlier passes put in the student: pruning masks are re-applied
-after every optimizer step, fake-quant modules run in the forward as they are, and active
-shifts add their L1 penalty. Checkpoints hold everything needed to resume to the same state
+Training respects what earlier passes put in the student through hooks the caller passes
+in (``edgecnn.passes.after_step_hooks`` and ``regularizers`` build them from the model):
+pruning masks are re-applied after every optimizer step, active shifts add their L1
+penalty; fake-quant modules simply run in the forward as they are. Checkpoints hold everything needed to resume to the same state
 (weights, optimizer, scheduler, epoch/step, RNG states); a run is deterministic for a given
 seed.
 
@@ -25,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -215,16 +216,6 @@ def _save_atomic(obj, path: Path) -> None:
             os.unlink(tmp)
 
 
-def _reapply_masks(model: nn.Module) -> None:
-    """After each optimizer step: pruned weights back to zero, shared weights back on their
-    centroids (both no-ops for a model without masks or sharing)."""
-    from edgecnn.passes.prune import reapply_masks
-    from edgecnn.passes.weight_share import tie_to_centroids
-
-    reapply_masks(model)
-    tie_to_centroids(model)
-
-
 def _set_train_mode(student: nn.Module, freeze_bn: bool) -> None:
     student.train()
     if freeze_bn:
@@ -277,6 +268,10 @@ def evaluate_top1(model: nn.Module, data, batch_size: int = 64, device="cpu") ->
 # The loop
 
 
+AfterStep = Callable[[nn.Module], None]  # called with the student after every optimizer step
+Regularizer = Callable[[nn.Module], Optional[torch.Tensor]]  # a weighted term added to the loss
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -286,6 +281,9 @@ def distill(
     checkpoint_dir=None,
     resume: bool = False,
     stop_after: Optional[int] = None,
+    *,
+    after_step: Sequence[AfterStep] = (),
+    regularizers: Sequence[Regularizer] = (),
 ) -> TrainResult:
     """Train ``student`` (in place) to match ``teacher`` on ``train_data``.
 
@@ -294,174 +292,225 @@ def distill(
     steps and at each epoch end; ``resume`` continues from ``checkpoint_dir/last.pt`` to the
     same state a straight run would have. ``stop_after`` pauses after that many global steps
     (checkpoint written), e.g. to split a run over time-limited jobs.
+
+    What earlier passes put in the student comes in as hooks, so that training knows no
+    pass: ``after_step`` callables run after each optimizer step (re-apply pruning masks,
+    re-tie shared weights), ``regularizers`` add their term to the loss (the active-shift
+    L1 penalty). ``edgecnn.passes.after_step_hooks`` / ``regularizers`` build them.
     """
     config = config or DistillConfig()
     if len(train_data) == 0:
         raise UserError("the training data is empty; give a folder with images")
     if resume and checkpoint_dir is None:
         raise UserError("resume needs a checkpoint directory; pass --checkpoint-dir DIR")
-    is_ddp, rank, world = _distributed()
-    device = _device(config.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    _seed_everything(config.seed)
-    student.to(device)
-    teacher.to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-
-    from edgecnn.passes.shift import ActiveShift, l1_penalty
-
-    shift_offsets = sum(m.offset.numel() for m in student.modules() if isinstance(m, ActiveShift))
-    student_taps = teacher_taps = None
-    if config.feature_layers and config.feature_weight > 0:
-        student_taps = FeatureTaps(student, config.feature_layers, "student")
-        teacher_taps = FeatureTaps(teacher, config.feature_layers, "teacher")
-
-    params = [p for p in student.parameters() if p.requires_grad]
-    if not params:
-        raise UserError("the student has no trainable parameters")
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
-    sampler = None
-    if is_ddp:
-        sampler = torch.utils.data.distributed.DistributedSampler(
-            train_data, num_replicas=world, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
-    per_rank = len(sampler) if sampler is not None else len(train_data)
-    steps_per_epoch = max(1, math.ceil(per_rank / config.batch_size))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, steps_per_epoch))
-    total_steps = config.epochs * steps_per_epoch
-
-    step, history = 0, []
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    loop = _Loop(student, teacher, train_data, config, checkpoint_dir, list(after_step), list(regularizers))
     if resume:
-        if not ckpt_path.is_file():
-            raise UserError(f"no checkpoint to resume from at '{ckpt_path}'; run once without --resume")
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("config", {}).get("batch_size") != config.batch_size:
-            raise UserError(f"checkpoint '{ckpt_path}' was trained with batch size "
-                            f"{state.get('config', {}).get('batch_size')}; resume with the same --batch-size")
-        student.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, history = state["step"], state["history"]
-        resumed_running = state.get("running")
-        _set_rng_state(state["rng"])
-
-    model = student
-    if is_ddp:
-        model = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def save_checkpoint():
-        if ckpt_path is None or rank != 0:
-            return
-        _save_atomic({
-            "model": student.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": step,
-            "epoch": step / steps_per_epoch,
-            "history": history,
-            "rng": _rng_state(),
-            "running": running,
-            "config": config.model_dump(),
-        }, ckpt_path)
-
-    progress = None
-    show = config.progress and rank == 0
-    if show:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                            TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
-                            TextColumn("{task.fields[info]}"), transient=False)
-        progress.start()
-        task = progress.add_task("distill", total=total_steps, completed=step, info="")
-
+        loop.restore()
+    loop.wrap_ddp()
+    progress = _Progress(config.progress and loop.rank == 0, loop.total_steps, loop.step)
     started = time.perf_counter()
     finished = True
-    running = _zero_running()
-    if resume and resumed_running:
-        running = {**running, **resumed_running}
     try:
-        while step < total_steps:
-            epoch, offset = divmod(step, steps_per_epoch)
-            # The epoch's order depends only on (seed, epoch): a resumed run skips the batches
-            # already seen without loading them and continues with the restored RNG state.
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-                order = list(sampler)
-            else:
-                order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(config.seed * 1000003 + epoch)).tolist()
-            batches = [order[i: i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-            loader = torch.utils.data.DataLoader(train_data, batch_sampler=batches[offset:], num_workers=config.num_workers,
-                                                 # own generator: creating the loader must not draw from the global RNG
-                                                 generator=torch.Generator().manual_seed(config.seed + epoch))
-            if hasattr(train_data, "set_epoch"):  # per-epoch augmentation seed (edgecnn.data.torch_data)
-                train_data.set_epoch(epoch)
-            _set_train_mode(student, config.freeze_bn)
-            for batch in loader:
-                images, labels = _labels_of(batch)
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device) if labels is not None else None
-                with torch.no_grad():
-                    teacher_logits = teacher(images)
-                logits = model(images)
-                loss, parts = kd_loss(logits, teacher_logits, labels, config.temperature, config.alpha)
-                loss = config.logit_weight * loss
-                if student_taps is not None:
-                    features = feature_loss(student_taps.outputs, teacher_taps.outputs)
-                    parts["feature"] = float(features.detach())
-                    loss = loss + config.feature_weight * features
-                if config.shift_l1 and shift_offsets:
-                    loss = loss + config.shift_l1 * l1_penalty(student) / shift_offsets
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                _reapply_masks(student)
-                step += 1
-                running["loss"] += float(loss.detach())
-                running["soft"] += parts["soft"]
-                running["hard"] += parts.get("hard", 0.0)
-                running["feature"] += parts.get("feature", 0.0)
-                running["n"] += 1
-                if progress is not None:
-                    progress.update(task, advance=1, info=f"loss {running['loss'] / running['n']:.3f}")
-                if step % steps_per_epoch == 0 or step == total_steps:
-                    n = max(1, running["n"])
-                    entry = {"epoch": step / steps_per_epoch, "step": step, "loss": running["loss"] / n,
-                             "soft": running["soft"] / n, "hard": running["hard"] / n,
-                             "lr": optimizer.param_groups[0]["lr"]}
-                    if student_taps is not None:
-                        entry["feature"] = running["feature"] / n
-                    if eval_data is not None and rank == 0:
-                        entry["top1"] = evaluate_top1(student, eval_data, config.batch_size, device)
-                        _set_train_mode(student, config.freeze_bn)
-                    history.append(entry)
-                    running = _zero_running()
-                    save_checkpoint()
-                elif config.checkpoint_every and step % config.checkpoint_every == 0:
-                    save_checkpoint()
-                if stop_after is not None and step >= stop_after and step < total_steps:
-                    save_checkpoint()
-                    finished = False
-                    break
-            if not finished:
-                break
+        while loop.step < loop.total_steps and finished:
+            finished = loop.run_epoch(eval_data, progress, stop_after)
     finally:
-        if progress is not None:
-            progress.stop()
-        for taps in (student_taps, teacher_taps):
+        progress.stop()
+        loop.remove_taps()
+    student.eval()
+    return TrainResult(steps=loop.step, epochs_done=loop.step / loop.steps_per_epoch, history=loop.history,
+                       checkpoint=loop.ckpt_path, finished=finished, seconds=time.perf_counter() - started)
+
+
+class _Progress:
+    """A rich progress bar on rank 0, nothing elsewhere."""
+
+    def __init__(self, show: bool, total: int, completed: int):
+        self.bar = None
+        if show:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                                TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+                                TextColumn("{task.fields[info]}"), transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task("distill", total=total, completed=completed, info="")
+
+    def advance(self, info: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, info=info)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class _Loop:
+    """The state of one distillation run (model, optimizer, schedule, step, history), with
+    one method per phase so that a resumed run goes through exactly the same code."""
+
+    def __init__(self, student, teacher, train_data, config: DistillConfig, checkpoint_dir,
+                 after_step: list, regularizers: list):
+        self.student, self.teacher, self.train_data, self.config = student, teacher, train_data, config
+        self.after_step, self.regularizers = after_step, regularizers
+        self.is_ddp, self.rank, world = _distributed()
+        self.device = device = _device(config.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        _seed_everything(config.seed)
+        student.to(device)
+        teacher.to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.student_taps = self.teacher_taps = None
+        if config.feature_layers and config.feature_weight > 0:
+            self.student_taps = FeatureTaps(student, config.feature_layers, "student")
+            self.teacher_taps = FeatureTaps(teacher, config.feature_layers, "teacher")
+        self.params = [p for p in student.parameters() if p.requires_grad]
+        if not self.params:
+            raise UserError("the student has no trainable parameters")
+        if config.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(self.params, lr=config.lr, momentum=config.momentum,
+                                             weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.sampler = None
+        if self.is_ddp:
+            self.sampler = torch.utils.data.distributed.DistributedSampler(
+                train_data, num_replicas=world, rank=self.rank, shuffle=True, seed=config.seed, drop_last=True)
+        per_rank = len(self.sampler) if self.sampler is not None else len(train_data)
+        self.steps_per_epoch = max(1, math.ceil(per_rank / config.batch_size))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.steps_per_epoch))
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.step, self.history = 0, []
+        self.ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+        self.running = _zero_running()
+        self.model = student
+
+    def restore(self) -> None:
+        """Load ``last.pt``: weights, optimizer, schedule, step, history, RNG, epoch sums."""
+        if not self.ckpt_path.is_file():
+            raise UserError(f"no checkpoint to resume from at '{self.ckpt_path}'; run once without --resume")
+        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        if state.get("config", {}).get("batch_size") != self.config.batch_size:
+            raise UserError(f"checkpoint '{self.ckpt_path}' was trained with batch size "
+                            f"{state.get('config', {}).get('batch_size')}; resume with the same --batch-size")
+        self.student.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.history = state["step"], state["history"]
+        _set_rng_state(state["rng"])
+        if state.get("running"):
+            self.running = {**self.running, **state["running"]}
+
+    def wrap_ddp(self) -> None:
+        if self.is_ddp:
+            device = self.device
+            self.model = nn.parallel.DistributedDataParallel(
+                self.student, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def save_checkpoint(self) -> None:
+        if self.ckpt_path is None or self.rank != 0:
+            return
+        _save_atomic({
+            "model": self.student.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "history": self.history,
+            "rng": _rng_state(),
+            "running": self.running,
+            "config": self.config.model_dump(),
+        }, self.ckpt_path)
+
+    def remove_taps(self) -> None:
+        for taps in (self.student_taps, self.teacher_taps):
             if taps is not None:
                 taps.remove()
-    student.eval()
-    return TrainResult(steps=step, epochs_done=step / steps_per_epoch, history=history, checkpoint=ckpt_path,
-                       finished=finished, seconds=time.perf_counter() - started)
+
+    def epoch_loader(self, epoch: int, offset: int):
+        """The epoch's batches from ``offset`` on. The order depends only on (seed, epoch): a
+        resumed run skips the batches already seen without loading them and continues with
+        the restored RNG state."""
+        config, data = self.config, self.train_data
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+            order = list(self.sampler)
+        else:
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed * 1000003 + epoch)).tolist()
+        batches = [order[i: i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+        return torch.utils.data.DataLoader(data, batch_sampler=batches[offset:], num_workers=config.num_workers,
+                                           # own generator: creating the loader must not draw from the global RNG
+                                           generator=torch.Generator().manual_seed(config.seed + epoch))
+
+    def run_epoch(self, eval_data, progress: _Progress, stop_after: Optional[int]) -> bool:
+        """The rest of the current epoch; False when ``stop_after`` paused the run."""
+        config = self.config
+        epoch, offset = divmod(self.step, self.steps_per_epoch)
+        loader = self.epoch_loader(epoch, offset)
+        if hasattr(self.train_data, "set_epoch"):  # per-epoch augmentation seed (edgecnn.data.torch_data)
+            self.train_data.set_epoch(epoch)
+        _set_train_mode(self.student, config.freeze_bn)
+        for batch in loader:
+            self.train_step(batch)
+            progress.advance(f"loss {self.running['loss'] / self.running['n']:.3f}")
+            if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
+                self.end_epoch(eval_data)
+            elif config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                self.save_checkpoint()
+            if stop_after is not None and self.step >= stop_after and self.step < self.total_steps:
+                self.save_checkpoint()
+                return False
+        return True
+
+    def train_step(self, batch) -> None:
+        """One optimizer step on one batch, then the after-step hooks."""
+        config, device = self.config, self.device
+        images, labels = _labels_of(batch)
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device) if labels is not None else None
+        with torch.no_grad():
+            teacher_logits = self.teacher(images)
+        logits = self.model(images)
+        loss, parts = kd_loss(logits, teacher_logits, labels, config.temperature, config.alpha)
+        loss = config.logit_weight * loss
+        if self.student_taps is not None:
+            features = feature_loss(self.student_taps.outputs, self.teacher_taps.outputs)
+            parts["feature"] = float(features.detach())
+            loss = loss + config.feature_weight * features
+        for regularizer in self.regularizers:
+            term = regularizer(self.student)
+            if term is not None:
+                loss = loss + term
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        for hook in self.after_step:
+            hook(self.student)
+        self.step += 1
+        running = self.running
+        running["loss"] += float(loss.detach())
+        running["soft"] += parts["soft"]
+        running["hard"] += parts.get("hard", 0.0)
+        running["feature"] += parts.get("feature", 0.0)
+        running["n"] += 1
+
+    def end_epoch(self, eval_data) -> None:
+        """Average the epoch's loss terms into the history, evaluate, checkpoint."""
+        running, n = self.running, max(1, self.running["n"])
+        entry = {"epoch": self.step / self.steps_per_epoch, "step": self.step, "loss": running["loss"] / n,
+                 "soft": running["soft"] / n, "hard": running["hard"] / n,
+                 "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.student_taps is not None:
+            entry["feature"] = running["feature"] / n
+        if eval_data is not None and self.rank == 0:
+            entry["top1"] = evaluate_top1(self.student, eval_data, self.config.batch_size, self.device)
+            _set_train_mode(self.student, self.config.freeze_bn)
+        self.history.append(entry)
+        self.running = _zero_running()
+        self.save_checkpoint()
