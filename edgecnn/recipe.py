@@ -22,10 +22,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecnn.errors import UserError
+from edgecnn.targets import DEFAULT_TARGET, check_targets, target_names
 
 RECIPE_SCHEMA_VERSION = 1
 SHIPPED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-FALLBACK_TARGETS = ("ort-x86", "trt", "ort-arm")
 # Stages that are not transform passes: they run in the pipeline itself.
 PIPELINE_STAGES = ("distill", "export", "compile", "measure")
 # Every transform stage edgecnn knows of (a partial build may lack some).
@@ -108,20 +108,8 @@ PIPELINE_CONFIGS: dict[str, type] = {"export": ExportConfig, "compile": CompileC
 
 
 def available_targets() -> tuple[str, ...]:
-    """Target names from edgecnn.export.targets when present (targets as data), else the defaults."""
-    try:
-        from edgecnn.export import targets as export_targets
-    except ImportError:
-        return FALLBACK_TARGETS
-    for attr in ("TARGETS", "targets"):
-        table = getattr(export_targets, attr, None)
-        if isinstance(table, dict) and table:
-            return tuple(table)
-    for attr in ("available_targets", "available"):
-        fn = getattr(export_targets, attr, None)
-        if callable(fn):
-            return tuple(fn())
-    return FALLBACK_TARGETS
+    """Target names: the keys of the table in :mod:`edgecnn.targets`."""
+    return target_names()
 
 
 def distill_config_class() -> type:
@@ -407,15 +395,13 @@ def validate(raw: dict, source: str = "<recipe>") -> Recipe:
         raise UserError(f"{prefix}stages: expected a non-empty list of stages, e.g. [fold_bn, {{quantize: {{}}}}, export, measure]")
     stages = [_parse_stage(entry, i, prefix) for i, entry in enumerate(stages_raw)]
     _check_stage_order(stages, prefix)
-    targets = raw.get("targets", ["ort-x86"])
+    targets = raw.get("targets", [DEFAULT_TARGET])
     if isinstance(targets, str):
         targets = [targets]
     allowed_targets = available_targets()
     if not isinstance(targets, list) or not targets:
         raise UserError(f"{prefix}targets: expected a list of targets from: {', '.join(allowed_targets)}")
-    for i, t in enumerate(targets):
-        if t not in allowed_targets:
-            raise UserError(f"{prefix}targets[{i}]: unknown target {t!r}; allowed: {', '.join(allowed_targets)}")
+    check_targets(targets, f"{prefix}targets")
     if len(set(targets)) != len(targets):
         raise UserError(f"{prefix}targets: a target is listed twice")
     _simulate_first_target(stages, targets)
@@ -521,7 +507,7 @@ def recipe_from_flags(
 
     Every flag overrides the matching recipe field; flags not given leave the recipe alone.
     """
-    raw = copy.deepcopy(base) if base else {"model": {}, "stages": list(DEFAULT_STAGES), "targets": ["ort-x86"]}
+    raw = copy.deepcopy(base) if base else {"model": {}, "stages": list(DEFAULT_STAGES), "targets": [DEFAULT_TARGET]}
     raw.setdefault("model", {})
     if isinstance(raw["model"], str):
         raw["model"] = {"name": raw["model"]}
