@@ -20,21 +20,29 @@ a DistributedSampler splits each epoch, rank 0 writes checkpoints and logs.
 from __future__ import annotations
 
 import math
-import os
-import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgecnn.errors import UserError
+from edgecnn.train.losses import FeatureTaps, feature_loss, kd_loss
+from edgecnn.train.runtime import (
+    distributed,
+    lr_lambda,
+    pick_device,
+    rng_state,
+    write_checkpoint,
+    seed_everything,
+    set_rng_state,
+    set_train_mode,
+    split_batch,
+    zero_running,
+)
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -87,159 +95,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------
-# Loss
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: Optional[torch.Tensor],
-            temperature: float, alpha: float) -> tuple[torch.Tensor, dict]:
-    """Hinton's distillation loss; labels < 0 (or None) count as unlabelled (soft term only)."""
-    t = temperature
-    soft = F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
-                    reduction="batchmean", log_target=True) * (t * t)
-    parts = {"soft": float(soft.detach())}
-    if labels is None or not bool((labels >= 0).any()):
-        return soft, parts
-    hard = F.cross_entropy(student_logits, labels, ignore_index=-1)
-    parts["hard"] = float(hard.detach())
-    return alpha * soft + (1 - alpha) * hard, parts
-
-
-class FeatureTaps:
-    """Forward hooks keeping the outputs of the named modules of one model (one batch)."""
-
-    def __init__(self, model: nn.Module, names: list[str], role: str):
-        modules = dict(model.named_modules())
-        missing = [n for n in names if n not in modules]
-        if missing:
-            raise UserError(f"feature layer(s) {', '.join(missing)} not found in the {role}; "
-                            f"use module names such as {', '.join(list(modules)[1:4])}")
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.handles = [modules[n].register_forward_hook(self._keep(n)) for n in names]
-
-    def _keep(self, name):
-        def hook(module, inputs, output):
-            self.outputs[name] = output
-        return hook
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-def feature_loss(student_features: dict, teacher_features: dict) -> torch.Tensor:
-    """Sum over layers of MSE(student, teacher) / mean(teacher^2): scale-free, so early
-    high-resolution maps and late ones count alike."""
-    total = None
-    for name, target in teacher_features.items():
-        output = student_features[name]
-        if output.shape != target.shape:
-            raise UserError(f"feature layer '{name}' has shape {tuple(output.shape)} in the student but "
-                            f"{tuple(target.shape)} in the teacher; pick layers whose outputs match")
-        term = F.mse_loss(output, target) / target.pow(2).mean().clamp_min(1e-12)
-        total = term if total is None else total + term
-    return total
-
-
-# ---------------------------------------------------------------------------------------
-# Helpers: device, DDP, RNG, schedule, atomic checkpoints
-
-
-def _device(spec: str) -> torch.device:
-    if spec == "auto":
-        if "LOCAL_RANK" in os.environ and torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{spec}' asked for but CUDA is not available; use --device cpu")
-    return torch.device(spec)
-
-
-def _distributed() -> tuple[bool, int, int]:
-    """(is DDP, rank, world size); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return False, 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return True, dist.get_rank(), dist.get_world_size()
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def lr_lambda(config: DistillConfig, steps_per_epoch: int):
-    """Multiplier of the base lr at a global step: linear warmup, then the chosen schedule."""
-    total = max(1, config.epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if config.warmup_steps and step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        if config.lr_schedule == "constant":
-            return 1.0
-        if config.lr_schedule == "step":
-            return config.step_gamma ** (step // (config.step_epochs * steps_per_epoch))
-        progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def _save_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _set_train_mode(student: nn.Module, freeze_bn: bool) -> None:
-    student.train()
-    if freeze_bn:
-        for m in student.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-
-
-def _zero_running() -> dict:
-    """Per-epoch sums of the loss terms (saved in checkpoints, so a resumed epoch averages right)."""
-    return {"loss": 0.0, "soft": 0.0, "hard": 0.0, "feature": 0.0, "n": 0}
-
-
-def _labels_of(batch) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    if isinstance(batch, (list, tuple)):
-        images = batch[0]
-        labels = batch[1] if len(batch) > 1 else None
-        if labels is not None and not isinstance(labels, torch.Tensor):
-            labels = torch.as_tensor(labels)
-        return images, labels
-    return batch, None
-
-
-# ---------------------------------------------------------------------------------------
 # Evaluation
 
 
@@ -251,7 +106,7 @@ def evaluate_top1(model: nn.Module, data, batch_size: int = 64, device="cpu") ->
     model.eval()
     correct = total = 0
     for batch in loader:
-        images, labels = _labels_of(batch)
+        images, labels = split_batch(batch)
         if labels is None:
             return None
         keep = labels >= 0
@@ -352,13 +207,13 @@ class _Loop:
                  after_step: list, regularizers: list):
         self.student, self.teacher, self.train_data, self.config = student, teacher, train_data, config
         self.after_step, self.regularizers = after_step, regularizers
-        self.is_ddp, self.rank, world = _distributed()
-        self.device = device = _device(config.device)
+        self.is_ddp, self.rank, world = distributed()
+        self.device = device = pick_device(config.device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
-        _seed_everything(config.seed)
+        seed_everything(config.seed)
         student.to(device)
         teacher.to(device).eval()
         for p in teacher.parameters():
@@ -385,7 +240,7 @@ class _Loop:
         self.total_steps = config.epochs * self.steps_per_epoch
         self.step, self.history = 0, []
         self.ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-        self.running = _zero_running()
+        self.running = zero_running()
         self.model = student
 
     def restore(self) -> None:
@@ -400,7 +255,7 @@ class _Loop:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.history = state["step"], state["history"]
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         if state.get("running"):
             self.running = {**self.running, **state["running"]}
 
@@ -413,14 +268,14 @@ class _Loop:
     def save_checkpoint(self) -> None:
         if self.ckpt_path is None or self.rank != 0:
             return
-        _save_atomic({
+        write_checkpoint({
             "model": self.student.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "epoch": self.step / self.steps_per_epoch,
             "history": self.history,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "running": self.running,
             "config": self.config.model_dump(),
         }, self.ckpt_path)
@@ -452,7 +307,7 @@ class _Loop:
         loader = self.epoch_loader(epoch, offset)
         if hasattr(self.train_data, "set_epoch"):  # per-epoch augmentation seed (edgecnn.data.torch_data)
             self.train_data.set_epoch(epoch)
-        _set_train_mode(self.student, config.freeze_bn)
+        set_train_mode(self.student, config.freeze_bn)
         for batch in loader:
             self.train_step(batch)
             progress.advance(f"loss {self.running['loss'] / self.running['n']:.3f}")
@@ -468,7 +323,7 @@ class _Loop:
     def train_step(self, batch) -> None:
         """One optimizer step on one batch, then the after-step hooks."""
         config, device = self.config, self.device
-        images, labels = _labels_of(batch)
+        images, labels = split_batch(batch)
         images = images.to(device, non_blocking=True)
         labels = labels.to(device) if labels is not None else None
         with torch.no_grad():
@@ -510,7 +365,7 @@ class _Loop:
             entry["feature"] = running["feature"] / n
         if eval_data is not None and self.rank == 0:
             entry["top1"] = evaluate_top1(self.student, eval_data, self.config.batch_size, self.device)
-            _set_train_mode(self.student, self.config.freeze_bn)
+            set_train_mode(self.student, self.config.freeze_bn)
         self.history.append(entry)
-        self.running = _zero_running()
+        self.running = zero_running()
         self.save_checkpoint()
