@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from edgecnn.errors import UserError
 from edgecnn.models import create
-from edgecnn.passes.channel_prune import Analysis, ShuffleUnit
+from edgecnn.passes.channel_prune import Analysis, ShuffleSpan
 from edgecnn.passes.prune import get_masks
 from edgecnn.passes.registry import PassContext, run_pass
 
@@ -180,7 +180,7 @@ def test_shufflenet_v1_unit_surgery_is_exact():
             module.bias.data.uniform_(-0.2, 0.2)
     x = torch.randn(2, 3, SIZE, SIZE)
     analysis = Analysis(model, x[:1])
-    units = [u for u in (ShuffleUnit.find(analysis, s) for s in analysis.chain_starts) if u is not None]
+    units = [u for u in (ShuffleSpan.find(analysis, s) for s in analysis.chain_starts) if u is not None]
     assert len(units) == 15  # every unit but the first (no shuffle there)
     reference = copy.deepcopy(model)
     pruned_units = 0
