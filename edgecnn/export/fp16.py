@@ -19,7 +19,8 @@ from typing import Optional, Union
 import numpy as np
 
 from edgecnn.errors import UserError
-from edgecnn.export.metadata import KEY_PRECISION, atomic_save, set_metadata
+from edgecnn.export.finalize import finalize
+from edgecnn.export.metadata import KEY_PRECISION, set_metadata
 
 FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -123,25 +124,18 @@ def to_fp16(
     half = convert_model_to_fp16(model, keep_io_fp32=keep_io_fp32)
     set_metadata(half, {KEY_PRECISION: "fp16"})
     half = onnx.shape_inference.infer_shapes(half)
-    try:
-        onnx.checker.check_model(half, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise UserError(f"the FP16 graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    staging = onnx_out.with_name(f".{onnx_out.stem}.fp16-check.onnx")
-    try:
-        atomic_save(half, staging)
-        if check:
-            batch = inputs if inputs is not None else random_inputs(onnx_input_shape(onnx_in), count=8, seed=0)
-            report = compare_outputs(
-                run_onnx(onnx_in, batch), run_onnx(staging, batch), atol=None, rtol=None, min_agreement=min_agreement
-            )
-            if report.max_rel_error > max_rel_error:
-                report.passed = False
-                report.reasons.append(f"max rel error {report.max_rel_error:.3g} above {max_rel_error:g}")
-            if not report.passed:
-                raise ParityError(f"FP16 model disagrees with FP32: {'; '.join(report.reasons)} ({report.summary()})")
-        staging.replace(onnx_out)
-    finally:
-        if staging.exists():
-            staging.unlink()
+
+    def verify(staging: Path) -> None:
+        batch = inputs if inputs is not None else random_inputs(onnx_input_shape(onnx_in), count=8, seed=0)
+        report = compare_outputs(
+            run_onnx(onnx_in, batch), run_onnx(staging, batch), atol=None, rtol=None, min_agreement=min_agreement
+        )
+        if report.max_rel_error > max_rel_error:
+            report.passed = False
+            report.reasons.append(f"max rel error {report.max_rel_error:.3g} above {max_rel_error:g}")
+        if not report.passed:
+            raise ParityError(f"FP16 model disagrees with FP32: {'; '.join(report.reasons)} ({report.summary()})")
+
+    finalize(half, onnx_out, "the FP16 graph", verify if check else None,
+             staging_name=f".{onnx_out.stem}.fp16-check.onnx")
     return onnx_out

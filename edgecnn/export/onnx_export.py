@@ -10,24 +10,23 @@ runtime fuses.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Optional, Union
 
-import numpy as np
 
 from edgecnn.errors import UserError
 from edgecnn.export.metadata import (
     KEY_INPUT_NAME,
     KEY_OUTPUT_NAME,
     KEY_PRECISION,
-    atomic_save,
     model_metadata,
     read_metadata,
     set_metadata,
     write_metadata,
 )
+from edgecnn.export.finalize import check_input_shape, check_output, finalize
 from edgecnn.export.parity import ParityError, ParityReport, check_parity
+from edgecnn.export.qdq_rewrites import constant_values
 
 __all__ = [
     "MIN_OPSET",
@@ -100,21 +99,6 @@ def _trace_to_proto(module, shape, opset: int, dynamic: bool):
     return onnx.load_model_from_string(buffer.getvalue())
 
 
-def _constant_values(model, name: str) -> Optional[np.ndarray]:
-    """Value of an initializer or Constant node output, or None when not constant."""
-    from onnx import numpy_helper
-
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output and node.output[0] == name:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    return numpy_helper.to_array(attr.t)
-    return None
-
-
 def use_global_average_pool(model):
     """Rewrite spatial-mean pooling to GlobalAveragePool in place; returns the count rewritten.
 
@@ -141,7 +125,7 @@ def use_global_average_pool(model):
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             axes = attrs.get("axes")
             if axes is None and len(node.input) > 1 and node.input[1]:
-                values = _constant_values(model, node.input[1])
+                values = constant_values(model, node.input[1])
                 axes = None if values is None else [int(v) for v in values.reshape(-1)]
             if axes is not None and sorted(a % 4 for a in axes) == [2, 3]:
                 keepdims = int(attrs.get("keepdims", 1))
@@ -198,19 +182,19 @@ def export_with_parity(
     rtol: float = 1e-3,
     overwrite: bool = True,
 ) -> tuple[Path, Optional[ParityReport]]:
-    """:func:`export_onnx` that also returns the parity report (None when ``parity`` is False)."""
-    import onnx
+    """Export ``model`` (nn.Module or LoadedModel) to one self-contained FP32 ONNX file, and
+    return it with the parity report (None when ``parity`` is False).
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise UserError(f"'{path}' already exists; pass --force to overwrite it or choose another -o path")
-    if path.suffix.lower() != ".onnx":
-        raise UserError(f"output '{path}' should end in .onnx; e.g. -o {path.with_suffix('.onnx').name}")
+    ``batch``: a static batch size or ``'dynamic'`` (input_shape's batch is then ignored).
+    ``metadata`` is merged over the defaults (edgecnn version, and for a LoadedModel its
+    preprocessing, labels, name, weights). Before the file lands at ``path`` (atomically) it
+    passes ``onnx.checker`` (full check) and, unless ``parity=False``, agrees with PyTorch in
+    ONNX Runtime on ``parity_inputs`` (default: seeded random inputs), else ParityError.
+    """
+    path = check_output(path, overwrite)
     opset = _check_opset(opset)
     static_batch = _batch_dim(batch)
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 4:
-        raise UserError(f"input shape must be N,C,H,W (4 numbers), got {input_shape}")
+    shape = check_input_shape(input_shape)
     module = getattr(model, "module", model)
     trace_shape = (static_batch if static_batch else 2, *shape[1:])
 
@@ -220,51 +204,18 @@ def export_with_parity(
     values.update({KEY_INPUT_NAME: INPUT_NAME, KEY_OUTPUT_NAME: OUTPUT_NAME, KEY_PRECISION: "fp32"})
     values.update(metadata or {})
     set_metadata(proto, values)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise UserError(f"the exported ONNX graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.stem}.{os.getpid()}.check.onnx")
-    report = None
-    try:
-        atomic_save(proto, staging)
-        if parity:
-            if parity_inputs is None:
-                # A batch other than the traced one proves a dynamic batch really is dynamic.
-                count = 3 if static_batch is None else max(static_batch, 2)
-                report = check_parity(staging, model, None, atol=atol, rtol=rtol, input_shape=shape, count=count)
-            else:
-                report = check_parity(staging, model, parity_inputs, atol=atol, rtol=rtol)
-        os.replace(staging, path)
-    finally:
-        if staging.exists():
-            staging.unlink()
+    def verify(staging: Path) -> ParityReport:
+        if parity_inputs is None:
+            # A batch other than the traced one proves a dynamic batch really is dynamic.
+            count = 3 if static_batch is None else max(static_batch, 2)
+            return check_parity(staging, model, None, atol=atol, rtol=rtol, input_shape=shape, count=count)
+        return check_parity(staging, model, parity_inputs, atol=atol, rtol=rtol)
+
+    report = finalize(proto, path, "the exported ONNX graph", verify if parity else None)
     return path, report
 
 
-def export_onnx(
-    model,
-    path: Union[str, Path],
-    input_shape=(1, 3, 224, 224),
-    opset: int = 17,
-    batch: BatchSpec = 1,
-    metadata: Optional[dict] = None,
-    parity_inputs=None,
-    parity: bool = True,
-    overwrite: bool = True,
-) -> Path:
-    """Export ``model`` (nn.Module or LoadedModel) to one self-contained FP32 ONNX file.
-
-    ``batch``: a static batch size or ``'dynamic'`` (input_shape's batch is then ignored).
-    ``metadata`` is merged over the defaults (edgecnn version, and for a LoadedModel its
-    preprocessing, labels, name, weights). Before the file lands at ``path`` (atomically) it
-    passes ``onnx.checker`` (full check) and, unless ``parity=False``, agrees with PyTorch in
-    ONNX Runtime on ``parity_inputs`` (default: seeded random inputs), else ParityError.
-    """
-    out, _ = export_with_parity(
-        model, path, input_shape=input_shape, opset=opset, batch=batch, metadata=metadata,
-        parity_inputs=parity_inputs, parity=parity, overwrite=overwrite,
-    )
-    return out
+def export_onnx(model, path: Union[str, Path], *args, **options) -> Path:
+    """:func:`export_with_parity` (same parameters), returning only the path."""
+    return export_with_parity(model, path, *args, **options)[0]
