@@ -183,33 +183,42 @@ def measure_latency(
                          warnings, system)
 
 
-def measure_in_subprocess(
-    model_path: Union[str, Path],
-    backend: str = "ort",
-    batch: int = 1,
-    threads: int = 0,
-    warmup_s: float = 1.0,
-    duration_s: Optional[float] = None,
-    iterations: Optional[int] = None,
-    opt_level: str = "all",
-    providers: Optional[str] = None,
-    timeout: Optional[float] = None,
-    warmup: Optional[int] = None,
-) -> LatencyResult:
-    """Run :func:`measure_latency` in a fresh ``python -m edgecnn.measure.latency`` process."""
-    cmd = [sys.executable, "-m", "edgecnn.measure.latency", str(model_path), "--backend", backend,
-           "--batch", str(batch), "--threads", str(threads), "--warmup", repr(float(warmup_s)),
-           "--opt-level", opt_level]
-    if duration_s is not None:
-        cmd += ["--duration", repr(float(duration_s))]
-    if iterations is not None:
-        cmd += ["--iterations", str(int(iterations))]
-    if providers:
-        cmd += ["--providers", providers]
-    if warmup:
-        cmd += ["--warmup-runs", str(int(warmup))]
+@dataclass(frozen=True)
+class LatencySettings:
+    """How one measurement runs: :func:`measure_latency`'s options, as the command line of
+    ``python -m edgecnn.measure.latency`` (what :func:`measure_in_subprocess` starts)."""
+
+    backend: str = "ort"
+    batch: int = 1
+    threads: int = 0
+    warmup_s: float = 1.0
+    duration_s: Optional[float] = None
+    iterations: Optional[int] = None
+    opt_level: str = "all"
+    providers: Optional[str] = None
+    warmup: Optional[int] = None  # minimum warm-up calls
+
+    def argv(self) -> list[str]:
+        args = ["--backend", self.backend, "--batch", str(self.batch), "--threads", str(self.threads),
+                "--warmup", repr(float(self.warmup_s)), "--opt-level", self.opt_level]
+        if self.duration_s is not None:
+            args += ["--duration", repr(float(self.duration_s))]
+        if self.iterations is not None:
+            args += ["--iterations", str(int(self.iterations))]
+        if self.providers:
+            args += ["--providers", self.providers]
+        if self.warmup:
+            args += ["--warmup-runs", str(int(self.warmup))]
+        return args
+
+
+def measure_in_subprocess(model_path: Union[str, Path], timeout: Optional[float] = None, **settings) -> LatencyResult:
+    """Run :func:`measure_latency` in a fresh ``python -m edgecnn.measure.latency`` process;
+    ``settings`` are :class:`LatencySettings` fields (the keywords of :func:`measure_latency`)."""
+    options = LatencySettings(**settings)
+    cmd = [sys.executable, "-m", "edgecnn.measure.latency", str(model_path), *options.argv()]
     if timeout is None:
-        timeout = 120.0 + warmup_s + (duration_s or 0) * 2
+        timeout = 120.0 + options.warmup_s + (options.duration_s or 0) * 2
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
