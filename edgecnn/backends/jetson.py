@@ -1,7 +1,7 @@
 """Jetson power state: a latency number means nothing without the nvpmodel mode and clocks.
 
 On a Jetson the GPU/CPU clocks follow the power model (``nvpmodel -q``) and, unless
-``jetson_clocks`` pinned them at maximum, scale with load: the same engine measures 1.5-3x
+``jetson_clocks`` pinned them at maximum, scale with load: the same engine measures several times
 slower. Every TensorRT measurement records this state and warns when clocks are not pinned.
 """
 

@@ -124,7 +124,7 @@ def quantize_gemm_bias(model) -> int:
     ONNX Runtime fuses ``DQ -> Gemm`` into QGemm only when every input comes from a
     DequantizeLinear (its QDQ Gemm selector wants an int32 bias); with a float bias the
     classifier stays a float Gemm and dequantizes its whole weight on every run (MobileNetV2:
-    1.28 M values, about 0.4 ms at batch 1). QLinearConv needs no such rewrite: ORT quantizes
+    1.28 M values; what that costs is in docs/quantization.md). QLinearConv needs no such rewrite: ORT quantizes
     conv biases itself. Rounding error of the bias is below half a step of the int32 grid.
     Returns the number of Gemms rewritten.
     """

@@ -6,7 +6,7 @@ std and throughput, and warn when the coefficient of variation exceeds 2.5 % (th
 was busy, or the clocks moved: the median is then the only number worth quoting).
 
 One engine per process: two ORT sessions in one process share and fight over thread pools
-(2-4x slowdowns were seen), so :func:`measure_in_subprocess` runs each measurement in a fresh
+(several-fold slowdowns), so :func:`measure_in_subprocess` runs each measurement in a fresh
 ``python -m edgecnn.measure.latency`` process and reads its JSON.
 """
 

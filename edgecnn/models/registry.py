@@ -44,7 +44,10 @@ class PublishedWeights:
 
 
 @dataclass
-class ModelSpec:
+class ZooEntry:
+    """One registered zoo model: its builder and what the CLI and reports say about it
+    (named apart from the recipe's ``model:`` section, which only refers to one)."""
+
     name: str
     builder: Callable
     family: str
@@ -56,7 +59,7 @@ class ModelSpec:
     extra: dict = field(default_factory=dict)
 
 
-_MODELS: dict[str, ModelSpec] = {}
+_MODELS: dict[str, ZooEntry] = {}
 _loaded = False
 
 
@@ -73,7 +76,7 @@ def register_model(
         params = inspect.signature(builder).parameters
         options = tuple(p for p in params if p != "num_classes" and params[p].kind == inspect.Parameter.KEYWORD_ONLY)
         summary = (builder.__doc__ or "").strip().split("\n")[0]
-        _MODELS[name] = ModelSpec(name, builder, family, preprocess, options, imagenet, summary, efficient)
+        _MODELS[name] = ZooEntry(name, builder, family, preprocess, options, imagenet, summary, efficient)
         return builder
 
     return deco
@@ -107,7 +110,7 @@ def resolve_name(name: str) -> str:
     return key
 
 
-def get_spec(name: str) -> ModelSpec:
+def get_spec(name: str) -> ZooEntry:
     return _MODELS[resolve_name(name)]
 
 
