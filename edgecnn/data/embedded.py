@@ -192,6 +192,37 @@ def baseline_key(model_name: str, options: dict, input_size: int, epochs: int, s
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def _fit(module, x_train, y_train, epochs: int, seed: int, progress):
+    """The seeded training loop of :func:`train_baseline`; returns the last loss."""
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(seed)
+    batch = 64
+    steps_per_epoch = max(1, (len(x_train) + batch - 1) // batch)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=1e-4)
+    total_steps = epochs * steps_per_epoch
+    if total_steps >= 8:
+        # One-cycle (warm-up to 1e-3, anneal to ~0): SqueezeNet has no BatchNorm and trains
+        # to a clearly better test split with it than with warm-up + cosine.
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=total_steps, pct_start=0.25)
+    else:  # a few steps (tests): one-cycle cannot split them into phases
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    module.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(x_train), generator=gen)
+        for s in range(steps_per_epoch):
+            idx = order[s * batch : (s + 1) * batch]
+            loss = F.cross_entropy(module(x_train[idx]), y_train[idx], label_smoothing=0.05)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        if progress is not None:
+            progress(epoch + 1, epochs, f"loss {loss.item():.3f}")
+    return loss
+
+
 def train_baseline(
     build_model,
     model_name: str,
@@ -212,7 +243,6 @@ def train_baseline(
     import time
 
     import torch
-    import torch.nn.functional as F
 
     cache = cache or cache_root()
     folders = materialize(cache)
@@ -237,29 +267,7 @@ def train_baseline(
     start = time.perf_counter()
     x_train, y_train = _load_split(folders.train, preprocess, max_train_images)
     x_test, y_test = _load_split(folders.test, preprocess)
-    gen = torch.Generator().manual_seed(seed)
-    batch = 64
-    steps_per_epoch = max(1, (len(x_train) + batch - 1) // batch)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=1e-4)
-    total_steps = epochs * steps_per_epoch
-    if total_steps >= 8:
-        # One-cycle (warm-up to 1e-3, anneal to ~0): SqueezeNet has no BatchNorm and trains
-        # to a clearly better test split with it than with warm-up + cosine.
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=total_steps, pct_start=0.25)
-    else:  # a few steps (tests): one-cycle cannot split them into phases
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    module.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(x_train), generator=gen)
-        for s in range(steps_per_epoch):
-            idx = order[s * batch : (s + 1) * batch]
-            loss = F.cross_entropy(module(x_train[idx]), y_train[idx], label_smoothing=0.05)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        if progress is not None:
-            progress(epoch + 1, epochs, f"loss {loss.item():.3f}")
+    loss = _fit(module, x_train, y_train, epochs, seed, progress)
     module.eval()
     with torch.no_grad():
         pred = torch.cat([module(x_test[i : i + 256]).argmax(1) for i in range(0, len(x_test), 256)])

@@ -1,3 +1,4 @@
+# long: one self-contained file an application copies next to its own code (numpy + onnx only)
 """Decoder of the ``.ecnn`` shipped format: ``.ecnn`` bytes -> ``onnx.ModelProto``.
 
 This file depends only on the Python standard library, numpy and onnx, so an application can
@@ -328,14 +329,33 @@ def decode_tensors(sections: dict[bytes, bytes], stubs) -> list[np.ndarray]:
     count = d.varint()
     if count != len(stubs):
         raise EcnnError("corrupt .ecnn file: directory and graph disagree; re-create it with 'edgecnn pack'")
+    plans, streams = _read_directory(d, raw, len(models), stubs)
+    if not d.done() or not raw.done():
+        raise EcnnError("corrupt .ecnn file: trailing bytes in a section; re-create it with 'edgecnn pack'")
+
+    model_ids = np.repeat(np.array([s[0] for s in streams], np.int64), [s[1] for s in streams])
+    sr = Reader(sections[b"S"], "symbol section")
+    symbols = (rans_decode if codec == CODEC_RANS else huffman_decode)(sr, models, model_ids)
+    if not sr.done():
+        raise EcnnError("corrupt .ecnn file: trailing bytes in the symbol section; re-create it with 'edgecnn pack'")
+    offsets = np.concatenate([[0], np.cumsum([s[1] for s in streams])])
+
+    def stream(i: int) -> np.ndarray:
+        return symbols[offsets[i] : offsets[i + 1]]
+
+    return [_build_array(plan, stream).reshape(tuple(stub.dims)) for stub, plan in zip(stubs, plans)]
+
+
+def _read_directory(d: Reader, raw: Reader, n_models: int, stubs) -> tuple[list, list]:
+    """One plan per tensor, and the symbol streams (model id, symbol count) in coding order."""
 
     def model_ref() -> int:
         mid = d.varint()
-        if mid >= len(models):
+        if mid >= n_models:
             raise EcnnError("corrupt .ecnn file: bad model reference; re-create it with 'edgecnn pack'")
         return mid
 
-    plans, streams = [], []  # streams: (model id, symbol count) in coding order
+    plans, streams = [], []
     for stub in stubs:
         dtype = np.dtype(ONNX_DTYPES[stub.data_type]).newbyteorder("<")
         numel = int(np.prod(stub.dims, dtype=np.int64)) if len(stub.dims) else 1
@@ -363,47 +383,36 @@ def decode_tensors(sections: dict[bytes, bytes], stubs) -> list[np.ndarray]:
             streams.append((run_mid, n_runs))
             streams.append((idx_mid, nnz))
             plans.append((ENC_SPARSE, dtype, numel, codebook, len(streams) - 2, escape, nnz))
-    if not d.done() or not raw.done():
-        raise EcnnError("corrupt .ecnn file: trailing bytes in a section; re-create it with 'edgecnn pack'")
+    return plans, streams
 
-    model_ids = np.repeat(np.array([s[0] for s in streams], np.int64), [s[1] for s in streams])
-    sr = Reader(sections[b"S"], "symbol section")
-    symbols = (rans_decode if codec == CODEC_RANS else huffman_decode)(sr, models, model_ids)
-    if not sr.done():
-        raise EcnnError("corrupt .ecnn file: trailing bytes in the symbol section; re-create it with 'edgecnn pack'")
-    offsets = np.concatenate([[0], np.cumsum([s[1] for s in streams])])
 
-    def stream(i: int) -> np.ndarray:
-        return symbols[offsets[i] : offsets[i + 1]]
-
-    arrays = []
-    for stub, plan in zip(stubs, plans):
-        enc, dtype, numel = plan[:3]
-        if enc == ENC_RAW:
-            flat = np.frombuffer(plan[3], dtype)
-        elif enc == ENC_DENSE:
-            codebook, sid = plan[3], plan[4]
-            idx = stream(sid)
-            if idx.size and idx.max() >= len(codebook):
-                raise EcnnError("corrupt .ecnn file: index outside its codebook; re-create it with 'edgecnn pack'")
-            flat = codebook[idx]
-        elif enc == ENC_SPARSE_RAW:
-            values, sid, escape, nnz = plan[3], plan[4], plan[5], plan[6]
-            mask = runs_to_mask(stream(sid), escape, numel)
-            if int(mask.sum()) != nnz:
-                raise EcnnError("corrupt .ecnn file: sparse tensor is inconsistent; re-create it with 'edgecnn pack'")
-            flat = np.zeros(numel, dtype)
-            flat[mask] = values
-        else:
-            codebook, sid, escape, nnz = plan[3], plan[4], plan[5], plan[6]
-            mask = runs_to_mask(stream(sid), escape, numel)
-            idx = stream(sid + 1)
-            if int(mask.sum()) != nnz or (idx.size and idx.max() >= len(codebook)):
-                raise EcnnError("corrupt .ecnn file: sparse tensor is inconsistent; re-create it with 'edgecnn pack'")
-            flat = np.zeros(numel, dtype)
-            flat[mask] = codebook[idx]
-        arrays.append(flat.reshape(tuple(stub.dims)))
-    return arrays
+def _build_array(plan: tuple, stream) -> np.ndarray:
+    """The flat array of one tensor from its plan and the decoded symbol streams."""
+    enc, dtype, numel = plan[:3]
+    if enc == ENC_RAW:
+        return np.frombuffer(plan[3], dtype)
+    if enc == ENC_DENSE:
+        codebook, sid = plan[3], plan[4]
+        idx = stream(sid)
+        if idx.size and idx.max() >= len(codebook):
+            raise EcnnError("corrupt .ecnn file: index outside its codebook; re-create it with 'edgecnn pack'")
+        return codebook[idx]
+    if enc == ENC_SPARSE_RAW:
+        values, sid, escape, nnz = plan[3], plan[4], plan[5], plan[6]
+        mask = runs_to_mask(stream(sid), escape, numel)
+        if int(mask.sum()) != nnz:
+            raise EcnnError("corrupt .ecnn file: sparse tensor is inconsistent; re-create it with 'edgecnn pack'")
+        flat = np.zeros(numel, dtype)
+        flat[mask] = values
+        return flat
+    codebook, sid, escape, nnz = plan[3], plan[4], plan[5], plan[6]
+    mask = runs_to_mask(stream(sid), escape, numel)
+    idx = stream(sid + 1)
+    if int(mask.sum()) != nnz or (idx.size and idx.max() >= len(codebook)):
+        raise EcnnError("corrupt .ecnn file: sparse tensor is inconsistent; re-create it with 'edgecnn pack'")
+    flat = np.zeros(numel, dtype)
+    flat[mask] = codebook[idx]
+    return flat
 
 
 def decode_model(data: bytes):

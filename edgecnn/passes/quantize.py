@@ -246,20 +246,7 @@ def _run(model: nn.Module, config: QuantConfig, ctx: PassContext):
     images = calibrate(model, inputs, config.calibrator, config.percentile, progress=ctx.progress)
     timings["calibration_s"] = round(time.perf_counter() - start, 2)
 
-    scores: dict[str, sensitivity_mod.LayerSensitivity] = {}
-    kept: list[str] = []
-    if config.sensitivity.active:
-        start = time.perf_counter()
-        results = sensitivity_mod.analyse(model, inputs[: config.sensitivity.batches], progress=ctx.progress)
-        timings["sensitivity_s"] = round(time.perf_counter() - start, 2)
-        scores = {r.name: r for r in results}
-        kept = [r.name for r in results[: config.sensitivity.keep_top_k]]
-        if config.sensitivity.threshold is not None:
-            kept += [r.name for r in results if r.error > config.sensitivity.threshold and r.name not in kept]
-        keep_as = config.sensitivity.keep_as
-        if keep_as == "auto":
-            keep_as = "int8" if config.bits < 8 else "float"
-        _keep_higher_precision(model, kept, keep_as)
+    scores, kept = _sensitivity(model, config, inputs, ctx, timings)
 
     refine_inputs = _take_images(inputs, config.adaround_images)
     changed: dict[str, float] = {}
@@ -278,6 +265,48 @@ def _run(model: nn.Module, config: QuantConfig, ctx: PassContext):
             qat_finetune(model, ctx.teacher or float_model, inputs, config.qat_steps, config.qat_lr, config.weight_range, ctx.progress)
         model.eval()
 
+    rows = _layer_rows(model, scores, kept, changed, corrections)
+    summary = {
+        "bits": config.bits,
+        "depthwise_bits": config.effective_depthwise_bits,
+        "bias_correction": config.effective_bias_correction,
+        "calibrator": config.calibrator,
+        "calibration_images": images,
+        "layers_quantized": sum(1 for r in rows if r["weight_bits"]),
+        "layers_kept_higher_precision": len(kept),
+        "graph_quantizers": len(placement.adds) + len(placement.concats),
+        "target_quantizers": dict(placement.role_quantizers),
+        "target": config.target,
+        "mode": config.mode,
+        **timings,
+    }
+    if not placement.traced:
+        summary["placement_warning"] = f"model not fx-traceable, Add/Concat inputs left unquantized ({placement.reason})"
+    return model, PassReport("quantize", rows=rows, summary=summary)
+
+
+def _sensitivity(model: nn.Module, config: QuantConfig, inputs, ctx: PassContext, timings: dict):
+    """Per-layer sensitivity (when asked for) and the layers kept at higher precision."""
+    scores: dict[str, sensitivity_mod.LayerSensitivity] = {}
+    kept: list[str] = []
+    if not config.sensitivity.active:
+        return scores, kept
+    start = time.perf_counter()
+    results = sensitivity_mod.analyse(model, inputs[: config.sensitivity.batches], progress=ctx.progress)
+    timings["sensitivity_s"] = round(time.perf_counter() - start, 2)
+    scores = {r.name: r for r in results}
+    kept = [r.name for r in results[: config.sensitivity.keep_top_k]]
+    if config.sensitivity.threshold is not None:
+        kept += [r.name for r in results if r.error > config.sensitivity.threshold and r.name not in kept]
+    keep_as = config.sensitivity.keep_as
+    if keep_as == "auto":
+        keep_as = "int8" if config.bits < 8 else "float"
+    _keep_higher_precision(model, kept, keep_as)
+    return scores, kept
+
+
+def _layer_rows(model: nn.Module, scores: dict, kept: list[str], changed: dict, corrections: dict) -> list[dict]:
+    """One report row per quantized layer."""
     rows = []
     for name, layer in quant_layers(model):
         q_in = layer.input_quantizer
@@ -296,23 +325,7 @@ def _run(model: nn.Module, config: QuantConfig, ctx: PassContext):
         if name in corrections:
             row["bias_shift"] = corrections[name]
         rows.append(row)
-    summary = {
-        "bits": config.bits,
-        "depthwise_bits": config.effective_depthwise_bits,
-        "bias_correction": config.effective_bias_correction,
-        "calibrator": config.calibrator,
-        "calibration_images": images,
-        "layers_quantized": sum(1 for r in rows if r["weight_bits"]),
-        "layers_kept_higher_precision": len(kept),
-        "graph_quantizers": len(placement.adds) + len(placement.concats),
-        "target_quantizers": dict(placement.role_quantizers),
-        "target": config.target,
-        "mode": config.mode,
-        **timings,
-    }
-    if not placement.traced:
-        summary["placement_warning"] = f"model not fx-traceable, Add/Concat inputs left unquantized ({placement.reason})"
-    return model, PassReport("quantize", rows=rows, summary=summary)
+    return rows
 
 
 def qat_finetune(

@@ -28,6 +28,7 @@ the reason is reported.
 
 from __future__ import annotations
 
+import itertools
 import operator
 from dataclasses import dataclass, field
 
@@ -192,69 +193,79 @@ def insert_graph_quantizers(model: nn.Module, act_bits: int = 8) -> tuple[nn.Mod
         for reader in readers[1:]:
             reader.input_quantizer = readers[0].input_quantizer
     order = {node: i for i, node in enumerate(gm.graph.nodes)}
-    counter = 0
+    counter = itertools.count(1)  # numbers the new quantizer submodules in graph order
     for node in list(gm.graph.nodes):
         if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
-            inputs = [a for a in node.args[:2] if isinstance(a, fx.Node)]
-            if len(inputs) != 2:
-                continue
-            weighted = [_is_weighted(gm, _producer(gm, a)) for a in inputs]
-            if all(weighted):
-                # Both from convs: TensorRT fuses the add into the later one; quantize the other.
-                residuals = [min(inputs, key=lambda a: order[_producer(gm, a)])]
-            else:
-                residuals = [a for a, w in zip(inputs, weighted) if not w]
-            for residual in residuals:
-                readers = _quantized_readers(gm, residual, through=False)
-                if readers:
-                    target = _qualified_name(gm, readers[0].input_quantizer)
-                else:
-                    counter += 1
-                    target = f"graph_quantizers.add_{counter}"
-                    gm.add_submodule(target, TensorQuantizer(act_bits))
-                quantized = _insert_call(gm, target, node, residual)
-                node.replace_input_with(residual, quantized)
-            for other in inputs:
-                if other in residuals or _is_quantizer_call(gm, other):
-                    continue
-                counter += 1
-                target = f"graph_quantizers.add_input_{counter}"
-                gm.add_submodule(target, TensorQuantizer(act_bits, role="add_weighted_input"))
-                node.replace_input_with(other, _insert_call(gm, target, node, other))
-                info.role_quantizers["add_weighted_input"] = info.role_quantizers.get("add_weighted_input", 0) + 1
-            info.adds.append(node.name)
+            _quantize_add(gm, node, order, act_bits, counter, info)
         elif _is_global_pool(gm, node) and isinstance(node.args[0], fx.Node) and not _is_quantizer_call(gm, node.args[0]):
-            counter += 1
-            target = f"graph_quantizers.pool_input_{counter}"
-            gm.add_submodule(target, TensorQuantizer(act_bits, role="pool_input"))
-            node.replace_input_with(node.args[0], _insert_call(gm, target, node, node.args[0]))
-            info.role_quantizers["pool_input"] = info.role_quantizers.get("pool_input", 0) + 1
-            # Quantize the pool output with the classifier's own input quantizer (same scale),
-            # so DQ -> GlobalAveragePool -> Q is complete and Flatten between Q/DQ pairs of one
-            # scale is dropped by ONNX Runtime.
-            readers = _quantized_readers(gm, node, through=True)
-            if readers and all(not _is_quantizer_call(gm, user) for user in node.users):
-                shared = readers[0].input_quantizer
-                if shared.role is None:
-                    counter += 1
-                    target = f"graph_quantizers.pool_output_{counter}"
-                    gm.add_submodule(target, _RoleAlias(shared, "pool_input"))
-                    with gm.graph.inserting_after(node):
-                        quantized = gm.graph.call_module(target, (node,))
-                    node.replace_all_uses_with(quantized, delete_user_cb=lambda user: user is not quantized)
+            _quantize_pool(gm, node, act_bits, counter, info)
         elif node.op == "call_function" and node.target in _CAT_FUNCTIONS:
-            tensors = node.args[0]
-            if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, fx.Node) for t in tensors):
-                continue
-            counter += 1
-            target = f"graph_quantizers.concat_{counter}"
-            shared = TensorQuantizer(act_bits)
-            gm.add_submodule(target, shared)
-            new_inputs = [_insert_call(gm, target, node, t) for t in tensors]
-            node.args = (type(tensors)(new_inputs),) + tuple(node.args[1:])
-            for reader in _quantized_readers(gm, node, through=True):
-                reader.input_quantizer = shared
-            info.concats.append(node.name)
+            _quantize_concat(gm, node, act_bits, counter, info)
     gm.graph.lint()
     gm.recompile()
     return gm, info
+
+
+def _quantize_add(gm: fx.GraphModule, node: fx.Node, order: dict, act_bits: int, counter, info: PlacementInfo) -> None:
+    """Quantize the residual input(s) of an Add, and any weighted input not yet quantized."""
+    inputs = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+    if len(inputs) != 2:
+        return
+    weighted = [_is_weighted(gm, _producer(gm, a)) for a in inputs]
+    if all(weighted):
+        # Both from convs: TensorRT fuses the add into the later one; quantize the other.
+        residuals = [min(inputs, key=lambda a: order[_producer(gm, a)])]
+    else:
+        residuals = [a for a, w in zip(inputs, weighted) if not w]
+    for residual in residuals:
+        readers = _quantized_readers(gm, residual, through=False)
+        if readers:
+            target = _qualified_name(gm, readers[0].input_quantizer)
+        else:
+            target = f"graph_quantizers.add_{next(counter)}"
+            gm.add_submodule(target, TensorQuantizer(act_bits))
+        quantized = _insert_call(gm, target, node, residual)
+        node.replace_input_with(residual, quantized)
+    for other in inputs:
+        if other in residuals or _is_quantizer_call(gm, other):
+            continue
+        target = f"graph_quantizers.add_input_{next(counter)}"
+        gm.add_submodule(target, TensorQuantizer(act_bits, role="add_weighted_input"))
+        node.replace_input_with(other, _insert_call(gm, target, node, other))
+        info.role_quantizers["add_weighted_input"] = info.role_quantizers.get("add_weighted_input", 0) + 1
+    info.adds.append(node.name)
+
+
+def _quantize_pool(gm: fx.GraphModule, node: fx.Node, act_bits: int, counter, info: PlacementInfo) -> None:
+    """Quantize a global pool's input, and its output with the classifier's input quantizer."""
+    target = f"graph_quantizers.pool_input_{next(counter)}"
+    gm.add_submodule(target, TensorQuantizer(act_bits, role="pool_input"))
+    node.replace_input_with(node.args[0], _insert_call(gm, target, node, node.args[0]))
+    info.role_quantizers["pool_input"] = info.role_quantizers.get("pool_input", 0) + 1
+    # Quantize the pool output with the classifier's own input quantizer (same scale),
+    # so DQ -> GlobalAveragePool -> Q is complete and Flatten between Q/DQ pairs of one
+    # scale is dropped by ONNX Runtime.
+    readers = _quantized_readers(gm, node, through=True)
+    if readers and all(not _is_quantizer_call(gm, user) for user in node.users):
+        shared = readers[0].input_quantizer
+        if shared.role is None:
+            target = f"graph_quantizers.pool_output_{next(counter)}"
+            gm.add_submodule(target, _RoleAlias(shared, "pool_input"))
+            with gm.graph.inserting_after(node):
+                quantized = gm.graph.call_module(target, (node,))
+            node.replace_all_uses_with(quantized, delete_user_cb=lambda user: user is not quantized)
+
+
+def _quantize_concat(gm: fx.GraphModule, node: fx.Node, act_bits: int, counter, info: PlacementInfo) -> None:
+    """One shared quantizer on every input of a Concat (and on the layers reading it)."""
+    tensors = node.args[0]
+    if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, fx.Node) for t in tensors):
+        return
+    target = f"graph_quantizers.concat_{next(counter)}"
+    shared = TensorQuantizer(act_bits)
+    gm.add_submodule(target, shared)
+    new_inputs = [_insert_call(gm, target, node, t) for t in tensors]
+    node.args = (type(tensors)(new_inputs),) + tuple(node.args[1:])
+    for reader in _quantized_readers(gm, node, through=True):
+        reader.input_quantizer = shared
+    info.concats.append(node.name)
