@@ -126,7 +126,7 @@ def field_option(cls, field: str, flag: Optional[str] = None, help: Optional[str
     if click_type is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", field, **kwargs)
     if multiple:
-        kwargs.update(default=(), multiple=True)
+        kwargs.update(default=(), multiple=True, help=f"{text} (repeatable)".strip())
     return click.option(flag, field, type=click_type, **kwargs)
 
 
