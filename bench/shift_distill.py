@@ -1,7 +1,7 @@
 """Shift convolutions + distillation on real weights; writes bench/results/shift_distill.md.
 
 1. Deploy forms of one shift (1x144x56x56, 3x3 taps) in ONNX Runtime CPU: the numbers behind
-   ``edgecnn.passes.shift.DEPLOY_TABLE``.
+   the ``shift_deploy`` field of ``edgecnn.targets.TARGETS``.
 2. squeezenet1_1 (torchvision preset, shift in every Fire expand3x3) and mobilenet_v2 (tf
    preset, tf_padding, shift in every depthwise conv): params, MACs, ORT latency, top-1 before
    substitution, right after, and after distillation from the original.

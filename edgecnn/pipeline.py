@@ -31,6 +31,7 @@ import numpy as np
 
 from edgecnn import __version__, stages
 from edgecnn.errors import UserError
+from edgecnn.targets import get_target
 from edgecnn.recipe import PIPELINE_STAGES, Recipe, default_output_dir
 from edgecnn.report import SCHEMA_VERSION, current_umask, new_result, table_rows, write_report, write_text_atomic
 
@@ -485,12 +486,13 @@ class Pipeline:
         parts = []
         for target, entry in self.artifacts.items():
             res = stages.compile_target(self.work / entry["onnx"], target, self.work / target, config.fp16)
-            if res["engine"] is None and target == "trt" and config.require:
+            engine_kind = get_target(target).engine
+            if res["engine"] is None and engine_kind is not None and config.require:
                 raise UserError("compile: TensorRT is not installed; install it or set compile.require: false")
             entry["engine"] = os.path.relpath(res["engine"], self.work) if res["engine"] else None
             if res["note"]:
                 entry["compile_note"] = res["note"]
-                if target == "trt":
+                if engine_kind is not None:
                     self.notes.append(res["note"])
             parts.append(f"{target}: {'engine ' + entry['engine'] if entry['engine'] else 'no engine'}")
         return "; ".join(parts)
@@ -564,7 +566,7 @@ class Pipeline:
                     seen[key] = values
                 self.results.append(new_result(ck.stage, target, **ck.stats, **values))
                 advance(n, len(todo), f"{ck.stage} {target}")
-        if "trt" in self.recipe.targets and not stages.tensorrt_available():
+        if any(get_target(t).backend == "tensorrt" for t in self.recipe.targets) and not stages.tensorrt_available():
             self.notes.append(
                 "trt rows: the TensorRT Q/DQ model timed in ONNX Runtime CPU here (TensorRT is not installed); "
                 "time the engine on the device with 'edgecnn compile' and 'edgecnn bench'"

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from edgecnn.errors import UserError
+from edgecnn.targets import get_target
 
 
 def need(module: str, attr: str, stage: str):
@@ -125,7 +126,7 @@ def export_quantized(model, path: Path, target: str, input_shape, opset: int, ba
         parity_inputs=parity_inputs, parity=parity, batch=batch,
     )
     lint = None
-    if target == "trt":
+    if get_target(target).trt_lint:
         lint = "TensorRT Q/DQ placement lint: no violations" if not result.violations else f"{len(result.violations)} violations"
     return {"path": Path(result.path), "parity": result.parity.summary() if result.parity is not None else None, "lint": lint}
 
@@ -145,7 +146,7 @@ def tensorrt_available() -> bool:
 
 def compile_target(onnx_path: Path, target: str, out_dir: Path, fp16: bool) -> dict:
     """Build the runtime engine of ``target`` where one exists and its runtime is installed."""
-    if target != "trt":
+    if get_target(target).engine is None:
         return {"engine": None, "note": "ONNX Runtime compiles the graph when it loads it; no engine file"}
     if not tensorrt_available():
         return {"engine": None, "note": "TensorRT is not installed here: engine not built (run 'edgecnn compile' on the device)"}

@@ -16,11 +16,13 @@ from edgecnn.cli_options import field_option, model_options, pop_model_options
 from edgecnn.errors import UserError
 from edgecnn.passes.prune import PruneConfig
 from edgecnn.passes.quantize import QuantConfig
+from edgecnn.targets import DEFAULT_TARGET, target_names
 
 # The prune pass's modes, plus ``channel``: the channel_prune pass.
 PRUNE_MODES = (*typing.get_args(PruneConfig.model_fields["mode"].annotation), "channel")
 BITS_HELP = ("Weight bits of the quantize stage (activations stay 8-bit); with a recipe whose weights are stored "
              "by weight_share, its codebook bits.")
+TARGET_HELP = ", ".join(f"{name} (default)" if name == DEFAULT_TARGET else name for name in target_names())
 
 
 def _model_section(model_opts: dict) -> dict:
@@ -60,7 +62,7 @@ def _model_section(model_opts: dict) -> dict:
 @click.option("--shift", is_flag=True, help="Replace 3x3 convolutions by shift + 1x1 (shift stage).")
 @click.option("--calib", type=str, default=None, metavar="DIR", help="Calibration images: a folder or a list file.")
 @click.option("--data", type=str, default=None, metavar="DIR", help="Labelled evaluation images (class sub-folders or a labelled list file).")
-@click.option("--target", "targets", multiple=True, metavar="TARGET", help="ort-x86 (default), trt, ort-arm; repeatable.")
+@click.option("--target", "targets", multiple=True, metavar="TARGET", help=f"{TARGET_HELP}; repeatable.")
 @click.option("--recipe", "recipe_path", type=str, default=None, metavar="FILE", help="A recipe YAML (or a shipped recipe name); flags override it.")
 @click.option("-o", "--output", type=str, default=None, metavar="DIR", help="Output folder (default ./edgecnn-out/<model>-<tag>).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")

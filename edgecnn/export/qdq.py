@@ -1,7 +1,7 @@
 """Q/DQ ONNX export of a quantized model, one artifact per deployment target.
 
 The fake-quantized PyTorch model (``edgecnn.passes.quantize``) is switched to the target's
-integer encoding (:mod:`edgecnn.export.targets`), its weights are baked onto their grid and
+integer encoding (:mod:`edgecnn.targets`), its weights are baked onto their grid and
 it is traced with the TorchScript exporter, which writes QuantizeLinear/DequantizeLinear for
 every quantizer. Then:
 
@@ -27,7 +27,7 @@ from typing import Optional, Union
 import numpy as np
 
 from edgecnn.errors import UserError
-from edgecnn.export.targets import QuantTarget, get_target
+from edgecnn.targets import DEFAULT_TARGET, QuantTarget, get_target
 
 
 class QDQLintError(UserError):
@@ -413,7 +413,7 @@ def quantized_parity(onnx_path, model, inputs, input_shape, target: QuantTarget,
 def export_qdq_report(
     model,
     path: Union[str, Path],
-    target: Union[str, QuantTarget] = "ort-x86",
+    target: Union[str, QuantTarget] = DEFAULT_TARGET,
     input_shape=(1, 3, 224, 224),
     opset: int = 17,
     metadata: Optional[dict] = None,
@@ -485,7 +485,7 @@ def export_qdq_report(
     except onnx.checker.ValidationError as exc:
         raise UserError(f"the Q/DQ ONNX graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
 
-    violations = lint(proto) if "trt" in target.lint else []
+    violations = lint(proto) if target.trt_lint else []
     if violations:
         shown = "; ".join(str(v) for v in violations[:5])
         more = f" (+{len(violations) - 5} more)" if len(violations) > 5 else ""
@@ -508,7 +508,7 @@ def export_qdq_report(
 def export_qdq(
     model,
     path: Union[str, Path],
-    target: Union[str, QuantTarget] = "ort-x86",
+    target: Union[str, QuantTarget] = DEFAULT_TARGET,
     input_shape=(1, 3, 224, 224),
     opset: int = 17,
     metadata: Optional[dict] = None,

@@ -43,6 +43,7 @@ from edgecnn.passes.quant.quantizers import (
 )
 from edgecnn.passes.registry import PassConfig, PassContext, PassReport, register_pass
 from edgecnn.passes.targets import layer_kind, select_layers
+from edgecnn.targets import DEFAULT_TARGET, TARGETS
 
 __all__ = [
     "QuantConfig",
@@ -101,7 +102,14 @@ class QuantConfig(PassConfig):
     mode: Literal["ptq", "qat"] = "ptq"
     qat_steps: int = Field(0, ge=0, description="QAT: distillation steps on the calibration data (0: only prepare)")
     qat_lr: float = Field(1e-5, gt=0)
-    target: Literal["ort-x86", "ort-arm", "trt"] = Field("ort-x86", description="integer encoding the PyTorch model simulates")
+    target: str = Field(DEFAULT_TARGET, description="integer encoding the PyTorch model simulates (a target of edgecnn.targets)")
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if value not in TARGETS:
+            raise ValueError(f"unknown target {value!r}; valid targets: {', '.join(TARGETS)}")
+        return value
 
     @property
     def effective_depthwise_bits(self) -> int:

@@ -35,27 +35,18 @@ from pydantic import Field
 
 from edgecnn.passes.registry import PassConfig, PassReport, register_pass
 from edgecnn.passes.targets import layer_kind, select_layers
+from edgecnn.targets import shift_deploy_form
 
 DeployForm = Literal["onehot_dwconv", "pad_slice"]
 
-# Fastest exact deploy form per backend, measured by bench/shift_distill.py (1x144x56x56
-# shift, ORT CPU, 1 thread; bench/results/shift_distill.md): one-hot depthwise conv 0.307 ms
-# (a real depthwise conv 0.322 ms), Pad+Slice+Concat 0.471 ms, with channel Gathers 0.514 ms.
-# Backends not measured here use the one-hot depthwise conv, which every runtime runs with its
-# own fast depthwise kernel.
-DEPLOY_TABLE: dict[str, tuple[str, str]] = {
-    "ort": ("onehot_dwconv", "measured (ORT CPU, bench/shift_distill.py)"),
-    "ort-x86": ("onehot_dwconv", "measured (ORT CPU, bench/shift_distill.py)"),
-    "ort-arm": ("onehot_dwconv", "not measured: same MLAS depthwise kernel as x86"),
-    "trt": ("onehot_dwconv", "not measured: TensorRT fuses depthwise conv; Slice+Concat are copies"),
-}
-
-
 def deploy_form_for(backend: str) -> str:
-    """The deploy form of :data:`DEPLOY_TABLE` for ``backend``."""
-    if backend not in DEPLOY_TABLE:
-        raise UserError(f"no shift deploy form known for backend '{backend}'; valid: {', '.join(DEPLOY_TABLE)}")
-    return DEPLOY_TABLE[backend][0]
+    """The exact deploy form for a target (or backend) name: ``shift_deploy`` of :mod:`edgecnn.targets`.
+
+    The one-hot depthwise conv is the fastest exact form measured (bench/shift_distill.py,
+    bench/results/shift_distill.md); runtimes not measured use it too, each with its own fast
+    depthwise kernel.
+    """
+    return shift_deploy_form(backend)
 
 
 # ---------------------------------------------------------------------------------------

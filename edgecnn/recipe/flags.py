@@ -14,6 +14,7 @@ from typing import Optional
 
 from edgecnn.errors import UserError
 from edgecnn.recipe.load import stage_entry
+from edgecnn.targets import DEFAULT_TARGET
 
 DEFAULT_STAGES = ["fold_bn", "quantize", "export", "measure"]
 # A stage added by a flag goes before the first of these stages (or last).
@@ -147,7 +148,7 @@ def apply_flags(base: Optional[dict], flags: Flags) -> tuple[dict, list[str]]:
     Flags not given leave the recipe alone. The notes say what each stage flag did to a
     recipe (none without one: then the flags are the whole recipe).
     """
-    raw = copy.deepcopy(base) if base else {"model": {}, "stages": list(DEFAULT_STAGES), "targets": ["ort-x86"]}
+    raw = copy.deepcopy(base) if base else {"model": {}, "stages": list(DEFAULT_STAGES), "targets": [DEFAULT_TARGET]}
     _apply_model(raw, flags, from_recipe=bool(base))
     notes = _apply_stages(raw, flags)
     data_raw = dict(raw.get("data") or {})

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from edgecnn.errors import UserError
+from edgecnn.targets import DEFAULT_TARGET, check_targets
 from edgecnn.recipe.schema import (
     PIPELINE_STAGES,
     RECIPE_SCHEMA_VERSION,
@@ -223,15 +224,12 @@ def _validate_sections(raw: dict, prefix: str) -> tuple[ModelSpec, DataSpec]:
 
 
 def _validate_targets(raw: dict, prefix: str) -> list[str]:
-    targets = raw.get("targets", ["ort-x86"])
+    targets = raw.get("targets", [DEFAULT_TARGET])
     if isinstance(targets, str):
         targets = [targets]
-    allowed = available_targets()
     if not isinstance(targets, list) or not targets:
-        raise UserError(f"{prefix}targets: expected a list of targets from: {', '.join(allowed)}")
-    for i, t in enumerate(targets):
-        if t not in allowed:
-            raise UserError(f"{prefix}targets[{i}]: unknown target {t!r}; allowed: {', '.join(allowed)}")
+        raise UserError(f"{prefix}targets: expected a list of targets from: {', '.join(available_targets())}")
+    check_targets(targets, f"{prefix}targets")
     if len(set(targets)) != len(targets):
         raise UserError(f"{prefix}targets: a target is listed twice")
     return list(targets)

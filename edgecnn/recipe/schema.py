@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgecnn.errors import UserError
+from edgecnn.targets import target_names
 
 RECIPE_SCHEMA_VERSION = 1
 # Shipped recipes are package data, so a name resolves from an installed package too.
@@ -87,10 +88,8 @@ PIPELINE_CONFIGS: dict[str, type] = {"export": ExportConfig, "compile": CompileC
 
 
 def available_targets() -> tuple[str, ...]:
-    """Names of the deployment targets, from the one target table."""
-    from edgecnn.export.targets import TARGETS
-
-    return tuple(TARGETS)
+    """Target names: the keys of the table in :mod:`edgecnn.targets`."""
+    return target_names()
 
 
 def allowed_stages() -> list[str]:

@@ -16,7 +16,7 @@ inserted into the graph:
 ONNX Runtime's QDQ fusion wants more: a conv becomes QLinearConv only when its output is
 quantized too, and an Add becomes QLinearAdd only when both inputs are. So, in the same
 calibration, quantizers with a *role* are added that only some targets enable
-(``QuantTarget.extra_quantizers`` in :mod:`edgecnn.export.targets`):
+(``QuantTarget.extra_quantizers`` in :mod:`edgecnn.targets`):
 
 * ``add_weighted_input``: the Add input(s) TensorRT leaves unquantized (conv outputs);
 * ``pool_input``: the input of a global average pool (QLinearGlobalAveragePool lets the

@@ -8,7 +8,7 @@ is what QAT needs.
 Weights: per-channel symmetric, zero-point 0, on a ``2**(bits-1) - 1`` grid (8 bit:
 -127..127, 6 bit: -31..31, 4 bit: -7..7 times a per-channel scale), stored as int8.
 Activations: per-tensor 8 bit; the integer encoding (u8 / s8, zero-point) comes from the
-deployment target (:mod:`edgecnn.export.targets`), the range from calibration.
+deployment target (:mod:`edgecnn.targets`), the range from calibration.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgecnn.export.targets import QuantTarget, get_target
+from edgecnn.targets import UNTARGETED_ENCODING, QuantTarget, get_target
 
 
 def weight_qmax(bits: int) -> int:
@@ -46,7 +46,7 @@ class TensorQuantizer(nn.Module):
         self.enabled = True
         self.calibrating = False
         self.collector = None  # set by edgecnn.passes.quant.calibrate while calibrating
-        self.target: QuantTarget = get_target("trt")
+        self.target: QuantTarget = get_target(UNTARGETED_ENCODING)
         self.register_buffer("amax", torch.tensor(float("nan")))
         self.register_buffer("nonnegative", torch.tensor(False))
         # Range for a one-sided 255-level encoding of a non-negative tensor (MSE/entropy
