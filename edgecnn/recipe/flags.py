@@ -97,6 +97,9 @@ def _apply_prune(stages: list, density: Optional[float], mode: Optional[str], no
         fields["density"] = density
     if mode is not None and existing == "prune":
         fields["mode"] = mode
+    if not fields:  # --prune-mode channel on a channel_prune stage: nothing to change
+        notes.append(f"--prune-mode {mode}: the recipe's {existing} stage already prunes that way")
+        return
     _override(stages, existing, fields)
     notes.append(f"--prune/--prune-mode set {', '.join(f'{existing}.{k}' for k in fields)}"
                  + (" (layers in its schedule keep their own density)" if "density" in fields and existing == "prune" else ""))
