@@ -35,20 +35,20 @@ class LazyGroup(click.Group):
     """A click group whose subcommands are imported only when invoked."""
 
     def list_commands(self, ctx):
-        return sorted(n for n, (mod, _, _) in COMMANDS.items() if importlib.util.find_spec(mod))
+        return sorted(COMMANDS)
 
     def get_command(self, ctx, name):
         if name not in COMMANDS:
             return None
         module_name, attr, _ = COMMANDS[name]
-        if importlib.util.find_spec(module_name) is None:
-            return None
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
-            missing = getattr(exc, "name", None) or str(exc)
+        except ModuleNotFoundError as exc:
+            # A missing third-party package is the user's install; a missing edgecnn module is a bug.
+            if not exc.name or exc.name.split(".")[0] == "edgecnn":
+                raise
             raise UserError(
-                f"'edgecnn {name}' needs the package '{missing}', which is not installed; "
+                f"'edgecnn {name}' needs the package '{exc.name}', which is not installed; "
                 "install it with: pip install 'edgecnn[compress]'"
             ) from None
         return getattr(module, attr)

@@ -8,12 +8,16 @@ Usage in a command module::
     def export(model, **kwargs):
         loaded = load_model_from_cli(model, **pop_model_options(kwargs))
 
-so that ``--weights``, ``--width-mult`` etc. mean the same thing everywhere.
+so that ``--weights``, ``--width-mult`` etc. mean the same thing everywhere. Options that
+set a typed config's fields are derived from the config (:func:`config_options`), so the
+command line and the recipe accept the same values with the same defaults.
 """
 
 from __future__ import annotations
 
 import functools
+import typing
+from typing import Optional
 
 import click
 
@@ -81,3 +85,70 @@ def load_model_from_cli(
     if preprocess_set:
         loaded.preprocess = loaded.preprocess.with_overrides(preprocess_set)
     return loaded
+
+
+# --- options derived from a typed config ------------------------------------------------------
+
+
+def _option_type(annotation):
+    """(click type, multiple, convert) for a field annotation; Optional[X] is X (None means not given)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Union and type(None) in args:
+        (annotation,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        by_text = {str(a): a for a in args}
+        return click.Choice(list(by_text)), False, by_text.get
+    if origin is list and args and args[0] in (str, int, float):
+        return args[0], True, None
+    if annotation in (str, int, float, bool):
+        return annotation, False, None
+    raise TypeError(f"no command-line form for a field of type {annotation!r}; exclude the field or give it one")
+
+
+def field_option(cls, field: str, flag: Optional[str] = None, help: Optional[str] = None):
+    """Click option for ``cls.field`` (a pydantic model): type, choices, default and help from the field.
+
+    The option's value is None (or ``()``) when it is not given, so that the config's own
+    default applies: :func:`config_values` drops those.
+    """
+    info = cls.model_fields[field]
+    click_type, multiple, convert = _option_type(info.annotation)
+    flag = flag or "--" + field.replace("_", "-")
+    text = help or info.description or ""
+    default = None if info.is_required() or info.default_factory is not None else info.default
+    kwargs: dict = {"default": None, "help": text, "show_default": False}
+    if default is not None and not multiple:
+        kwargs["help"] = f"{text} [default: {default}]".strip()
+    if convert is not None:
+        kwargs["callback"] = lambda ctx, param, value: None if value is None else convert(value)
+    if click_type is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", field, **kwargs)
+    if multiple:
+        kwargs.update(default=(), multiple=True, help=f"{text} (repeatable)".strip())
+    return click.option(flag, field, type=click_type, **kwargs)
+
+
+def config_options(cls, exclude: tuple[str, ...] = (), flags: Optional[dict[str, str]] = None):
+    """Click decorator: one :func:`field_option` per field of ``cls`` (``flags`` renames some)."""
+    flags = flags or {}
+    decorators = [field_option(cls, name, flags.get(name)) for name in cls.model_fields if name not in exclude]
+    return lambda fn: functools.reduce(lambda f, deco: deco(f), reversed(decorators), fn)
+
+
+def config_values(cls, kwargs: dict, flags: Optional[dict[str, str]] = None, **fixed):
+    """Pop the options of ``cls`` from ``kwargs`` and build the config; a bad value is one UserError line."""
+    from pydantic import ValidationError
+
+    from edgecnn.errors import UserError
+
+    values = {name: kwargs.pop(name) for name in cls.model_fields if name in kwargs}
+    values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None and v != ()}
+    try:
+        return cls(**values, **fixed)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        flag = (flags or {}).get(field) or "--" + field.replace("_", "-")
+        raise UserError(f"{flag} {values.get(field)}: {err['msg']}") from None

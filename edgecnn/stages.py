@@ -90,13 +90,10 @@ def fingerprint(model) -> str:
 
 
 def run_transform(stage: str, model, config, ctx):
-    """Run registered pass ``stage`` (validated config) and return the transformed model."""
-    from edgecnn.passes.registry import get_pass
+    """Run the pass registered under the type of ``config`` (validated) and return the transformed model."""
+    from edgecnn.passes.registry import pass_for
 
-    from edgecnn.recipe import STAGE_TO_PASS
-
-    info = get_pass(STAGE_TO_PASS.get(stage, stage))
-    return info.fn(model, config, ctx)
+    return pass_for(config).fn(model, config, ctx)
 
 
 def distill(student, teacher, train_set, preprocess, config, flip: bool = True):

@@ -230,3 +230,64 @@ def test_vendored_decoder_needs_no_torch_and_no_edgecnn(tmp_path):
     script = "import sys; import edgecnn.commands.pack, edgecnn.pack; assert 'torch' not in sys.modules"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+# --------------------------------------------------------------------------- large raw tensors
+
+
+def _dense_float_model(shape=(512, 256, 3, 3), seed: int = 3) -> onnx.ModelProto:
+    """One dense float weight (4.7 MB of noise-like mantissas): the case LZMA cannot help."""
+    w = np.random.default_rng(seed).normal(0, 0.05, shape).astype(np.float32)
+    w[0, 0, 0, :] = [np.nan, -0.0, 1e-42]  # bit patterns must survive the stored path
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "dense",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, shape[1], 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, shape[0], 8, 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_stored_xz_stream_is_read_by_lzma():
+    import lzma
+
+    from edgecnn.pack.xz import stored_stream
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 65535, 65536, 65537, 200_000):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        assert lzma.decompress(stored_stream(data)) == data
+    a, b = b"x" * 70_000, rng.integers(0, 256, 999, dtype=np.uint8).tobytes()
+    assert lzma.decompress(stored_stream(a) + lzma.compress(b, format=lzma.FORMAT_XZ)) == a + b
+
+
+def test_large_float_tensor_round_trips_through_stored_planes(monkeypatch):
+    import lzma
+
+    from edgecnn.pack import format as fmt
+
+    model = _dense_float_model()
+    calls = []
+    real = lzma.compress
+    monkeypatch.setattr(fmt.xz.lzma, "compress", lambda data, *a, **k: calls.append(len(data)) or real(data, *a, **k))
+    data, stats = pack_model(model)
+    decoded = decode_model(data)
+    assert numpy_helper.to_array(decoded.graph.initializer[0]).tobytes() == numpy_helper.to_array(model.graph.initializer[0]).tobytes()
+    weight_bytes = 512 * 256 * 9 * 4
+    # Only the compressible (sign/exponent) planes went through LZMA; the noise planes were stored.
+    assert sum(calls) <= weight_bytes // 2 + 4096, calls
+    assert stats.sections["R"] < weight_bytes * 0.97
+
+
+def test_pack_refuses_existing_output_before_encoding(tmp_path, monkeypatch):
+    from edgecnn.pack import format as fmt
+
+    src = tmp_path / "m.onnx"
+    onnx.save(_tiny_model(), str(src))
+    out = tmp_path / "m.ecnn"
+    out.write_bytes(b"mine")
+    monkeypatch.setattr(fmt, "encode_model", lambda *a, **k: pytest.fail("encoded before checking the output"))
+    with pytest.raises(UserError, match="already exists"):
+        pack_file(src, out)
+    assert out.read_bytes() == b"mine"

@@ -151,7 +151,7 @@ def test_int8_is_close_to_float():
 @pytest.mark.parametrize(
     "raw, needle",
     [
-        ({"bits": 5}, "bits must be 4, 6, 7 or 8"),
+        ({"bits": 5}, "'bits': Input should be 4, 6, 7 or 8"),
         ({"activation_bits": 6}, "activation_bits"),
         ({"calibrator": "kl"}, "calibrator"),
         ({"bitz": 8}, "bitz"),

@@ -7,15 +7,21 @@ shows the resolved recipe, ``--dry-run`` the plan, and the run saves
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import click
 
-from edgecnn.cli_options import model_options, pop_model_options
+from edgecnn.cli_options import field_option, model_options, pop_model_options
 from edgecnn.errors import UserError
+from edgecnn.passes.prune import PruneConfig
+from edgecnn.passes.quantize import QuantConfig
 from edgecnn.targets import DEFAULT_TARGET, target_names
 
-PRUNE_MODES = ("unstructured", "2:4", "channel")
+# The prune pass's modes, plus ``channel``: the channel_prune pass.
+PRUNE_MODES = (*typing.get_args(PruneConfig.model_fields["mode"].annotation), "channel")
+BITS_HELP = ("Weight bits of the quantize stage (activations stay 8-bit); with a recipe whose weights are stored "
+             "by weight_share, its codebook bits.")
 TARGET_HELP = ", ".join(f"{name} (default)" if name == DEFAULT_TARGET else name for name in target_names())
 
 
@@ -50,7 +56,7 @@ def _model_section(model_opts: dict) -> dict:
 @click.command("compress")
 @click.argument("model", required=False)
 @model_options
-@click.option("--bits", type=click.Choice(["8", "6", "4"]), default=None, help="Weight bits of the quantize stage (activations stay 8-bit).")
+@field_option(QuantConfig, "bits", help=BITS_HELP)
 @click.option("--prune", "prune", type=float, default=None, metavar="D", help="Prune to density D (fraction of weights kept, 0 < D <= 1).")
 @click.option("--prune-mode", type=click.Choice(PRUNE_MODES), default=None, help="unstructured (default), 2:4 or channel.")
 @click.option("--shift", is_flag=True, help="Replace 3x3 convolutions by shift + 1x1 (shift stage).")
@@ -87,24 +93,14 @@ def compress(model, bits, prune, prune_mode, shift, calib, data, targets, recipe
     base_model = (base or {}).get("model")
     model_opts["_model"] = model or (base_model.get("name") if isinstance(base_model, dict) else base_model)
     section = _model_section(model_opts)
-    raw = recipes.recipe_from_flags(
-        base,
-        model=model,
-        options=section["options"],
-        weights=model_opts.get("weights"),
-        bits=int(bits) if bits else None,
-        prune=prune,
-        prune_mode=prune_mode,
-        shift=shift,
-        calib=calib,
-        data=data,
-        targets=list(targets) or None,
-        output=output,
+    flags = recipes.Flags(
+        model=model, options=section["options"], weights=model_opts.get("weights"), bits=bits, prune=prune,
+        prune_mode=prune_mode, shift=shift, calib=calib, data=data, targets=list(targets) or None, output=output,
     )
+    raw, notes = recipes.apply_flags(base, flags)
     if "preprocess" in section:
         raw["model"]["preprocess"] = section["preprocess"]
-    flags_given = any(v not in (None, False, ()) for v in (model, bits, prune, prune_mode, shift, calib, data, targets, output))
-    if base is not None and flags_given:
+    if base is not None and flags.given():
         source = f"{source} (with command-line flags)"
     recipe = recipes.validate(raw, source)
 
@@ -113,13 +109,13 @@ def compress(model, bits, prune, prune_mode, shift, calib, data, targets, recipe
     # A terminal gets its own width; a pipe or log file gets 110 columns so tables stay whole.
     console = Console(record=True, highlight=False, width=None if sys.stdout.isatty() else 110)
     if print_recipe:
-        click.echo(recipe.to_yaml(), nl=False)
+        click.echo(recipe.to_yaml(notes), nl=False)
         return
     from edgecnn.pipeline import Pipeline
 
     pipeline = Pipeline(recipe, Path(output) if output else None, force=force, console=console, progress=not quiet)
     if dry_run:
-        for line in pipeline.plan():
+        for line in [f"note: {n}" for n in notes] + pipeline.plan():
             click.echo(line)
         return
     pipeline.run()

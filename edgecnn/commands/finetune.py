@@ -2,6 +2,8 @@
 
 The student is MODEL (with its model options), transformed by ``--shift`` when given; the
 teacher is the untransformed model (or ``--teacher``). Runs data-parallel under ``torchrun``.
+The training options are the fields of :class:`~edgecnn.train.distill.DistillConfig` (the
+``distill`` recipe stage's config), with its defaults.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from pathlib import Path
 
 import click
 
-from edgecnn.cli_options import load_model_from_cli, model_options, pop_model_options
+from edgecnn.cli_options import config_options, config_values, field_option, load_model_from_cli, model_options, pop_model_options
 from edgecnn.errors import UserError
+from edgecnn.passes.shift import ShiftConfig
+from edgecnn.train.distill import DistillConfig
 
 
 def save_student(module, path: Path, meta: dict) -> None:
@@ -32,6 +36,10 @@ def save_student(module, path: Path, meta: dict) -> None:
             os.unlink(tmp)
 
 
+# Flags whose name is not the config field's.
+DISTILL_FLAGS = {"num_workers": "--workers"}
+
+
 @click.command("finetune")
 @click.argument("model")
 @model_options
@@ -40,45 +48,24 @@ def save_student(module, path: Path, meta: dict) -> None:
 @click.option("--teacher-weights", default=None, metavar="imagenet|PATH", help="Teacher weights (default: --weights).")
 @click.option("--data", required=True, type=click.Path(exists=True), help="Training images (class folders, flat folder or list file).")
 @click.option("--eval-data", type=click.Path(exists=True), default=None, help="Labelled images for top-1 after each epoch.")
-@click.option("--epochs", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--lr-schedule", type=click.Choice(["cosine", "step", "constant"]), default="cosine", show_default=True)
-@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--temperature", type=float, default=4.0, show_default=True)
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.9, show_default=True,
-              help="Weight of the soft (teacher) loss; 1 - alpha goes to the labels when there are any.")
-@click.option("--logit-weight", type=click.FloatRange(0), default=1.0, show_default=True,
-              help="Weight of the logit (KD + label) loss; 0 trains on --feature-layers alone.")
-@click.option("--feature-layers", multiple=True, metavar="NAME",
-              help="Module whose output the student matches to the teacher's (repeatable), e.g. features.12.")
-@click.option("--feature-weight", type=click.FloatRange(0), default=1.0, show_default=True,
-              help="Weight of the feature-matching loss (with --feature-layers).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@config_options(DistillConfig, exclude=("progress",), flags=DISTILL_FLAGS)
 @click.option("--input-size", type=int, default=None, help="Training resolution (default: the model's); smaller is faster.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--resume", is_flag=True, help="Continue from --checkpoint-dir/last.pt.")
 @click.option("--shift", "use_shift", is_flag=True, help="Replace depthwise / Fire 3x3 convs by shifts first.")
-@click.option("--shift-kind", type=click.Choice(["grouped", "active"]), default="grouped", show_default=True)
+@field_option(ShiftConfig, "kind", "--shift-kind")
 @click.option("--shift-include", multiple=True, metavar="GLOB", help="Layers to shift (repeatable; default all).")
-@click.option("--shift-l1", type=float, default=0.0, show_default=True, help="L1 penalty weight on active-shift offsets.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader worker processes.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Student checkpoint to write (.pth).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def finetune(model, teacher, teacher_weights, data, eval_data, epochs, lr, lr_schedule, optimizer, batch_size,
-             temperature, alpha, logit_weight, feature_layers, feature_weight, seed, input_size, checkpoint_dir, resume, use_shift, shift_kind, shift_include,
-             shift_l1, device, workers, output, force, as_json, **kwargs):
+def finetune(model, teacher, teacher_weights, data, eval_data, input_size, checkpoint_dir, resume, use_shift, kind,
+             shift_include, output, force, as_json, **kwargs):
     """Fine-tune a transformed MODEL with knowledge distillation from the original."""
     output = Path(output)
     if output.exists() and not force:
         raise UserError(f"output '{output}' exists; pass --force to overwrite it")
-    if temperature <= 0:
-        raise UserError(f"--temperature {temperature} is not valid; give a positive number")
-    if lr <= 0:
-        raise UserError(f"--lr {lr} is not valid; give a positive number")
-    if logit_weight == 0 and not feature_layers:
+    config = config_values(DistillConfig, kwargs, DISTILL_FLAGS, progress=not as_json)
+    if config.logit_weight == 0 and not config.feature_layers:
         raise UserError("--logit-weight 0 leaves nothing to train on; add --feature-layers NAME or raise --logit-weight")
 
     import torch
@@ -87,7 +74,7 @@ def finetune(model, teacher, teacher_weights, data, eval_data, epochs, lr, lr_sc
     from edgecnn.data.torch_data import ImageDataset
     from edgecnn.passes.hooks import after_step_hooks, regularizers
     from edgecnn.passes.registry import PassContext, run_pass
-    from edgecnn.train import DistillConfig, distill
+    from edgecnn.train import distill
 
     model_opts = pop_model_options(kwargs)
     student = load_model_from_cli(model, **model_opts)
@@ -101,12 +88,12 @@ def finetune(model, teacher, teacher_weights, data, eval_data, epochs, lr, lr_sc
     if input_size:
         ratio = preprocess.resize / preprocess.crop
         train_preprocess = preprocess.replace(input_size=input_size, crop=input_size, resize=round(input_size * ratio))
-    train_set = ImageDataset(ImageFolder(data), train_preprocess, train=True, seed=seed)
+    train_set = ImageDataset(ImageFolder(data), train_preprocess, train=True, seed=config.seed)
     eval_set = ImageDataset(ImageFolder(eval_data), preprocess) if eval_data else None
 
     passes = []
     if use_shift:
-        shift_cfg = {"kind": shift_kind}
+        shift_cfg = {"kind": kind or ShiftConfig.model_fields["kind"].default}
         if shift_include:
             shift_cfg["include"] = list(shift_include)
         from edgecnn.data.torch_data import calibration_batches
@@ -117,11 +104,6 @@ def finetune(model, teacher, teacher_weights, data, eval_data, epochs, lr, lr_sc
         student.module = run_pass("shift", student.module, shift_cfg, ctx)
         passes.append({"pass": "shift", "config": shift_cfg, "summary": ctx.reports[-1].summary})
 
-    config = DistillConfig(epochs=epochs, lr=lr, lr_schedule=lr_schedule, optimizer=optimizer, batch_size=batch_size,
-                           temperature=temperature, alpha=alpha, seed=seed, shift_l1=shift_l1, device=device,
-                           logit_weight=logit_weight, feature_layers=list(feature_layers),
-                           feature_weight=feature_weight,
-                           num_workers=workers, progress=not as_json)
     result = distill(student.module, teacher_model.module, train_set, config, eval_data=eval_set,
                      checkpoint_dir=checkpoint_dir, resume=resume, after_step=after_step_hooks(student.module),
                      regularizers=regularizers(student.module, config.shift_l1))

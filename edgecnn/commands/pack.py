@@ -19,10 +19,16 @@ def _human(n: float) -> str:
 @click.option("--verbose", "-v", is_flag=True, help="Print the encoding chosen for every tensor.")
 def pack(onnx_path, output, force, codec, verbose):
     """Pack an ONNX model into a compact .ecnn file (decodes bit-exactly with numpy + onnx)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from edgecnn.pack import pack_file
 
     output = output or onnx_path.with_suffix(".ecnn")
-    stats = pack_file(onnx_path, output, force=force, codec=codec)
+    columns = (TextColumn("packing {task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tensors"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(onnx_path.name, total=None)
+        stats = pack_file(onnx_path, output, force=force, codec=codec, progress=lambda done, total: bar.update(task, completed=done, total=total))
     onnx_bytes = onnx_path.stat().st_size
     click.echo(
         f"{output}: {stats.total:,} B ({_human(stats.total)}) from {onnx_bytes:,} B ONNX "
@@ -30,7 +36,7 @@ def pack(onnx_path, output, force, codec, verbose):
     )
     if verbose:
         for t in stats.tensors:
-            click.echo(f"  {t.name:48s} {t.encoding:6s} {t.numel:>9,} el  {t.nonzeros:>9,} nz  {t.distinct:>6} distinct  ~{t.bytes:,.0f} B")
+            click.echo(f"  {t.name:48s} {t.encoding:6s} {t.numel:>9,} el  {t.nonzeros:>9,} nz  {t.distinct if t.distinct >= 0 else '>4096':>6} distinct  ~{t.bytes:,.0f} B")
         click.echo("  sections: " + ", ".join(f"{k} {v:,} B" for k, v in stats.sections.items()))
 
 

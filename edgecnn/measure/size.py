@@ -2,8 +2,8 @@
 parameters, non-zeros and bits per weight.
 
 Compressed size is what a download or an OTA update costs, and what pruning and weight
-sharing buy: a pruned FP32 file is as large as the dense one until it is compressed. xz
-(``lzma``, stdlib) always; zstd when the ``zstandard`` module is installed, gzip otherwise.
+sharing buy: a pruned FP32 file is as large as the dense one until it is compressed: xz and gzip
+(``lzma`` and ``gzip``, both in the standard library).
 """
 
 from __future__ import annotations
@@ -68,15 +68,8 @@ class SizeReport:
 
 
 def compressed_sizes(data: bytes) -> dict[str, int]:
-    """Bytes after xz and after zstd (level 19) or, without the zstandard module, gzip -9."""
-    sizes = {"xz": len(lzma.compress(data, preset=6))}
-    try:
-        import zstandard
-    except ImportError:
-        sizes["gzip"] = len(gzip.compress(data, compresslevel=9, mtime=0))
-    else:
-        sizes["zstd"] = len(zstandard.ZstdCompressor(level=19).compress(data))
-    return sizes
+    """Bytes after xz and after gzip -9: both in the standard library, so every install reports the same columns."""
+    return {"xz": len(lzma.compress(data, preset=6)), "gzip": len(gzip.compress(data, compresslevel=9, mtime=0))}
 
 
 def _weight_initializers(model) -> set[str]:

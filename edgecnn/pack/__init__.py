@@ -57,9 +57,23 @@ def pack_model(model, codec: str = "auto") -> tuple[bytes, PackStats]:
     return encode_model(model, codec=codec)
 
 
-def pack_file(onnx_path: PathLike, out_path: PathLike, force: bool = False, codec: str = "auto") -> PackStats:
-    """Pack ``onnx_path`` into ``out_path`` (.ecnn). Returns per-tensor and per-section sizes."""
-    data, stats = encode_model(_load_onnx(onnx_path), codec=codec)
+def check_output(path: PathLike, force: bool = False) -> Path:
+    """Refuse an output before any work is done (write_atomic checks again when it writes)."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise UserError(f"output folder {path.parent} does not exist; create it first")
+    return path
+
+
+def pack_file(onnx_path: PathLike, out_path: PathLike, force: bool = False, codec: str = "auto", progress=None) -> PackStats:
+    """Pack ``onnx_path`` into ``out_path`` (.ecnn). Returns per-tensor and per-section sizes.
+
+    ``progress(done, total)`` is called after each tensor is planned.
+    """
+    check_output(out_path, force)
+    data, stats = encode_model(_load_onnx(onnx_path), codec=codec, progress=progress)
     write_atomic(out_path, data, force=force)
     return stats
 

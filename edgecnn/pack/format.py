@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgecnn.pack import entropy
+from edgecnn.pack import entropy, xz
 from edgecnn.pack.decoder import (
     CODEC_HUFFMAN,
     CODEC_RANS,
@@ -47,6 +47,50 @@ def deflate(data: bytes) -> bytes:
     return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE, filters=LZMA_FILTERS)
 
 
+BIG_TENSOR = 1 << 16  # bytes; above this, raw data is costed and compressed plane by plane
+SMALL_SECTION = 1 << 20  # a raw section up to this size is one strong LZMA stream
+
+
+def _planes(data: bytes, itemsize: int) -> list[bytes]:
+    """The byte planes of shuffled data (one piece when there is a single plane)."""
+    if itemsize == 1 or len(data) % itemsize:
+        return [data]
+    step = len(data) // itemsize
+    return [data[i * step : (i + 1) * step] for i in range(itemsize)]
+
+
+def _raw_cost(shuffled: bytes, itemsize: int) -> int:
+    """Estimated bytes of shuffled raw data in the 'R' section."""
+    if len(shuffled) <= BIG_TENSOR:
+        return len(lzma.compress(shuffled, preset=6))
+    return sum(xz.estimate_compressed(plane) for plane in _planes(shuffled, itemsize))
+
+
+def raw_section(plans: list) -> bytes:
+    """The 'R' section: one strong LZMA stream when small, else one XZ stream per segment.
+
+    Large float tensors are split into byte planes so that noise-like planes are stored
+    instead of being pushed through LZMA (seconds per megabyte for nothing): packing a
+    14 MB FP32 model takes seconds, not half a minute. Small sections (Deep Compression
+    models) are encoded exactly as before.
+    """
+    joined = b"".join(p.raw for p in plans)
+    if len(joined) <= SMALL_SECTION:
+        return deflate(joined)
+    segments, pending = [], bytearray()
+    for plan in plans:
+        if len(plan.raw) <= BIG_TENSOR:
+            pending += plan.raw
+            continue
+        if pending:
+            segments.append(bytes(pending))
+            pending = bytearray()
+        segments.extend(_planes(plan.raw, plan.itemsize))
+    if pending:
+        segments.append(bytes(pending))
+    return b"".join(xz.compress_segment(seg) for seg in segments if seg)
+
+
 def shuffle(data: bytes, itemsize: int) -> bytes:
     """Byte-plane shuffle: float exponents line up, which lzma compresses much better."""
     if itemsize == 1:
@@ -61,7 +105,7 @@ class TensorStat:
     numel: int
     encoding: str  # raw / dense / sparse / sparse_raw
     nonzeros: int
-    distinct: int
+    distinct: int  # -1: more than MAX_CODEBOOK (not counted exactly)
     bytes: float  # bytes attributed to the tensor (entropy estimate for coded streams)
 
 
@@ -84,6 +128,7 @@ class _Plan:
     streams: list = field(default_factory=list)  # (symbols np.int64, alphabet size)
     stream_slots: list = field(default_factory=list)  # directory placeholders, filled with model ids
     stat: TensorStat = None
+    itemsize: int = 1  # of the values in ``raw`` (byte-plane shuffled when > 1)
 
 
 def _bit_view(flat: np.ndarray) -> np.ndarray:
@@ -112,6 +157,15 @@ def _zero_runs(mask: np.ndarray, escape: int) -> np.ndarray:
     return runs
 
 
+def _distinct(bits: np.ndarray) -> int:
+    """Number of distinct bit patterns, or MAX_CODEBOOK + 1 when a sample already shows more."""
+    if bits.size > 16 * MAX_CODEBOOK:
+        sample = bits[:: bits.size // (8 * MAX_CODEBOOK)]
+        if len(np.unique(sample)) > MAX_CODEBOOK:
+            return MAX_CODEBOOK + 1
+    return len(np.unique(bits))
+
+
 def _stream_cost(symbols: np.ndarray, alphabet: int) -> float:
     counts = np.bincount(symbols, minlength=alphabet)
     return entropy.entropy_bits(counts) / 8 + 1.2 * int((counts > 0).sum()) + 4
@@ -124,7 +178,7 @@ def _plan_tensor(name: str, array: np.ndarray) -> _Plan:
     numel = flat.size
     bits = _bit_view(flat)
     candidates = []
-    raw_cost = len(lzma.compress(shuffle(raw_bytes, dtype.itemsize), preset=6)) if numel else 0
+    raw_cost = _raw_cost(shuffle(raw_bytes, dtype.itemsize), dtype.itemsize) if numel else 0
     candidates.append((raw_cost, "raw"))
     distinct = None
     best_runs = None
@@ -137,9 +191,8 @@ def _plan_tensor(name: str, array: np.ndarray) -> _Plan:
                 if best_runs is None or cost < best_runs[0]:
                     best_runs = (cost, escape, runs)
             nz_raw = shuffle(flat[mask].tobytes(), dtype.itemsize)
-            candidates.append((best_runs[0] + len(lzma.compress(nz_raw, preset=6)), "sparse_raw", best_runs, nz_raw, mask))
-        uniq = np.unique(bits)
-        distinct = len(uniq)
+            candidates.append((best_runs[0] + _raw_cost(nz_raw, dtype.itemsize), "sparse_raw", best_runs, nz_raw, mask))
+        distinct = _distinct(bits)
         if distinct <= MAX_CODEBOOK:
             codebook, index = _codebook(flat, bits)
             book_cost = distinct * dtype.itemsize
@@ -152,13 +205,14 @@ def _plan_tensor(name: str, array: np.ndarray) -> _Plan:
                 candidates.append((cost, "sparse", best_runs, nz_index, mask))
     best = min(candidates, key=lambda c: c[0])
     nonzeros = int(np.count_nonzero(bits))
-    stat = TensorStat(name, str(array.dtype), numel, best[1], nonzeros, distinct if distinct is not None else -1, best[0])
+    known = distinct is not None and distinct <= MAX_CODEBOOK
+    stat = TensorStat(name, str(array.dtype), numel, best[1], nonzeros, distinct if known else -1, best[0])
     if best[1] == "raw":
-        return _Plan(ENC_RAW, bytes([ENC_RAW]), shuffle(raw_bytes, dtype.itemsize), stat=stat)
+        return _Plan(ENC_RAW, bytes([ENC_RAW]), shuffle(raw_bytes, dtype.itemsize), stat=stat, itemsize=dtype.itemsize)
     if best[1] == "sparse_raw":
         _, _, (_, escape, runs), nz_raw, mask = best
         record = bytes([ENC_SPARSE_RAW]) + entropy.varint(escape) + entropy.varint(len(runs)) + entropy.varint(int(mask.sum()))
-        return _Plan(ENC_SPARSE_RAW, record, nz_raw, [(runs, escape + 1)], stat=stat)
+        return _Plan(ENC_SPARSE_RAW, record, nz_raw, [(runs, escape + 1)], stat=stat, itemsize=dtype.itemsize)
     codebook_bytes = shuffle(codebook.tobytes(), dtype.itemsize)
     if best[1] == "dense":
         return _Plan(ENC_DENSE, bytes([ENC_DENSE]) + entropy.varint(distinct), codebook_bytes, [(index, distinct)], stat=stat)
@@ -202,14 +256,14 @@ def encode_model(model, codec: str = "auto", progress=None) -> tuple[bytes, Pack
     for name, array in arrays:
         plans.append(_plan_tensor(name, array))
         if progress:
-            progress()
+            progress(len(plans), len(arrays))
     graph_section = deflate(graph_model.SerializeToString())
-    raw_section = deflate(b"".join(p.raw for p in plans))
+    raw_section_bytes = raw_section(plans)
 
     results = {}
     codecs = {"auto": (CODEC_RANS, CODEC_HUFFMAN), "rans": (CODEC_RANS,), "huffman": (CODEC_HUFFMAN,)}[codec]
     for codec_id in codecs:
-        results[codec_id] = _encode_with_codec(codec_id, plans, graph_section, raw_section)
+        results[codec_id] = _encode_with_codec(codec_id, plans, graph_section, raw_section_bytes)
     best_id = min(results, key=lambda c: len(results[c][0]))
     data, sections = results[best_id]
     stats = PackStats(

@@ -59,6 +59,10 @@ __all__ = [
 ]
 
 
+# The weight bit widths the quantizer implements (the CLI's --bits choices come from here).
+WeightBits = Literal[4, 6, 7, 8]
+
+
 class SensitivityConfig(BaseModel):
     """Keep the layers whose lone quantization hurts most at higher precision."""
 
@@ -77,9 +81,9 @@ class SensitivityConfig(BaseModel):
 class QuantConfig(PassConfig):
     """Config of the ``quantize`` pass."""
 
-    bits: int = Field(8, description="weight bits: 8, 7 (-63..63 grid), 6 (-31..31) or 4 (-7..7), stored as int8")
+    bits: WeightBits = Field(8, description="weight bits: 8, 7 (-63..63 grid), 6 (-31..31) or 4 (-7..7), stored as int8")
     activation_bits: int = Field(8, description="activation bits (8 only: lower needs a Clip that breaks int8 fusion)")
-    depthwise_bits: Optional[int] = Field(
+    depthwise_bits: Optional[WeightBits] = Field(
         None,
         description="weight bits of depthwise convs; None: 8 when bits < 8 (9 weights per channel lose most at low bits; ~2 % of MobileNet's weights)",
     )
@@ -105,20 +109,6 @@ class QuantConfig(PassConfig):
     def _target(cls, value: str) -> str:
         if value not in TARGETS:
             raise ValueError(f"unknown target {value!r}; valid targets: {', '.join(TARGETS)}")
-        return value
-
-    @field_validator("bits")
-    @classmethod
-    def _bits(cls, value: int) -> int:
-        if value not in (4, 6, 7, 8):
-            raise ValueError(f"bits must be 4, 6, 7 or 8, got {value}")
-        return value
-
-    @field_validator("depthwise_bits")
-    @classmethod
-    def _depthwise_bits(cls, value: Optional[int]) -> Optional[int]:
-        if value is not None and value not in (4, 6, 7, 8):
-            raise ValueError(f"depthwise_bits must be 4, 6, 7 or 8, got {value}")
         return value
 
     @property

@@ -1,32 +1,20 @@
 """The pass registry: each transform is a named mode with a typed config and ordering rules.
 
-A pass is a function ``fn(model, config, ctx) -> nn.Module``. It registers itself with
-:func:`register_pass`; recipes and the CLI look passes up by name, validate the config
-against the pass's pydantic class and check that the order of passes makes sense
-(``prune`` after ``quantize`` is refused: the grid would no longer hold).
+A pass is a function ``fn(model, config, ctx) -> nn.Module``, registered under its config
+type (:func:`register_pass`): a config object finds its pass (:func:`pass_for`), a recipe's
+stage name finds the config type. Recipes and the CLI validate a config against the pass's
+pydantic class and check that the order of passes makes sense (``prune`` after
+``quantize`` is refused: the grid would no longer hold).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgecnn.errors import UserError
-
-# Modules that register passes; imported on first lookup so that ``import edgecnn.passes``
-# stays cheap. A module listed here that does not exist yet is skipped.
-PASS_MODULES = [
-    "edgecnn.passes.fold_bn",
-    "edgecnn.passes.prune",
-    "edgecnn.passes.channel_prune",
-    "edgecnn.passes.quantize",
-    "edgecnn.passes.shift",
-    "edgecnn.passes.weight_share",
-]
-
 
 class PassConfig(BaseModel):
     """Base of every pass config: unknown keys are errors, not silently ignored."""
@@ -85,40 +73,58 @@ class PassInfo:
             raise UserError(f"{prefix}pass '{self.name}' config '{loc}': {err['msg']}") from None
 
 
-_PASSES: dict[str, PassInfo] = {}
+_BY_CONFIG: dict[type, PassInfo] = {}
+_BY_NAME: dict[str, type] = {}
 _loaded = False
 
 
 def register_pass(name: str, config: type, summary: str = "", not_after: tuple[str, ...] = ()):
-    """Decorator registering ``fn(model, config, ctx) -> model`` under ``name``."""
+    """Decorator registering ``fn(model, config, ctx) -> model`` under its config type ``config``.
+
+    ``name`` is the stage name recipes use. A config type or a name registered twice is an
+    error at import, never a silent replacement.
+    """
 
     def deco(fn):
-        _PASSES[name] = PassInfo(name, fn, config, summary or (fn.__doc__ or "").strip().split("\n")[0], tuple(not_after))
+        if config in _BY_CONFIG or name in _BY_NAME:
+            raise ValueError(f"pass '{name}' ({config.__name__}) is registered twice")
+        _BY_CONFIG[config] = PassInfo(name, fn, config, summary or (fn.__doc__ or "").strip().split("\n")[0], tuple(not_after))
+        _BY_NAME[name] = config
         return fn
 
     return deco
 
 
 def _load_all() -> None:
+    """Import the modules that register passes (on first lookup, so ``import edgecnn.passes`` stays cheap).
+
+    A plain import: a pass module that fails to import is an error, never a pass that quietly goes missing.
+    """
     global _loaded
     if _loaded:
         return
-    for mod in PASS_MODULES:
-        if importlib.util.find_spec(mod) is not None:
-            importlib.import_module(mod)
+    from edgecnn.passes import channel_prune, fold_bn, prune, quantize, shift, weight_share  # noqa: F401
+
     _loaded = True
 
 
 def available_passes() -> list[str]:
     _load_all()
-    return sorted(_PASSES)
+    return sorted(_BY_NAME)
 
 
 def get_pass(name: str) -> PassInfo:
+    """The pass a recipe stage ``name`` runs."""
     _load_all()
-    if name not in _PASSES:
-        raise UserError(f"unknown pass '{name}'; valid passes: {', '.join(sorted(_PASSES))}")
-    return _PASSES[name]
+    if name not in _BY_NAME:
+        raise UserError(f"unknown pass '{name}'; valid passes: {', '.join(sorted(_BY_NAME))}")
+    return _BY_CONFIG[_BY_NAME[name]]
+
+
+def pass_for(config: PassConfig) -> PassInfo:
+    """The pass registered under the type of ``config``."""
+    _load_all()
+    return _BY_CONFIG[type(config)]
 
 
 def check_order(names: list[str]) -> None:

@@ -54,27 +54,29 @@ class DistillConfig(BaseModel):
 
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0)
     lr_schedule: Literal["cosine", "step", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
-    step_epochs: int = Field(1, ge=1)  # 'step' schedule: multiply the lr by step_gamma every step_epochs
+    step_epochs: int = Field(1, ge=1, description="'step' schedule: multiply the lr by step_gamma every step_epochs")
     step_gamma: float = Field(0.1, gt=0, le=1)
     temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1)  # weight of the soft (teacher) loss when labels exist
-    logit_weight: float = Field(1.0, ge=0)  # weight of the logit (KD + label) loss
-    # Modules (names in both models, same output shapes) whose outputs the student matches.
-    feature_layers: list[str] = Field(default_factory=list)
-    feature_weight: float = Field(1.0, ge=0)  # weight of the summed normalised feature MSE (with feature_layers)
-    shift_l1: float = Field(0.0, ge=0)  # weight of the active-shift L1 penalty (per offset, mean)
-    freeze_bn: bool = False  # keep BatchNorm statistics fixed (eval-mode BN) while training
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft (teacher) loss; 1 - alpha goes to the labels when there are any")
+    logit_weight: float = Field(1.0, ge=0, description="weight of the logit (KD + label) loss; 0 trains on feature_layers alone")
+    feature_layers: list[str] = Field(
+        default_factory=list,
+        description="modules (names in both models, same output shapes) whose outputs the student matches to the teacher's, e.g. features.12",
+    )
+    feature_weight: float = Field(1.0, ge=0, description="weight of the summed normalised feature MSE (with feature_layers)")
+    shift_l1: float = Field(0.0, ge=0, description="weight of the L1 penalty on active-shift offsets (per offset, mean)")
+    freeze_bn: bool = Field(False, description="keep BatchNorm statistics fixed (eval-mode BN) while training")
     seed: int = 0
-    grad_clip: Optional[float] = Field(None, gt=0)
-    checkpoint_every: Optional[int] = Field(None, ge=1)  # steps; default: at the end of each epoch
-    num_workers: int = Field(0, ge=0)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    grad_clip: Optional[float] = Field(None, gt=0, description="clip the gradient norm to this")
+    checkpoint_every: Optional[int] = Field(None, ge=1, description="steps between checkpoints; default: at the end of each epoch")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     progress: bool = True
 
 

@@ -57,7 +57,7 @@ class ChannelPruneConfig(PassConfig):
 
 def make_importance(name: str):
     """The Torch-Pruning importance class for a criterion name (each is its own class there)."""
-    tp = require("torch_pruning", "prune")
+    tp = require("torch_pruning", "compress")
     imp = tp.importance
     criteria = {
         "l1": lambda: imp.GroupMagnitudeImportance(p=1),
@@ -99,7 +99,7 @@ def _group_allowed(group, dg, analysis: Optional[Analysis]) -> bool:
 
 def _prune_in_place(model: nn.Module, config: ChannelPruneConfig, density: float, example: torch.Tensor) -> dict:
     """Prune ``model``'s layers in place at a uniform channel ``density``; returns counts."""
-    tp = require("torch_pruning", "prune")
+    tp = require("torch_pruning", "compress")
     try:
         analysis: Optional[Analysis] = Analysis(model, example)
     except Exception:  # noqa: BLE001 - untraceable models go to Torch-Pruning as they are

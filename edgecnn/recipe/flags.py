@@ -1,0 +1,173 @@
+"""Command-line flags -> recipe: every ``edgecnn compress`` flag is a recipe field.
+
+On top of a recipe (``--recipe``), a flag overrides the matching field of the stage the
+recipe already has; it adds a stage only where the recipe has none of that kind, so a flag
+never adds a stage that conflicts with the recipe. Each such decision is written as a note
+(shown by ``--print-recipe`` and ``--dry-run``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Optional
+
+from edgecnn.errors import UserError
+from edgecnn.recipe.load import stage_entry
+from edgecnn.targets import DEFAULT_TARGET
+
+DEFAULT_STAGES = ["fold_bn", "quantize", "export", "measure"]
+# A stage added by a flag goes before the first of these stages (or last).
+_PRUNE_BEFORE = ("shift", "quantize", "weight_share", "distill", "export", "compile", "measure")
+_SHIFT_BEFORE = ("quantize", "weight_share", "distill", "export", "compile", "measure")
+_QUANTIZE_BEFORE = ("distill", "export", "compile", "measure")
+
+
+@dataclass
+class Flags:
+    """The recipe-shaping flags of ``edgecnn compress``; None (or False) means not given."""
+
+    model: Optional[str] = None
+    options: Optional[dict] = None
+    weights: Optional[str] = None
+    bits: Optional[int] = None
+    prune: Optional[float] = None
+    prune_mode: Optional[str] = None
+    shift: bool = False
+    calib: Optional[str] = None
+    data: Optional[str] = None
+    targets: Optional[list[str]] = None
+    output: Optional[str] = None
+
+    def given(self) -> bool:
+        """True when a flag other than the model options (always present on the command line) is set."""
+        values = (self.model, self.bits, self.prune, self.prune_mode, self.shift, self.calib, self.data, self.targets, self.output)
+        return any(v not in (None, False, (), []) for v in values)
+
+
+def _names(stages: list) -> list:
+    return [stage_entry(e)[0] for e in stages]
+
+
+def _override(stages: list, name: str, fields: dict) -> None:
+    """Set ``fields`` in the config of the first stage called ``name``."""
+    index = _names(stages).index(name)
+    _, cfg = stage_entry(stages[index])
+    if isinstance(cfg, dict):  # anything else is left for validate() to report
+        stages[index] = {name: {**cfg, **fields}}
+
+
+def _insert(stages: list, name: str, cfg: dict, before: tuple[str, ...]) -> None:
+    names = _names(stages)
+    pos = next((i for i, n in enumerate(names) if n in before), len(stages))
+    stages.insert(pos, {name: cfg})
+
+
+def _apply_bits(stages: list, bits: int, notes: list[str]) -> None:
+    """``--bits``: the bits of whatever stores the weights (quantize, else weight_share's codebook)."""
+    names = _names(stages)
+    if "quantize" in names:
+        _override(stages, "quantize", {"bits": bits})
+        notes.append(f"--bits {bits} sets quantize.bits")
+    elif "weight_share" in names:
+        _override(stages, "weight_share", {"bits": bits})
+        notes.append(f"--bits {bits} sets weight_share.bits: this recipe stores its weights as a weight_share "
+                     f"codebook ({2 ** bits} shared values per layer), so no quantize stage is added")
+    else:
+        _insert(stages, "quantize", {"bits": bits}, _QUANTIZE_BEFORE)
+        notes.append(f"--bits {bits} adds a quantize stage (bits {bits}): the recipe has none")
+
+
+def _apply_prune(stages: list, density: Optional[float], mode: Optional[str], notes: list[str]) -> None:
+    """``--prune D --prune-mode M``: the recipe's prune (or channel_prune) stage, else a new one."""
+    wanted = "channel_prune" if mode == "channel" else "prune"
+    existing = next((n for n in _names(stages) if n in ("prune", "channel_prune")), None)
+    if existing is None:
+        if density is None:
+            raise UserError("--prune-mode needs --prune D (the density to keep, e.g. --prune 0.5)")
+        cfg = {"density": density} if wanted == "channel_prune" else {"density": density, "mode": mode or "unstructured"}
+        _insert(stages, wanted, cfg, _PRUNE_BEFORE)
+        notes.append(f"--prune {density} adds a {wanted} stage: the recipe has none")
+        return
+    if mode is not None and wanted != existing:
+        raise UserError(f"--prune-mode {mode}: the recipe prunes with a '{existing}' stage; "
+                        f"change that stage in the recipe to switch the kind of pruning")
+    fields = {}
+    if density is not None:
+        fields["density"] = density
+    if mode is not None and existing == "prune":
+        fields["mode"] = mode
+    if not fields:  # --prune-mode channel on a channel_prune stage: nothing to change
+        notes.append(f"--prune-mode {mode}: the recipe's {existing} stage already prunes that way")
+        return
+    _override(stages, existing, fields)
+    notes.append(f"--prune/--prune-mode set {', '.join(f'{existing}.{k}' for k in fields)}"
+                 + (" (layers in its schedule keep their own density)" if "density" in fields and existing == "prune" else ""))
+
+
+def _apply_shift(stages: list, notes: list[str]) -> None:
+    if "shift" in _names(stages):
+        notes.append("--shift: the recipe already has a shift stage; its config is kept")
+    else:
+        _insert(stages, "shift", {}, _SHIFT_BEFORE)
+        notes.append("--shift adds a shift stage: the recipe has none")
+
+
+def _apply_model(raw: dict, flags: Flags, from_recipe: bool) -> None:
+    raw.setdefault("model", {})
+    if isinstance(raw["model"], str):
+        raw["model"] = {"name": raw["model"]}
+    if not isinstance(raw["model"], dict):  # left for validate() to report
+        return
+    if flags.model:
+        if from_recipe and raw["model"].get("name") not in (None, flags.model):
+            raw["model"]["options"] = {}
+        raw["model"]["name"] = flags.model
+    if flags.options:
+        raw["model"]["options"] = {**(raw["model"].get("options") or {}), **flags.options}
+    if flags.weights is not None:
+        raw["model"]["weights"] = flags.weights
+
+
+def _apply_stages(raw: dict, flags: Flags) -> list[str]:
+    notes: list[str] = []
+    stages = raw.get("stages") or list(DEFAULT_STAGES)
+    if not isinstance(stages, list):  # left for validate() to report
+        return notes
+    stages = list(stages)
+    if flags.prune is not None or flags.prune_mode is not None:
+        _apply_prune(stages, flags.prune, flags.prune_mode, notes)
+    if flags.shift:
+        _apply_shift(stages, notes)
+    if flags.bits is not None:
+        _apply_bits(stages, flags.bits, notes)
+    raw["stages"] = stages
+    return notes
+
+
+def apply_flags(base: Optional[dict], flags: Flags) -> tuple[dict, list[str]]:
+    """(raw recipe dict, notes): ``flags`` on top of ``base`` (a loaded raw recipe) or the defaults.
+
+    Flags not given leave the recipe alone. The notes say what each stage flag did to a
+    recipe (none without one: then the flags are the whole recipe).
+    """
+    raw = copy.deepcopy(base) if base else {"model": {}, "stages": list(DEFAULT_STAGES), "targets": [DEFAULT_TARGET]}
+    _apply_model(raw, flags, from_recipe=bool(base))
+    notes = _apply_stages(raw, flags)
+    data_raw = dict(raw.get("data") or {})
+    if flags.calib is not None:
+        data_raw["calib"] = flags.calib
+    if flags.data is not None:
+        data_raw["eval"] = flags.data
+    if data_raw:
+        raw["data"] = data_raw
+    if flags.targets:
+        raw["targets"] = list(flags.targets)
+    if flags.output is not None:
+        raw["output"] = flags.output
+    return raw, notes if base else []
+
+
+def recipe_from_flags(base: Optional[dict], **flags) -> dict:
+    """The raw recipe dict for the compress flags (keywords of :class:`Flags`), on top of ``base`` if any."""
+    return apply_flags(base, Flags(**flags))[0]
