@@ -87,6 +87,10 @@ class _Rows:
         self.seen: dict[tuple[str, str], dict] = {}
         self.baseline_pred: Optional[np.ndarray] = None
 
+    @property
+    def latency_measurements(self) -> int:
+        return sum(v.get("latency_ms_median") is not None for v in self.seen.values())
+
     def values(self, ck: Checkpoint, target: str) -> dict:
         key = (ck.fingerprint, target)
         if key not in self.seen:
@@ -146,7 +150,7 @@ class MeasureStage:
         state.notes.extend(measurement_notes(measured_targets))
         if state.latency_warnings:
             state.notes.append(
-                f"latency varied more than usual in {len(state.latency_warnings)} of {len(rows.seen)} measurements "
+                f"latency varied more than usual in {len(state.latency_warnings)} of {rows.latency_measurements} measurements "
                 "(a busy machine?): quote the medians"
             )
         _drop_intermediate_files(state)
