@@ -89,7 +89,8 @@ def test_deep_compression_recipe_gives_421098_nonzeros():
 
     from edgecnn.models import create
     from edgecnn.passes.registry import PassContext
-    from edgecnn import stages
+    from edgecnn.pipeline.checkpoint import profile
+    from edgecnn.pipeline.stages.transform import run_transform
 
     import torch
 
@@ -100,11 +101,11 @@ def test_deep_compression_recipe_gives_421098_nonzeros():
         for m in model.modules():
             if isinstance(m, nn.Conv2d):
                 m.bias.uniform_(0.01, 0.1)
-    assert stages.profile(model, 224)["nonzeros"] == 1_248_424
+    assert profile(model, 224)["nonzeros"] == 1_248_424
     for stage in recipe.stages:
         if stage.is_pass:
-            model = stages.run_transform(stage.name, model, stage.config, PassContext(example_input=None, progress=False)) or model
-    nonzero = stages.profile(model, 224)["nonzeros"]
+            model = run_transform(stage.name, model, stage.config, PassContext(example_input=None, progress=False)) or model
+    nonzero = profile(model, 224)["nonzeros"]
     assert abs(nonzero - 421_098) <= 0.001 * 421_098, nonzero
     shared = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert all(len(m.weight.unique()) <= 2**6 + 1 for m in shared)  # 6-bit codebook (+ the pruned zeros)

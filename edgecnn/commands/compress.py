@@ -107,7 +107,7 @@ def compress(model, bits, prune, prune_mode, shift, calib, data, targets, recipe
     import sys
 
     # A terminal gets its own width; a pipe or log file gets 110 columns so tables stay whole.
-    console = Console(record=True, highlight=False, width=None if sys.stdout.isatty() else 110)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
     if print_recipe:
         click.echo(recipe.to_yaml(notes), nl=False)
         return

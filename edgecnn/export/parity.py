@@ -144,15 +144,20 @@ def run_torch(model, inputs: np.ndarray, batch_size: int = 8) -> np.ndarray:
     return np.concatenate(outs, axis=0)
 
 
-def run_onnx(onnx_path: Union[str, Path], inputs: np.ndarray, batch_size: int = 8, threads: int = 0) -> np.ndarray:
+def run_onnx(onnx_path: Union[str, Path], inputs: np.ndarray, batch_size: int = 8, threads: int = 0,
+             optimize: bool = True) -> np.ndarray:
     """Outputs of an ONNX file in ONNX Runtime (CPU), batch by batch; a static batch-1 model is
-    fed one input at a time."""
+    fed one input at a time. ``optimize=False`` turns graph optimizations off: a Q/DQ model then
+    runs in its reference semantics (DequantizeLinear -> float op -> QuantizeLinear), not on
+    ONNX Runtime's fused int8 kernels."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     model_input = session.get_inputs()[0]
     static_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None

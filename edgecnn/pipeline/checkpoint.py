@@ -1,0 +1,53 @@
+"""Checkpoints: the model as each stage left it, with the numbers that do not need ONNX."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgecnn.measure.profile import profile_model
+
+
+@dataclass
+class Checkpoint:
+    """The model as one stage left it (a frozen copy)."""
+
+    stage: str
+    module: Any
+    fingerprint: str
+    quantized: bool
+    stats: dict = field(default_factory=dict)
+
+
+def profile(model, input_size: int) -> dict:
+    """params, non-zero params and MACs (conv + linear, batch 1) of a PyTorch model."""
+    p = profile_model(model, input_size)
+    return {"params": int(p.params), "nonzeros": int(p.nonzero_params), "macs": int(p.macs)}
+
+
+def is_quantized(model) -> bool:
+    """True when a quantize pass has put quantizers into the model (Q/DQ export needed)."""
+    return any(hasattr(m, "weight_quantizer") or hasattr(m, "input_quantizer") for m in model.modules())
+
+
+def fingerprint(model) -> str:
+    """A hash of the architecture and every tensor: equal fingerprints mean nothing changed."""
+    h = hashlib.sha256(repr(model).encode())
+    for name, tensor in list(model.state_dict().items()):
+        h.update(name.encode())
+        if hasattr(tensor, "detach"):
+            t = tensor.detach().cpu().contiguous()
+            h.update(str(t.dtype).encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def make_checkpoint(stage: str, module, input_size: int) -> Checkpoint:
+    """Freeze a copy of ``module`` (eval mode, no gradients) with its profile and fingerprint."""
+    module.eval()
+    ck = Checkpoint(stage, copy.deepcopy(module), fingerprint(module), is_quantized(module), profile(module, input_size))
+    for p in ck.module.parameters():
+        p.requires_grad_(False)
+    return ck

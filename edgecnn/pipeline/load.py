@@ -1,0 +1,165 @@
+"""Before any stage: cheap input checks, then the model, its preprocessing and the images.
+
+With no weights in the recipe the run uses the embedded digits baseline
+(:mod:`edgecnn.data.embedded`) and says so everywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from edgecnn.data import embedded
+from edgecnn.data.images import ImageFolder, iter_batches
+from edgecnn.errors import UserError
+from edgecnn.models import create, load_model, resolve_name
+from edgecnn.pipeline.state import RunState, StageOutcome
+from edgecnn.preprocess import Preprocess
+from edgecnn.recipe import Recipe
+
+EVAL_IN_MEMORY_BYTES = 512 * 2**20  # above this the evaluation set is streamed from disk
+# Stages that need calibration images when the model has real weights.
+CALIBRATED_STAGES = ("quantize", "shift", "channel_prune", "distill")
+
+
+def check_inputs(r: Recipe) -> None:
+    """Cheap checks before any work: folders exist, flags fit together."""
+    for key in ("calib", "eval", "train"):
+        value = getattr(r.data, key)
+        if value is not None and not Path(value).expanduser().exists():
+            raise UserError(f"data.{key}: '{value}' does not exist; give an image folder or a list file")
+    if r.embedded:
+        given = [k for k in ("calib", "eval") if getattr(r.data, k)]
+        if given:
+            flag = {"calib": "--calib", "eval": "--data"}[given[0]]
+            raise UserError(
+                f"{flag} needs --weights: without weights edgecnn uses its embedded digits baseline, which your images do not fit"
+            )
+        if r.model.options.get("num_classes") not in (None, 10):
+            raise UserError("--num-classes needs --weights: the embedded digits baseline has 10 classes")
+    else:
+        weights = r.model.weights
+        if weights not in ("imagenet",) and not Path(weights).expanduser().is_file():
+            raise UserError(f"weights file '{weights}' does not exist; give a .pth file or 'imagenet'")
+        if any(s.name in CALIBRATED_STAGES for s in r.stages) and r.data.calib is None:
+            raise UserError("quantization needs calibration images: pass --calib DIR (an image folder or a list file)")
+    if any(s.name == "distill" for s in r.stages) and not r.embedded and r.data.train is None:
+        raise UserError("stage distill needs labelled training images: set data.train in the recipe")
+
+
+def load(state: RunState) -> None:
+    """Model, preprocessing, image sets and arrays into ``state``; the baseline checkpoint."""
+    t0 = time.perf_counter()
+    if state.recipe.embedded:
+        _load_embedded(state)
+    else:
+        _load_user(state)
+    _load_arrays(state)
+    state.add_checkpoint("baseline", state.module)
+    state.stage_done("baseline", time.perf_counter() - t0, StageOutcome(state.baseline_text))
+
+
+def evenly_spaced(count: int, limit: Optional[int]) -> list[int]:
+    """Indices of ``limit`` images spread over the whole set: class-sorted folders keep every class."""
+    if limit is None or limit >= count:
+        return list(range(count))
+    return sorted(set(np.linspace(0, count - 1, limit).round().astype(int).tolist()))
+
+
+def subset(dataset, indices: list[int]):
+    sub = copy.copy(dataset)
+    sub.items = [dataset.items[i] for i in indices]
+    return sub
+
+
+def _load_embedded(state: RunState) -> None:
+    r = state.recipe
+    e = r.data.embedded
+    name = resolve_name(r.model.name)
+    options = {k: v for k, v in r.model.options.items() if v is not None and k != "num_classes"}
+
+    def build():
+        return create(name, num_classes=embedded.NUM_CLASSES, **options)
+
+    build()  # fail fast on bad options before any training
+    with state.console.bar(f"training the {name} digits baseline", e.epochs) as step:
+        base = embedded.train_baseline(build, name, options, e.input_size, e.epochs, e.seed, e.max_train_images, progress=step)
+    state.module = base.module
+    state.preprocess = base.preprocess
+    state.labels = [f"digit_{d}" for d in range(embedded.NUM_CLASSES)]
+    state.model_info = {
+        "name": name,
+        "options": options,
+        "weights": f"embedded digits baseline (cache key {base.key})",
+        "num_classes": embedded.NUM_CLASSES,
+    }
+    note = base.description
+    state.console.print(f"[yellow]{note}[/]")
+    state.notes.append(note)
+    calib = ImageFolder(base.folders.train)
+    if e.max_train_images:
+        calib = subset(calib, evenly_spaced(len(calib), e.max_train_images))
+    evalset = ImageFolder(base.folders.test)
+    if e.max_test_images:
+        evalset = subset(evalset, evenly_spaced(len(evalset), e.max_test_images))
+    state.calib_set, state.eval_set, state.train_set = calib, evalset, calib
+    state.data_info = {
+        "source": "embedded-digits",
+        "note": note,
+        "calib": "embedded digits, train split",
+        "eval": "embedded digits, held-out test split",
+        "train": "embedded digits, train split",
+    }
+    how = "loaded from cache" if base.cached else f"trained in {base.train_seconds:.0f} s"
+    state.baseline_text = f"digits baseline {how}: {base.torch_top1:.1f} % top-1 in PyTorch on {base.folders.n_test} test images"
+
+
+def _load_user(state: RunState) -> None:
+    r = state.recipe
+    preprocess = r.model.preprocess
+    if isinstance(preprocess, dict):
+        try:
+            preprocess = Preprocess(**preprocess)
+        except TypeError as exc:
+            raise UserError(f"model.preprocess: {exc}") from None
+    loaded = load_model(r.model.name, weights=r.model.weights, preprocess=preprocess, **r.model.options)
+    state.module = loaded.module
+    state.preprocess = loaded.preprocess
+    state.labels = loaded.labels
+    num_classes = getattr(loaded.module, "num_classes", None) or loaded.options.get("num_classes")
+    state.model_info = {"name": loaded.name, "options": loaded.options, "weights": loaded.weights, "num_classes": num_classes}
+    state.calib_set = ImageFolder(Path(r.data.calib).expanduser()) if r.data.calib else None
+    state.eval_set = ImageFolder(Path(r.data.eval).expanduser()) if r.data.eval else None
+    state.train_set = ImageFolder(Path(r.data.train).expanduser()) if r.data.train else None
+    if state.eval_set is not None and not state.eval_set.labelled:
+        state.notes.append(f"{r.data.eval} has no labels: top-1/top-5 not measured, agreement with FP32 only")
+    state.data_info = {"source": "user", "note": None, "calib": r.data.calib, "eval": r.data.eval, "train": r.data.train}
+    state.baseline_text = f"{loaded.name}, weights: {loaded.weights}"
+
+
+def _load_arrays(state: RunState) -> None:
+    """Calibration and evaluation images, preprocessed once."""
+    data = state.recipe.data
+    if state.calib_set is not None:
+        sub = subset(state.calib_set, evenly_spaced(len(state.calib_set), data.calib_images))
+        state.calib_arrays = np.concatenate([x for x, _ in iter_batches(sub, state.preprocess, data.batch_size)])
+    state.data_info["calib_images"] = 0 if state.calib_arrays is None else int(len(state.calib_arrays))
+    if state.eval_set is not None:
+        sub = subset(state.eval_set, evenly_spaced(len(state.eval_set), data.eval_images))
+        state.data_info["eval_images"] = len(sub)
+        if len(sub) * 3 * state.input_size**2 * 4 > EVAL_IN_MEMORY_BYTES:
+            state.eval_stream = sub
+        else:
+            xs, ys = [], []
+            for x, y in iter_batches(sub, state.preprocess, data.batch_size):
+                xs.append(x)
+                ys.append(y)
+            state.eval_arrays = np.concatenate(xs)
+            state.eval_labels = np.concatenate(ys) if ys[0] is not None else None
+    else:
+        state.data_info["eval_images"] = 0
+    state.data_info["labelled"] = bool(state.eval_set is not None and state.eval_set.labelled)

@@ -1,0 +1,62 @@
+"""How measure treats a target on a CPU comes from the target table: trt (``cpu_accuracy:
+reference``) is evaluated with ONNX Runtime's graph optimizations off and gets no CPU latency."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from rich.console import Console
+
+from edgecnn.pipeline import run_recipe
+from edgecnn.recipe import validate
+
+MEASURE = {"measure": {"checkpoints": "final", "latency_runs": 5, "warmup": 0, "warmup_seconds": 0.0, "plot": False}}
+
+
+def _run(raw: dict, out, monkeypatch) -> dict:
+    monkeypatch.setenv("EDGECNN_TORCH_THREADS", "1")
+    return run_recipe(validate(raw, "test"), output=out, console=Console(quiet=True), progress=False)
+
+
+def test_trt_rows_use_reference_semantics_and_no_cpu_latency(tmp_path, monkeypatch):
+    from test_golden_artifacts import _inputs
+
+    from edgecnn.pipeline.stages import measure
+
+    _inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    real = measure.run_onnx
+    monkeypatch.setattr(measure, "run_onnx", lambda path, *a, **kw: calls.append((path.parent.name, kw["optimize"])) or real(path, *a, **kw))
+    raw = {"model": {"name": "net.py:build", "weights": "weights.pth"}, "data": {"calib": "calib", "eval": "calib", "calib_images": 8},
+           "stages": ["fold_bn", {"quantize": {"bits": 8}}, "export", MEASURE], "targets": ["ort-x86", "trt"]}
+    report = _run(raw, tmp_path / "out", monkeypatch)
+
+    assert sorted(set(calls)) == [("fp32", True), ("ort-x86", True), ("trt", False)]
+    assert report["cpu_accuracy"] == {"ort-x86": "optimized", "trt": "reference"}
+    rows = {r["target"]: r for r in report["results"]}
+    assert rows["trt"]["latency_ms_median"] is None and rows["trt"]["runtime"] is None
+    assert rows["ort-x86"]["latency_ms_median"] > 0 and rows["fp32"]["latency_ms_median"] > 0
+    assert rows["trt"]["agreement"] is not None
+    notes = " ".join(report["notes"])
+    assert "trt rows: top-1 and agreement measured in reference Q/DQ semantics" in notes and "trt rows: no latency" in notes
+    assert "ort-x86 rows" not in notes
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| quantize | trt |" in md and "reference Q/DQ semantics" in md
+
+
+def test_trt_mobilenet_v2_agrees_with_fp32_on_imagenet(shared_data, tmp_path, monkeypatch):
+    """MobileNetV2 (TF padding, shared 8-bit-origin weights), 64 sample images: the trt artifact in
+    reference semantics agrees with FP32 on top-1; ORT's fused int8 kernels on a CPU without VNNI did not."""
+    rows = list(csv.DictReader(open(shared_data / "imagenet-sample-manifest.csv", newline="")))
+    step = len(rows) / 64
+    lines = [f"{shared_data / 'imagenet-sample' / rows[int(i * step)]['relpath']} {rows[int(i * step)]['class_index']}" for i in range(64)]
+    images = tmp_path / "val64.txt"
+    images.write_text("\n".join(lines) + "\n")
+    raw = {"model": {"name": "mobilenet_v2", "weights": str(shared_data / "weights" / "mobilenet_v2.pth"), "options": {"tf_padding": True}},
+           "data": {"calib": str(images), "eval": str(images), "calib_images": 64},
+           "stages": ["fold_bn", "quantize", {"export": {"parity": False}}, MEASURE], "targets": ["trt"]}
+    report = _run(raw, tmp_path / "out", monkeypatch)
+    trt = next(r for r in report["results"] if r["target"] == "trt")
+    assert trt["agreement"] >= 95.0, trt
