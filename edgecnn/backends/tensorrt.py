@@ -1,19 +1,28 @@
-"""TensorRT engine building from ONNX, for TensorRT 10 and 11 (imported lazily; no torch).
+"""TensorRT engine building from ONNX, for TensorRT 8.5, 8.6, 10.x and 11.x (imported lazily; no torch).
 
 The builder configuration is plain data first (:class:`TrtBuildConfig` -> :func:`plan_build`
 -> :class:`BuildPlan`), applied to the real ``tensorrt`` objects by the thin
-:func:`apply_plan`; so every decision (strongly typed or builder precision flags, DLA with
-GPU fallback, 2:4 sparsity, workspace, timing cache) is unit-tested without TensorRT.
+:func:`apply_plan`; every name a plan uses is checked in the tests against a manifest of the
+TensorRT Python API per release (tests/data/trt_api_manifest.json, from NVIDIA's binding
+sources and wheels), so a plan is right for its version without TensorRT installed.
 
-TensorRT 11 builds strongly typed networks only: precision comes from the ONNX file (Q/DQ
-nodes for INT8, float16 tensors for FP16, see :func:`edgecnn.export.fp16.to_fp16`); the
-builder flags FP16/INT8 no longer exist. TensorRT 10 still accepts them (weak typing) or a
-strongly typed network when asked.
+What differs by version (the plan is chosen from ``tensorrt.__version__``):
+
+* 8.5 / 8.6 (JetPack 5.1 / 6.0): the ONNX parser needs ``EXPLICIT_BATCH``; no strong
+  typing, so a Q/DQ network needs ``BuilderFlag.INT8`` (plus ``FP16`` for the layers Q/DQ
+  leave in float); 8.5 has no ``builder_optimization_level``.
+* 10.x (JetPack 6.1/6.2 ship 10.3): explicit batch is implied (``EXPLICIT_BATCH`` is
+  deprecated); ``STRONGLY_TYPED`` exists. A file that states every precision (float16
+  tensors) is built strongly typed; a Q/DQ file with a float32 rest gets INT8 + FP16, as
+  on 8.x.
+* 11.x: strongly typed only (``STRONGLY_TYPED`` is deprecated and always on; the FP16/INT8
+  builder flags are gone): precision comes from the ONNX file alone.
 """
 
 from __future__ import annotations
 
-import os
+import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,33 +37,61 @@ INSTALL_HINT = (
     "pip install --extra-index-url https://pypi.nvidia.com tensorrt"
 )
 _tensorrt = lazy_import("tensorrt", hint=INSTALL_HINT)
+COVERED = "8.5, 8.6 (JetPack 5.1, 6.0), 10.x (JetPack 6.1/6.2: 10.3) and 11.x"
+
+
+def parse_trt_version(version: Union[str, int, tuple]) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version ('8.6.2.3', '10.3', '11', 10), refusing uncovered ones."""
+    if isinstance(version, tuple):
+        major, minor = int(version[0]), int(version[1])
+    else:
+        m = re.fullmatch(r"\s*(\d+)(?:\.(\d+))?(?:[.\w+-]*)\s*", str(version))
+        if not m:
+            raise UserError(f"'{version}' is not a TensorRT version; give one like 8.6 or 10.3")
+        major, minor = int(m.group(1)), int(m.group(2) or 0)
+        if major == 8 and m.group(2) is None:
+            raise UserError("TensorRT 8 needs its minor version (8.5 or 8.6): they build differently")
+    if not ((major == 8 and minor in (5, 6)) or major in (10, 11)):
+        raise UserError(f"TensorRT {major}.{minor} is not covered; edgecnn builds for TensorRT {COVERED}")
+    return major, minor
 
 
 @dataclass
 class TrtBuildConfig:
-    """What the user asked for. ``trt_major`` is the installed TensorRT's major version."""
+    """What the user asked for, for one TensorRT release (``trt_version``, e.g. '10.3')."""
 
-    trt_major: int = 10
-    fp16: bool = False  # TRT 10: BuilderFlag.FP16; TRT 11: refused (convert the ONNX to FP16)
-    int8: bool = False  # TRT 10: BuilderFlag.INT8 for a Q/DQ model; TRT 11: implied by Q/DQ
-    strongly_typed: Optional[bool] = None  # None: TRT 11 always, TRT 10 when the ONNX has fp16/QDQ only
+    trt_version: str = "10.3"
+    fp16: Optional[bool] = None  # None: FP16 for the float rest of a Q/DQ file on 8.x/10.x
+    int8: bool = False  # 8.x/10.x: BuilderFlag.INT8 (implied by a Q/DQ file); 11.x: refused
+    strongly_typed: Optional[bool] = None  # None: 11.x always; 10.x when the file has float16 tensors
+    qdq: bool = False  # the ONNX file has Q/DQ nodes (set by config_for_onnx)
+    fp16_tensors: bool = False  # the ONNX file has float16 weights/casts (set by config_for_onnx)
     sparse: bool = False  # BuilderFlag.SPARSE_WEIGHTS (2:4 structured sparsity, Ampere+/Orin)
     workspace_mb: Optional[int] = None  # MemoryPoolType.WORKSPACE limit
     dla_core: Optional[int] = None  # DeviceType.DLA on this core
     gpu_fallback: bool = True  # BuilderFlag.GPU_FALLBACK when on DLA
     timing_cache: Optional[str] = None
-    optimization_level: Optional[int] = None  # builder_optimization_level 0-5 (TRT default 3)
+    optimization_level: Optional[int] = None  # builder_optimization_level 0-5 (8.6+; TRT default 3)
     input_name: str = "input"
     input_shape: Optional[tuple[int, ...]] = None  # (C, H, W) for a dynamic-batch ONNX
     batch: tuple[int, int, int] = (1, 1, 1)  # min, opt, max for a dynamic batch
     detailed_profiling: bool = True  # ProfilingVerbosity.DETAILED: layer info in the engine inspector
     notes: list[str] = field(default_factory=list)  # decisions taken for the user, shown with the build
 
+    @property
+    def series(self) -> tuple[int, int]:
+        return parse_trt_version(self.trt_version)
+
+    @property
+    def trt_major(self) -> int:
+        return self.series[0]
+
 
 @dataclass
 class BuildPlan:
     """The exact TensorRT calls, as names: what :func:`apply_plan` sets."""
 
+    trt_version: str = ""
     network_flags: list[str] = field(default_factory=list)  # NetworkDefinitionCreationFlag names
     builder_flags: list[str] = field(default_factory=list)  # BuilderFlag names
     memory_pool_limits: dict[str, int] = field(default_factory=dict)  # MemoryPoolType name -> bytes
@@ -70,32 +107,56 @@ class BuildPlan:
         return asdict(self)
 
 
-def plan_build(cfg: TrtBuildConfig) -> BuildPlan:
-    """Turn a request into the TensorRT settings, refusing combinations TensorRT would reject."""
-    plan = BuildPlan(notes=list(cfg.notes))
-    if cfg.trt_major >= 11:
-        if cfg.fp16 or cfg.int8:
-            precision = "--fp16" if cfg.fp16 else "--int8"
-            raise UserError(
-                f"TensorRT {cfg.trt_major} has no {precision} builder flag (strongly typed networks only); "
-                "export an FP16 ONNX (edgecnn export MODEL --precision fp16) or a Q/DQ INT8 model and compile that"
-            )
+def _precision(cfg: TrtBuildConfig, plan: BuildPlan, major: int, minor: int) -> None:
+    """Network flags and precision builder flags for one release."""
+    typed_file = cfg.qdq or cfg.fp16_tensors
+    if major >= 11:
         if cfg.strongly_typed is False:
-            raise UserError(f"TensorRT {cfg.trt_major} builds strongly typed networks only; drop the weak-typing option")
-        # Accepted (and ignored) by 11.x; keeping it makes the same plan valid on 10.x too.
-        plan.network_flags.append("STRONGLY_TYPED")
-    else:
-        if cfg.strongly_typed and (cfg.fp16 or cfg.int8):
-            raise UserError(
-                "a strongly typed network takes its precision from the ONNX file; drop --fp16/--int8 "
-                "or build without strong typing"
-            )
+            raise UserError(f"TensorRT {major} builds strongly typed networks only; drop --weakly-typed")
+        if cfg.fp16 or cfg.int8:
+            if not typed_file:
+                precision = "--fp16" if cfg.fp16 else "--int8"
+                raise UserError(
+                    f"TensorRT {major} has no {precision} builder flag (strongly typed networks only); export an "
+                    "FP16 ONNX (edgecnn export MODEL --precision fp16) or a Q/DQ INT8 model and compile that")
+            plan.notes.append(f"TensorRT {major}: precision comes from the ONNX file's Q/DQ and float16 tensors; "
+                              "--fp16/--int8 ignored")
+        if cfg.qdq and not cfg.fp16_tensors:
+            plan.notes.append(f"TensorRT {major}: the float layers of this Q/DQ file run in FP32; export it with "
+                              "FP16 for the rest to run them in FP16")
+        return  # strong typing is the only mode; STRONGLY_TYPED is deprecated (always on)
+    if major == 8:
+        plan.network_flags.append("EXPLICIT_BATCH")  # the 8.x ONNX parser rejects implicit-batch networks
         if cfg.strongly_typed:
-            plan.network_flags.append("STRONGLY_TYPED")
-        if cfg.fp16:
-            plan.builder_flags.append("FP16")
-        if cfg.int8:
-            plan.builder_flags.append("INT8")
+            raise UserError(f"TensorRT {major}.{minor} has no strongly typed networks (added in 10.0); "
+                            "drop --strongly-typed")
+        strongly_typed = False
+    else:
+        strongly_typed = cfg.strongly_typed if cfg.strongly_typed is not None else cfg.fp16_tensors
+    if strongly_typed:
+        if cfg.fp16 or cfg.int8:
+            raise UserError("a strongly typed network takes its precision from the ONNX file; drop --fp16/--int8 "
+                            "or build without strong typing (--weakly-typed)")
+        plan.network_flags.append("STRONGLY_TYPED")
+        return
+    fp16 = cfg.fp16 if cfg.fp16 is not None else typed_file
+    if fp16:
+        plan.builder_flags.append("FP16")
+    if cfg.int8 or cfg.qdq:
+        plan.builder_flags.append("INT8")  # Q/DQ layers run in int8 only with this flag before strong typing
+    if major == 10 and minor >= 12 and plan.builder_flags:
+        plan.notes.append(f"TensorRT {major}.{minor} deprecates the FP16/INT8 builder flags (weak typing); a Q/DQ "
+                          "export with FP16 for the rest builds strongly typed instead, as on TensorRT 11")
+    if cfg.qdq and cfg.fp16 is None:
+        plan.notes.append("Q/DQ file: INT8 for the quantized layers, FP16 for the rest (as NVIDIA's quantizer "
+                          "deploys it); --no-fp16 keeps the rest in FP32")
+
+
+def plan_build(cfg: TrtBuildConfig) -> BuildPlan:
+    """Turn a request into the TensorRT settings of its release, refusing what that release lacks."""
+    major, minor = cfg.series
+    plan = BuildPlan(trt_version=f"{major}.{minor}", notes=list(cfg.notes))
+    _precision(cfg, plan, major, minor)
     if cfg.sparse:
         plan.builder_flags.append("SPARSE_WEIGHTS")
     if cfg.dla_core is not None:
@@ -107,13 +168,16 @@ def plan_build(cfg: TrtBuildConfig) -> BuildPlan:
             plan.builder_flags.append("GPU_FALLBACK")
         else:
             plan.notes.append("no GPU fallback: layers DLA cannot run make the build fail")
-        if cfg.trt_major < 11 and not (cfg.fp16 or cfg.int8 or cfg.strongly_typed):
-            plan.notes.append("DLA runs FP16/INT8 only: add --fp16 (TensorRT 10) or compile an FP16/Q-DQ ONNX")
+        if not (set(plan.builder_flags) & {"FP16", "INT8"} or cfg.qdq or cfg.fp16_tensors):
+            plan.notes.append("DLA runs FP16/INT8 only: add --fp16 (TensorRT 8.x/10.x) or compile an FP16/Q-DQ ONNX")
     if cfg.workspace_mb is not None:
         if cfg.workspace_mb <= 0:
             raise UserError(f"workspace {cfg.workspace_mb} MB is not valid; give a positive size in MB")
         plan.memory_pool_limits["WORKSPACE"] = int(cfg.workspace_mb) << 20
     if cfg.optimization_level is not None:
+        if (major, minor) < (8, 6):
+            raise UserError(f"TensorRT {major}.{minor} has no builder optimization level (added in 8.6); "
+                            "drop --builder-opt-level")
         if not 0 <= cfg.optimization_level <= 5:
             raise UserError(f"builder optimization level {cfg.optimization_level} is not valid; choose 0-5")
         plan.optimization_level = int(cfg.optimization_level)
@@ -186,24 +250,31 @@ class BuildResult:
     trt_version: str
 
 
+def engine_info_path(engine_path: Union[str, Path]) -> Path:
+    """``<engine>.json``: the input name and shapes an engine was built for, for ``bench --trtexec``."""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
+
+
 def build_engine(onnx_path: Union[str, Path], engine_path: Union[str, Path], cfg: Optional[TrtBuildConfig] = None,
                  overwrite: bool = True, **options) -> BuildResult:
-    """Parse ``onnx_path``, build it, write the engine and ``<engine>.log`` atomically.
+    """Parse ``onnx_path``, build it, write the engine, ``<engine>.log`` and ``<engine>.json`` atomically.
 
     Either a full ``cfg`` or :class:`TrtBuildConfig` fields as keywords (``fp16=True``,
-    ``int8=True``, ``sparse=True``, ``dla_core=0``, ``workspace_mb=1024``...), which are fitted
-    to the ONNX file and the installed TensorRT by :func:`config_for_onnx`.
+    ``sparse=True``, ``dla_core=0``, ``workspace_mb=1024``...), which are fitted to the ONNX
+    file and the installed TensorRT by :func:`config_for_onnx`.
     """
+    from edgecnn.fileio import write_bytes_atomic, write_text_atomic
+
     trt = import_tensorrt()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not onnx_path.is_file():
         raise UserError(f"ONNX file '{onnx_path}' does not exist; check the path")
     if engine_path.exists() and not overwrite:
         raise UserError(f"'{engine_path}' already exists; pass --force to overwrite it")
-    major = int(trt.__version__.split(".")[0])
     if cfg is None:
-        cfg = config_for_onnx(onnx_path, major, **options)
-    cfg.trt_major = major
+        cfg = config_for_onnx(onnx_path, trt.__version__, **options)
+    cfg.trt_version = trt.__version__
     plan = plan_build(cfg)
     log_lines: list[str] = []
 
@@ -212,7 +283,7 @@ def build_engine(onnx_path: Union[str, Path], engine_path: Union[str, Path], cfg
             trt.ILogger.__init__(self)
 
         def log(self, severity, msg):
-            log_lines.append(f"[{severity.name}] {msg}")
+            log_lines.append(f"[{getattr(severity, 'name', severity)}] {msg}")
 
     logger = _Logger()
     builder = trt.Builder(logger)
@@ -227,21 +298,32 @@ def build_engine(onnx_path: Union[str, Path], engine_path: Union[str, Path], cfg
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
     log_path = engine_path.with_suffix(engine_path.suffix + ".log")
-    _atomic_write(log_path, ("\n".join(log_lines) + "\n").encode())
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(log_path, "\n".join(log_lines) + "\n")
     if serialized is None:
         raise UserError(f"TensorRT failed to build the engine; see the build log {log_path}")
     data = bytes(serialized)
-    _atomic_write(engine_path, data)
+    write_bytes_atomic(engine_path, data)
     if cache is not None and plan.timing_cache:
-        _atomic_write(Path(plan.timing_cache), bytes(cache.serialize()))
+        write_bytes_atomic(Path(plan.timing_cache), bytes(cache.serialize()))
+    info = {"input_name": cfg.input_name, "input_shape": list(cfg.input_shape) if cfg.input_shape else None,
+            "profile_shapes": plan.profile_shapes, "trt_version": trt.__version__, "onnx": str(onnx_path)}
+    write_text_atomic(engine_info_path(engine_path), json.dumps(info) + "\n")
     return BuildResult(str(engine_path), str(log_path), seconds, len(data), plan.to_dict(), trt.__version__)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def engine_input(engine_path: Union[str, Path]) -> Optional[dict]:
+    """``{"name", "opt_shape", "dynamic"}`` of an engine's input from its ``.json`` written at build time;
+    None when there is none (an engine built elsewhere)."""
+    info_path = engine_info_path(engine_path)
+    if not info_path.is_file():
+        return None
+    info = json.loads(info_path.read_text())
+    profiles = info.get("profile_shapes") or {}
+    if profiles:
+        name, (_, opt, _) = next(iter(profiles.items()))
+        return {"name": name, "opt_shape": list(opt), "max_batch": profiles[name][2][0], "dynamic": True}
+    return {"name": info.get("input_name"), "opt_shape": None, "dynamic": False}
 
 
 class TrtRunner:
@@ -285,36 +367,32 @@ class TrtRunner:
         self._runner.deactivate()
 
 
-def onnx_input_info(onnx_path: Union[str, Path]) -> tuple[str, list, bool]:
-    """(name, dims, typed) of the ONNX file's first input; symbolic dims as their names;
-    ``typed`` is True when the graph carries its own precision (Q/DQ nodes or float16 weights)."""
+def onnx_input_info(onnx_path: Union[str, Path]) -> dict:
+    """The ONNX file's first input (``name``, ``dims`` with symbolic dims as their names) and whether
+    it states its own precision: ``qdq`` (Q/DQ nodes), ``fp16`` (float16 initializers or casts)."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     value = model.graph.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value.type.tensor_type.shape.dim]
-    typed = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node) or any(
-        i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer
+    qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+    fp16 = any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
+        for n in model.graph.node
     )
-    return value.name, dims, typed
+    return {"name": value.name, "dims": dims, "qdq": qdq, "fp16": fp16}
 
 
-def config_for_onnx(onnx_path: Union[str, Path], trt_major: int, batch: Sequence[int] = (1, 1, 1), **options) -> TrtBuildConfig:
-    """A TrtBuildConfig matching the ONNX file: input name, an optimization profile for a dynamic
-    batch, and on TensorRT 10 a strongly typed network for an FP16 or Q/DQ file built without
-    precision flags (so its precision is the file's, as on TensorRT 11)."""
-    name, dims, typed = onnx_input_info(onnx_path)
-    cfg = TrtBuildConfig(trt_major=trt_major, input_name=name, **options)
+def config_for_onnx(onnx_path: Union[str, Path], trt_version: Union[str, int], batch: Sequence[int] = (1, 1, 1),
+                    **options) -> TrtBuildConfig:
+    """A TrtBuildConfig matching the ONNX file and the TensorRT release: input name, an
+    optimization profile for a dynamic batch, and what the file says about its precision."""
+    info = onnx_input_info(onnx_path)
+    cfg = TrtBuildConfig(trt_version=str(trt_version), input_name=info["name"], qdq=info["qdq"],
+                         fp16_tensors=info["fp16"], **options)
+    cfg.series  # refuse an uncovered release before anything else
+    dims = info["dims"]
     if dims and (not isinstance(dims[0], int) or dims[0] <= 0):
         cfg.input_shape = tuple(dims[1:])
         cfg.batch = tuple(batch)
-    if cfg.strongly_typed is None and trt_major < 11 and typed and not (cfg.fp16 or cfg.int8):
-        cfg.strongly_typed = True
-    if trt_major >= 11 and typed and (cfg.fp16 or cfg.int8):
-        # The file already carries its precision; on 11.x that is the only way to ask for it.
-        cfg.notes.append(
-            f"TensorRT {trt_major}: precision comes from the ONNX file's Q/DQ and float16 tensors; "
-            "--fp16/--int8 ignored"
-        )
-        cfg.fp16 = cfg.int8 = False
     return cfg

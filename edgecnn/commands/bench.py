@@ -90,14 +90,13 @@ def bench(model_file, backend, threads, batches, warmup, duration, iterations, o
 
 def _trtexec(path: Path, batch: int, warmup: float, duration, iterations) -> dict:
     """Time the engine with trtexec; its output is kept next to the engine."""
-    from edgecnn.backends.tensorrt import TrtBuildConfig, tensorrt_version
+    from edgecnn.backends.tensorrt import TrtBuildConfig, engine_input, tensorrt_version
     from edgecnn.backends.trtexec import TrtexecTiming, find_trtexec, run_trtexec, trtexec_command
 
-    version = tensorrt_version()
-    major = int(version.split(".")[0]) if version else 10
     timing = TrtexecTiming(warmup_ms=int(warmup * 1000), duration_s=duration or 5.0, iterations=iterations or 100,
                            batch=batch)
-    args = trtexec_command(None, TrtBuildConfig(trt_major=major), timing, load_engine=str(path), trtexec=find_trtexec())
+    args = trtexec_command(None, TrtBuildConfig(trt_version=tensorrt_version() or "10.3"), timing,
+                           load_engine=str(path), trtexec=find_trtexec(), engine_input=engine_input(path))
     return run_trtexec(args, log_path=path.with_suffix(path.suffix + ".trtexec.log"))
 
 

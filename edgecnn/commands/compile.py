@@ -21,10 +21,13 @@ from edgecnn.errors import UserError
 @click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Engine (trt) or optimised ONNX (ort) to write.")
-@click.option("--fp16", is_flag=True, help="TensorRT 10: allow FP16 kernels (TensorRT 11: compile an FP16 ONNX instead).")
-@click.option("--int8", is_flag=True, help="TensorRT 10: allow INT8 kernels for a Q/DQ model.")
+@click.option("--fp16/--no-fp16", default=None,
+              help="TensorRT 8.x/10: allow FP16 kernels (default: on for the float rest of a Q/DQ file); "
+                   "TensorRT 11: compile an FP16 ONNX instead.")
+@click.option("--int8", is_flag=True, help="TensorRT 8.x/10: allow INT8 kernels (implied by a Q/DQ file).")
 @click.option("--strongly-typed/--weakly-typed", "strongly_typed", default=None,
-              help="TensorRT 10: precision from the ONNX types (default for FP16/Q-DQ files); 11 is always strongly typed.")
+              help="TensorRT 10: precision from the ONNX types (default for files with float16 tensors); "
+                   "11 is always strongly typed, 8.x never.")
 @click.option("--sparse", is_flag=True, help="Use 2:4 sparse kernels where weights allow (BuilderFlag.SPARSE_WEIGHTS).")
 @click.option("--dla", "dla_core", type=int, default=None, help="Run on this DLA core (Jetson), GPU fallback allowed.")
 @click.option("--no-gpu-fallback", is_flag=True, help="With --dla: fail instead of running unsupported layers on the GPU.")
@@ -36,8 +39,9 @@ from edgecnn.errors import UserError
 @click.option("--opt-level", type=click.Choice(["basic", "extended", "all"]), default="extended", show_default=True,
               help="ORT: graph optimization level saved ('all' adds hardware-specific layouts, not portable).")
 @click.option("--print-trtexec", is_flag=True, help="Print the equivalent trtexec command (no TensorRT needed).")
-@click.option("--trt-version", type=click.IntRange(10, 11), default=None,
-              help="TensorRT major version for --print-trtexec when TensorRT is not installed (default 10).")
+@click.option("--trt-version", default=None,
+              help="TensorRT release for --print-trtexec when TensorRT is not installed: 8.5, 8.6, 10.x or 11.x "
+                   "(default 10.3).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def compile_(onnx_file, backend, output, fp16, int8, strongly_typed, sparse, dla_core, no_gpu_fallback, workspace_mb,
@@ -79,15 +83,16 @@ def _compile_trt(path: Path, output, options: dict, batch: int, print_trtexec: b
     from edgecnn.backends.trtexec import TrtexecTiming, format_command, trtexec_command
 
     installed = trt_backend.tensorrt_version()
-    major = int(installed.split(".")[0]) if installed else (trt_version or 10)
-    if installed and trt_version and trt_version != major:
+    version = installed or trt_version or "10.3"
+    if installed and trt_version and trt_backend.parse_trt_version(trt_version) != trt_backend.parse_trt_version(installed):
         raise UserError(f"--trt-version {trt_version} differs from the installed TensorRT {installed}; drop it")
     engine = Path(output) if output else path.with_suffix(".engine")
-    cfg = trt_backend.config_for_onnx(path, major, batch=(1, batch, batch), **options)
+    cfg = trt_backend.config_for_onnx(path, version, batch=(1, batch, batch), **options)
     command = format_command(trtexec_command(path, cfg, TrtexecTiming(batch=batch), save_engine=str(engine)))
     if print_trtexec:
         if as_json:
-            click.echo(json.dumps({"trtexec": command, "trt_major": major, "plan": trt_backend.plan_build(cfg).to_dict()}))
+            click.echo(json.dumps({"trtexec": command, "trt_version": cfg.trt_version,
+                                   "plan": trt_backend.plan_build(cfg).to_dict()}))
         else:
             click.echo(command)
         if not installed:
