@@ -1,18 +1,27 @@
 """Static lint of TensorRT's explicit-quantization (Q/DQ placement) rules on an ONNX graph.
 
 Each rule is a small function ``rule(graph) -> list[Violation]`` naming the nodes involved,
-so a failing export says exactly where the placement breaks TensorRT's int8 fusions:
+and each enforces one statement of an NVIDIA document (``RULE_SOURCES``); a rule without a
+source is not a rule. Abbreviations: *DG* = TensorRT Developer Guide, "Explicit Quantization"
+chapter (docs.nvidia.com/deeplearning/tensorrt, "Working with Quantized Types" from 10.x on);
+*parser* = NVIDIA's ONNX parser (github.com/onnx/onnx-tensorrt, ``builtin_op_importers.cpp``,
+``QuantDequantLinearHelper``), which every TensorRT build of an ONNX file goes through.
 
 * ``weighted_output_qdq``: a Q/DQ on a Conv/Gemm output that feeds anything but another
-  quantized-input op (TensorRT keeps weighted-op outputs in high precision; an output Q
-  in front of an activation blocks the Conv+activation fusion).
+  quantized-input op. DG, "Q/DQ Layer-Placement Recommendations": quantize the inputs of
+  weighted operations and by default not their outputs; a Q/DQ between a convolution and
+  the activation after it keeps TensorRT from fusing the two.
 * ``residual_add_unquantized``: an Add fed by a conv whose other (residual) input does not
-  come through a DequantizeLinear: the Add cannot be fused into the conv in int8.
-* ``concat_scales_differ``: Concat inputs that are not all dequantized with one scale and
-  zero-point: the Concat cannot run in int8.
-* ``pad_conv_separated``: anything (Q/DQ included) between a Pad and the Conv it pads.
-* ``nonzero_zero_point``: TensorRT only supports symmetric quantization (zero-point 0).
-* ``uint8_quantization``: TensorRT only supports signed int8 Q/DQ.
+  come through a DequantizeLinear. DG, same section: the precision of the residual input
+  decides the precision of the fused convolution + addition, so quantize the residual input
+  of a skip connection, or the fusion's output stays in floating point.
+* ``concat_scales_differ``: Concat inputs not all dequantized with one scale and zero-point.
+  DG, "Q/DQ propagation" / "Q/DQ Limitations": Q/DQ layers move through a concatenation only
+  when the scales of its inputs' quantizers are equal; otherwise the Concat runs in float.
+* ``nonzero_zero_point``: parser: "TRT only supports symmetric quantization - zeroPt must
+  be all zeros" (DG, "Quantization Schemes": symmetric quantization only).
+* ``uint8_quantization``: parser: QuantizeLinear/DequantizeLinear reject UINT8 tensors
+  (DG: INT8 is signed).
 
 Torch-free (runs on the bench/compile side).
 """
@@ -161,33 +170,6 @@ def concat_scales_differ(g: _Graph) -> list[Violation]:
     return found
 
 
-def pad_conv_separated(g: _Graph) -> list[Violation]:
-    found = []
-    for pad in g.nodes("Pad"):
-        for user in g.consumers.get(pad.output[0], []):
-            if user.op_type == "Conv":
-                continue
-            # Follow a short chain: Pad -> X -> ... -> Conv means something sits in between.
-            frontier, chain = [user], [user]
-            for _ in range(3):
-                nxt = []
-                for node in frontier:
-                    for c in g.consumers.get(node.output[0], []):
-                        if c.op_type == "Conv":
-                            found.append(
-                                Violation(
-                                    "pad_conv_separated",
-                                    [g.name(pad)] + [g.name(n) for n in chain] + [g.name(c)],
-                                    "nodes between Pad and Conv stop TensorRT fusing the padding; quantize before the Pad",
-                                )
-                            )
-                        else:
-                            nxt.append(c)
-                frontier = nxt
-                chain = chain + nxt
-    return found
-
-
 def nonzero_zero_point(g: _Graph) -> list[Violation]:
     bad = []
     for node in g.graph.node:
@@ -212,11 +194,23 @@ def uint8_quantization(g: _Graph) -> list[Violation]:
     return [Violation("uint8_quantization", bad, "TensorRT supports only signed int8 Q/DQ; export with --target trt")]
 
 
+RULE_SOURCES = {
+    "weighted_output_qdq": "TensorRT Developer Guide, Explicit Quantization: Q/DQ Layer-Placement Recommendations "
+                           "(quantize weighted-op inputs, not their outputs; conv + activation fusion)",
+    "residual_add_unquantized": "TensorRT Developer Guide, Explicit Quantization: Q/DQ Layer-Placement "
+                                "Recommendations (quantize the residual input of skip connections)",
+    "concat_scales_differ": "TensorRT Developer Guide, Explicit Quantization: Q/DQ propagation and Q/DQ Limitations "
+                            "(equal quantizer scales are required to move Q/DQ through a concatenation)",
+    "nonzero_zero_point": "onnx-tensorrt builtin_op_importers.cpp QuantDequantLinearHelper: 'TRT only supports "
+                          "symmetric quantization - zeroPt must be all zeros'",
+    "uint8_quantization": "onnx-tensorrt builtin_op_importers.cpp QuantDequantLinearHelper: UINT8 inputs and zero "
+                          "points are invalid types",
+}
+
 TRT_RULES: dict[str, Callable[[_Graph], list[Violation]]] = {
     "weighted_output_qdq": weighted_output_qdq,
     "residual_add_unquantized": residual_add_unquantized,
     "concat_scales_differ": concat_scales_differ,
-    "pad_conv_separated": pad_conv_separated,
     "nonzero_zero_point": nonzero_zero_point,
     "uint8_quantization": uint8_quantization,
 }
