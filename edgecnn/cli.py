@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "profile": ("edgecnn.commands.profile", "profile", "Params, MACs and a per-layer table for a model."),
     "export": ("edgecnn.commands.export", "export", "Export a model to ONNX (checked against PyTorch)."),
     "compile": ("edgecnn.commands.compile", "compile_", "Build a runtime engine (ORT, TensorRT) from ONNX."),
+    "lint": ("edgecnn.commands.lint", "lint", "Check a Q/DQ ONNX file against TensorRT's placement rules."),
     "bench": ("edgecnn.commands.bench", "bench", "Measure latency and throughput of an ONNX model or engine."),
     "eval": ("edgecnn.commands.eval", "eval_", "Top-1/top-5 accuracy of a model or ONNX file on an image folder."),
     "compress": ("edgecnn.commands.compress", "compress", "Run a compression pipeline (recipe or flags) end to end."),

@@ -66,6 +66,7 @@ class TrtBuildConfig:
     strongly_typed: Optional[bool] = None  # None: 11.x always; 10.x when the file has float16 tensors
     qdq: bool = False  # the ONNX file has Q/DQ nodes (set by config_for_onnx)
     fp16_tensors: bool = False  # the ONNX file has float16 weights/casts (set by config_for_onnx)
+    opset: Optional[int] = None  # the ONNX file's default-domain opset (set by config_for_onnx)
     sparse: bool = False  # BuilderFlag.SPARSE_WEIGHTS (2:4 structured sparsity, Ampere+/Orin)
     workspace_mb: Optional[int] = None  # MemoryPoolType.WORKSPACE limit
     dla_core: Optional[int] = None  # DeviceType.DLA on this core
@@ -156,6 +157,9 @@ def plan_build(cfg: TrtBuildConfig) -> BuildPlan:
     """Turn a request into the TensorRT settings of its release, refusing what that release lacks."""
     major, minor = cfg.series
     plan = BuildPlan(trt_version=f"{major}.{minor}", notes=list(cfg.notes))
+    if major == 8 and cfg.opset is not None and cfg.opset > 17:
+        raise UserError(f"TensorRT {major}.{minor} reads ONNX opset 17 at most and this file is opset {cfg.opset}; "
+                        "export with --opset 17 (an opset-19 Q/DQ file from another quantizer needs TensorRT 10+)")
     _precision(cfg, plan, major, minor)
     if cfg.sparse:
         plan.builder_flags.append("SPARSE_WEIGHTS")
@@ -380,7 +384,8 @@ def onnx_input_info(onnx_path: Union[str, Path]) -> dict:
         n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
         for n in model.graph.node
     )
-    return {"name": value.name, "dims": dims, "qdq": qdq, "fp16": fp16}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {"name": value.name, "dims": dims, "qdq": qdq, "fp16": fp16, "opset": opset}
 
 
 def config_for_onnx(onnx_path: Union[str, Path], trt_version: Union[str, int], batch: Sequence[int] = (1, 1, 1),
@@ -389,7 +394,7 @@ def config_for_onnx(onnx_path: Union[str, Path], trt_version: Union[str, int], b
     optimization profile for a dynamic batch, and what the file says about its precision."""
     info = onnx_input_info(onnx_path)
     cfg = TrtBuildConfig(trt_version=str(trt_version), input_name=info["name"], qdq=info["qdq"],
-                         fp16_tensors=info["fp16"], **options)
+                         fp16_tensors=info["fp16"], opset=info["opset"], **options)
     cfg.series  # refuse an uncovered release before anything else
     dims = info["dims"]
     if dims and (not isinstance(dims[0], int) or dims[0] <= 0):

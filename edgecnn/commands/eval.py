@@ -55,8 +55,11 @@ def _torch_predictor(loaded):
 @click.option("--limit", type=int, default=None, help="Evaluate this many images, spread over the classes.")
 @click.option("--batch", "batch_size", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default).")
+@click.option("--semantics", type=click.Choice(["auto", "reference", "runtime"]), default="auto", show_default=True,
+              help="ONNX: 'reference' runs Q/DQ as ONNX defines them (ORT graph optimizations off: what TensorRT "
+                   "computes), 'runtime' with ORT's int8 kernels; 'auto' is reference for files marked trt.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def eval_(model, data, reference, limit, batch_size, threads, as_json, **kwargs):
+def eval_(model, data, reference, limit, batch_size, threads, semantics, as_json, **kwargs):
     """Top-1/top-5 accuracy of MODEL (zoo name, path/to/file.py:factory or .onnx) on --data."""
     from edgecnn.measure import accuracy
 
@@ -73,7 +76,8 @@ def eval_(model, data, reference, limit, batch_size, threads, as_json, **kwargs)
         if model_only or options.get("tf_padding"):
             raise UserError("model options (--weights, --width-mult...) do not apply to an .onnx file; drop them")
         report = accuracy.evaluate_onnx(model, data, reference=reference, limit=limit, batch_size=batch_size,
-                                        threads=threads, preprocess=_explicit_preprocess(options), progress=progress)
+                                        threads=threads, preprocess=_explicit_preprocess(options), progress=progress,
+                                        semantics=semantics)
     else:
         from edgecnn.cli_options import load_model_from_cli
 

@@ -116,6 +116,7 @@ def export_qdq_report(
     min_agreement: float = 0.9,
     batch: Union[int, str] = 1,
     overwrite: bool = True,
+    fp16_rest: bool = False,
 ) -> QDQExport:
     """Export a quantized model (nn.Module or LoadedModel) as a Q/DQ ONNX file for ``target``;
     returns the path with the parity report, lint result and sizes.
@@ -124,7 +125,9 @@ def export_qdq_report(
     placement-linted). Weights are int8 initializers + per-channel DequantizeLinear. Parity
     against the PyTorch model in the same encoding runs on ``parity_inputs`` (NCHW array or
     batches; default seeded random inputs) and raises ParityError when top-1 agreement is
-    below ``min_agreement`` (ties excluded).
+    below ``min_agreement`` (ties excluded). ``fp16_rest`` (targets with a TensorRT engine):
+    the float layers between the Q/DQ pairs in float16 with explicit casts
+    (:mod:`edgecnn.export.trt_fp16`), for TensorRT's strongly typed networks.
     """
     from edgecnn.export import onnx_export
     from edgecnn.export.trt_rules import lint
@@ -141,6 +144,13 @@ def export_qdq_report(
     values = _qdq_metadata(model, clone, target)
     values.update(metadata or {})
     set_metadata(proto, values)
+    if fp16_rest:
+        if target.engine != "tensorrt":
+            raise UserError(f"FP16 for the float rest is a TensorRT option; use target trt, not {target.name}")
+        from edgecnn.export.trt_fp16 import qdq_rest_to_fp16
+
+        proto = qdq_rest_to_fp16(proto)
+        set_metadata(proto, {"edgecnn.float_rest": "float16"})
     violations: list = []
 
     def refuse_violations(checked) -> None:

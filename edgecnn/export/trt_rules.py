@@ -64,16 +64,30 @@ class _Graph:
         for init in self.graph.initializer:
             self.constants[init.name] = numpy_helper.to_array(init)
             self.dtypes[init.name] = init.data_type
+        direct: dict[str, list] = {}
         for node in self.graph.node:
             for out in node.output:
-                self.producer[out] = node
+                # A precision Cast is transparent to placement (an FP16-rest file casts around Q/DQ).
+                cast_of = node.op_type == "Cast" and self.producer.get(node.input[0])
+                self.producer[out] = cast_of or node
             for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
+                direct.setdefault(name, []).append(node)
             if node.op_type == "Constant":
                 for attr in node.attribute:
                     if attr.name == "value":
                         self.constants[node.output[0]] = numpy_helper.to_array(attr.t)
                         self.dtypes[node.output[0]] = attr.t.data_type
+
+        def users(tensor: str, depth: int = 0) -> list:
+            found = []
+            for node in direct.get(tensor, []):
+                if node.op_type == "Cast" and depth < 4:
+                    found += users(node.output[0], depth + 1)
+                else:
+                    found.append(node)
+            return found
+
+        self.consumers = {name: users(name) for name in direct}
 
     def nodes(self, op_type: str):
         return [n for n in self.graph.node if n.op_type == op_type]

@@ -32,6 +32,9 @@ class AccuracyReport:
     agreement: Optional[float] = None  # top-1 agreement with the reference model
     reference_top1: Optional[float] = None
     preprocess: Optional[dict] = None
+    # "reference": ONNX Runtime with graph optimizations off, so Q/DQ run as DequantizeLinear ->
+    # float op -> QuantizeLinear (the ONNX definition); "runtime": ORT's own int8 kernels.
+    semantics: Optional[str] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,15 +47,17 @@ class AccuracyReport:
         if self.agreement is not None:
             ref = f" (reference top-1 {self.reference_top1 * 100:.2f}%)" if self.reference_top1 is not None else ""
             parts.append(f"top-1 agreement with {Path(self.reference).name} {self.agreement * 100:.2f}%{ref}")
+        if self.semantics == "reference":
+            parts.append("reference semantics (ONNX Runtime graph optimizations off)")
         return ": ".join(parts[:1]) + (": " + "; ".join(parts[1:]) if len(parts) > 1 else "")
 
 
-def onnx_predictor(onnx_path: Union[str, Path], threads: int = 0) -> tuple[Predict, list]:
+def onnx_predictor(onnx_path: Union[str, Path], threads: int = 0, opt_level: str = "all") -> tuple[Predict, list]:
     """(predict function, input shape) for an ONNX file in ONNX Runtime; a fixed-batch model
     is fed in chunks of its batch (the last one padded)."""
     from edgecnn.backends.ort import OrtRunner
 
-    runner = OrtRunner(onnx_path, threads=threads)
+    runner = OrtRunner(onnx_path, threads=threads, opt_level=opt_level)
     static = runner.static_batch
 
     def predict(images: np.ndarray) -> np.ndarray:
@@ -180,16 +185,41 @@ def evaluate_onnx(
     threads: int = 0,
     preprocess=None,
     progress: bool = True,
+    semantics: str = "auto",
 ) -> AccuracyReport:
-    """Accuracy of an ONNX file on an image folder (and agreement with a reference ONNX)."""
-    predict, shape = onnx_predictor(onnx_path, threads)
+    """Accuracy of an ONNX file on an image folder (and agreement with a reference ONNX).
+
+    ``semantics``: "reference" runs the file with ONNX Runtime's graph optimizations off (each
+    Q/DQ computed as ONNX defines it: what TensorRT computes, up to rounding), "runtime" with
+    ORT's own fused int8 kernels, "auto" chooses reference for a file marked as a TensorRT
+    artifact in its metadata (``edgecnn.quant_target`` or ``edgecnn.target`` = trt).
+    """
+    semantics = resolve_semantics(onnx_path, semantics)
+    predict, shape = onnx_predictor(onnx_path, threads, opt_level="disable" if semantics == "reference" else "all")
     prep = _fit_size(onnx_preprocess(onnx_path, preprocess), shape)
     ref_predict = None
     if reference is not None:
         ref_predict, ref_shape = onnx_predictor(reference, threads)
         check_input_size(ref_shape, prep, f"reference '{reference}'")
-    return evaluate(predict, data, prep, str(onnx_path), ref_predict, str(reference) if reference else None,
-                    limit, batch_size, progress, num_outputs=_onnx_outputs(onnx_path))
+    report = evaluate(predict, data, prep, str(onnx_path), ref_predict, str(reference) if reference else None,
+                      limit, batch_size, progress, num_outputs=_onnx_outputs(onnx_path))
+    report.semantics = semantics
+    return report
+
+
+SEMANTICS = ("auto", "reference", "runtime")
+
+
+def resolve_semantics(onnx_path: Union[str, Path], semantics: str = "auto") -> str:
+    """"reference" or "runtime" for ``onnx_path`` (see :func:`evaluate_onnx`)."""
+    if semantics not in SEMANTICS:
+        raise UserError(f"unknown semantics '{semantics}'; choose one of {', '.join(SEMANTICS)}")
+    if semantics != "auto":
+        return semantics
+    from edgecnn.export.metadata import read_metadata
+
+    meta = read_metadata(onnx_path)
+    return "reference" if "trt" in (meta.get("edgecnn.quant_target"), meta.get("edgecnn.target")) else "runtime"
 
 
 def _onnx_outputs(onnx_path) -> Optional[int]:
