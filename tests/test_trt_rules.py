@@ -150,3 +150,25 @@ def test_zoo_trt_exports_are_clean(name, tmp_path):
     result = export_qdq_report(quantized, tmp_path / f"{name}.onnx", "trt", input_shape=(1, 3, 32, 32), parity=False)
     assert result.violations == []
     assert lint(onnx.load(str(result.path))) == []
+
+
+def test_lint_command_names_rule_nodes_and_source(tmp_path):
+    from click.testing import CliRunner
+
+    from edgecnn.cli import cli
+
+    nodes = qdq("in", "x") + [
+        helper.make_node("Conv", ["in_dq", "w"], ["c"], name="conv"),
+        helper.make_node("Add", ["x", "c"], ["y"], name="residual_add"),
+    ]
+    bad = tmp_path / "bad.onnx"
+    onnx.save(_model(nodes), str(bad))
+    result = CliRunner().invoke(cli, ["lint", str(bad)])
+    assert result.exit_code == 1
+    assert "[residual_add_unquantized] residual_add" in result.output and "Developer Guide" in result.output
+    clean = tmp_path / "clean.onnx"
+    onnx.save(_model(qdq("in", "x") + [helper.make_node("Conv", ["in_dq", "w"], ["y"], name="conv")]), str(clean))
+    ok = CliRunner().invoke(cli, ["lint", str(clean)])
+    assert ok.exit_code == 0 and "every TensorRT placement rule holds" in ok.output
+    unknown = CliRunner().invoke(cli, ["lint", str(clean), "--rule", "pad_conv_separated"])
+    assert unknown.exit_code != 0 and "unknown rule" in str(unknown.exception)
