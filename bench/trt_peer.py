@@ -296,7 +296,10 @@ def write_markdown(rows: list[dict], args, out: Path, seconds: float) -> None:
         lines.append(f"| {r['model']} | {r['tool']} | {acc} | {r['bytes']:,} | {r['int8_weight_bytes']:,} | "
                      f"{r['q']} / {r['dq']} | {quant} | {floats} | {lint} | {r.get('quant_s', '')} |")
     lines += ["", f"Total wall time {seconds / 60:.1f} min on a shared 2-core machine.", ""]
-    write_text_atomic(out, "\n".join(lines) + "\n")
+    # The findings below the table are written by hand after a run: keep them.
+    findings = out.read_text().split("\n## Findings", 1) if out.is_file() else []
+    tail = "\n## Findings" + findings[1] if len(findings) == 2 else ""
+    write_text_atomic(out, "\n".join(lines) + tail + ("\n" if not tail.endswith("\n") else ""))
     write_text_atomic(out.with_suffix(".json"), json.dumps(rows, indent=1) + "\n")
 
 
