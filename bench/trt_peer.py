@@ -300,7 +300,8 @@ def write_markdown(rows: list[dict], args, out: Path, seconds: float) -> None:
     findings = out.read_text().split("\n## Findings", 1) if out.is_file() else []
     tail = "\n## Findings" + findings[1] if len(findings) == 2 else ""
     write_text_atomic(out, "\n".join(lines) + tail + ("\n" if not tail.endswith("\n") else ""))
-    write_text_atomic(out.with_suffix(".json"), json.dumps(rows, indent=1) + "\n")
+    if out.with_suffix(".json") != getattr(args, "from_json", None):
+        write_text_atomic(out.with_suffix(".json"), json.dumps({"rows": rows, "seconds": seconds}, indent=1) + "\n")
 
 
 def main() -> None:
@@ -312,7 +313,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="keep the ONNX files here")
     parser.add_argument("--modelopt-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--fixture", type=Path, default=None, help="write the tiny modelopt test fixture and exit")
+    parser.add_argument("--from-json", type=Path, default=None, help="re-render the .md from a previous run's .json")
     args = parser.parse_args()
+    if args.from_json:
+        run = json.loads(args.from_json.read_text())
+        write_markdown(run["rows"], args, args.out, run["seconds"])
+        return
     if args.fixture:
         make_fixture(args.fixture)
         return

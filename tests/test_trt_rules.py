@@ -88,6 +88,11 @@ def test_every_rule_cites_its_nvidia_source():
     assert all(("TensorRT Developer Guide" in src or "onnx-tensorrt" in src) for src in RULE_SOURCES.values())
 
 
+def test_a_float_file_has_nothing_to_break():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("Add", ["x", "c"], ["y"], name="add")]
+    assert lint(_model(nodes)) == []
+
+
 def test_pad_before_quantized_conv_is_not_flagged():
     """No NVIDIA document asks for Pad and Conv to be adjacent; NVIDIA's own quantizer leaves them apart."""
     nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad")] + qdq("p", "p") + [

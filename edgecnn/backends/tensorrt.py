@@ -395,7 +395,7 @@ def config_for_onnx(onnx_path: Union[str, Path], trt_version: Union[str, int], b
     info = onnx_input_info(onnx_path)
     cfg = TrtBuildConfig(trt_version=str(trt_version), input_name=info["name"], qdq=info["qdq"],
                          fp16_tensors=info["fp16"], opset=info["opset"], **options)
-    cfg.series  # refuse an uncovered release before anything else
+    parse_trt_version(cfg.trt_version)  # refuse an uncovered release before anything else
     dims = info["dims"]
     if dims and (not isinstance(dims[0], int) or dims[0] <= 0):
         cfg.input_shape = tuple(dims[1:])

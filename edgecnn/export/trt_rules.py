@@ -237,6 +237,8 @@ def lint(model, rules: Optional[list[str]] = None) -> list[Violation]:
 
         model = onnx.load(str(model), load_external_data=False)
     g = _Graph(model)
+    if not any(node.op_type in QDQ_OPS for node in g.graph.node):
+        return []  # the rules are about explicit quantization; a float file has none to break
     found = []
     for name in rules or list(TRT_RULES):
         found.extend(TRT_RULES[name](g))
