@@ -191,8 +191,8 @@ def evaluate_onnx(
 
     ``semantics``: "reference" runs the file with ONNX Runtime's graph optimizations off (each
     Q/DQ computed as ONNX defines it: what TensorRT computes, up to rounding), "runtime" with
-    ORT's own fused int8 kernels, "auto" chooses reference for a file marked as a TensorRT
-    artifact in its metadata (``edgecnn.quant_target`` or ``edgecnn.target`` = trt).
+    ORT's own fused int8 kernels, "auto" chooses reference for a file whose metadata names a
+    target measured that way (``cpu_accuracy`` in :mod:`edgecnn.targets`: ``trt``).
     """
     semantics = resolve_semantics(onnx_path, semantics)
     predict, shape = onnx_predictor(onnx_path, threads, opt_level="disable" if semantics == "reference" else "all")
@@ -218,8 +218,11 @@ def resolve_semantics(onnx_path: Union[str, Path], semantics: str = "auto") -> s
         return semantics
     from edgecnn.export.metadata import read_metadata
 
+    from edgecnn.targets import TARGETS
+
     meta = read_metadata(onnx_path)
-    return "reference" if "trt" in (meta.get("edgecnn.quant_target"), meta.get("edgecnn.target")) else "runtime"
+    target = TARGETS.get(meta.get("edgecnn.quant_target") or meta.get("edgecnn.target") or "")
+    return "reference" if target is not None and target.cpu_accuracy == "reference" else "runtime"
 
 
 def _onnx_outputs(onnx_path) -> Optional[int]:
