@@ -11,12 +11,9 @@ What differs by version (the plan is chosen from ``tensorrt.__version__``):
 * 8.5 / 8.6 (JetPack 5.1 / 6.0): the ONNX parser needs ``EXPLICIT_BATCH``; no strong
   typing, so a Q/DQ network needs ``BuilderFlag.INT8`` (plus ``FP16`` for the layers Q/DQ
   leave in float); 8.5 has no ``builder_optimization_level``.
-* 10.x (JetPack 6.1/6.2 ship 10.3): explicit batch is implied (``EXPLICIT_BATCH`` is
-  deprecated); ``STRONGLY_TYPED`` exists. A file that states every precision (float16
-  tensors) is built strongly typed; a Q/DQ file with a float32 rest gets INT8 + FP16, as
-  on 8.x.
-* 11.x: strongly typed only (``STRONGLY_TYPED`` is deprecated and always on; the FP16/INT8
-  builder flags are gone): precision comes from the ONNX file alone.
+* 10.x (JetPack 6.1/6.2: 10.3): explicit batch implied; a file with float16 tensors builds
+  ``STRONGLY_TYPED``, a Q/DQ file with a float32 rest gets INT8 + FP16 as on 8.x.
+* 11.x: strongly typed only (``STRONGLY_TYPED`` deprecated, always on; no FP16/INT8 flags).
 """
 
 from __future__ import annotations

@@ -96,7 +96,18 @@ def qdq_rest_to_fp16(model):
             half.update(node.output)
         nodes.append(node)
 
-    outputs = {o.name for o in graph.output if o.type.tensor_type.elem_type == FLOAT}
+    _cast_outputs_back(graph, nodes, half)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # stale float32 annotations; shape inference fills them again
+    return model
+
+
+def _cast_outputs_back(graph, nodes: list, half: set) -> None:
+    """Graph outputs computed in float16 get a final Cast to float32 under their own name."""
+    from onnx import TensorProto, helper
+
+    outputs = {o.name for o in graph.output if o.type.tensor_type.elem_type == TensorProto.FLOAT}
     renamed = {}
     for node in nodes:
         for k, name in enumerate(node.output):
@@ -107,11 +118,7 @@ def qdq_rest_to_fp16(model):
             if name in renamed:
                 node.input[k] = renamed[name]
     for name, inner in renamed.items():
-        nodes.append(helper.make_node("Cast", [inner], [name], name=f"{name}_to_fp32", to=FLOAT))
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.value_info[:]  # stale float32 annotations; shape inference fills them again
-    return model
+        nodes.append(helper.make_node("Cast", [inner], [name], name=f"{name}_to_fp32", to=TensorProto.FLOAT))
 
 
 def float_ops_precision(model) -> dict[str, int]:
