@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "finetune": ("edgecnn.commands.finetune", "finetune", "Fine-tune a transformed model with knowledge distillation."),
     "pack": ("edgecnn.commands.pack", "pack", "Pack an ONNX model into a compact .ecnn file."),
     "unpack": ("edgecnn.commands.pack", "unpack", "Decode a .ecnn file back into ONNX."),
+    "ship": ("edgecnn.commands.ship", "ship", "Write an app-ready bundle (model, labels, golden test, sample) or --check one."),
 }
 
 

@@ -1,0 +1,70 @@
+"""``edgecnn ship OUTPUT_FOLDER|model.onnx -o bundle/`` and ``edgecnn ship --check bundle/`` (no torch)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from edgecnn.errors import UserError
+
+
+@click.command("ship")
+@click.argument("source", required=False, type=click.Path())
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None, help="Bundle folder to write.")
+@click.option("--target", type=click.Choice(["ort-x86", "ort-arm", "trt"]), default=None,
+              help="Runtime to ship for (default: the output folder's first target / the model's own).")
+@click.option("--golden", type=click.Path(dir_okay=False), default=None,
+              help="Golden test image (default: one of the run's images, or an embedded digit).")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None,
+              help="Class names (one per line, or an ImageNet classes.txt) when the model carries none.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle (only a folder edgecnn wrote as a bundle).")
+@click.option("--check", "check_dir", type=click.Path(file_okay=False), default=None, metavar="BUNDLE",
+              help="Verify a bundle: hashes, labels/preprocessing vs metadata, golden output from .onnx and .ort.")
+@click.option("--python", "python", type=str, default=None,
+              help="With --check: run the bundle's sample with this Python (e.g. a fresh venv's).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def ship(source, output, target, golden, labels, force, check_dir, python, as_json):
+    """Write an app-ready bundle for SOURCE (an 'edgecnn compress' output folder or a model.onnx).
+
+    \b
+    Example: edgecnn ship edgecnn-out/squeezenet-w6a8 -o bundle/
+             edgecnn ship --check bundle/
+    """
+    if check_dir is not None:
+        if source is not None or output is not None:
+            raise UserError("--check takes only the bundle folder: edgecnn ship --check BUNDLE")
+        _check(check_dir, python, as_json)
+        return
+    if python is not None:
+        raise UserError("--python goes with --check")
+    if source is None or output is None:
+        raise UserError("give what to ship and where: edgecnn ship OUTPUT_FOLDER|model.onnx -o BUNDLE")
+    from edgecnn.ship import build_bundle
+
+    bundle = build_bundle(source, output, target=target, golden=golden, labels=labels, force=force)
+    top = bundle.golden["top5"][0]
+    if as_json:
+        click.echo(json.dumps({"bundle": str(bundle.path), "target": bundle.target, "files": bundle.files,
+                               "golden": bundle.golden}))
+        return
+    click.echo(f"wrote {bundle.path}/ ({bundle.target}: {', '.join(sorted(bundle.files))}); checked")
+    click.echo(f"golden image: {bundle.golden['origin']} -> {top['label']} (tolerance {bundle.golden['atol']:.3g})")
+
+
+def _check(folder: str, python, as_json: bool) -> None:
+    from edgecnn.ship import check_bundle
+
+    result = check_bundle(folder, python=python)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        for line in result.passed:
+            click.echo(f"ok: {line}")
+        if result.versions and not result.failures:
+            click.echo("checked with " + ", ".join(f"{k} {v}" for k, v in result.versions.items()))
+    for line in result.failures:
+        click.echo(f"edgecnn: check failed: {line}", err=True)
+    if result.failures:
+        sys.exit(2)

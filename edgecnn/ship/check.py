@@ -1,0 +1,172 @@
+"""``check_bundle``: does a bundle still do what its files say? (no torch)
+
+Three steps, each only when the one before passed, so one broken thing is one line:
+1. every file matches its SHA-256 in manifest.json, and no file is unlisted;
+2. the files agree: labels.txt has one name per output (and equals the metadata's labels),
+   preprocess.json equals the model's metadata preprocessing and input size;
+3. classify.py, run in a separate process that cannot import torch or edgecnn (optionally in
+   another Python, e.g. a fresh venv), preprocesses golden/image.png to golden/input.npy and
+   reproduces golden/expected.json from model.onnx and from model.ort.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from edgecnn.errors import UserError
+
+# Runs the sample with torch and edgecnn made unimportable.
+RUNNER = """
+import runpy, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition('.')[0] in ('torch', 'torchvision', 'edgecnn'):
+            raise ImportError('the bundle sample imported ' + name)
+sys.meta_path.insert(0, Block())
+sample = sys.argv[1]
+sys.argv = sys.argv[1:]
+runpy.run_path(sample, run_name='__main__')
+"""
+IGNORED = ("__pycache__",)
+
+
+@dataclass
+class CheckResult:
+    bundle: Path
+    failures: list[str] = field(default_factory=list)
+    passed: list[str] = field(default_factory=list)
+    versions: Optional[dict] = None
+
+    def to_dict(self) -> dict:
+        return {"bundle": str(self.bundle), "ok": not self.failures, "failures": self.failures,
+                "passed": self.passed, "versions": self.versions}
+
+
+def run_sample(bundle: Path, args: list[str], python: Optional[str] = None, timeout: float = 300):
+    """Run the bundle's classify.py isolated (``python -I``, torch/edgecnn blocked); CompletedProcess."""
+    cmd = [python or sys.executable, "-I", "-c", RUNNER, str(bundle / "classify.py"), *args]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=bundle, timeout=timeout)
+    except FileNotFoundError:
+        raise UserError(f"Python '{python}' not found; give --python the path of an interpreter") from None
+
+
+def check_bundle(bundle, python: Optional[str] = None) -> CheckResult:
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        raise UserError(f"bundle folder '{bundle}' does not exist; write one with: edgecnn ship MODEL -o {bundle}")
+    result = CheckResult(bundle)
+    for step in (_hashes, _agreement, _golden):
+        step(bundle, result, python)
+        if result.failures:
+            break
+    return result
+
+
+def _hashes(bundle: Path, result: CheckResult, python) -> None:
+    from edgecnn.ship.bundle import MANIFEST, read_manifest, sha256
+
+    manifest = read_manifest(bundle)
+    if manifest is None:
+        result.failures.append(f"{bundle / MANIFEST}: missing or not an edgecnn bundle manifest")
+        return
+    files = manifest.get("files") or {}
+    for rel, entry in files.items():
+        path = bundle / rel
+        if not path.is_file():
+            result.failures.append(f"{rel}: listed in {MANIFEST} but missing")
+        elif sha256(path) != entry.get("sha256"):
+            result.failures.append(f"{rel}: SHA-256 differs from {MANIFEST} (the file was changed after shipping)")
+    for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
+        rel = path.relative_to(bundle).as_posix()
+        if rel != MANIFEST and rel not in files and not any(part in IGNORED for part in path.parts):
+            result.failures.append(f"{rel}: not listed in {MANIFEST}")
+    for needed in ("model.onnx", "labels.txt", "preprocess.json", "classify.py", "golden/expected.json"):
+        if needed not in files:
+            result.failures.append(f"{needed}: missing from the bundle")
+    if not result.failures:
+        result.passed.append(f"{len(files)} files match their SHA-256 in {MANIFEST}")
+
+
+def _agreement(bundle: Path, result: CheckResult, python) -> None:
+    from edgecnn.export.metadata import labels_from_metadata, read_metadata
+    from edgecnn.preprocess import Preprocess
+    from edgecnn.ship.bundle import onnx_io
+
+    metadata = read_metadata(bundle / "model.onnx")
+    dims, outputs = onnx_io(bundle / "model.onnx")
+    labels = (bundle / "labels.txt").read_text(encoding="utf-8").splitlines()
+    if outputs is not None and len(labels) != outputs:
+        result.failures.append(f"labels.txt: {len(labels)} class names but model.onnx has {outputs} outputs")
+    meta_labels = labels_from_metadata(metadata)
+    if meta_labels is not None and len(labels) == len(meta_labels) and labels != meta_labels:
+        i = next(i for i, (a, b) in enumerate(zip(labels, meta_labels)) if a != b)
+        result.failures.append(f"labels.txt line {i + 1} is {labels[i]!r} but model.onnx's metadata says {meta_labels[i]!r}")
+    try:
+        raw = json.loads((bundle / "preprocess.json").read_text(encoding="utf-8"))
+        shipped = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    except (ValueError, TypeError, UserError) as exc:
+        result.failures.append(f"preprocess.json: not a valid preprocessing ({exc})")
+        return
+    embedded = Preprocess.from_metadata(metadata)
+    if embedded is None:
+        result.failures.append("model.onnx: no edgecnn.preprocess.* metadata to compare preprocess.json with")
+    elif shipped != embedded:
+        diffs = [f"{k} {getattr(shipped, k)!r} vs {getattr(embedded, k)!r}" for k in raw
+                 if getattr(shipped, k) != getattr(embedded, k) and k != "name"]
+        result.failures.append("preprocess.json differs from model.onnx's metadata: " + "; ".join(diffs))
+    if len(dims) == 4 and dims[2:] != [shipped.input_size] * 2:
+        result.failures.append(f"preprocess.json: input_size {shipped.input_size} but model.onnx takes {dims}")
+    if not result.failures:
+        result.passed.append(f"labels.txt ({len(labels)} names) and preprocess.json agree with model.onnx")
+
+
+def _golden(bundle: Path, result: CheckResult, python) -> None:
+    from edgecnn.ship.bundle import read_manifest
+
+    expected = json.loads((bundle / "golden" / "expected.json").read_text(encoding="utf-8"))
+    reference = np.load(bundle / expected["input"])
+    models = ["model.onnx"] + ([read_manifest(bundle)["runtime_model"]] if read_manifest(bundle).get("runtime_model") else [])
+    with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as tmp:
+        for model in models:
+            saved = Path(tmp) / f"{model}.input.npy"
+            done = run_sample(bundle, [expected["image"], "--model", model, "--json", "--save-input", str(saved)], python)
+            if done.returncode != 0:
+                last = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+                result.failures.append(f"classify.py --model {model} failed (exit {done.returncode}): {last[-1][:300]}")
+                continue
+            out = json.loads(done.stdout.strip().splitlines()[-1])
+            result.versions = out.get("versions")
+            tensor = np.load(saved)
+            if tensor.shape != reference.shape or not np.allclose(tensor, reference, rtol=0, atol=expected["input_atol"]):
+                gap = float(np.abs(tensor - reference).max()) if tensor.shape == reference.shape else "shape"
+                result.failures.append(f"classify.py preprocesses {expected['image']} differently from "
+                                       f"{expected['input']} (max difference {gap}, tolerance {expected['input_atol']:.3g})")
+                continue
+            problem = compare(np.asarray(out["logits"], dtype=np.float64), expected)
+            if problem:
+                result.failures.append(f"{model}: {problem}")
+            else:
+                result.passed.append(f"classify.py reproduces the golden top-5 from {model} (tolerance {expected['atol']:.3g})")
+
+
+def compare(logits: np.ndarray, expected: dict) -> Optional[str]:
+    """None when ``logits`` give the golden top-1 and every golden top-5 logit within atol."""
+    top1 = int(np.argmax(logits))
+    want = expected["top5"][0]
+    if top1 != want["index"]:
+        return f"top-1 is class {top1}, the golden top-1 is {want['index']} ({want['label']})"
+    for entry in expected["top5"]:
+        got = float(logits[entry["index"]])
+        if abs(got - entry["logit"]) > expected["atol"]:
+            return (f"logit of class {entry['index']} ({entry['label']}) is {got:.6g}, golden {entry['logit']:.6g} "
+                    f"(tolerance {expected['atol']:.3g})")
+    return None

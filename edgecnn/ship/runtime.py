@@ -1,0 +1,95 @@
+"""The runtime forms of the model: ONNX Runtime's ORT format (made by ONNX Runtime's own
+converter) and, for TensorRT, the exact engine build line (never an engine: it is device-specific).
+
+ORT format optimization level: ``extended``, style ``Fixed``. ``basic`` leaves Q/DQ unfused,
+and a minimal ORT Mobile build cannot fuse it at load time (it has no optimizers), so int8
+models would run as float arithmetic. ``layout``/``all`` add layout transforms (NCHWc on
+x86 only; NHWC where the converting build has the kernel), which tie the file to the machine
+that converted it. ``extended`` is the highest level that is not hardware-specific: its
+fused kernels (QLinearConv, QLinearAdd, QGemm, FusedConv ...) are ONNX or com.microsoft CPU
+ops present in every ORT build that includes them, and the reduced-build config lists them.
+``ort-arm`` converts with ``--target_platform arm`` so signed int8 Q/DQ is fused (S8S8 is
+what ARM64 kernels run); ``ort-x86`` keeps the converter's portable default.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from edgecnn.errors import UserError
+
+ORT_OPTIMIZATION_LEVEL = "extended"
+ORT_MODEL = "model.ort"
+ORT_CONFIG = "required_operators_and_types.config"
+TRT_MAJORS = (10, 11)
+
+
+def converter_command(onnx_path: Path, out_dir: Path, target: str) -> list[str]:
+    args = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", "--optimization_style", "Fixed",
+            "--enable_type_reduction", "--output_dir", str(out_dir)]
+    if target == "ort-arm":
+        args += ["--target_platform", "arm"]
+    return args + [str(onnx_path)]
+
+
+def to_ort_format(onnx_path: Path, out_dir: Path, target: str) -> tuple[Path, Path, str]:
+    """Write ``model.ort`` and the reduced-build operator/type config into ``out_dir``.
+
+    Returns (ort file, config file, the converter command as run). The converter runs in its
+    own process: its optimization level is an environment variable.
+    """
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise UserError("shipping for ONNX Runtime needs onnxruntime; install it with: pip install 'edgecnn[ort]'") from None
+    with tempfile.TemporaryDirectory(prefix=".ort-convert-", dir=out_dir) as tmp:
+        tmp = Path(tmp)
+        (tmp / "in").mkdir()
+        model = tmp / "in" / "model.onnx"
+        shutil.copyfile(onnx_path, model)
+        args = converter_command(model, tmp / "out", target)
+        env = dict(os.environ, ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL=ORT_OPTIMIZATION_LEVEL)
+        done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+        ort_files = sorted((tmp / "out").glob("*.ort"))
+        configs = sorted((tmp / "out").glob("*.config"))
+        if done.returncode != 0 or len(ort_files) != 1 or len(configs) != 1:
+            lines = (done.stderr or done.stdout or "").strip().splitlines() or ["no output"]
+            raise UserError(f"ONNX Runtime's ORT-format converter failed on '{onnx_path}': {lines[-1][:300]}")
+        ort_path, config_path = out_dir / ORT_MODEL, out_dir / ORT_CONFIG
+        _move(ort_files[0], ort_path)
+        _move(configs[0], config_path)
+    command = (f"ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL={ORT_OPTIMIZATION_LEVEL} python -m "
+               "onnxruntime.tools.convert_onnx_models_to_ort --optimization_style Fixed --enable_type_reduction"
+               + (" --target_platform arm" if target == "ort-arm" else "") + " model.onnx")
+    return ort_path, config_path, command
+
+
+def _move(src: Path, dst: Path) -> None:
+    from edgecnn.fileio import write_bytes_atomic
+
+    write_bytes_atomic(dst, src.read_bytes())
+
+
+def trt_build_lines(onnx_path: Path, name: str = "model.onnx", engine: str = "model.engine") -> dict:
+    """{TensorRT major: the trtexec line, or why there is none} for the ONNX file ``onnx_path``."""
+    from edgecnn.backends.tensorrt import config_for_onnx
+    from edgecnn.backends.trtexec import format_command, trtexec_command
+
+    lines = {}
+    for major in TRT_MAJORS:
+        try:
+            cfg = config_for_onnx(onnx_path, major)
+            lines[major] = format_command(trtexec_command(name, cfg, save_engine=engine))
+        except UserError as exc:
+            lines[major] = f"# not buildable on TensorRT {major}: {exc}"
+    return lines
+
+
+def edgecnn_compile_line(name: str = "model.onnx", engine: str = "model.engine") -> str:
+    return f"edgecnn compile {name} --backend trt -o {engine}"
