@@ -110,11 +110,12 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 
 def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, labels=None, force: bool = False,
-                 check: bool = True) -> Bundle:
+                 check: bool = True, origin: Optional[str] = None) -> Bundle:
     """Write the bundle for ``source`` (output folder or .onnx) into ``out_dir``; see the module docstring.
 
     ``golden``: an image to use as the golden input (default: one of the run's own images, or
-    an embedded digit for a digits model); ``labels``: a class-names file when the model carries none.
+    an embedded digit for a digits model); ``labels``: a class-names file when the model carries none;
+    ``origin``: the source's name in README.md and manifest.json (default: its path).
     """
     from edgecnn.preprocess import Preprocess
     from edgecnn.ship import golden as golden_mod
@@ -122,6 +123,8 @@ def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, lab
     from edgecnn.ship.source import candidates, labels_for, resolve
 
     src = resolve(source, target)
+    if origin is not None:
+        src.shown = origin
     out = Path(out_dir)
     _check_destination(out, force)
     if src.folder is not None and out.resolve() == src.folder.resolve():
@@ -244,7 +247,7 @@ def _write_manifest(folder: Path, src, versions: dict, labels_origin: str) -> di
         "target": src.target,
         "model": "model.onnx",
         "runtime_model": "model.ort" if (folder / "model.ort").is_file() else None,
-        "source": str(src.folder if src.folder is not None else src.onnx),
+        "source": src.shown,
         "labels_from": labels_origin,
         "checked_with": versions,
         "files": files,

@@ -45,7 +45,7 @@ def _numbers(src) -> list[str]:
     accuracy_on = data.get("note") or f"{data.get('eval_images') or '?'} images of {data.get('eval') or data.get('calib')}"
     if not data.get("labelled", True) or r.get("top1") is None:
         accuracy_on = "no labelled data: accuracy not measured (agreement with FP32 only)"
-    lines = [f"From the `edgecnn compress` report of `{src.folder}` (row `{r.get('stage')}` / `{r.get('target')}`):", "",
+    lines = [f"From the `edgecnn compress` report of `{src.shown}` (row `{r.get('stage')}` / `{r.get('target')}`):", "",
              "| | this model | FP32 baseline |", "| --- | ---: | ---: |"]
     rows = [("ONNX file", "onnx_bytes", "{:,.0f}", " B"), ("packed .ecnn (what a size-bound app ships)", "shipped_bytes", "{:,.0f}", " B"),
             ("latency median, batch 1", "latency_ms_median", "{:.3f}", " ms"), ("latency p90", "latency_ms_p90", "{:.3f}", " ms"),

@@ -35,6 +35,7 @@ class Source:
     row: Optional[dict] = None  # report row measuring this very file
     baseline: Optional[dict] = None  # report row of the FP32 baseline
     notes: list[str] = field(default_factory=list)
+    shown: str = ""  # how README.md and manifest.json name the source
 
     @property
     def quantized(self) -> bool:
@@ -80,12 +81,12 @@ def resolve(path, target: Optional[str] = None) -> Source:
         if row is None:
             row = next((r for r in reversed(rows) if r.get("target") == target and r.get("onnx")), None)
         baseline = next((r for r in rows if r.get("stage") == "baseline"), None)
-        return Source(onnx, target, read_metadata(onnx), path, report, row, baseline)
+        return Source(onnx, target, read_metadata(onnx), path, report, row, baseline, shown=str(path))
     if path.suffix.lower() != ".onnx" or not path.is_file():
         raise UserError(f"'{path}' is neither an edgecnn output folder nor an .onnx file; check the path")
     metadata = read_metadata(path)
     made_for = metadata.get("edgecnn.target") or metadata.get("edgecnn.quant_target")
-    source = Source(path, target or made_for or "ort-x86", metadata)
+    source = Source(path, target or made_for or "ort-x86", metadata, shown=str(path))
     if made_for and made_for in TARGETS and made_for != source.target and source.quantized:
         raise UserError(f"'{path}' was quantized for {made_for} (its Q/DQ encoding is per target); ship it with "
                         f"--target {made_for}, or compress again for {source.target}")
