@@ -1,5 +1,5 @@
-"""The device side (bench, compile, backends, latency/size/accuracy on ONNX) never imports torch:
-a Jetson has no pip torch. Checked in a fresh interpreter, where nothing imported it before."""
+"""The device side (bench, compile, backends, latency/size/accuracy on ONNX) and the app side
+(ship, ship --check) never import torch: a Jetson or an app developer's machine has no pip torch. Checked in a fresh interpreter, where nothing imported it before."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ SCRIPT = textwrap.dedent(
     import edgecnn.commands.bench, edgecnn.commands.compile, edgecnn.commands.eval
     import edgecnn.backends, edgecnn.backends.ort, edgecnn.backends.tensorrt, edgecnn.backends.trtexec
     import edgecnn.backends.jetson
+    import edgecnn.commands.ship, edgecnn.ship, edgecnn.ship.source, edgecnn.ship.golden, edgecnn.ship.runtime
     import edgecnn.measure.latency, edgecnn.measure.size, edgecnn.measure.accuracy, edgecnn.measure.sysinfo
     imported = "torch" in sys.modules
 
@@ -53,6 +54,10 @@ SCRIPT = textwrap.dedent(
     cli.main(args=["eval", str(tmp / "m.onnx"), "--data", str(tmp / "data"), "--json"], standalone_mode=False)
     cli.main(args=["bench", str(tmp / "m.onnx"), "--iterations", "3", "--warmup", "0", "--in-process", "--json"],
              standalone_mode=False)
+    (tmp / "labels.txt").write_text("".join(c + chr(10) for c in ("red", "green", "blue")))
+    cli.main(args=["ship", str(tmp / "m.onnx"), "-o", str(tmp / "bundle"), "--golden", str(tmp / "data" / "a" / "x.png"),
+                   "--labels", str(tmp / "labels.txt")], standalone_mode=False)
+    cli.main(args=["ship", "--check", str(tmp / "bundle"), "--json"], standalone_mode=False)
     print(json.dumps({"after_import": imported, "after_use": "torch" in sys.modules, "top1": report.top1}))
     """
 )
