@@ -37,7 +37,10 @@ def _num(value, fmt="{:,.0f}", unit=""):
 
 
 def _numbers(src) -> list[str]:
-    if src.report is None or src.row is None:
+    if src.report is not None and src.row is None:
+        return [f"The `edgecnn compress` run in `{src.shown}` measured nothing (no measure stage): time it with",
+                "`edgecnn bench model.onnx`, evaluate it with `edgecnn eval model.onnx --data DIR`.", ""]
+    if src.report is None:
         return ["Shipped from a bare ONNX file: no measured numbers travel with it. Measure them with",
                 "`edgecnn bench model.onnx` (latency) and `edgecnn eval model.onnx --data DIR` (accuracy).", ""]
     r, b, rep = src.row, src.baseline or {}, src.report
