@@ -117,11 +117,13 @@ def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, lab
     an embedded digit for a digits model); ``labels``: a class-names file when the model carries none;
     ``origin``: the source's name in README.md and manifest.json (default: its path).
     """
+    from edgecnn.errors import require
     from edgecnn.preprocess import Preprocess
     from edgecnn.ship import golden as golden_mod
     from edgecnn.ship import runtime
     from edgecnn.ship.source import candidates, labels_for, resolve
 
+    require("onnxruntime", "ort")  # the golden output and the ORT format come from ONNX Runtime
     src = resolve(source, target)
     if origin is not None:
         src.shown = origin
