@@ -30,6 +30,8 @@ CORE_ENTRY_POINTS = (
     "edgecnn.commands.compile",
     "edgecnn.commands.eval",
     "edgecnn.commands.pack",
+    "edgecnn.commands.ship",
+    "edgecnn.ship",
     "edgecnn.backends.ort",
     "edgecnn.backends.tensorrt",
     "edgecnn.backends.trtexec",

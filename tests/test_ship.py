@@ -326,10 +326,12 @@ def test_output_folder_target_must_exist(small_run, tmp_path):
 
 
 def test_ship_stage_in_recipes():
-    from edgecnn.recipe import recipe_from_flags, validate
+    from edgecnn.recipe import Flags, apply_flags, recipe_from_flags, validate
 
     raw = recipe_from_flags(None, model="squeezenet", ship=True)
     assert validate(raw).stages[-1].name == "ship"
+    again, notes = apply_flags(raw, Flags(ship=True))
+    assert [s for s in again["stages"] if s == "ship"] == ["ship"] and "already has a ship stage" in notes[0]
     raw["stages"] = ["fold_bn", "export", "ship", "measure"]
     with pytest.raises(UserError, match="'ship' must be the last stage"):
         validate(raw)

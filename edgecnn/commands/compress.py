@@ -65,11 +65,12 @@ def _model_section(model_opts: dict) -> dict:
 @click.option("--target", "targets", multiple=True, metavar="TARGET", help=f"{TARGET_HELP}; repeatable.")
 @click.option("--recipe", "recipe_path", type=str, default=None, metavar="FILE", help="A recipe YAML (or a shipped recipe name); flags override it.")
 @click.option("-o", "--output", type=str, default=None, metavar="DIR", help="Output folder (default ./edgecnn-out/<model>-<tag>).")
+@click.option("--ship", "ship", is_flag=True, help="Also write an app-ready bundle per target (OUTPUT/bundle-<target>/, see 'edgecnn ship').")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--print-recipe", is_flag=True, help="Print the resolved recipe and exit.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def compress(model, bits, prune, prune_mode, shift, calib, data, targets, recipe_path, output, force, print_recipe, dry_run, quiet, **kwargs):
+def compress(model, bits, prune, prune_mode, shift, calib, data, targets, recipe_path, output, ship, force, print_recipe, dry_run, quiet, **kwargs):
     """Compress MODEL (zoo name or path/to/file.py:factory) and measure every stage.
 
     \b
@@ -95,7 +96,7 @@ def compress(model, bits, prune, prune_mode, shift, calib, data, targets, recipe
     section = _model_section(model_opts)
     flags = recipes.Flags(
         model=model, options=section["options"], weights=model_opts.get("weights"), bits=bits, prune=prune,
-        prune_mode=prune_mode, shift=shift, calib=calib, data=data, targets=list(targets) or None, output=output,
+        prune_mode=prune_mode, shift=shift, calib=calib, data=data, targets=list(targets) or None, output=output, ship=ship,
     )
     raw, notes = recipes.apply_flags(base, flags)
     if "preprocess" in section:

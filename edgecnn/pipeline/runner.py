@@ -116,10 +116,13 @@ class Pipeline:
                 signal.signal(signal.SIGTERM, previous_sigterm)
         return report
 
-    def _run_stages(self, state: RunState) -> None:
-        load(state)
+    def _run_stages(self, state: RunState, after_report: bool = False) -> None:
+        if not after_report:
+            load(state)
         for spec in self.recipe.stages:
             stage = stage_for(spec.name)
+            if getattr(stage, "after_report", False) != after_report:
+                continue
             t0 = time.perf_counter()
             if stage.own_progress:
                 outcome = stage.run(state, spec)
@@ -127,7 +130,7 @@ class Pipeline:
                 with self.console.status(f"{spec.name} ..."):
                     outcome = stage.run(state, spec)
             state.stage_done(spec.name, time.perf_counter() - t0, outcome)
-        if self.recipe.stage("measure") is None:  # the numbers that need no ONNX
+        if not after_report and self.recipe.stage("measure") is None:  # the numbers that need no ONNX
             for ck in state.checkpoints:
                 state.results.append(new_result(ck.stage, "fp32" if not ck.quantized else self.recipe.targets[0], **ck.stats))
 
@@ -136,6 +139,7 @@ class Pipeline:
         write_text_atomic(work / "recipe.resolved.yaml", self.recipe.to_yaml())
         measure = self.recipe.stage("measure")
         write_report(report, work, make_plot=measure.config.plot if measure else False)
+        self._run_stages(state, after_report=True)  # e.g. ship: it reads the written report
         print_table(self.console, report)
         self.console.print(f"[bold green]wrote[/] {self.output}/ (report.md, report.json, {', '.join(sorted(state.artifacts)) or 'no ONNX'})")
         write_text_atomic(work / "log.txt", self.console.log_text())

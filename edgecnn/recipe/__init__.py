@@ -30,6 +30,7 @@ from edgecnn.recipe.schema import (
     MeasureConfig,
     ModelSpec,
     Recipe,
+    ShipConfig,
     Stage,
     allowed_stages,
     available_targets,
@@ -42,6 +43,6 @@ __all__ = [
     "TOP_LEVEL_KEYS", "deep_merge", "format_validation_error", "load_raw", "load_recipe", "resolve_recipe_path",
     "shipped_recipe_names", "validate",
     "PIPELINE_CONFIGS", "PIPELINE_STAGES", "RECIPE_SCHEMA_VERSION", "SHIPPED_RECIPES", "CompileConfig", "DataSpec",
-    "EmbeddedSpec", "ExportConfig", "MeasureConfig", "ModelSpec", "Recipe", "Stage", "allowed_stages",
+    "EmbeddedSpec", "ExportConfig", "MeasureConfig", "ModelSpec", "Recipe", "ShipConfig", "Stage", "allowed_stages",
     "available_targets", "default_output_dir", "stage_config_class",
 ]

@@ -38,10 +38,12 @@ class Flags:
     data: Optional[str] = None
     targets: Optional[list[str]] = None
     output: Optional[str] = None
+    ship: bool = False
 
     def given(self) -> bool:
         """True when a flag other than the model options (always present on the command line) is set."""
-        values = (self.model, self.bits, self.prune, self.prune_mode, self.shift, self.calib, self.data, self.targets, self.output)
+        values = (self.model, self.bits, self.prune, self.prune_mode, self.shift, self.calib, self.data, self.targets, self.output,
+                  self.ship)
         return any(v not in (None, False, (), []) for v in values)
 
 
@@ -141,6 +143,12 @@ def _apply_stages(raw: dict, flags: Flags) -> list[str]:
         _apply_shift(stages, notes)
     if flags.bits is not None:
         _apply_bits(stages, flags.bits, notes)
+    if flags.ship:
+        if "ship" in _names(stages):
+            notes.append("--ship: the recipe already has a ship stage; its config is kept")
+        else:
+            stages.append("ship")
+            notes.append("--ship adds a ship stage at the end")
     raw["stages"] = stages
     return notes
 

@@ -198,8 +198,10 @@ def _check_stage_order(stages: list[Stage], prefix: str) -> None:
         raise UserError(f"{prefix}stages: 'compile' needs an 'export' stage before it")
     if "compile" in names and names.index("compile") < names.index("export"):
         raise UserError(f"{prefix}stages: 'compile' must come after 'export'")
-    if "measure" in names and names.index("measure") != len(names) - 1:
-        raise UserError(f"{prefix}stages: 'measure' must be the last stage")
+    if "ship" in names and (names.index("ship") != len(names) - 1 or "export" not in names):
+        raise UserError(f"{prefix}stages: 'ship' must be the last stage, after 'export'")
+    if "measure" in names and names.index("measure") != len(names) - 1 - ("ship" in names):
+        raise UserError(f"{prefix}stages: 'measure' must be the last stage (only 'ship' may follow it)")
     try:
         check_order([s.name for s in stages if s.is_pass])
     except UserError as exc:

@@ -20,7 +20,7 @@ RECIPE_SCHEMA_VERSION = 1
 # Shipped recipes are package data, so a name resolves from an installed package too.
 SHIPPED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # Stages that are not transform passes: they run in the pipeline itself.
-PIPELINE_STAGES = ("distill", "export", "compile", "measure")
+PIPELINE_STAGES = ("distill", "export", "compile", "measure", "ship")
 
 
 class _Strict(BaseModel):
@@ -84,7 +84,16 @@ class MeasureConfig(_Strict):
     plot: bool = True
 
 
-PIPELINE_CONFIGS: dict[str, type] = {"export": ExportConfig, "compile": CompileConfig, "measure": MeasureConfig}
+class ShipConfig(_Strict):
+    """App-ready bundles (edgecnn.ship) of the exported models, one per target, written after the report."""
+
+    targets: Optional[list[str]] = Field(None, description="targets to ship (default: every target of the run)")
+    golden: Optional[str] = Field(None, description="golden test image (default: one of the evaluation images)")
+    labels: Optional[str] = Field(None, description="class names file when the model carries none")
+
+
+PIPELINE_CONFIGS: dict[str, type] = {"export": ExportConfig, "compile": CompileConfig, "measure": MeasureConfig,
+                                     "ship": ShipConfig}
 
 
 def available_targets() -> tuple[str, ...]:

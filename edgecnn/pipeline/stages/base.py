@@ -9,7 +9,8 @@ from edgecnn.recipe import Stage as RecipeStage
 
 
 class Stage(Protocol):
-    """A kind of stage. ``own_progress``: it shows its own progress (no spinner around it)."""
+    """A kind of stage. ``own_progress``: it shows its own progress (no spinner around it);
+    ``after_report`` (optional, default False): it runs once report.json is written."""
 
     kind: str
     own_progress: bool
