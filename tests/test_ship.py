@@ -6,7 +6,6 @@ onnxruntime, numpy and pillow (small bundle always; the shared ImageNet models w
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -37,8 +37,7 @@ class Bundle:
     path: Path
     target: str
     files: dict
-    golden: dict
-    notes: list[str] = field(default_factory=list)
+    golden: dict  # golden/expected.json
 
 
 def sha256(path: Path) -> str:
@@ -178,7 +177,7 @@ def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, lab
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Bundle(out, src.target, files, expected, src.notes)
+    return Bundle(out, src.target, files, expected)
 
 
 def _write_golden(folder: Path, gold, names: list[str], preprocess) -> dict:

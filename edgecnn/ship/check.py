@@ -134,7 +134,8 @@ def _golden(bundle: Path, result: CheckResult, python) -> None:
 
     expected = json.loads((bundle / "golden" / "expected.json").read_text(encoding="utf-8"))
     reference = np.load(bundle / expected["input"])
-    models = ["model.onnx"] + ([read_manifest(bundle)["runtime_model"]] if read_manifest(bundle).get("runtime_model") else [])
+    runtime_model = read_manifest(bundle).get("runtime_model")
+    models = ["model.onnx"] + ([runtime_model] if runtime_model else [])
     with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as tmp:
         for model in models:
             saved = Path(tmp) / f"{model}.input.npy"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -34,7 +34,6 @@ class Source:
     report: Optional[dict] = None
     row: Optional[dict] = None  # report row measuring this very file
     baseline: Optional[dict] = None  # report row of the FP32 baseline
-    notes: list[str] = field(default_factory=list)
     shown: str = ""  # how README.md and manifest.json name the source
 
     @property
