@@ -56,9 +56,13 @@ def _numbers(src) -> list[str]:
             ("top-1 agreement with FP32", "agreement", "{:.1f}", " %"), ("parameters (non-zero)", "nonzeros", "{:,.0f}", "")]
     for title, key, fmt, unit in rows:
         lines.append(f"| {title} | {_num(r.get(key), fmt, unit)} | {_num(b.get(key), fmt, unit)} |")
-    lines += ["", f"- Latency: {rep.get('latency_note', 'see report.json')}; runtime `{r.get('runtime') or '-'}`. "
-              "Time it on your device: numbers from another machine do not transfer.",
-              f"- Accuracy: {accuracy_on}.", ""]
+    if r.get("latency_ms_median") is None:
+        latency = ("- Latency: not measured for this target on the run's machine; time it on the device "
+                   "(for TensorRT, `build_engine.sh` times the engine with trtexec after building it).")
+    else:
+        latency = (f"- Latency: {rep.get('latency_note', 'see report.json')}; runtime `{r.get('runtime') or '-'}`. "
+                   "Time it on your device: numbers from another machine do not transfer.")
+    lines += ["", latency, f"- Accuracy: {accuracy_on}.", ""]
     return lines
 
 

@@ -22,6 +22,6 @@ class ShipStage:
             if target not in state.artifacts:
                 raise UserError(f"ship: target {target} was not exported; choose from {', '.join(state.artifacts)}")
             bundle = build_bundle(state.work, state.work / f"bundle-{target}", target=target, golden=config.golden,
-                                  labels=config.labels, origin="..")
+                                  labels=config.labels, origin=".. (the output folder holding this bundle)")
             parts.append(f"bundle-{target}/ (golden: {bundle.golden['top5'][0]['label']})")
         return StageOutcome("checked " + ", ".join(parts))
