@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("export", "pack"),
     ("backends",),
     ("measure",),
-    ("pipeline", "recipe", "report"),
+    ("pipeline", "recipe", "report", "ship"),
     ("cli", "cli_options", "commands", "__main__"),
 ]
 # Side by side, never importing each other: passes must not import train (distill takes

@@ -116,7 +116,7 @@ def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, lab
     an embedded digit for a digits model); ``labels``: a class-names file when the model carries none;
     ``origin``: the source's name in README.md and manifest.json (default: its path).
     """
-    from edgecnn.errors import require
+    from edgecnn.lazy import require
     from edgecnn.preprocess import Preprocess
     from edgecnn.ship import golden as golden_mod
     from edgecnn.ship import runtime

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from edgecnn.errors import UserError
+from edgecnn.lazy import require
 
 ORT_OPTIMIZATION_LEVEL = "extended"
 ORT_MODEL = "model.ort"
@@ -43,10 +44,7 @@ def to_ort_format(onnx_path: Path, out_dir: Path, target: str) -> tuple[Path, Pa
     Returns (ort file, config file, the converter command as run). The converter runs in its
     own process: its optimization level is an environment variable.
     """
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise UserError("shipping for ONNX Runtime needs onnxruntime; install it with: pip install 'edgecnn[ort]'") from None
+    require("onnxruntime", "ort")
     with tempfile.TemporaryDirectory(prefix=".ort-convert-", dir=out_dir) as tmp:
         tmp = Path(tmp)
         (tmp / "in").mkdir()
