@@ -122,11 +122,12 @@ def test_trt_bundle_carries_the_trtexec_line_not_an_engine(small_run):
 
     folder = small_run / "bundle-trt"
     script = (folder / "build_engine.sh").read_text()
-    for major in (10, 11):
-        line = format_command(trtexec_command("model.onnx", config_for_onnx(folder / "model.onnx", major),
+    for release in ("8.5", "8.6", "10", "11"):
+        line = format_command(trtexec_command("model.onnx", config_for_onnx(folder / "model.onnx", release),
                                               save_engine="model.engine"))
-        assert f"  {major}) {line} ;;" in script
+        assert f"  {release}) {line} ;;" in script
     assert "edgecnn compile model.onnx --backend trt -o model.engine" in script
+    assert subprocess.run(["sh", "-n", str(folder / "build_engine.sh")]).returncode == 0
     assert "int8/fp16 kernels round differently" in (folder / "README.md").read_text()
 
 

@@ -216,18 +216,19 @@ def _write_golden(folder: Path, gold, names: list[str], preprocess) -> dict:
 
 
 def _build_script(lines: dict) -> str:
-    from edgecnn.ship.runtime import edgecnn_compile_line
+    from edgecnn.ship.runtime import DEFAULT_TRT_RELEASE, edgecnn_compile_line
 
     out = ["#!/bin/sh",
            "# Build the TensorRT engine ON THE DEVICE that will run it (an engine is specific to the GPU,",
-           "# TensorRT version and JetPack): sh build_engine.sh [TENSORRT_MAJOR], default 10.",
+           "# the TensorRT release and JetPack), then time it: sh build_engine.sh [RELEASE],",
+           f"# RELEASE one of {', '.join(lines)} (default {DEFAULT_TRT_RELEASE}; JetPack 5.1: 8.5, 6.0: 8.6, 6.1/6.2: 10).",
            f"# With edgecnn installed on the device instead: {edgecnn_compile_line()}",
            "# trtexec ships with TensorRT (JetPack: /usr/src/tensorrt/bin/trtexec).",
-           "set -e", 'cd "$(dirname "$0")"', 'case "${1:-10}" in']
-    for major, line in lines.items():
+           "set -e", 'cd "$(dirname "$0")"', f'case "${{1:-{DEFAULT_TRT_RELEASE}}}" in']
+    for release, line in lines.items():
         body = f"echo '{line[2:]}' >&2; exit 2" if line.startswith("#") else line
-        out.append(f"  {major}) {body} ;;")
-    out += ["  *) echo \"TensorRT major version ${1} is not covered; use: " + edgecnn_compile_line() + "\" >&2; exit 2 ;;",
+        out.append(f"  {release}) {body} ;;")
+    out += ["  *) echo \"TensorRT ${1} is not covered; use: " + edgecnn_compile_line() + "\" >&2; exit 2 ;;",
             "esac", ""]
     return "\n".join(out)
 

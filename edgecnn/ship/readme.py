@@ -110,10 +110,10 @@ def render(facts: dict) -> str:
     else:
         lines += ["## TensorRT engine", "",
                   "An engine is specific to the GPU, the TensorRT version and the JetPack release, so none is shipped: "
-                  "build it on the device (`sh build_engine.sh 10` or `11`), or with edgecnn installed there: "
+                  "build it on the device (`sh build_engine.sh RELEASE`, RELEASE 8.5, 8.6, 10 or 11), or with edgecnn installed there: "
                   f"`{edgecnn_compile_line()}`. The lines in `build_engine.sh`:", ""]
-        for major, line in facts["trt_lines"].items():
-            lines += [f"- TensorRT {major}: `{line}`"]
+        for release, line in facts["trt_lines"].items():
+            lines += [f"- TensorRT {release}: `{line}`"]
         lines += ["", "The golden logits are ONNX Runtime's (CPU); TensorRT was not run when this bundle was made and "
                   "its int8/fp16 kernels round differently, so on the device check that the golden image keeps its "
                   f"top-1 (its margin over the top-2 is {exp['top1_margin']:.3g}) before comparing logits.", ""]

@@ -27,7 +27,10 @@ from edgecnn.lazy import require
 ORT_OPTIMIZATION_LEVEL = "extended"
 ORT_MODEL = "model.ort"
 ORT_CONFIG = "required_operators_and_types.config"
-TRT_MAJORS = (10, 11)
+# The TensorRT releases edgecnn.backends.tensorrt plans builds for (its COVERED): JetPack 5.1 /
+# 6.0 ship 8.5 / 8.6, JetPack 6.1/6.2 ship 10.3; trtexec's flags differ between them.
+TRT_RELEASES = ("8.5", "8.6", "10", "11")
+DEFAULT_TRT_RELEASE = "10"
 
 
 def converter_command(onnx_path: Path, out_dir: Path, target: str) -> list[str]:
@@ -74,17 +77,17 @@ def _move(src: Path, dst: Path) -> None:
 
 
 def trt_build_lines(onnx_path: Path, name: str = "model.onnx", engine: str = "model.engine") -> dict:
-    """{TensorRT major: the trtexec line, or why there is none} for the ONNX file ``onnx_path``."""
+    """{TensorRT release: the trtexec line, or why there is none} for the ONNX file ``onnx_path``."""
     from edgecnn.backends.tensorrt import config_for_onnx
     from edgecnn.backends.trtexec import format_command, trtexec_command
 
     lines = {}
-    for major in TRT_MAJORS:
+    for release in TRT_RELEASES:
         try:
-            cfg = config_for_onnx(onnx_path, major)
-            lines[major] = format_command(trtexec_command(name, cfg, save_engine=engine))
+            cfg = config_for_onnx(onnx_path, release)
+            lines[release] = format_command(trtexec_command(name, cfg, save_engine=engine))
         except UserError as exc:
-            lines[major] = f"# not buildable on TensorRT {major}: {exc}"
+            lines[release] = f"# not buildable on TensorRT {release}: {exc}"
     return lines
 
 
