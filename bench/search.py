@@ -1,0 +1,192 @@
+"""The latency-measured per-layer search (edgecnn.search) on real weights, against ORT FP32,
+edgecnn's uniform settings and OpenVINO INT8, side by side in one run.
+
+Per model: the search (and, for configurations that prune, recovery by cached-teacher
+distillation on ../shared/data/distill) runs in a fresh process (wall time, peak memory);
+it sees only the *search* part of imagenet-sample (edgecnn.data.split, salt
+``edgecnn-split-1``). Then every artifact is evaluated on the *evaluation* part (paired
+top-1 drop vs ORT FP32 with its 95 % interval, FP32 agreement) and timed at batch 1 with 2
+threads in interleaved rounds by bench/run.py's engine workers.
+
+    python bench/search.py                       # writes bench/results/search.md / .json / *.svg
+    python bench/search.py --models squeezenet1_1 --max-verify 3 --recovery-steps 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+if str(BENCH_DIR.parent) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR.parent))
+
+import numpy as np  # noqa: E402
+
+from _stats import markdown_table, summarize_rounds  # noqa: E402
+
+DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", BENCH_DIR.parent.parent / "shared" / "data"))
+MODELS = {
+    "mobilenet_v2": {"options": {"tf_padding": True}, "preprocess": "tf", "weights": "weights/mobilenet_v2.pth"},
+    "squeezenet1_1": {"options": {}, "preprocess": "torchvision", "weights": "weights/squeezenet1_1.pth"},
+}
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# ----------------------------------------------------------------------------- the search (own process)
+
+
+def search_job(job: dict) -> dict:
+    """Split, search (+ recovery), in this fresh process; returns paths and the search summary."""
+    import torch
+
+    from edgecnn.data.split import split_folder
+    from edgecnn.models import load_model
+    from edgecnn.search.prepare import make_recovery, recovery_images, search_data
+    from edgecnn.search.run import SearchConfig, search, summary
+    from engines.common import peak_rss_mb
+
+    torch.set_num_threads(job["threads"])
+    started = time.perf_counter()
+    spec = MODELS[job["model"]]
+    loaded = load_model(job["model"], weights=str(DATA / spec["weights"]), preprocess=spec["preprocess"], **spec["options"])
+    work = Path(job["work"]) / job["model"]
+    split = split_folder(DATA / "imagenet-sample")
+    data = search_data(split.search, loaded.preprocess, 32, work / "data")
+    np.save(work / "data" / "calib.npy", torch.cat(data.calib).numpy())
+    config = SearchConfig(**job["search"])
+    lines = []
+    log = lambda s: (lines.append(s), say(f"  [{job['model']}] {s}"))  # noqa: E731
+    if config.prune_densities or config.shift:
+        paths = recovery_images(DATA / "distill", job["recovery_images"])
+        data.recovery = make_recovery(loaded.module, paths, loaded.preprocess, config, Path(job["cache"]), work, log)
+    outcome = search(loaded.module, data, config, work, log)
+    return {"summary": summary(outcome), "log": lines, "fp32": str(outcome.fp32_path), "chosen": str(outcome.chosen_path),
+            "uniform": {p: str(outcome.artifacts[id(c)]) for p, c in outcome.uniform.items()},
+            "wall_s": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb(), "split_rule": split.rule,
+            "search_images": len(split.search), "evaluation_images": len(split.evaluation),
+            "evaluation": [[str(p), int(label)] for p, label in split.evaluation], "preprocess": loaded.preprocess.to_dict()}
+
+
+# ----------------------------------------------------------------------------- evaluation and timing
+
+
+def paired_drop(reference_correct: np.ndarray, correct: np.ndarray) -> dict:
+    """Top-1 drop in points on the same images, with its 95 % interval (normal approximation)."""
+    d = reference_correct.astype(float) - correct.astype(float)
+    n = len(d)
+    se = float(d.std(ddof=1) / math.sqrt(n) * 100) if n > 1 else math.nan
+    return {"drop": float(d.mean() * 100), "ci95": 1.96 * se, "n": n}
+
+
+def evaluate_and_time(model: str, found: dict, args, work: Path) -> dict:
+    """Eval-part cache, engine workers (ORT for every artifact, OpenVINO INT8 when installed), accuracy, timing."""
+    from _workers import EngineError, EngineWorker, run_build
+
+    from edgecnn.preprocess import Preprocess
+    from edgecnn.search.prepare import arrays
+
+    pre = Preprocess(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in found["preprocess"].items()})
+    items = [(Path(p), label) for p, label in found["evaluation"]]
+    if args.eval_limit:
+        items = items[: args.eval_limit]
+    images, labels = arrays(items, pre, None, work / "eval")
+    cache = work / f"{model}.eval.npy"
+    np.save(cache, images)
+    job = {"model": model, "threads": args.threads, "cache": str(cache), "work_dir": str(work), "fp32_onnx": found["fp32"],
+           "calib_indices": [], "eval_indices": list(range(len(images))), "input_shape": [1, *images.shape[1:]]}
+    artifacts = {"ORT FP32": found["fp32"], **{f"edgecnn uniform {p.upper()}": path for p, path in found["uniform"].items() if p != "fp32"},
+                 "edgecnn searched": found["chosen"]}
+    workers = {label: EngineWorker("engines.ort:open_onnx", job, {"path": path}) for label, path in artifacts.items()}
+    try:
+        calib = np.load(found["calib_cache"]) if found.get("calib_cache") else None
+        if calib is not None:
+            np.save(work / f"{model}.calib.npy", calib)
+            ov_job = {**job, "cache": str(work / f"{model}.calib.npy"), "calib_indices": list(range(len(calib)))}
+            ov = run_build("engines.openvino_engines:build_nncf_int8", ov_job, timeout=1800)
+            workers["OpenVINO INT8 (NNCF PTQ)"] = EngineWorker("engines.openvino_engines:open_ir", job, ov)
+    except (EngineError, ImportError, ModuleNotFoundError) as exc:
+        say(f"  OpenVINO INT8 skipped: {str(exc).splitlines()[0]}")
+    rows = {}
+    try:
+        for label, worker in workers.items():
+            top1 = worker.call("eval", indices=job["eval_indices"], batch=8)[:, 0]
+            rows[label] = {"correct": top1 == labels, "top1_pred": top1}
+        timings = {label: [] for label in workers}
+        for round_index in range(args.rounds):
+            for label, worker in workers.items():
+                timings[label].append(worker.call("time", batch=1, warmup=5 if round_index else 15, iters=args.iters, budget_s=3.0))
+    finally:
+        for worker in workers.values():
+            worker.close()
+    base = rows["ORT FP32"]
+    for label, row in rows.items():
+        row["latency"] = summarize_rounds(timings[label])
+        row["top1"] = float(row["correct"].mean() * 100)
+        row["agreement"] = float((row["top1_pred"] == base["top1_pred"]).mean() * 100)
+        row.update(paired_drop(base["correct"], row["correct"]))
+    fp32_ms = base["latency"]["median_ms"]
+    for row in rows.values():
+        row["speedup"] = fp32_ms / row["latency"]["median_ms"]
+        row.pop("correct"), row.pop("top1_pred")
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mobilenet_v2,squeezenet1_1")
+    parser.add_argument("--max-drop", type=float, default=1.0)
+    parser.add_argument("--max-verify", type=int, default=5)
+    parser.add_argument("--prune", default="0.75", help="kept channel fractions a group may take ('' = precision only)")
+    parser.add_argument("--recovery-steps", type=int, default=100)
+    parser.add_argument("--recovery-images", type=int, default=3200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--eval-limit", type=int, default=None)
+    parser.add_argument("--work", default=None)
+    parser.add_argument("--out", default=str(BENCH_DIR / "results" / "search"))
+    args = parser.parse_args(argv)
+    from _workers import run_build
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="edgecnn-search-bench-"))
+    cache = Path(os.environ.get("EDGECNN_CACHE", Path.home() / ".cache" / "edgecnn")) / "teacher-logits"
+    results = {"settings": vars(args), "models": {}}
+    for model in args.models.split(","):
+        say(f"== {model}: search")
+        search = {"max_drop": args.max_drop, "max_verify": args.max_verify, "threads": args.threads,
+                  "prune_densities": [float(v) for v in args.prune.split(",") if v], "recovery_steps": args.recovery_steps,
+                  "sensitivity_images": 32}
+        job = {"model": model, "threads": args.threads, "work": str(work), "cache": str(cache), "search": search,
+               "recovery_images": args.recovery_images}
+        found = run_build("search:search_job", job, timeout=4 * 3600)
+        found["calib_cache"] = str(work / model / "data" / "calib.npy")
+        say(f"== {model}: evaluation and timing ({found['evaluation_images']} evaluation images)")
+        found["engines"] = evaluate_and_time(model, found, args, work)
+        found.pop("evaluation")
+        results["models"][model] = found
+        write(results, Path(args.out))
+    return 0
+
+
+def write(results: dict, out: Path) -> None:
+    from search_report import render
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
+    render(results, out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

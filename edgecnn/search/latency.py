@@ -1,0 +1,107 @@
+"""Cost from measurement: a per-layer latency table and whole-model timing on the target.
+
+The table (built by :mod:`edgecnn.search.probes`: every layer timed in isolation in ORT at
+each precision, then scaled so that each uniform configuration matches its whole-model
+timing) predicts a mixed configuration as the sum of its layers' times at their precision,
+scaled for kept channels by MACs times the efficiency measured on pruned shapes, plus a
+Quantize/Dequantize pair wherever the precision class changes along the layer order.
+:func:`check` compares predictions with whole-model timings (the table's own error).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+INT8 = ("w8a8", "w7a8", "w6a8")
+
+
+def precision_class(precision: str) -> str:
+    return "int8" if precision in INT8 else "fp32"
+
+
+@dataclass
+class LatencyTable:
+    """Measured per-layer milliseconds; ``predict`` combines them for any configuration."""
+
+    layer_ms: dict[str, dict[str, float]]  # layer -> precision -> ms
+    other_ms: dict[str, float] = field(default_factory=dict)  # precision class -> ms outside layers
+    boundary_ms: dict[str, float] = field(default_factory=dict)  # layer -> cost of a class change at its input
+    prune_efficiency: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> class -> measured/MAC ratio
+    shift_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> class -> ms once shifted
+    measured: dict[str, float] = field(default_factory=dict)  # uniform configuration -> whole-model ms
+    probes: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> probe variant -> raw isolated ms
+
+    def layer_cost(self, space, config: dict, layer: str) -> float:
+        precision = space.precision_of(config, layer)
+        cls = precision_class(precision)
+        if space.shifted(config, layer):
+            return self.shift_ms.get(layer, {}).get(cls, 0.0)
+        ms = self.layer_ms[layer].get(precision, self.layer_ms[layer].get("fp32", 0.0))
+        fin, fout = space.channel_factors(config, layer)
+        if (fin, fout) != (1.0, 1.0):
+            ratio = fout if space.layer_kinds[layer] == "depthwise" else fin * fout
+            ms *= ratio * self.prune_efficiency.get(layer, {}).get(cls, 1.0)
+        return ms
+
+    def predict(self, space, config: dict) -> float:
+        """Predicted batch-1 ms of ``config`` (a Space configuration)."""
+        total, previous = 0.0, "fp32"
+        classes = []
+        for layer in space.layers:
+            cls = precision_class(space.precision_of(config, layer))
+            if cls != previous:
+                total += self.boundary_ms.get(layer, 0.0)
+            previous = cls
+            classes.append(cls)
+            total += self.layer_cost(space, config, layer)
+        majority = "int8" if classes.count("int8") * 2 > len(classes) else "fp32"
+        return total + self.other_ms.get(majority, 0.0)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("layer_ms", "other_ms", "boundary_ms", "prune_efficiency", "shift_ms", "measured", "probes")}
+
+
+# ---------------------------------------------------------------------------- whole-model timing
+
+
+def time_interleaved(paths: dict[str, str], threads: int = 2, rounds: int = 5, iters: int = 20, warmup: int = 3) -> dict[str, dict]:
+    """Whole-model batch-1 ms of several ONNX files, rounds interleaved (A, B, C, A, B, C, ...).
+
+    Median over rounds of each round's median, and p90 over all samples, as bench/run.py does.
+    """
+    from edgecnn.backends.ort import OrtRunner
+
+    runners = {name: OrtRunner(path, threads=threads) for name, path in paths.items()}
+    inputs = {name: r.input_for(1) for name, r in runners.items()}
+    medians: dict[str, list] = {name: [] for name in paths}
+    samples: dict[str, list] = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            for _ in range(warmup):
+                runner.run(inputs[name])
+            times = []
+            for _ in range(iters):
+                start = time.perf_counter()
+                runner.run(inputs[name])
+                times.append((time.perf_counter() - start) * 1e3)
+            medians[name].append(statistics.median(times))
+            samples[name] += times
+    return {name: {"median_ms": statistics.median(medians[name]), "p90_ms": float(np.percentile(samples[name], 90)),
+                   "round_medians_ms": medians[name]} for name in paths}
+
+
+def check(table: LatencyTable, space, configs: dict[str, dict], measured_ms: dict[str, float]) -> list[dict]:
+    """Predicted vs measured whole-model ms, per configuration name (the table's own error)."""
+    rows = []
+    for name, config in configs.items():
+        if name in measured_ms:
+            predicted = table.predict(space, config)
+            rows.append({"config": name, "predicted_ms": round(predicted, 3), "measured_ms": round(measured_ms[name], 3),
+                         "error_pct": round(100 * (predicted - measured_ms[name]) / measured_ms[name], 1)})
+    return rows
+
+

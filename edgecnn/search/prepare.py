@@ -1,0 +1,89 @@
+"""Data for a search: the search part as arrays, calibration batches, and the recovery trainer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from edgecnn.data.images import ImageFolder, is_image, iter_batches, load_image
+from edgecnn.errors import UserError
+from edgecnn.search.run import SearchConfig, SearchData
+from edgecnn.train.cached_teacher import RecoveryConfig, TeacherCache, distill_cached, image_key
+
+
+def arrays(items: list, preprocess, limit: Optional[int] = None, work: Optional[Path] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N x 3 x H x W float32, labels) of (path, label) items, spread evenly when ``limit`` is set."""
+    if limit is not None and limit < len(items):
+        step = len(items) / limit
+        items = [items[int(i * step)] for i in range(limit)]
+    if work is None:
+        raise UserError("internal: arrays() needs a work folder for its list file")
+    work.mkdir(parents=True, exist_ok=True)
+    listing = work / f"list-{hashlib.sha256(repr(items).encode()).hexdigest()[:10]}.txt"
+    listing.write_text("".join(f"{p} {-1 if label is None else label}\n" for p, label in items))
+    xs, ys = [], []
+    for x, y in iter_batches(ImageFolder(listing), preprocess, 32, workers=2):
+        xs.append(x)
+        ys.append(y if y is not None else np.full(len(x), -1))
+    return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+
+
+class RecoveryImages(torch.utils.data.Dataset):
+    """Unlabelled images at the recovery resolution; items are (tensor, image key)."""
+
+    def __init__(self, paths: list[Path], preprocess):
+        self.paths, self.preprocess = list(paths), preprocess
+        self._keys: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def key(self, i: int) -> str:
+        if i not in self._keys:
+            self._keys[i] = image_key(self.paths[i])
+        return self._keys[i]
+
+    def __getitem__(self, i: int):
+        return torch.from_numpy(load_image(self.paths[i], self.preprocess)), self.key(i)
+
+
+def recovery_images(root: Path, limit: Optional[int] = None) -> list[Path]:
+    """Images of a folder (recursively, sorted), every k-th one when ``limit`` is set."""
+    paths = sorted(p for p in Path(root).rglob("*") if p.is_file() and is_image(p))
+    if not paths:
+        raise UserError(f"'{root}' holds no images; give --train a folder of photos (sub-folders are searched)")
+    if limit is not None and limit < len(paths):
+        step = len(paths) / limit
+        paths = [paths[int(i * step)] for i in range(limit)]
+    return paths
+
+
+def make_recovery(teacher, paths: list[Path], preprocess, config: SearchConfig, cache_root: Path, work: Path, log=print):
+    """A ``(student, steps) -> summary`` trainer: cached-teacher distillation at ``recovery_size``."""
+    small = preprocess.replace(input_size=config.recovery_size)
+    dataset = RecoveryImages(paths, small)
+    cache = TeacherCache(cache_root, teacher, json.dumps(small.to_dict(), sort_keys=True, default=str))
+    runs = iter(range(10_000))
+
+    def recover(student, steps: int) -> dict:
+        run = next(runs)
+        settings = RecoveryConfig(steps=steps, batch_size=32, lr=config.recovery_lr)
+        summary = distill_cached(student, dataset, cache, settings, checkpoint_dir=work / f"recovery-{run}", progress=False)
+        return {**summary, "images": len(dataset), "size": config.recovery_size}
+
+    return recover
+
+
+def search_data(items: list, preprocess, calib_images: int, work: Path, limit: Optional[int] = None) -> SearchData:
+    images, labels = arrays(items, preprocess, limit, work)
+    if (labels < 0).all():
+        raise UserError("the search images carry no labels; give a labelled folder (class sub-folders) to --data")
+    step = max(1, len(images) // calib_images)
+    calib = images[::step][:calib_images]
+    batches = [torch.from_numpy(calib[i:i + 16]) for i in range(0, len(calib), 16)]
+    return SearchData(images, labels, batches)

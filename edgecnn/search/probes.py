@@ -1,0 +1,150 @@
+"""Every layer timed in isolation in ONNX Runtime, at each precision and kept-channel shape.
+
+A probe graph is the layer followed by a per-channel 1x1 (depthwise) conv, so that in the
+Q/DQ form the layer's output is quantized as it is inside a network (ORT fuses a conv into
+QLinearConv only then); the FP32 probe has the same follower. Its input is the layer's
+real input shape, its quantizer is calibrated on the layer's real inputs. Probes of one
+layer are timed with interleaved rounds (median of round medians), which keeps a busy
+machine's drift out of the comparison between precisions.
+
+Isolation misses what the whole graph shares (ORT's layout changes, the Q/DQ a chain of
+int8 layers does not repeat, pools, adds, concats), so each precision's layer times are
+scaled so that the uniform configuration predicts its measured whole-model latency; the
+table's error on the other configurations is reported by the search.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from edgecnn.search import latency as lat
+from edgecnn.search.space import BITS, Space, quantize_per_layer
+
+
+class _Probe(nn.Module):
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+        channels = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+        self.follower = nn.Conv2d(channels, channels, 1, groups=channels)
+        nn.init.ones_(self.follower.weight)
+        nn.init.zeros_(self.follower.bias)
+
+    def forward(self, x):
+        if isinstance(self.layer, nn.Linear):
+            return self.follower(self.layer(x.flatten(1))[:, :, None, None])
+        return self.follower(torch.relu(self.layer(x)))
+
+
+def layer_inputs(model: nn.Module, layers: list[str], images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each layer's input on ``images`` (4-D; a linear layer's input as N x C x 1 x 1)."""
+    captured, handles = {}, []
+    modules = dict(model.named_modules())
+    for name in layers:
+        def hook(_m, args, name=name):
+            x = args[0].detach()
+            captured[name] = x if x.dim() == 4 else x.reshape(x.shape[0], -1, 1, 1)
+        handles.append(modules[name].register_forward_pre_hook(hook))
+    with torch.no_grad():
+        model.eval()(images)
+    for h in handles:
+        h.remove()
+    return captured
+
+
+def _resized(layer: nn.Module, fin: float, fout: float) -> nn.Module:
+    """A layer of the same kind with round(fraction x channels) in / out (timing only)."""
+    if isinstance(layer, nn.Linear):
+        return nn.Linear(max(1, round(layer.in_features * fin)), max(1, round(layer.out_features * fout)))
+    cin, cout = max(1, round(layer.in_channels * fin)), max(1, round(layer.out_channels * fout))
+    groups = cin if layer.groups > 1 else 1
+    cout = cin if layer.groups > 1 else cout
+    new = copy.deepcopy(layer)
+    new.in_channels, new.out_channels, new.groups = cin, cout, groups
+    new.weight = nn.Parameter(torch.randn(cout, cin // groups, *layer.kernel_size) * 0.1)
+    if layer.bias is not None:
+        new.bias = nn.Parameter(torch.zeros(cout))
+    return new
+
+
+def _export_probe(layer: nn.Module, x: torch.Tensor, precision: str, path: Path, target: str) -> Path:
+    from edgecnn.search.run import export
+
+    probe = _Probe(copy.deepcopy(layer)).eval()
+    bits = BITS[precision]
+    if bits:
+        probe = quantize_per_layer(probe, {"layer": bits, "follower": 8}, [x], target)
+    return export(probe, path, x.shape[-1], target, channels=x.shape[1], height=x.shape[-2])
+
+
+def _variants(space: Space, layer: str, precisions, pruned: dict) -> dict[str, tuple]:
+    """name -> (precision, in fraction, out fraction, shifted) of the probes of one layer."""
+    out = {p: (p, 1.0, 1.0, False) for p in precisions}
+    fin, fout = space.channel_factors(pruned, layer) if pruned else (1.0, 1.0)
+    if (fin, fout) != (1.0, 1.0):
+        out["pruned-fp32"] = ("fp32", fin, fout, False)
+        out["pruned-int8"] = ("w7a8", fin, fout, False)
+    if any(u.kind == "shift" and u.layer == layer for u in space.units):
+        out["shifted-fp32"] = ("fp32", 1.0, 1.0, True)
+        out["shifted-int8"] = ("w7a8", 1.0, 1.0, True)
+    return out
+
+
+def _shift_stand_in(layer: nn.Module) -> nn.Module:
+    """What remains of a shifted conv in compute: a 1x1 conv (full conv) or a per-channel copy (depthwise)."""
+    if layer.groups > 1:
+        return nn.Conv2d(layer.in_channels, layer.in_channels, 1, stride=layer.stride, groups=layer.in_channels)
+    return nn.Conv2d(layer.in_channels, layer.out_channels, 1, stride=layer.stride)
+
+
+def time_layer(name: str, layer: nn.Module, x: torch.Tensor, variants: dict, work: Path, target: str, threads: int) -> dict[str, float]:
+    """Median ms of every probe variant of one layer, timed in interleaved rounds."""
+    paths = {}
+    for key, (precision, fin, fout, shifted) in variants.items():
+        module = _shift_stand_in(layer) if shifted else (_resized(layer, fin, fout) if (fin, fout) != (1.0, 1.0) else layer)
+        xin = x if fin == 1.0 else torch.randn(x.shape[0], module.in_channels if isinstance(module, nn.Conv2d) else module.in_features, *x.shape[2:]).abs()
+        safe = name.replace("/", "_")
+        paths[key] = str(_export_probe(module, xin, precision, work / f"probe-{safe}-{key}.onnx", target))
+    times = lat.time_interleaved(paths, threads, rounds=3, iters=10, warmup=2)
+    return {k: v["median_ms"] for k, v in times.items()}
+
+
+def build_table(model: nn.Module, space: Space, images: torch.Tensor, precisions, whole_ms: dict[str, float],
+                work: Path, target: str = "ort-x86", threads: int = 2, progress: bool = False) -> lat.LatencyTable:
+    """Probe every layer, then scale each precision to its measured whole-model ``whole_ms``."""
+    work.mkdir(parents=True, exist_ok=True)
+    inputs = layer_inputs(model, space.layers, images)
+    modules = dict(model.named_modules())
+    prune = [u for u in space.units if u.kind == "prune"]
+    pruned = {u.name: u.options[-1] for u in prune}
+    raw: dict[str, dict[str, float]] = {}
+    layers = space.layers
+    if progress:
+        from rich.progress import track
+
+        layers = track(layers, description="latency probes", transient=True)
+    for name in layers:
+        raw[name] = time_layer(name, modules[name], inputs[name], _variants(space, name, precisions, pruned), work, target, threads)
+    table = lat.LatencyTable({n: {p: raw[n][p] for p in precisions} for n in space.layers})
+    for precision in precisions:
+        config = space.uniform(precision)
+        probed = sum(table.layer_cost(space, config, n) for n in space.layers)
+        if precision in whole_ms and probed > 0:
+            scale = whole_ms[precision] / probed
+            for n in space.layers:
+                table.layer_ms[n][precision] *= scale
+    for name in space.layers:
+        fin, fout = space.channel_factors(pruned, name)
+        mac = fout if space.layer_kinds[name] == "depthwise" else fin * fout
+        for cls, precision in (("fp32", "fp32"), ("int8", "w7a8")):
+            if f"pruned-{cls}" in raw[name] and mac < 1:
+                table.prune_efficiency.setdefault(name, {})[cls] = raw[name][f"pruned-{cls}"] / raw[name][precision] / mac
+            if f"shifted-{cls}" in raw[name]:
+                table.shift_ms.setdefault(name, {})[cls] = raw[name][f"shifted-{cls}"] * table.layer_ms[name][precision] / raw[name][precision]
+    table.measured = dict(whole_ms)
+    table.probes = raw
+    return table

@@ -1,0 +1,201 @@
+"""The whole search for one model: space -> latency table -> sensitivities -> solve -> artifact.
+
+Inputs are plain: the float model, its search images (arrays + labels, the *search* part
+of a split), calibration batches, optionally a recovery dataset (for pruning / shift). The
+caller evaluates the chosen artifact on the *evaluation* part, which the search never sees.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgecnn.search import latency as lat
+from edgecnn.search import sensitivity
+from edgecnn.search.solve import Candidate, SearchResult, config_key, solve
+from edgecnn.search.space import PRECISIONS, Space, apply_config, build_space, needs_recovery
+
+
+class SearchConfig(BaseModel):
+    """What the search may change and how much it may measure."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_drop: float = Field(1.0, ge=0, description="largest top-1 drop (points) on the search images")
+    target: str = "ort-x86"
+    precisions: list[str] = Field(default_factory=lambda: list(PRECISIONS))
+    prune_densities: list[float] = Field(default_factory=list, description="channel fractions a group may keep, e.g. [0.75, 0.5]")
+    shift: bool = False
+    sensitivity_images: int = Field(64, ge=1)
+    max_verify: int = Field(6, ge=1, description="configurations built and measured at most")
+    search_time: Optional[float] = Field(None, gt=0, description="minutes; no new verification starts past it")
+    threads: int = Field(2, ge=1)
+    recovery_steps: int = Field(200, ge=1, description="distillation steps of a candidate needing recovery")
+    recovery_size: int = Field(128, ge=32, description="training resolution of the recovery")
+    recovery_lr: float = Field(1e-4, gt=0)
+
+
+@dataclass
+class SearchData:
+    images: np.ndarray  # search part, preprocessed NCHW float32
+    labels: np.ndarray
+    calib: list  # torch batches
+    recovery: Optional[Callable[[nn.Module, int], dict]] = None  # (student, steps) -> summary, trains in place
+
+
+@dataclass
+class Outcome:
+    space: Space
+    table: lat.LatencyTable
+    scores: dict
+    result: SearchResult
+    uniform: dict[str, Candidate]
+    fp32_path: Path
+    chosen_path: Optional[Path]
+    artifacts: dict[int, Path] = field(default_factory=dict)  # id(candidate) -> ONNX
+    seconds: dict[str, float] = field(default_factory=dict)
+    table_check: list = field(default_factory=list)
+
+
+def top1_of(path: Path, images: np.ndarray, threads: int = 2, batch: int = 32) -> np.ndarray:
+    """Predicted class per image through ORT."""
+    from edgecnn.backends.ort import OrtRunner
+
+    runner = OrtRunner(path, threads=threads)
+    return np.concatenate([runner.run(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+
+
+def export(model: nn.Module, path: Path, size: int, target: str, channels: int = 3, height: Optional[int] = None) -> Path:
+    """Q/DQ ONNX when ``model`` has quantized layers, else FP32; dynamic batch."""
+    from edgecnn.export.onnx_export import export_onnx
+    from edgecnn.export.qdq import export_qdq_report
+    from edgecnn.passes.quant.quantizers import quant_layers
+
+    shape = (1, channels, height or size, size)
+    if quant_layers(model):
+        return export_qdq_report(model, path, target=target, input_shape=shape, batch="dynamic", parity=False).path
+    return export_onnx(model, path, input_shape=shape, batch="dynamic", parity=False)
+
+
+class _Builder:
+    """Builds, measures and remembers configurations (one ONNX each)."""
+
+    def __init__(self, model, space, data: SearchData, config: SearchConfig, work: Path, log):
+        self.model, self.space, self.data, self.config, self.work, self.log = model, space, data, config, work, log
+        self.size = data.images.shape[-1]
+        self.paths: dict[str, Path] = {}
+        self.fp32_path = export(copy.deepcopy(model).eval(), work / "fp32.onnx", self.size, config.target)
+        self.fp32_pred = top1_of(self.fp32_path, data.images, config.threads)
+        self.fp32_top1 = float((self.fp32_pred == data.labels).mean() * 100)
+        self.started = time.perf_counter()
+
+    def build(self, config: dict, name: str) -> Path:
+        model = apply_config(self.model, self.space, config, self.data.calib, quantize=False)
+        if needs_recovery(self.space, config) and self.data.recovery is not None:
+            summary = self.data.recovery(model, self.config.recovery_steps)
+            self.log(f"  recovery of {name}: {summary}")
+        precision_only = {k: v for k, v in config.items() if k.startswith("q:")}
+        space = Space([u for u in self.space.units if u.kind == "precision"], self.space.layers, self.space.layer_kinds, self.space.layer_macs)
+        model = apply_config(model, space, precision_only, self.data.calib, target=self.config.target)
+        path = export(model, self.work / f"{name}.onnx", self.size, self.config.target)
+        self.paths[name] = path
+        return path
+
+    def drop(self, path: Path) -> float:
+        pred = top1_of(path, self.data.images, self.config.threads)
+        return self.fp32_top1 - float((pred == self.data.labels).mean() * 100)
+
+    def timed(self, path: Path) -> float:
+        """Whole-model ms, interleaved with FP32 and scaled to the FP32 reference of the table."""
+        times = lat.time_interleaved({"fp32": str(self.fp32_path), "cand": str(path)}, self.config.threads, rounds=3, iters=10)
+        return times["cand"]["median_ms"] / times["fp32"]["median_ms"]
+
+    def out_of_time(self) -> bool:
+        limit = self.config.search_time
+        return limit is not None and time.perf_counter() - self.started > limit * 60
+
+
+def measure_table(builder: _Builder, space: Space, log) -> lat.LatencyTable:
+    """Whole-model timing of each uniform precision (one interleaved run), then per-layer probes."""
+    from edgecnn.search import probes
+
+    cfg = builder.config
+    paths = {p: str(builder.fp32_path if p == "fp32" else builder.build(space.uniform(p), f"uniform-{p}")) for p in cfg.precisions}
+    whole = lat.time_interleaved(paths, cfg.threads, rounds=5, iters=15)
+    log("  uniform: " + ", ".join(f"{p} {v['median_ms']:.2f} ms" for p, v in whole.items()))
+    images = torch.from_numpy(builder.data.images[:4])
+    table = probes.build_table(builder.model, space, images, cfg.precisions, {p: v["median_ms"] for p, v in whole.items()},
+                               builder.work / "probes", cfg.target, cfg.threads)
+    return table
+
+
+def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path, log=print) -> Outcome:
+    """Run the search; the artifacts land in ``work``."""
+    work.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(model).eval()
+    seconds, t0 = {}, time.perf_counter()
+    example = torch.from_numpy(data.images[:1])
+    space = build_space(model, example, tuple(config.precisions), tuple(config.prune_densities), config.shift)
+    builder = _Builder(model, space, data, config, work, log)
+    log(f"search space: {len(space.units)} units; FP32 top-1 on the search part {builder.fp32_top1:.2f} %")
+    table = measure_table(builder, space, log)
+    seconds["latency_table_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    images = torch.from_numpy(data.images[: config.sensitivity_images])
+    scores = sensitivity.measure(model, space, images, data.calib, config.target)
+    seconds["sensitivity_s"] = time.perf_counter() - t1
+    fp32_ms = lat.time_interleaved({"fp32": str(builder.fp32_path)}, config.threads, rounds=3, iters=10)["fp32"]["median_ms"]
+    built: dict[tuple, Path] = {}
+
+    def verify(cfg: dict):
+        if builder.out_of_time():
+            return float("inf"), None
+        path = builder.build(cfg, f"candidate-{len(built)}")
+        built[config_key(cfg)] = path
+        return builder.drop(path), builder.timed(path) * fp32_ms
+
+    t2 = time.perf_counter()
+    result = solve(space, lambda c: table.predict(space, c), lambda u, o: scores[(u, o)].kl, verify, config.max_drop,
+                   max_verify=config.max_verify, log=log)
+    seconds["solve_s"] = time.perf_counter() - t2
+    artifacts = {id(c): built[config_key(c.config)] for c in result.verified if config_key(c.config) in built}
+    uniform = {}
+    for precision in config.precisions:
+        cfg = space.uniform(precision)
+        path = builder.paths.get(f"uniform-{precision}", builder.fp32_path)
+        cand = Candidate(cfg, table.predict(space, cfg), sensitivity.proxy(space, cfg, scores))
+        cand.drop = builder.drop(path)
+        cand.measured_ms = fp32_ms if path == builder.fp32_path else builder.timed(path) * fp32_ms
+        artifacts[id(cand)] = path
+        uniform[precision] = cand
+    chosen_path = artifacts.get(id(result.chosen)) if result.chosen else builder.fp32_path
+    measured = {f"candidate {i}": c.measured_ms for i, c in enumerate(result.verified) if c.measured_ms}
+    check = lat.check(table, space, {f"candidate {i}": c.config for i, c in enumerate(result.verified)}, measured)
+    seconds["total_s"] = time.perf_counter() - t0
+    return Outcome(space, table, scores, result, uniform, builder.fp32_path, chosen_path, artifacts,
+                   {k: round(v, 1) for k, v in seconds.items()}, check)
+
+
+def summary(outcome: Outcome, names: Optional[dict] = None) -> dict:
+    """JSON-ready account of a search: candidates, uniform settings, the chosen per-layer table."""
+    result = outcome.result
+    chosen = result.chosen
+    return {
+        "max_drop": result.max_drop,
+        "units": len(outcome.space.units),
+        "seconds": outcome.seconds,
+        "latency_table_check": outcome.table_check,
+        "uniform": {p: c.to_dict() for p, c in outcome.uniform.items()},
+        "verified": [{**c.to_dict(), "artifact": str(outcome.artifacts.get(id(c), ""))} for c in result.verified],
+        "chosen": chosen.to_dict() if chosen else None,
+        "chosen_artifact": str(outcome.chosen_path) if outcome.chosen_path else None,
+        "chosen_layers": outcome.space.describe(chosen.config if chosen else outcome.space.base()),
+        "sensitivity": {f"{u}={o}": round(s.kl, 6) for (u, o), s in outcome.scores.items()},
+    }

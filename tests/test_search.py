@@ -1,0 +1,170 @@
+"""The per-layer search (edgecnn.search), the cached-teacher recovery and the search/evaluation split."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from edgecnn.data.split import split_folder, split_items
+from edgecnn.search.latency import LatencyTable
+from edgecnn.search.solve import knapsack, solve
+from edgecnn.search.space import build_space
+from edgecnn.train.cached_teacher import RecoveryConfig, TeacherCache, distill_cached
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+# Fake measurements: ms per layer and precision, top-1 drop (points) per layer and precision.
+FAKE_MS = {"0": {"fp32": 10, "w8a8": 8, "w7a8": 6, "w6a8": 5},
+           "2": {"fp32": 20, "w8a8": 14, "w7a8": 12, "w6a8": 11},
+           "6": {"fp32": 2, "w8a8": 1.8, "w7a8": 1.5, "w6a8": 1.4}}
+FAKE_DROP = {"0": {"fp32": 0, "w8a8": 0.1, "w7a8": 0.3, "w6a8": 0.6},
+             "2": {"fp32": 0, "w8a8": 0.2, "w7a8": 0.3, "w6a8": 0.9},
+             "6": {"fp32": 0, "w8a8": 0.05, "w7a8": 0.1, "w6a8": 0.2}}
+
+
+def _setup(torch_one_thread=None):
+    space = build_space(tiny(), torch.zeros(1, 3, 8, 8))
+    table = LatencyTable({layer: dict(ms) for layer, ms in FAKE_MS.items()})
+    return space, table
+
+
+def _true_drop(config: dict, penalised: tuple) -> float:
+    drop = sum(FAKE_DROP[unit[2:]][option] for unit, option in config.items())
+    return drop + (5.0 if tuple(sorted(config.items())) == penalised else 0.0)
+
+
+def test_space_of_tiny_model():
+    space, _ = _setup()
+    assert space.layers == ["0", "2", "6"]
+    assert [u.name for u in space.units] == ["q:0", "q:2", "q:6"]
+    assert space.units[0].options == ("fp32", "w8a8", "w7a8", "w6a8")
+
+
+def test_search_picks_the_fastest_feasible_configuration_and_rejects_infeasible_ones(torch_one_thread):
+    space, table = _setup()
+    units = [u.name for u in space.units]
+    every = [dict(zip(units, options)) for options in itertools.product(*(u.options for u in space.units))]
+    # The configuration the additive proxy likes best is in truth infeasible (an interaction):
+    proxy_best = min((c for c in every if _true_drop(c, ()) <= 1.0), key=lambda c: table.predict(space, c))
+    penalised = tuple(sorted(proxy_best.items()))
+    feasible = [c for c in every if _true_drop(c, penalised) <= 1.0]
+    expected = min(table.predict(space, c) for c in feasible)
+
+    def verify(config):
+        return _true_drop(config, penalised), None
+
+    result = solve(space, lambda c: table.predict(space, c), lambda u, o: FAKE_DROP[u[2:]][o], verify, max_drop=1.0,
+                   max_verify=40)
+    assert result.chosen is not None
+    assert result.chosen.drop <= 1.0
+    assert result.chosen.predicted_ms == pytest.approx(expected)
+    assert result.rejected, "the fastest configuration (all W6A8, drop 1.7) must have been tried and rejected"
+    assert all(c.drop > 1.0 for c in result.rejected)
+    assert all(c.ms >= result.chosen.ms for c in result.verified if c.feasible)
+
+
+def test_knapsack_is_exact_on_integer_costs():
+    choices = [[("a0", 0.0, 0), ("a1", -5.0, 3), ("a2", -7.0, 5)],
+               [("b0", 0.0, 0), ("b1", -4.0, 2), ("b2", -6.0, 4)]]
+    for budget in range(0, 10):
+        best = min((la + lb, (i, j)) for i, (_, la, ca) in enumerate(choices[0]) for j, (_, lb, cb) in enumerate(choices[1])
+                   if ca + cb <= budget)
+        picks = knapsack(choices, budget, bins=budget * 4 if budget else 1)
+        assert choices[0][picks[0]][1] + choices[1][picks[1]][1] == best[0]
+
+
+# ---------------------------------------------------------------------------- recovery
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, n=10):
+        self.x = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def __len__(self):
+        return len(self.x)
+
+    def key(self, i):
+        return f"img{i}"
+
+    def __getitem__(self, i):
+        return self.x[i], self.key(i)
+
+
+def test_cached_teacher_distillation_resumes_to_the_same_state(tmp_path, torch_one_thread):
+    teacher = tiny()
+    torch.manual_seed(5)
+    start = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    data = _Images()
+    cache = TeacherCache(tmp_path / "cache", teacher, "test-preprocess")
+    config = RecoveryConfig(steps=6, batch_size=4, lr=1e-2, checkpoint_every=2)
+    straight = copy.deepcopy(start)
+    done = distill_cached(straight, data, cache, config, checkpoint_dir=tmp_path / "a", progress=False)
+    assert done["steps"] == 6 and done["finished"]
+    assert len(list(cache.folder.glob("*.npy"))) == len(data)
+
+    paused = copy.deepcopy(start)
+    half = distill_cached(paused, data, cache, config, checkpoint_dir=tmp_path / "b", stop_after=3, progress=False)
+    assert half["steps"] == 3 and not half["finished"]
+    resumed = copy.deepcopy(start)  # a new process would start from the untrained model
+    distill_cached(resumed, data, cache, config, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(straight[0].weight, start[0].weight)
+    assert cache.fill(data, progress=False) == 0  # every teacher output was cached
+
+
+def test_teacher_cache_is_keyed_by_teacher_and_preprocessing(tmp_path):
+    teacher = tiny()
+    other = tiny()
+    with torch.no_grad():
+        other[0].bias += 1
+    folders = {TeacherCache(tmp_path, teacher, "p").folder, TeacherCache(tmp_path, other, "p").folder,
+               TeacherCache(tmp_path, teacher, "q").folder}
+    assert len(folders) == 3
+    assert TeacherCache(tmp_path, teacher, "p").folder == TeacherCache(tmp_path, copy.deepcopy(teacher), "p").folder
+
+
+# ---------------------------------------------------------------------------- split
+
+
+def _folder(root: Path, classes: int = 5, per_class: int = 7) -> Path:
+    for c in range(classes):
+        (root / f"n0000000{c}").mkdir(parents=True)
+        for i in range(per_class - (c % 3)):
+            (root / f"n0000000{c}" / f"img{c}_{i}.JPEG").write_bytes(b"x")
+    return root
+
+
+def test_split_has_no_image_in_both_parts_and_is_deterministic(tmp_path):
+    root = _folder(tmp_path / "sample")
+    a = split_folder(root)
+    search = {p for p, _ in a.search}
+    evaluation = {p for p, _ in a.evaluation}
+    assert not search & evaluation
+    assert len(search) + len(evaluation) == len(list(root.rglob("*.JPEG")))
+    assert abs(len(search) - len(evaluation)) <= 1
+    labels = {label for _, label in a.search} | {label for _, label in a.evaluation}
+    assert {label for _, label in a.search} == labels  # every class is searched on
+    b = split_items(list(reversed(a.search + a.evaluation)), root)
+    assert {p for p, _ in b.search} == search  # listing order does not matter
+    s, e = a.write_lists(tmp_path / "lists")
+    assert len(s.read_text().splitlines()) == len(search) and len(e.read_text().splitlines()) == len(evaluation)
+
+
+def test_split_of_the_shared_sample(shared_data):
+    split = split_folder(shared_data / "imagenet-sample")
+    search = {Path(p).resolve() for p, _ in split.search}
+    evaluation = {Path(p).resolve() for p, _ in split.evaluation}
+    assert not search & evaluation
+    assert len(search) + len(evaluation) == 1150
