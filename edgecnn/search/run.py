@@ -59,9 +59,11 @@ class Outcome:
     uniform: dict[str, Candidate]
     fp32_path: Path
     chosen_path: Optional[Path]
+    chosen_model: Optional[nn.Module] = None  # None: no configuration kept the drop within the limit
     artifacts: dict[int, Path] = field(default_factory=dict)  # id(candidate) -> ONNX
     seconds: dict[str, float] = field(default_factory=dict)
     table_check: list = field(default_factory=list)
+    fp32_top1: float = 0.0  # on the search part
 
 
 def top1_of(path: Path, images: np.ndarray, threads: int = 2, batch: int = 32) -> np.ndarray:
@@ -91,6 +93,7 @@ class _Builder:
         self.model, self.space, self.data, self.config, self.work, self.log = model, space, data, config, work, log
         self.size = data.images.shape[-1]
         self.paths: dict[str, Path] = {}
+        self.models: dict[Path, nn.Module] = {}
         self.fp32_path = export(copy.deepcopy(model).eval(), work / "fp32.onnx", self.size, config.target)
         self.fp32_pred = top1_of(self.fp32_path, data.images, config.threads)
         self.fp32_top1 = float((self.fp32_pred == data.labels).mean() * 100)
@@ -106,6 +109,7 @@ class _Builder:
         model = apply_config(model, space, precision_only, self.data.calib, target=self.config.target)
         path = export(model, self.work / f"{name}.onnx", self.size, self.config.target)
         self.paths[name] = path
+        self.models[path] = model
         return path
 
     def drop(self, path: Path) -> float:
@@ -179,8 +183,8 @@ def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path,
     measured = {f"candidate {i}": c.measured_ms for i, c in enumerate(result.verified) if c.measured_ms}
     check = lat.check(table, space, {f"candidate {i}": c.config for i, c in enumerate(result.verified)}, measured)
     seconds["total_s"] = time.perf_counter() - t0
-    return Outcome(space, table, scores, result, uniform, builder.fp32_path, chosen_path, artifacts,
-                   {k: round(v, 1) for k, v in seconds.items()}, check)
+    return Outcome(space, table, scores, result, uniform, builder.fp32_path, chosen_path, builder.models.get(chosen_path),
+                   artifacts, {k: round(v, 1) for k, v in seconds.items()}, check, builder.fp32_top1)
 
 
 def summary(outcome: Outcome, names: Optional[dict] = None) -> dict:
@@ -190,6 +194,7 @@ def summary(outcome: Outcome, names: Optional[dict] = None) -> dict:
     return {
         "max_drop": result.max_drop,
         "units": len(outcome.space.units),
+        "fp32_top1_search_part": outcome.fp32_top1,
         "seconds": outcome.seconds,
         "latency_table_check": outcome.table_check,
         "uniform": {p: c.to_dict() for p, c in outcome.uniform.items()},

@@ -1,0 +1,78 @@
+"""The search as one step of a compression run: labelled images in, the chosen model out.
+
+The labelled images are split (:mod:`edgecnn.data.split`): the search and its checks see the
+search part only, and the caller measures the final accuracy on the evaluation part it
+gets back. Pruning and shift are searched only when recovery images are given (``train``);
+without them they are left out of the space, with a note, because their accuracy
+collapses without training.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch.nn as nn
+
+from edgecnn.search import pareto
+from edgecnn.search.run import SearchConfig, search, summary
+
+
+@dataclass
+class StageResult:
+    model: nn.Module  # the chosen model (the float model when nothing fits the limit)
+    summary: dict  # report.json "search" section: candidates, uniform settings, front, per-layer table
+    layers: list[dict]  # per-layer choice rows (report.md)
+    evaluation: list  # (path, label) of the evaluation part: report accuracy on these only
+    notes: list[str] = field(default_factory=list)
+
+
+def collapse_warning(prune: bool, shift: bool, train: Optional[str]) -> Optional[str]:
+    """The warning printed before a run that prunes channels or shifts without recovery images."""
+    if train or not (prune or shift):
+        return None
+    what = " and ".join(w for w, on in (("channel pruning", prune), ("shift", shift)) if on)
+    return (f"warning: {what} without --train: nothing trains the model back, so its accuracy will collapse "
+            f"(e.g. SqueezeNet 1.1 with --shift: 0.3 % top-1); give --train DIR (photos, labels optional)")
+
+
+def run_search_stage(module: nn.Module, preprocess, labelled_root, config: SearchConfig, work: Path,
+                     train: Optional[str] = None, log=print) -> StageResult:
+    """Search ``module`` for the fastest configuration within ``config.max_drop`` on the search part."""
+    from edgecnn.data.split import split_folder
+    from edgecnn.search.prepare import make_recovery, recovery_images, search_data
+
+    notes = []
+    split = split_folder(labelled_root)
+    notes.append(f"search/evaluation split of {labelled_root}: {len(split.search)} search images, "
+                 f"{len(split.evaluation)} evaluation images ({split.rule})")
+    if (config.prune_densities or config.shift) and not train:
+        notes.append("pruning and shift left out of the search: no recovery images (--train)")
+        config = config.model_copy(update={"prune_densities": [], "shift": False})
+    data = search_data(split.search, preprocess, 32, work / "data")
+    if train:
+        data.recovery = make_recovery(module, recovery_images(Path(train), 4000), preprocess, config,
+                                      work / "teacher-cache", work, log)
+    outcome = search(copy.deepcopy(module), data, config, work, log)
+    info = summary(outcome)
+    info["front_search_part"] = _front(outcome)
+    chosen = outcome.chosen_model if outcome.chosen_model is not None else copy.deepcopy(module).eval()
+    if outcome.chosen_model is None:
+        notes.append(f"no configuration kept the top-1 drop within {config.max_drop} points: the float model is kept")
+    return StageResult(chosen, info, info["chosen_layers"], split.evaluation, notes)
+
+
+def _front(outcome) -> dict:
+    """Front on the search part: top-1 there (FP32's minus the measured drop) vs measured ms."""
+    base = outcome.fp32_top1
+    points = []
+    for precision, cand in outcome.uniform.items():
+        kind = "fp32" if precision == "fp32" else "uniform"
+        points.append({"label": precision.upper(), "ms": cand.measured_ms, "top1": base - (cand.drop or 0.0), "kind": kind})
+    for i, cand in enumerate(outcome.result.verified):
+        kind = "chosen" if cand is outcome.result.chosen else ("rejected" if cand.feasible is False else "candidate")
+        points.append({"label": "chosen" if kind == "chosen" else f"candidate {i}", "ms": cand.measured_ms,
+                       "top1": base - (cand.drop if cand.drop is not None and cand.drop != float("inf") else 100.0), "kind": kind})
+    return pareto.summary(points, "chosen" if outcome.result.chosen else None)
