@@ -123,6 +123,24 @@ def table_rows(report: dict, keys: Optional[tuple] = None) -> tuple[list[str], l
     return header, rows
 
 
+def search_section(search: dict) -> list[str]:
+    """report.md lines for a search stage: what it chose per layer, and the configurations it measured."""
+    chosen = search.get("chosen") or {}
+    lines = ["", "## Search", "", f"Fastest configuration within {search.get('max_drop')} points on the search part: "
+             + (f"{chosen.get('measured_ms') or 0:.2f} ms, drop {chosen.get('drop') or 0:.2f} points" if chosen else "none (float model kept)")
+             + (f" ([front]({search['plot']}))" if search.get("plot") else ""), "",
+             "| layer | kind | precision | in kept | out kept | shift |", "| --- | --- | --- | ---: | ---: | --- |"]
+    for r in search.get("chosen_layers") or []:
+        lines.append(f"| {r['layer']} | {r['kind']} | {r['precision']} | {r['in_kept']:g} | {r['out_kept']:g} | {'yes' if r['shift'] else ''} |")
+    lines += ["", "| configuration | predicted ms | measured ms | drop (search part) | kept |", "| --- | ---: | ---: | ---: | --- |"]
+    for name, c in [(f"uniform {k}", v) for k, v in (search.get("uniform") or {}).items()] + [
+            (f"candidate {i}", v) for i, v in enumerate(search.get("verified") or [])]:
+        kept = "" if c.get("feasible") is None else ("yes" if c["feasible"] else "rejected")
+        drop = "-" if c.get("drop") is None else f"{c['drop']:.2f}"
+        lines.append(f"| {name} | {fmt_ms(c.get('predicted_ms'))} | {fmt_ms(c.get('measured_ms'))} | {drop} | {kept} |")
+    return lines
+
+
 def to_markdown(report: dict) -> str:
     """report.md: what was run, on what data, then the results table and the stage log."""
     model = report["model"]
@@ -152,6 +170,9 @@ def to_markdown(report: dict) -> str:
     lines += ["", "## Stages", "", "| # | stage | seconds | what it did |", "| ---: | --- | ---: | --- |"]
     for i, stage in enumerate(report["stages"]):
         lines.append(f"| {i} | {stage['name']} | {stage['seconds']:.1f} | {stage.get('text') or ''} |")
+    for stage in report["stages"]:
+        if stage["name"] == "search":
+            lines += search_section(stage.get("summary") or {})
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     if report.get("plot"):

@@ -168,3 +168,60 @@ def test_split_of_the_shared_sample(shared_data):
     evaluation = {Path(p).resolve() for p, _ in split.evaluation}
     assert not search & evaluation
     assert len(search) + len(evaluation) == 1150
+
+
+# ---------------------------------------------------------------------------- command line and pipeline
+
+SEARCH_RECIPE = """
+data:
+  embedded: {input_size: 32, epochs: 2, max_train_images: 300, max_test_images: 60}
+  batch_size: 16
+stages:
+  - fold_bn
+  - search: {max_drop: 5.0, precisions: [fp32, w7a8], max_verify: 1, sensitivity_images: 8, threads: 1}
+  - export
+  - measure: {checkpoints: all, latency_runs: 10, warmup: 1, warmup_seconds: 0.0}
+"""
+
+
+def test_compress_search_stage_end_to_end(tmp_path):
+    import json
+
+    from edgecnn.cli import main
+
+    recipe = tmp_path / "search.yaml"
+    recipe.write_text(SEARCH_RECIPE)
+    out = tmp_path / "out"
+    main(["compress", "squeezenet", "--recipe", str(recipe), "-o", str(out), "--quiet"])
+    report = json.loads((out / "report.json").read_text())
+    search = next(s for s in report["stages"] if s["name"] == "search")["summary"]
+    assert len(search["chosen_layers"]) == 26
+    assert {r["precision"] for r in search["chosen_layers"]} <= {"fp32", "w7a8"}
+    assert report["data"]["eval_images"] == 30  # the evaluation part only: the search saw the other 30
+    assert any("search/evaluation split" in n for n in report["notes"])
+    assert (out / "search.svg").read_text().startswith("<svg")
+    assert "## Search" in (out / "report.md").read_text()
+
+
+def test_max_drop_flag_puts_a_search_in_place_of_quantize(capsys):
+    from edgecnn.cli import main
+
+    main(["compress", "squeezenet", "--max-drop", "0.5", "--search-time", "20", "--train", ".", "--print-recipe"])
+    text = capsys.readouterr().out
+    assert "search:" in text and "max_drop: 0.5" in text and "search_time: 20.0" in text and "quantize" not in text
+    for args, message in ((["--max-drop", "0.5", "--bits", "6"], "--bits and --max-drop"),
+                          (["--search-time", "5"], "--search-time needs --max-drop")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["compress", "squeezenet", *args, "--print-recipe"])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_shift_without_recovery_warns_before_running(tmp_path, capsys):
+    from edgecnn.cli import main
+
+    main(["compress", "squeezenet", "--shift", "--dry-run", "-o", str(tmp_path / "never")])
+    captured = capsys.readouterr()
+    assert "accuracy will collapse" in captured.err
+    assert not (tmp_path / "never").exists()
+    main(["compress", "squeezenet", "--prune", "0.5", "--prune-mode", "channel", "--dry-run", "-o", str(tmp_path / "never")])
+    assert "channel pruning" in capsys.readouterr().err

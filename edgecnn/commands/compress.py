@@ -16,6 +16,7 @@ from edgecnn.cli_options import field_option, model_options, pop_model_options
 from edgecnn.errors import UserError
 from edgecnn.passes.prune import PruneConfig
 from edgecnn.passes.quantize import QuantConfig
+from edgecnn.search.run import SearchConfig
 from edgecnn.targets import DEFAULT_TARGET, target_names
 
 # The prune pass's modes, plus ``channel``: the channel_prune pass.
@@ -53,6 +54,16 @@ def _model_section(model_opts: dict) -> dict:
     return out
 
 
+def _collapse_warning(recipe):
+    """Channel pruning or shift with nothing to train the model back: say so before any work."""
+    from edgecnn.search.stage import collapse_warning
+
+    if recipe.stage("search") is not None:  # without --train the search leaves pruning and shift out
+        return None
+    recovered = recipe.stage("distill") is not None and (recipe.data.train is not None or recipe.embedded)
+    return collapse_warning(recipe.stage("channel_prune") is not None, recipe.stage("shift") is not None, recovered)
+
+
 @click.command("compress")
 @click.argument("model", required=False)
 @model_options
@@ -60,6 +71,9 @@ def _model_section(model_opts: dict) -> dict:
 @click.option("--prune", "prune", type=float, default=None, metavar="D", help="Prune to density D (fraction of weights kept, 0 < D <= 1).")
 @click.option("--prune-mode", type=click.Choice(PRUNE_MODES), default=None, help="unstructured (default), 2:4 or channel.")
 @click.option("--shift", is_flag=True, help="Replace 3x3 convolutions by shift + 1x1 (shift stage).")
+@field_option(SearchConfig, "max_drop", help="Search per layer for the fastest artifact whose top-1 drop is at most PTS points (needs --data).")
+@field_option(SearchConfig, "search_time")
+@click.option("--train", type=str, default=None, metavar="DIR", help="Photos for recovery by distillation after pruning / shift (labels optional, sub-folders searched).")
 @click.option("--calib", type=str, default=None, metavar="DIR", help="Calibration images: a folder or a list file.")
 @click.option("--data", type=str, default=None, metavar="DIR", help="Labelled evaluation images (class sub-folders or a labelled list file).")
 @click.option("--target", "targets", multiple=True, metavar="TARGET", help=f"{TARGET_HELP}; repeatable.")
@@ -70,7 +84,8 @@ def _model_section(model_opts: dict) -> dict:
 @click.option("--print-recipe", is_flag=True, help="Print the resolved recipe and exit.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def compress(model, bits, prune, prune_mode, shift, calib, data, targets, recipe_path, output, ship, force, print_recipe, dry_run, quiet, **kwargs):
+def compress(model, bits, prune, prune_mode, shift, max_drop, search_time, train, calib, data, targets, recipe_path, output, ship,
+             force, print_recipe, dry_run, quiet, **kwargs):
     """Compress MODEL (zoo name or path/to/file.py:factory) and measure every stage.
 
     \b
@@ -97,6 +112,7 @@ def compress(model, bits, prune, prune_mode, shift, calib, data, targets, recipe
     flags = recipes.Flags(
         model=model, options=section["options"], weights=model_opts.get("weights"), bits=bits, prune=prune,
         prune_mode=prune_mode, shift=shift, calib=calib, data=data, targets=list(targets) or None, output=output, ship=ship,
+        max_drop=max_drop, search_time=search_time, train=train,
     )
     raw, notes = recipes.apply_flags(base, flags)
     if "preprocess" in section:
@@ -114,6 +130,9 @@ def compress(model, bits, prune, prune_mode, shift, calib, data, targets, recipe
         return
     from edgecnn.pipeline import Pipeline
 
+    warning = _collapse_warning(recipe)
+    if warning:
+        click.echo(warning, err=True)
     pipeline = Pipeline(recipe, Path(output) if output else None, force=force, console=console, progress=not quiet)
     if dry_run:
         for line in [f"note: {n}" for n in notes] + pipeline.plan():

@@ -134,7 +134,9 @@ def _load_user(state: RunState) -> None:
     state.model_info = {"name": loaded.name, "options": loaded.options, "weights": loaded.weights, "num_classes": num_classes}
     state.calib_set = ImageFolder(Path(r.data.calib).expanduser()) if r.data.calib else None
     state.eval_set = ImageFolder(Path(r.data.eval).expanduser()) if r.data.eval else None
-    state.train_set = ImageFolder(Path(r.data.train).expanduser()) if r.data.train else None
+    # A search reads its recovery photos itself (any folder depth, no labels); distill wants an ImageFolder.
+    wants_set = r.data.train and (r.stage("distill") is not None or r.stage("search") is None)
+    state.train_set = ImageFolder(Path(r.data.train).expanduser()) if wants_set else None
     if state.eval_set is not None and not state.eval_set.labelled:
         state.notes.append(f"{r.data.eval} has no labels: top-1/top-5 not measured, agreement with FP32 only")
     state.data_info = {"source": "user", "note": None, "calib": r.data.calib, "eval": r.data.eval, "train": r.data.train}

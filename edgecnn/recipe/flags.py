@@ -39,11 +39,14 @@ class Flags:
     targets: Optional[list[str]] = None
     output: Optional[str] = None
     ship: bool = False
+    max_drop: Optional[float] = None
+    search_time: Optional[float] = None
+    train: Optional[str] = None
 
     def given(self) -> bool:
         """True when a flag other than the model options (always present on the command line) is set."""
         values = (self.model, self.bits, self.prune, self.prune_mode, self.shift, self.calib, self.data, self.targets, self.output,
-                  self.ship)
+                  self.ship, self.max_drop, self.search_time, self.train)
         return any(v not in (None, False, (), []) for v in values)
 
 
@@ -115,6 +118,29 @@ def _apply_shift(stages: list, notes: list[str]) -> None:
         notes.append("--shift adds a shift stage: the recipe has none")
 
 
+def _apply_search(stages: list, flags: Flags, notes: list[str]) -> None:
+    """``--max-drop``: a search stage in place of what it chooses per layer (quantize, pruning, shift);
+    ``--shift`` and ``--prune D --prune-mode channel`` become options of the search."""
+    cfg: dict = {"max_drop": flags.max_drop}
+    if flags.search_time is not None:
+        cfg["search_time"] = flags.search_time
+    if flags.shift:
+        cfg["shift"] = True
+    if flags.prune is not None:
+        if flags.prune_mode != "channel":
+            raise UserError("--max-drop searches channel pruning only: use --prune D --prune-mode channel (or leave --prune out)")
+        cfg["prune_densities"] = [flags.prune]
+    removed = [n for n in _names(stages) if n in ("quantize", "channel_prune", "shift", "weight_share")]
+    stages[:] = [e for e in stages if stage_entry(e)[0] not in removed]
+    if "search" in _names(stages):
+        _override(stages, "search", cfg)
+        notes.append("--max-drop sets the recipe's search stage")
+    else:
+        _insert(stages, "search", cfg, _QUANTIZE_BEFORE)
+        notes.append(f"--max-drop {flags.max_drop} adds a search stage" + (f" in place of {', '.join(removed)}: the search "
+                     "chooses precision, channel pruning and shift per layer" if removed else ""))
+
+
 def _apply_model(raw: dict, flags: Flags, from_recipe: bool) -> None:
     raw.setdefault("model", {})
     if isinstance(raw["model"], str):
@@ -137,6 +163,14 @@ def _apply_stages(raw: dict, flags: Flags) -> list[str]:
     if not isinstance(stages, list):  # left for validate() to report
         return notes
     stages = list(stages)
+    if flags.max_drop is not None or flags.search_time is not None:
+        if flags.max_drop is None:
+            raise UserError("--search-time needs --max-drop PTS (the top-1 drop the search may spend)")
+        if flags.bits is not None:
+            raise UserError("--bits and --max-drop do not go together: the search chooses the bits per layer")
+        _apply_search(stages, flags, notes)
+        raw["stages"] = stages
+        return notes
     if flags.prune is not None or flags.prune_mode is not None:
         _apply_prune(stages, flags.prune, flags.prune_mode, notes)
     if flags.shift:
@@ -167,6 +201,8 @@ def apply_flags(base: Optional[dict], flags: Flags) -> tuple[dict, list[str]]:
         data_raw["calib"] = flags.calib
     if flags.data is not None:
         data_raw["eval"] = flags.data
+    if flags.train is not None:
+        data_raw["train"] = flags.train
     if data_raw:
         raw["data"] = data_raw
     if flags.targets:

@@ -182,6 +182,10 @@ def _parse_stage(entry: Any, index: int, prefix: str) -> Stage:
     return Stage(name, config)
 
 
+# What a search stage decides per layer: a recipe has either these stages or a search.
+SEARCHED_STAGES = ("quantize", "channel_prune", "shift", "weight_share")
+
+
 def _check_stage_order(stages: list[Stage], prefix: str) -> None:
     """Passes in an order the registry accepts; export before compile, measure last; no repeats of those."""
     from edgecnn.passes.registry import check_order
@@ -190,7 +194,11 @@ def _check_stage_order(stages: list[Stage], prefix: str) -> None:
     for fixed in PIPELINE_STAGES:
         if names.count(fixed) > 1 and fixed != "distill":
             raise UserError(f"{prefix}stages: '{fixed}' appears {names.count(fixed)} times; keep one")
-    model_changing = [i for i, s in enumerate(stages) if s.is_pass or s.name == "distill"]
+    model_changing = [i for i, s in enumerate(stages) if s.is_pass or s.name in ("distill", "search")]
+    chosen_by_search = [n for n in names if n in SEARCHED_STAGES]
+    if "search" in names and chosen_by_search:
+        raise UserError(f"{prefix}stages: 'search' chooses precision, channel pruning and shift per layer itself; "
+                        f"remove '{chosen_by_search[0]}' (or the search stage)")
     for later in ("export", "compile", "measure"):
         if later in names and model_changing and names.index(later) < model_changing[-1]:
             raise UserError(f"{prefix}stages: '{later}' must come after every transform; '{names[model_changing[-1]]}' follows it")
@@ -238,13 +246,13 @@ def _validate_targets(raw: dict, prefix: str) -> list[str]:
 
 
 def _simulate_first_target(stages: list[Stage], targets: list[str], prefix: str) -> None:
-    """A quantize stage that names no ``target`` simulates the first deployment target's encoding."""
+    """A quantize (or search) stage that names no ``target`` simulates the first deployment target's encoding."""
     for i, stage in enumerate(stages):
-        if stage.name == "quantize" and "target" not in stage.config.model_fields_set:
+        if stage.name in ("quantize", "search") and "target" not in stage.config.model_fields_set:
             try:
                 stage.config.target = targets[0]
             except ValidationError as exc:
-                raise UserError(f"{prefix}stages[{i}].quantize.target: cannot simulate the first target {targets[0]!r} "
+                raise UserError(f"{prefix}stages[{i}].{stage.name}.target: cannot simulate the first target {targets[0]!r} "
                                 f"({exc.errors()[0]['msg']}); set quantize.target or list another target first") from None
 
 

@@ -1,7 +1,8 @@
 """The recipe schema: the top-level sections as pydantic models, the validated :class:`Recipe`.
 
 Each stage's config is validated by the class of the code that runs it: a transform's
-config class from the pass registry, ``distill``'s from :mod:`edgecnn.train.distill`, the
+config class from the pass registry, ``distill``'s from :mod:`edgecnn.train.distill`,
+``search``'s from :mod:`edgecnn.search.run`, the
 pipeline stages' (export, compile, measure) from the classes below.
 """
 
@@ -20,7 +21,7 @@ RECIPE_SCHEMA_VERSION = 1
 # Shipped recipes are package data, so a name resolves from an installed package too.
 SHIPPED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # Stages that are not transform passes: they run in the pipeline itself.
-PIPELINE_STAGES = ("distill", "export", "compile", "measure", "ship")
+PIPELINE_STAGES = ("distill", "search", "export", "compile", "measure", "ship")
 
 
 class _Strict(BaseModel):
@@ -115,6 +116,10 @@ def stage_config_class(stage: str) -> type:
         from edgecnn.train.distill import DistillConfig
 
         return DistillConfig
+    if stage == "search":
+        from edgecnn.search.run import SearchConfig
+
+        return SearchConfig
     from edgecnn.passes.registry import available_passes, get_pass
 
     if stage not in available_passes():
@@ -196,6 +201,8 @@ def default_output_dir(recipe: Recipe) -> Path:
             parts.append("int8" if cfg.bits == cfg.activation_bits == 8 else f"w{cfg.bits}a{cfg.activation_bits}")
         elif s.name == "distill":
             parts.append("kd")
+        elif s.name == "search":
+            parts.append(f"search{cfg.max_drop:g}")
     tag = "-".join(parts) or "fp32"
     name = recipe.model.name.replace("/", "_").replace(":", "_").replace(".py", "")
     return Path("edgecnn-out") / f"{Path(name).name}-{tag}"

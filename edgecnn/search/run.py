@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgecnn.search import latency as lat
 from edgecnn.search import sensitivity
@@ -25,21 +25,45 @@ from edgecnn.search.space import PRECISIONS, Space, apply_config, build_space, n
 
 
 class SearchConfig(BaseModel):
-    """What the search may change and how much it may measure."""
+    """What the search may change and how much it may measure (recipe stage ``search``)."""
 
-    model_config = ConfigDict(extra="forbid")
-    max_drop: float = Field(1.0, ge=0, description="largest top-1 drop (points) on the search images")
-    target: str = "ort-x86"
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    max_drop: float = Field(1.0, ge=0, description="Largest top-1 drop in points (measured on held-out labelled images) the fastest artifact may have.")
+    target: str = Field("ort-x86", description="target whose runtime the layers are timed in (an ONNX Runtime target)")
     precisions: list[str] = Field(default_factory=lambda: list(PRECISIONS))
-    prune_densities: list[float] = Field(default_factory=list, description="channel fractions a group may keep, e.g. [0.75, 0.5]")
-    shift: bool = False
+    prune_densities: list[float] = Field(default_factory=lambda: [0.75], description="channel fractions a group may keep (with recovery images only)")
+    shift: bool = Field(False, description="also try shift substitution of spatial convs (with recovery images only)")
     sensitivity_images: int = Field(64, ge=1)
     max_verify: int = Field(6, ge=1, description="configurations built and measured at most")
-    search_time: Optional[float] = Field(None, gt=0, description="minutes; no new verification starts past it")
+    search_time: Optional[float] = Field(None, gt=0, description="Minutes after which the search starts no new verification.")
     threads: int = Field(2, ge=1)
     recovery_steps: int = Field(200, ge=1, description="distillation steps of a candidate needing recovery")
     recovery_size: int = Field(128, ge=32, description="training resolution of the recovery")
     recovery_lr: float = Field(1e-4, gt=0)
+
+    @field_validator("target")
+    @classmethod
+    def _ort_target(cls, value: str) -> str:
+        from edgecnn.targets import get_target
+
+        if get_target(value).backend != "ort":
+            raise ValueError(f"the search times layers in ONNX Runtime on this machine; '{value}' runs elsewhere (use ort-x86 or ort-arm)")
+        return value
+
+    @field_validator("precisions")
+    @classmethod
+    def _precisions(cls, value: list[str]) -> list[str]:
+        unknown = [p for p in value if p not in PRECISIONS]
+        if unknown or "fp32" not in value:
+            raise ValueError(f"precisions must include fp32 and come from {', '.join(PRECISIONS)}")
+        return value
+
+    @field_validator("prune_densities")
+    @classmethod
+    def _densities(cls, value: list[float]) -> list[float]:
+        if any(not 0 < d < 1 for d in value):
+            raise ValueError("prune_densities are kept channel fractions between 0 and 1, e.g. [0.75, 0.5]")
+        return value
 
 
 @dataclass

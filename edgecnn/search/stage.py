@@ -29,24 +29,27 @@ class StageResult:
     notes: list[str] = field(default_factory=list)
 
 
-def collapse_warning(prune: bool, shift: bool, train: Optional[str]) -> Optional[str]:
-    """The warning printed before a run that prunes channels or shifts without recovery images."""
-    if train or not (prune or shift):
+def collapse_warning(prune: bool, shift: bool, recovered: bool) -> Optional[str]:
+    """The warning printed before a run that prunes channels or shifts with nothing training the model back."""
+    if recovered or not (prune or shift):
         return None
     what = " and ".join(w for w, on in (("channel pruning", prune), ("shift", shift)) if on)
-    return (f"warning: {what} without --train: nothing trains the model back, so its accuracy will collapse "
-            f"(e.g. SqueezeNet 1.1 with --shift: 0.3 % top-1); give --train DIR (photos, labels optional)")
+    return (f"warning: {what} with no recovery training: accuracy will collapse (SqueezeNet 1.1 with --shift alone "
+            f"keeps 0.3 % top-1). Recover it with --max-drop PTS --train DIR (a search that distils on the photos in "
+            f"DIR), or add a distill stage with data.train to the recipe.")
 
 
-def run_search_stage(module: nn.Module, preprocess, labelled_root, config: SearchConfig, work: Path,
-                     train: Optional[str] = None, log=print) -> StageResult:
-    """Search ``module`` for the fastest configuration within ``config.max_drop`` on the search part."""
-    from edgecnn.data.split import split_folder
+def run_search_stage(module: nn.Module, preprocess, labelled, config: SearchConfig, work: Path,
+                     train: Optional[str] = None, cache_root: Optional[Path] = None, log=print) -> StageResult:
+    """Search ``module`` for the fastest configuration within ``config.max_drop`` on the search part
+    of ``labelled`` (an ImageFolder with labels)."""
+    from edgecnn.data.split import split_items
     from edgecnn.search.prepare import make_recovery, recovery_images, search_data
 
     notes = []
-    split = split_folder(labelled_root)
-    notes.append(f"search/evaluation split of {labelled_root}: {len(split.search)} search images, "
+    root = Path(labelled.root)
+    split = split_items(list(labelled.items), root if root.is_dir() else root.parent)
+    notes.append(f"search/evaluation split of {root}: {len(split.search)} search images, "
                  f"{len(split.evaluation)} evaluation images ({split.rule})")
     if (config.prune_densities or config.shift) and not train:
         notes.append("pruning and shift left out of the search: no recovery images (--train)")
@@ -54,7 +57,7 @@ def run_search_stage(module: nn.Module, preprocess, labelled_root, config: Searc
     data = search_data(split.search, preprocess, 32, work / "data")
     if train:
         data.recovery = make_recovery(module, recovery_images(Path(train), 4000), preprocess, config,
-                                      work / "teacher-cache", work, log)
+                                      cache_root or work / "teacher-cache", work, log)
     outcome = search(copy.deepcopy(module), data, config, work, log)
     info = summary(outcome)
     info["front_search_part"] = _front(outcome)
