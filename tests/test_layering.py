@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("export", "pack"),
     ("backends",),
     ("measure",),
+    ("search",),
     ("pipeline", "recipe", "report", "ship"),
     ("cli", "cli_options", "commands", "__main__"),
 ]

@@ -71,9 +71,12 @@ def make_recovery(teacher, paths: list[Path], preprocess, config: SearchConfig, 
     runs = iter(range(10_000))
 
     def recover(student, steps: int) -> dict:
+        from edgecnn.passes.hooks import after_step_hooks
+
         run = next(runs)
         settings = RecoveryConfig(steps=steps, batch_size=32, lr=config.recovery_lr)
-        summary = distill_cached(student, dataset, cache, settings, checkpoint_dir=work / f"recovery-{run}", progress=False)
+        summary = distill_cached(student, dataset, cache, settings, checkpoint_dir=work / f"recovery-{run}", progress=False,
+                                 after_step=after_step_hooks(student))
         return {**summary, "images": len(dataset), "size": config.recovery_size}
 
     return recover

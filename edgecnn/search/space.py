@@ -95,13 +95,13 @@ class Space:
 
 
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from edgecnn.passes.targets import layer_kind
+    from edgecnn.models.layer_select import layer_kind
 
     return [(n, m) for n, m in model.named_modules() if layer_kind(m) is not None]
 
 
 def _kind(module: nn.Module) -> str:
-    from edgecnn.passes.targets import layer_kind
+    from edgecnn.models.layer_select import layer_kind
 
     return layer_kind(module)
 
