@@ -62,3 +62,28 @@ def save_atomic(path: PathLike, save: Callable[[Path], None]) -> Path:
     with atomic_path(path) as tmp:
         save(tmp)
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it becomes ``path`` (mode 0777 & ~umask).
+
+    If ``path`` appeared meanwhile (another process built the same cache entry), theirs is
+    kept and ours dropped. On any exception the temporary folder is removed.
+    """
+    import shutil
+
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
+        yield tmp
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -10,10 +10,10 @@ baseline.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
+
+from edgecnn.fileio import save_atomic, write_text_atomic
 
 SCHEMA_VERSION = 1
 
@@ -33,27 +33,6 @@ RESULT_FIELDS = (
     "agreement",
     "onnx",
 )
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + os.replace: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def new_result(stage: str, target: str, **values: Any) -> dict:
@@ -118,7 +97,7 @@ COLUMNS = (
 def table_rows(report: dict, keys: Optional[tuple] = None) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells of the results table (shared by report.md and the console)."""
     columns = [c for c in COLUMNS if keys is None or c[0] in keys]
-    header = [title for _, title, _ in columns]
+    header = [agreement_title(report) if key == "agreement" else title for key, title, _ in columns]
     rows = [[fmt(r.get(key)) if r.get(key) is not None else "-" for key, _, fmt in columns] for r in report["results"]]
     return header, rows
 
@@ -147,7 +126,8 @@ def to_markdown(report: dict) -> str:
     data = report["data"]
     lines = [f"# edgecnn report: {model['name']}", ""]
     lines.append(f"- model: `{model['name']}` {json.dumps(model.get('options') or {})}, weights: {model.get('weights')}")
-    lines.append(f"- input: {'x'.join(str(d) for d in model.get('input_shape') or [])}, classes: {model.get('num_classes')}")
+    labels = f" ({data['label_source']})" if data.get("label_source") else ""
+    lines.append(f"- input: {'x'.join(str(d) for d in model.get('input_shape') or [])}, classes: {model.get('num_classes')}{labels}")
     if data.get("note"):
         lines.append(f"- **data: {data['note']}**")
     lines.append(
@@ -156,6 +136,8 @@ def to_markdown(report: dict) -> str:
     )
     lines.append(f"- targets: {', '.join(report['targets'])}; latency: {report.get('latency_note') or '-'}")
     lines.append(f"- edgecnn {report['tool']['version']}, {report['created_utc']}, total {report['total_seconds']:.1f} s")
+    if report.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- **{w}**" for w in report["warnings"]]
     lines += ["", "## Results", ""]
     header, rows = table_rows(report)
     lines.append("| " + " | ".join(header) + " |")
@@ -165,7 +147,13 @@ def to_markdown(report: dict) -> str:
     lines += [
         "",
         "non-zeros: parameters not exactly zero; MACs: conv + linear at batch 1; shipped: the packed .ecnn file; "
-        "latency: batch 1, median and p90 in ms; agree %: evaluation images with the same top-1 class as the FP32 baseline.",
+        "latency: batch 1, median and p90 in ms; "
+        + (
+            "agree % (calib): calibration images (no evaluation set was given) with the same top-1 class as the FP32 "
+            "baseline, not an accuracy figure."
+            if agreement_title(report).endswith("(calib)")
+            else "agree %: evaluation images with the same top-1 class as the FP32 baseline."
+        ),
     ]
     lines += ["", "## Stages", "", "| # | stage | seconds | what it did |", "| ---: | --- | ---: | --- |"]
     for i, stage in enumerate(report["stages"]):
@@ -181,52 +169,153 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def accuracy_metric(report: dict) -> tuple[str, str]:
+    """(result key, label) of the accuracy figure: top-1 when measured, else agreement with FP32."""
+    if any(r.get("top1") is not None for r in report["results"]):
+        return "top1", "top-1 %"
+    return "agreement", agreement_title(report)
+
+
+def agreement_title(report: dict) -> str:
+    """Agreement measured on calibration images (no --data) is labelled so, never as the evaluation figure."""
+    return "agree % (calib)" if (report.get("data") or {}).get("agreement_on") == "calibration images" else "agree %"
+
+
+def stage_changes(results: list[dict], metric: str) -> list[Optional[float]]:
+    """For each result row, ``metric`` minus the same figure of the checkpoint before it.
+
+    FP32 rows are shared by every target; a target's first quantized row compares with the
+    last FP32 row. None for the first row and where either figure is missing.
+    """
+    last: dict[str, Optional[float]] = {}
+    out: list[Optional[float]] = []
+    for row in results:
+        target = row["target"]
+        before = last.get(target, last.get("fp32")) if target != "fp32" else last.get("fp32")
+        value = row.get(metric)
+        out.append(value - before if value is not None and before is not None else None)
+        if target == "fp32":
+            last = {k: value for k in [*last, "fp32"]}
+        else:
+            last[target] = value
+    return out
+
+
+def accuracy_drops(results: list[dict], threshold: float, metric: str = "top1") -> list[str]:
+    """One warning per stage that lost more than ``threshold`` points of ``metric``."""
+    name = "top-1" if metric == "top1" else "agreement"
+    warnings = []
+    for row, change in zip(results, stage_changes(results, metric)):
+        if change is not None and -change > threshold:
+            target = "" if row["target"] == "fp32" else f" ({row['target']})"
+            warnings.append(
+                f"stage {row['stage']}{target} lost {-change:.1f} {name} points "
+                f"({row[metric] - change:.1f} -> {row[metric]:.1f} %), more than the {threshold:g} allowed by measure.warn_drop"
+            )
+    return warnings
+
+
+def skipped_text(where: str, entries: list[dict]) -> str:
+    """``entries`` are ``{"layer", "kind"}``: layers a pass left alone or the profiler did not count."""
+    shown = ", ".join(f"{e.get('layer')} ({e.get('kind', '?')})" for e in entries[:5])
+    more = f" and {len(entries) - 5} more" if len(entries) > 5 else ""
+    return f"{where} {len(entries)} layer{'s' if len(entries) != 1 else ''} of a kind it does not handle: {shown}{more}"
+
+
 def plot(report: dict, path: Path) -> Optional[Path]:
-    """Accuracy (top-1, else agreement with FP32) against latency and against shipped size."""
+    """Write :func:`accuracy_figure` to ``path`` (PNG); None when no row has an accuracy."""
+    fig = accuracy_figure(report)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def accuracy_figure(report: dict):
+    """What each stage cost and gained: accuracy, shipped size and latency, one column per result row.
+
+    FP32 checkpoints (shared by every target) are grey; each target's rows have their colour.
+    The accuracy axis spans at least 10 points, so a 0.3-point change looks like one and a
+    collapse like a collapse; size and latency bars start at zero.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric = "top1" if any(r.get("top1") is not None for r in report["results"]) else "agreement"
-    ylabel = "top-1 %" if metric == "top1" else "top-1 agreement with FP32 %"
-    points = [r for r in report["results"] if r.get(metric) is not None]
-    if not points:
+    metric, ylabel = accuracy_metric(report)
+    rows = report["results"]
+    if not any(r.get(metric) is not None for r in rows):
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, xkey, xlabel in (
-        (axes[0], "latency_ms_median", "latency, median (ms)"),
-        (axes[1], "size", "size (bytes): shipped, else ONNX"),
-    ):
-        for target in report["targets"]:
-            # FP32 checkpoints are shared by every target: each target's line starts there.
-            pts = [r for r in points if r["target"] in (target, "fp32")]
-            xs, ys, labels = [], [], []
-            for r in pts:
-                x = r.get(xkey) if xkey != "size" else (r.get("shipped_bytes") or r.get("onnx_bytes"))
-                if x is None:
-                    continue
-                xs.append(x)
-                ys.append(r[metric])
-                labels.append(r["stage"])
-            if not xs:
-                continue
-            ax.plot(xs, ys, marker="o", label=target)
-            for x, y, label in zip(xs, ys, labels):
-                ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-        if xkey == "size":
-            ax.set_xscale("log")
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        axes[0].legend(fontsize=8)
-    fig.suptitle(f"{report['model']['name']}: accuracy across stages" + (" (digits)" if report["data"].get("source") == "embedded-digits" else ""))
+    threshold = report.get("warn_drop")
+    threshold = 5.0 if threshold is None else threshold
+    changes = stage_changes(rows, metric)
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
+    colours = {t: palette[i % len(palette)] for i, t in enumerate(report["targets"])}
+    colour = [colours.get(r["target"], "0.45") if r["target"] != "fp32" else "0.45" for r in rows]
+    xs = list(range(len(rows)))
+    ticks = [r["stage"] if r["target"] == "fp32" else f"{r['stage']}\n{r['target']}" for r in rows]
+
+    fig, axes = plt.subplots(3, 1, figsize=(max(6.5, 1.25 * len(rows) + 2.5), 7.8), sharex=True,
+                             gridspec_kw={"height_ratios": [1.5, 1, 1]})
+    ax = axes[0]
+    values = [r.get(metric) for r in rows]
+    known = [v for v in values if v is not None]
+    low, high = min(known), max(known)
+    span = max(10.0, (high - low) * 1.25)
+    top = min(100.0 + span * 0.08, max(high + span * 0.15, low + span))
+    ax.set_ylim(max(0.0, top - span * 1.15), top)
+    for i, (v, change) in enumerate(zip(values, changes)):
+        if v is None:
+            continue
+        dropped = change is not None and -change > threshold
+        ax.plot([i], [v], marker="o", markersize=8, color="tab:red" if dropped else colour[i], zorder=3)
+        text = f"{v:.1f}" + (f"\n{change:+.1f}" if change is not None else "")
+        if dropped:
+            text = f"{v:.1f} ({change:+.1f})"
+        # A drop's label sits left of its point, off the lines that meet there.
+        ax.annotate(text, (i, v), textcoords="offset points", xytext=(-10, -2) if dropped else (0, 8),
+                    ha="right" if dropped else "center", va="top" if dropped else "bottom", fontsize=8,
+                    color="tab:red" if dropped else "black", fontweight="bold" if dropped else "normal")
+    fp32 = [i for i, r in enumerate(rows) if r["target"] == "fp32" and values[i] is not None]
+    ax.plot(fp32, [values[i] for i in fp32], color="0.45", linewidth=1.5, zorder=2)
+    for target, c in colours.items():
+        chain = [i for i, r in enumerate(rows) if r["target"] == target and values[i] is not None]
+        if chain:
+            start = [i for i in fp32 if i < chain[0]][-1:]
+            ax.plot(start + chain, [values[i] for i in start + chain], color=c, linewidth=1.2, linestyle="--", zorder=2)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, axis="y", alpha=0.3)
+
+    def bars(axis, key_fn, label, fmt):
+        heights = [key_fn(r) for r in rows]
+        axis.bar(xs, [h or 0 for h in heights], color=colour, width=0.6)
+        for i, h in enumerate(heights):
+            axis.annotate("-" if h is None else fmt(h), (i, h or 0), textcoords="offset points", xytext=(0, 2),
+                          ha="center", va="bottom", fontsize=8)
+        axis.set_ylabel(label)
+        axis.set_ylim(0, max([h for h in heights if h] or [1]) * 1.25)
+        axis.grid(True, axis="y", alpha=0.3)
+
+    bars(axes[1], lambda r: (r.get("shipped_bytes") or r.get("onnx_bytes") or 0) / 1e6 or None,
+         "shipped MB", lambda v: f"{v:.2f}")
+    bars(axes[2], lambda r: r.get("latency_ms_median"), "latency ms", lambda v: f"{v:.3f}")
+    axes[2].set_xticks(xs)
+    axes[2].set_xticklabels(ticks, fontsize=8)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color="0.45", marker="o", label="FP32 checkpoints (every target)")]
+    handles += [Line2D([], [], color=c, marker="o", label=t) for t, c in colours.items() if any(r["target"] == t for r in rows)]
+    if any(c is not None and -c > threshold for c in changes):
+        handles.append(Line2D([], [], color="tab:red", marker="o", linestyle="", label=f"lost > {threshold:g} points"))
+    axes[0].legend(handles=handles, fontsize=8, loc="best")
+    digits = " (digits)" if report["data"].get("source") == "embedded-digits" else ""
+    fig.suptitle(f"{report['model']['name']}{digits}: what each stage cost and gained")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def write_report(report: dict, out_dir: Path, make_plot: bool = True) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgecnn.cli import main
+from edgecnn.outputs import write_manifest
 
 SMALL_DATA = """
 data:
@@ -104,6 +105,7 @@ def test_bad_input_is_one_line_and_leaves_output_alone(case_id, argv, force, exp
     out = files["tmp"] / "out"
     out.mkdir()
     (out / "keep.txt").write_text("an earlier run")
+    write_manifest(out, "compress")  # an earlier edgecnn run: what --force may replace
     before = _snapshot(out)
     args = ["compress"] + [a.format(**files) for a in argv] + ["-o", str(out), "--quiet"] + (["--force"] if force else [])
     with pytest.raises(SystemExit) as exc:

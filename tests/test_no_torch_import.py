@@ -40,6 +40,7 @@ SCRIPT = textwrap.dedent(
     (tmp / "data" / "b").mkdir()
     Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp / "data" / "a" / "x.png")
     Image.new("RGB", (8, 8), (0, 200, 0)).save(tmp / "data" / "b" / "y.png")
+    (tmp / "data" / "classes.txt").write_text("a red\\nb green\\nc blue\\n")  # 2 folders, 3 outputs: say which is which
 
     from edgecnn.measure.latency import measure_latency
     from edgecnn.measure.size import size_report

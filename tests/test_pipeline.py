@@ -7,6 +7,7 @@ import pytest
 
 from edgecnn.data import embedded
 from edgecnn.errors import UserError
+from edgecnn.outputs import MANIFEST, write_manifest
 from edgecnn.pipeline import OutputFolder
 from edgecnn.recipe import SHIPPED_RECIPES, load_recipe
 
@@ -28,17 +29,18 @@ def test_output_folder_commit_replaces_and_abort_keeps(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    write_manifest(out, "compress")  # an earlier edgecnn run: --force may replace it
     folder = OutputFolder(out, force=True)
     work = folder.open()
     (work / "new.txt").write_text("new")
     folder.abort()
-    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp folder left
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "old.txt"])
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp folder (nor lock) left
     folder = OutputFolder(out, force=True)
     work = folder.open()
     (work / "new.txt").write_text("new")
     folder.commit()
-    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "new.txt"])
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

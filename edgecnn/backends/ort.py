@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from edgecnn.errors import UserError
+from edgecnn.fileio import atomic_path
 from edgecnn.lazy import lazy_import
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -200,11 +201,6 @@ def save_optimized(path: Union[str, Path], out: Union[str, Path], threads: int =
                    providers=None) -> Path:
     """Write ORT's optimised graph (what ``edgecnn compile --backend ort`` produces) atomically."""
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out, suffix=".onnx") as tmp:
         OrtRunner(path, threads=threads, opt_level=opt_level, providers=providers, optimized_model_path=str(tmp))
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out

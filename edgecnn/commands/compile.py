@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from edgecnn.errors import UserError
+from edgecnn.outputs import check_output_file, writing
 
 
 @click.command("compile")
@@ -50,35 +51,35 @@ def compile_(onnx_file, backend, output, fp16, int8, strongly_typed, sparse, dla
     path = Path(onnx_file)
     if not path.is_file():
         raise UserError(f"ONNX file '{path}' does not exist; export one with: edgecnn export MODEL -o {path.name}")
-    if output is not None and Path(output).exists() and not force:
-        raise UserError(f"'{output}' already exists; pass --force to overwrite it")
     if batch < 1:
         raise UserError(f"--batch {batch} is not valid; give a positive integer")
     if backend == "ort":
         if any([fp16, int8, sparse, dla_core is not None, workspace_mb, timing_cache, print_trtexec]):
             raise UserError("--fp16/--int8/--sparse/--dla/--workspace/--timing-cache/--print-trtexec are TensorRT "
                             "options; add --backend trt")
-        _compile_ort(path, output, threads, opt_level, as_json)
+        _compile_ort(path, output, threads, opt_level, force, as_json)
         return
     _compile_trt(path, output, dict(
         fp16=fp16, int8=int8, strongly_typed=strongly_typed, sparse=sparse, dla_core=dla_core,
         gpu_fallback=not no_gpu_fallback, workspace_mb=workspace_mb, timing_cache=timing_cache,
         optimization_level=builder_opt_level,
-    ), batch, print_trtexec, trt_version, as_json)
+    ), batch, print_trtexec, trt_version, force, as_json)
 
 
-def _compile_ort(path: Path, output, threads: int, opt_level: str, as_json: bool):
+def _compile_ort(path: Path, output, threads: int, opt_level: str, force: bool, as_json: bool):
     from edgecnn.backends.ort import save_optimized
 
     out = Path(output) if output else path.with_name(f"{path.stem}.ort.onnx")
     if out.resolve() == path.resolve():
         raise UserError("-o must differ from the input file")
-    save_optimized(path, out, threads=threads, opt_level=opt_level)
+    check_output_file(out, force)  # a default output path follows the same rules as -o
+    with writing(out):
+        save_optimized(path, out, threads=threads, opt_level=opt_level)
     result = {"backend": "ort", "output": str(out), "opt_level": opt_level, "bytes": out.stat().st_size}
     click.echo(json.dumps(result) if as_json else f"wrote {out} (ONNX Runtime graph, optimization level {opt_level})")
 
 
-def _compile_trt(path: Path, output, options: dict, batch: int, print_trtexec: bool, trt_version, as_json: bool):
+def _compile_trt(path: Path, output, options: dict, batch: int, print_trtexec: bool, trt_version, force: bool, as_json: bool):
     from edgecnn.backends import tensorrt as trt_backend
     from edgecnn.backends.trtexec import TrtexecTiming, format_command, trtexec_command
 
@@ -101,7 +102,9 @@ def _compile_trt(path: Path, output, options: dict, batch: int, print_trtexec: b
             return
     if not installed:
         raise UserError(trt_backend.INSTALL_HINT + "; or print the trtexec command with --print-trtexec")
-    result = trt_backend.build_engine(path, engine, cfg, overwrite=True)
+    check_output_file(engine, force)
+    with writing(engine):
+        result = trt_backend.build_engine(path, engine, cfg, overwrite=True)
     from edgecnn.backends.jetson import detect
 
     jetson = detect()

@@ -21,13 +21,11 @@ def _is_onnx(ref: str) -> bool:
 
 
 def _explicit_preprocess(options: dict):
-    """The --preprocess/--preprocess-set choice for an ONNX file, or None to use its metadata."""
+    """The --preprocess preset for an ONNX file, or None to use its metadata (--preprocess-set
+    is applied on top of either, after fitting the file's input size)."""
     from edgecnn.preprocess import get_preset
 
-    if options.get("preprocess"):
-        preprocess = get_preset(options["preprocess"])
-        return preprocess.with_overrides(options.get("preprocess_set") or ())
-    return None
+    return get_preset(options["preprocess"]) if options.get("preprocess") else None
 
 
 def _torch_predictor(loaded):
@@ -77,9 +75,10 @@ def eval_(model, data, reference, limit, batch_size, threads, semantics, as_json
             raise UserError("model options (--weights, --width-mult...) do not apply to an .onnx file; drop them")
         report = accuracy.evaluate_onnx(model, data, reference=reference, limit=limit, batch_size=batch_size,
                                         threads=threads, preprocess=_explicit_preprocess(options), progress=progress,
-                                        semantics=semantics)
+                                        semantics=semantics, overrides=options.get("preprocess_set") or ())
     else:
         from edgecnn.cli_options import load_model_from_cli
+        from edgecnn.models.input_size import output_classes
 
         loaded = load_model_from_cli(model, **options)
         ref_predict = None
@@ -88,7 +87,7 @@ def eval_(model, data, reference, limit, batch_size, threads, semantics, as_json
             accuracy.check_input_size(ref_shape, loaded.preprocess, f"reference '{reference}'")
         report = accuracy.evaluate(
             _torch_predictor(loaded), data, loaded.preprocess, loaded.name, ref_predict, reference, limit,
-            batch_size, progress, num_outputs=getattr(loaded.module, "num_classes", None),
+            batch_size, progress, num_outputs=output_classes(loaded.module, loaded.preprocess.input_size), labels=loaded.labels,
         )
         report.model = f"{loaded.name} ({loaded.weights})"
     if as_json:

@@ -9,6 +9,7 @@ import click
 
 from edgecnn.cli_options import load_model_from_cli, model_options, pop_model_options
 from edgecnn.errors import UserError
+from edgecnn.outputs import check_output_file, writing
 
 
 def _batch(value: str):
@@ -65,14 +66,14 @@ def export(model, output, opset, batch, input_size, precision, data, parity_imag
     """
     from edgecnn.export.onnx_export import export_with_parity
 
+    from edgecnn.models.input_size import check_input_size
+
     out = Path(output)
-    if out.exists() and not force:
-        raise UserError(f"'{out}' already exists; pass --force to overwrite it or choose another -o path")
+    check_output_file(out, force, create_parent=True)
     batch_spec = _batch(batch)
     loaded = load_model_from_cli(model, **pop_model_options(kwargs))
     if input_size is not None:
-        if input_size < 8:
-            raise UserError(f"--input-size {input_size} is too small; give at least 8 (e.g. 224)")
+        check_input_size(loaded.module, input_size, loaded.name)
         if input_size != loaded.preprocess.input_size:
             loaded.preprocess = loaded.preprocess.replace(input_size=input_size)
     size = loaded.preprocess.input_size
@@ -88,20 +89,21 @@ def export(model, output, opset, batch, input_size, precision, data, parity_imag
             loaded.labels = class_names  # the folder's classes file names every output
 
     target = out if precision == "fp32" else out.with_name(f".{out.stem}.fp32-stage.onnx")
-    try:
-        path, report = export_with_parity(
-            loaded, target, input_shape=shape, opset=opset, batch=batch_spec, metadata=metadata,
-            parity_inputs=inputs, overwrite=True,
-        )
-        fp16_note = None
-        if precision == "fp16":
-            from edgecnn.export.fp16 import to_fp16
+    with writing(out):
+        try:
+            path, report = export_with_parity(
+                loaded, target, input_shape=shape, opset=opset, batch=batch_spec, metadata=metadata,
+                parity_inputs=inputs, overwrite=True,
+            )
+            fp16_note = None
+            if precision == "fp16":
+                from edgecnn.export.fp16 import to_fp16
 
-            path = to_fp16(target, out, keep_io_fp32=True, inputs=inputs, overwrite=True)
-            fp16_note = "weights float16, inputs/outputs float32; top-1 checked against FP32 in ONNX Runtime"
-    finally:
-        if precision == "fp16" and target.exists():
-            target.unlink()
+                path = to_fp16(target, out, keep_io_fp32=True, inputs=inputs, overwrite=True)
+                fp16_note = "weights float16, inputs/outputs float32; top-1 checked against FP32 in ONNX Runtime"
+        finally:
+            if precision == "fp16" and target.exists():
+                target.unlink()
 
     result = {
         "output": str(path),

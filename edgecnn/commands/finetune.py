@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from edgecnn.cli_options import config_options, config_values, field_option, load_model_from_cli, model_options, pop_model_options
 from edgecnn.errors import UserError
+from edgecnn.outputs import check_output_file, writing
 from edgecnn.passes.shift import ShiftConfig
 from edgecnn.train.distill import DistillConfig
 
@@ -25,15 +25,10 @@ def save_student(module, path: Path, meta: dict) -> None:
     """Atomically write ``{"state_dict": ..., "edgecnn": meta}`` (readable by --weights)."""
     import torch
 
+    from edgecnn.fileio import save_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-    os.close(fd)
-    try:
-        torch.save({"state_dict": module.state_dict(), "edgecnn": meta}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_atomic(path, lambda tmp: torch.save({"state_dict": module.state_dict(), "edgecnn": meta}, tmp))
 
 
 # Flags whose name is not the config field's.
@@ -62,8 +57,7 @@ def finetune(model, teacher, teacher_weights, data, eval_data, input_size, check
              shift_include, output, force, as_json, **kwargs):
     """Fine-tune a transformed MODEL with knowledge distillation from the original."""
     output = Path(output)
-    if output.exists() and not force:
-        raise UserError(f"output '{output}' exists; pass --force to overwrite it")
+    check_output_file(output, force, create_parent=True)
     config = config_values(DistillConfig, kwargs, DISTILL_FLAGS, progress=not as_json)
     if config.logit_weight == 0 and not config.feature_layers:
         raise UserError("--logit-weight 0 leaves nothing to train on; add --feature-layers NAME or raise --logit-weight")
@@ -111,7 +105,8 @@ def finetune(model, teacher, teacher_weights, data, eval_data, input_size, check
     if rank == 0:
         meta = {"model": student.name, "options": student.options, "weights": student.weights, "passes": passes,
                 "distill": config.model_dump(exclude={"progress", "device", "num_workers"}), "history": result.history}
-        save_student(student.module, output, meta)
+        with writing(output):
+            save_student(student.module, output, meta)
         summary = {"output": str(output), "steps": result.steps, "epochs": result.epochs_done,
                    "history": result.history, "passes": passes, "seconds": round(result.seconds, 1)}
         if as_json:

@@ -40,13 +40,14 @@ def profile(model, input_size, as_json, layers, **kwargs):
 
     loaded = load_model_from_cli(model, **pop_model_options(kwargs))
     size = input_size or loaded.preprocess.input_size
-    if size < 1:
-        raise UserError(f"--input-size must be positive, got {size}")
+    from edgecnn.models.input_size import check_input_size
+
+    check_input_size(loaded.module, size, loaded.name)
     try:
         result = profile_model(loaded.module, size)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0][:200]
-        raise UserError(f"{loaded.name} cannot run at input size {size} ({first}); try a larger --input-size") from None
+        raise UserError(f"{loaded.name} cannot run at input size {size} ({first}); check the model and --input-size") from None
 
     if as_json:
         payload = {"model": loaded.name, "options": loaded.options, "weights": loaded.weights} | result.to_dict()

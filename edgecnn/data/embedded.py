@@ -15,8 +15,6 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 from edgecnn.errors import UserError
+from edgecnn.fileio import atomic_dir, save_atomic
 
 DIGITS_FILE = Path(__file__).with_name("digits.csv.gz")
 DATASET_NAME = "uci-digits"
@@ -103,8 +102,7 @@ def materialize(cache: Optional[Path] = None) -> DigitsFolders:
     root.parent.mkdir(parents=True, exist_ok=True)
     images, labels = load_digits()
     train_idx, test_idx = split_indices(labels)
-    tmp = Path(tempfile.mkdtemp(prefix=".digits-", dir=root.parent))
-    try:
+    with atomic_dir(root) as tmp:
         for split, indices in (("train", train_idx), ("test", test_idx)):
             for d in range(NUM_CLASSES):
                 (tmp / split / str(d)).mkdir(parents=True)
@@ -112,13 +110,6 @@ def materialize(cache: Optional[Path] = None) -> DigitsFolders:
             for i in indices:
                 Image.fromarray(images[i], mode="L").convert("RGB").save(tmp / split / str(labels[i]) / f"{i:04d}.png")
         (tmp / "done.json").write_text(json.dumps({"n_train": len(train_idx), "n_test": len(test_idx)}))
-        try:
-            os.replace(tmp, root)
-        except OSError:  # another process finished first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return DigitsFolders(root, root / "train", root / "test", len(train_idx), len(test_idx))
 
 
@@ -277,12 +268,6 @@ def train_baseline(
         raise UserError(f"training the digits baseline of {model_name} diverged (loss {loss.item()}); try another --seed or input size")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".baseline-", suffix=".pt", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"state_dict": module.state_dict(), "train_seconds": seconds, "top1": top1, "key": key}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    state = {"state_dict": module.state_dict(), "train_seconds": seconds, "top1": top1, "key": key}
+    save_atomic(path, lambda tmp: torch.save(state, tmp))
     return Baseline(module, preprocess, folders, key, False, seconds, top1, desc)

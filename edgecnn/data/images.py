@@ -50,6 +50,8 @@ class ImageFolder:
         self.root = Path(root)
         self.classes: Optional[list[str]] = None  # class ids (synsets or folder names), index = label
         self.class_names: Optional[list[str]] = None  # readable names, index = label
+        self.classes_file: Optional[Path] = None  # the classes.txt the indices come from, if any
+        self.label_source: Optional[str] = None  # how labels were mapped to model outputs (edgecnn.data.labels)
         if classes_file is not None:
             classes_file = Path(classes_file)
             if not classes_file.is_file():
@@ -82,6 +84,7 @@ class ImageFolder:
         found = self._find_classes_file(root, classes_file)
         if found is not None:
             self.classes, self.class_names = read_classes_file(found)
+            self.classes_file = found
             index = {ident: i for i, ident in enumerate(self.classes)}
             unknown = [d.name for d in class_dirs if d.name not in index]
             if unknown:
@@ -125,6 +128,7 @@ class ImageFolder:
         found = self._find_classes_file(base, classes_file)
         if found is not None and any(labelled):
             self.classes, self.class_names = read_classes_file(found)
+            self.classes_file = found
         return items
 
     # --- access ------------------------------------------------------------------------------

@@ -8,12 +8,12 @@ a failed check never leaves a file a user could mistake for a good one.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Optional, TypeVar, Union
 
 from edgecnn.errors import UserError
-from edgecnn.export.metadata import atomic_save
+from edgecnn.export.metadata import save_onnx
+from edgecnn.fileio import atomic_path
 
 Report = TypeVar("Report")
 
@@ -41,7 +41,7 @@ def finalize(
     what: str,
     verify: Optional[Callable[[Path], Report]] = None,
     before_write: Optional[Callable[[object], None]] = None,
-    staging_name: Optional[str] = None,
+    suffix: str = ".check.onnx",
 ) -> Optional[Report]:
     """Check ``proto`` (``what`` names it in the error), run ``before_write`` on it (a lint),
     save it beside ``path``, run ``verify`` on that file, then move it onto ``path``.
@@ -55,14 +55,9 @@ def finalize(
     if before_write is not None:
         before_write(proto)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(staging_name or f".{path.stem}.{os.getpid()}.check.onnx")
     report = None
-    try:
-        atomic_save(proto, staging)
+    with atomic_path(path, suffix=suffix) as staging:  # verified in place, renamed only when it passes
+        save_onnx(proto, staging)
         if verify is not None:
             report = verify(staging)
-        os.replace(staging, path)
-    finally:
-        if staging.exists():
-            staging.unlink()
     return report

@@ -137,5 +137,5 @@ def to_fp16(
             raise ParityError(f"FP16 model disagrees with FP32: {'; '.join(report.reasons)} ({report.summary()})")
 
     finalize(half, onnx_out, "the FP16 graph", verify if check else None,
-             staging_name=f".{onnx_out.stem}.fp16-check.onnx")
+             suffix=".fp16-check.onnx")
     return onnx_out

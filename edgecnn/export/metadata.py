@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from edgecnn.errors import UserError
+from edgecnn.fileio import save_atomic
 
 KEY_VERSION = "edgecnn.version"
 KEY_MODEL = "edgecnn.model"
@@ -118,7 +119,7 @@ def model_metadata(loaded=None, recipe: Union[None, str, dict] = None, extra: Op
 
 
 def atomic_save(model_proto, path: Union[str, Path]) -> Path:
-    """Save a ModelProto as one self-contained file via a temp file + os.replace.
+    """Save a ModelProto as one self-contained file, atomically (edgecnn.fileio).
 
     A model over protobuf's 2 GiB limit cannot be one file; none of edgecnn's models is near it.
     """
@@ -126,11 +127,11 @@ def atomic_save(model_proto, path: Union[str, Path]) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        onnx.save_model(model_proto, str(tmp), save_as_external_data=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return save_atomic(path, lambda tmp: save_onnx(model_proto, tmp))
+
+
+def save_onnx(model_proto, path: Union[str, Path]) -> None:
+    """``onnx.save_model`` as one self-contained file (no external data)."""
+    import onnx
+
+    onnx.save_model(model_proto, str(path), save_as_external_data=False)

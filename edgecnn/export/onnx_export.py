@@ -9,7 +9,10 @@ runtime fuses.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import re
 from pathlib import Path
 from typing import Optional, Union
 
@@ -81,7 +84,7 @@ def _trace_to_proto(module, shape, opset: int, dynamic: bool):
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_stdout():
             torch.onnx.export(
                 module,
                 (example,),
@@ -94,9 +97,76 @@ def _trace_to_proto(module, shape, opset: int, dynamic: bool):
                 do_constant_folding=True,
                 export_params=True,
             )
+    except torch.onnx.errors.UnsupportedOperatorError as exc:
+        op = re.search(r"'(\w+::\w+)'", str(exc))
+        op = op.group(1) if op else "an operator"
+        layer = _layer_calling(module, example, op)
+        where = f" in layer '{layer}'" if layer else ""
+        raise UserError(
+            f"the ONNX exporter cannot export {op}{where} at opset {opset}; try another --opset "
+            "(up to 17 for TensorRT 8.5) or replace that op in the model"
+        ) from None
     finally:
         module.train(was_training)
     return onnx.load_model_from_string(buffer.getvalue())
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Keep the TorchScript exporter's graph dump (written straight to file descriptor 1 when
+    an op fails) off the user's stdout; the failure becomes one line instead."""
+    import sys
+    import tempfile
+
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no real stdout (captured): nothing to protect
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _layer_calling(module, example, op: str) -> Optional[str]:
+    """Name of the innermost layer whose forward calls the aten ``op`` (e.g. 'aten::erfinv')."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    names = {m: n for n, m in module.named_modules()}
+    stack: list[str] = []
+    found: list[str] = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not found and stack and getattr(func, "_schema", None) is not None and func._schema.name == op:
+                found.append(stack[-1])
+            return func(*args, **(kwargs or {}))
+
+    def enter(mod, _inputs):
+        stack.append(names.get(mod) or type(mod).__name__)
+
+    def leave(_mod, _inputs, _output):
+        stack.pop()  # a forward hook that returns something would replace the output
+
+    handles = []
+    for m in module.modules():
+        handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
+    try:
+        with torch.no_grad(), Spy():
+            module(example)
+    except Exception:  # best effort: the message is still right without the layer
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found and found[0] else None
 
 
 def use_global_average_pool(model):

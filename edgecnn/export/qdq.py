@@ -19,7 +19,6 @@ every quantizer. Then:
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -164,7 +163,7 @@ def export_qdq_report(
         return quantized_parity(staging, clone, parity_inputs, shape, target, min_agreement)
 
     report = finalize(proto, path, "the Q/DQ ONNX graph", verify if parity else None, before_write=refuse_violations,
-                      staging_name=f".{path.stem}.{os.getpid()}.qdq.onnx")
+                      suffix=".qdq.onnx")
     return QDQExport(path, target.name, path.stat().st_size, int8_weight_bytes(proto), report, violations)
 
 

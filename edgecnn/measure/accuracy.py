@@ -35,6 +35,7 @@ class AccuracyReport:
     # "reference": ONNX Runtime with graph optimizations off, so Q/DQ run as DequantizeLinear ->
     # float op -> QuantizeLinear (the ONNX definition); "runtime": ORT's own int8 kernels.
     semantics: Optional[str] = None
+    note: Optional[str] = None  # why top-1 is missing although the data has labels
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +50,8 @@ class AccuracyReport:
             parts.append(f"top-1 agreement with {Path(self.reference).name} {self.agreement * 100:.2f}%{ref}")
         if self.semantics == "reference":
             parts.append("reference semantics (ONNX Runtime graph optimizations off)")
+        if self.note:
+            parts.append(f"no top-1: {self.note}")
         return ": ".join(parts[:1]) + (": " + "; ".join(parts[1:]) if len(parts) > 1 else "")
 
 
@@ -130,17 +133,24 @@ def evaluate(
     batch_size: int = 32,
     progress: bool = True,
     num_outputs: Optional[int] = None,
+    labels: Optional[list] = None,
 ) -> AccuracyReport:
-    """Stream the images of ``data`` through ``predict`` (and ``reference``) and count hits."""
+    """Stream the images of ``data`` through ``predict`` (and ``reference``) and count hits.
+
+    Top-1 is reported only when every class maps to a model output (:mod:`edgecnn.data.labels`);
+    otherwise the run refuses, or with a reference reports agreement alone and says why.
+    """
     from edgecnn.data.images import ImageFolder, iter_batches
+    from edgecnn.data.labels import drop_labels, resolve_labels
 
     dataset = subset(ImageFolder(data), limit)
     if not dataset.labelled and reference is None:
         raise UserError(f"'{data}' has no labels (no class sub-folders); give labelled data or a --reference model")
-    if num_outputs is not None and dataset.labelled and dataset.num_classes and dataset.num_classes > num_outputs:
-        raise UserError(
-            f"'{data}' has {dataset.num_classes} classes but the model outputs {num_outputs}; use matching data"
-        )
+    note = resolve_labels(dataset, num_outputs, labels)
+    if note is not None:
+        if reference is None:
+            raise UserError(f"{note}; or pass --reference FP32.onnx to measure agreement only")
+        drop_labels(dataset)
     seen = top1 = top5 = agree = ref_top1 = 0
     bar = _progress(progress, len(dataset), f"eval {Path(model_name).name}")
     try:
@@ -173,6 +183,7 @@ def evaluate(
         agreement=agree / seen if reference is not None and seen else None,
         reference_top1=ref_top1 / seen if reference is not None and labelled and seen else None,
         preprocess=preprocess.to_dict() if hasattr(preprocess, "to_dict") else None,
+        note=note,
     )
 
 
@@ -186,6 +197,7 @@ def evaluate_onnx(
     preprocess=None,
     progress: bool = True,
     semantics: str = "auto",
+    overrides=(),
 ) -> AccuracyReport:
     """Accuracy of an ONNX file on an image folder (and agreement with a reference ONNX).
 
@@ -193,16 +205,24 @@ def evaluate_onnx(
     Q/DQ computed as ONNX defines it: what TensorRT computes, up to rounding), "runtime" with
     ORT's own fused int8 kernels, "auto" chooses reference for a file whose metadata names a
     target measured that way (``cpu_accuracy`` in :mod:`edgecnn.targets`: ``trt``).
+    ``overrides`` (``KEY=VALUE``, the CLI's --preprocess-set) apply last, on top of the
+    metadata or preset fitted to the file's input size, so each one takes effect or is refused.
     """
+    from edgecnn.export.metadata import labels_from_metadata, read_metadata
+
     semantics = resolve_semantics(onnx_path, semantics)
     predict, shape = onnx_predictor(onnx_path, threads, opt_level="disable" if semantics == "reference" else "all")
     prep = _fit_size(onnx_preprocess(onnx_path, preprocess), shape)
+    if overrides:
+        prep = prep.with_overrides(overrides)
+        check_input_size(shape, prep, f"'{onnx_path}'")
     ref_predict = None
     if reference is not None:
         ref_predict, ref_shape = onnx_predictor(reference, threads)
         check_input_size(ref_shape, prep, f"reference '{reference}'")
     report = evaluate(predict, data, prep, str(onnx_path), ref_predict, str(reference) if reference else None,
-                      limit, batch_size, progress, num_outputs=_onnx_outputs(onnx_path))
+                      limit, batch_size, progress, num_outputs=_onnx_outputs(onnx_path),
+                      labels=labels_from_metadata(read_metadata(onnx_path)))
     report.semantics = semantics
     return report
 

@@ -87,6 +87,10 @@ def load_model(
     description, labels = "random init", None
     if weights:
         description, labels = load_weights(module, weights, zoo_name)
+    if labels is None and str(weights).lower() == "imagenet":  # published weights use the standard order
+        from edgecnn.data.labels import imagenet_synsets
+
+        labels = list(imagenet_synsets())
     if labels is not None and hasattr(module, "num_classes") and len(labels) != module.num_classes:
         labels = None
     module.eval()

@@ -29,6 +29,20 @@ def layer_kind(module: nn.Module) -> Optional[str]:
     return None
 
 
+def unknown_weight_layers(model: nn.Module) -> list[dict]:
+    """Layers with a weight matrix or kernel that no pass knows (Conv3d, ConvTranspose2d, ...):
+    ``[{"layer": name, "kind": class name}]``. Passes leave them alone; reports list them."""
+    out = []
+    for name, module in model.named_modules():
+        if layer_kind(module) is not None or any(True for _ in module.children()):
+            continue
+        if type(module).__module__.startswith("edgecnn."):  # edgecnn's own (quantizers, shift layers)
+            continue
+        if any(p.ndim >= 2 for p in module.parameters(recurse=False)):
+            out.append({"layer": name, "kind": type(module).__name__})
+    return out
+
+
 def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 

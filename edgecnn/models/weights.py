@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Optional
@@ -18,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from edgecnn.errors import UserError
+from edgecnn.fileio import atomic_path
 
 
 def cache_dir() -> Path:
@@ -88,9 +88,17 @@ def check_state_dict(module: nn.Module, state: dict, source: str) -> None:
             f"{tuple(expected[key].shape)} in the model)"
         )
     hint = "check the model name and options (--width-mult, --groups, --num-classes)"
-    if mismatched and not missing and not unexpected and len(mismatched) <= 2:
+    classifier = _classifier_prefix(expected)
+    if (mismatched and not missing and not unexpected and classifier is not None
+            and all(k.rsplit(".", 1)[0] == classifier for k in mismatched)):
         hint = f"for a different number of classes pass --num-classes {tuple(state[mismatched[0]].shape)[0]}"
     raise UserError(f"weights {source} do not fit the model: {'; '.join(parts)}; {hint}")
+
+
+def _classifier_prefix(expected: dict) -> Optional[str]:
+    """The module name of the last layer with a weight (the classifier, in every zoo model)."""
+    weights = [k for k in expected if k.endswith(".weight")]
+    return weights[-1].rsplit(".", 1)[0] if weights else None
 
 
 def apply_state_dict(module: nn.Module, state: dict, source: str) -> None:
@@ -101,23 +109,17 @@ def apply_state_dict(module: nn.Module, state: dict, source: str) -> None:
 def download(url: str, dest: Path) -> None:
     """Fetch ``url`` to ``dest`` atomically (a module-level function so tests can replace it)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            total = int(response.headers.get("Content-Length") or 0)
-            from rich.console import Console
-            from rich.progress import Progress
+    with atomic_path(dest) as tmp, open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+        total = int(response.headers.get("Content-Length") or 0)
+        from rich.console import Console
+        from rich.progress import Progress
 
-            # Progress goes to stderr so that `--json` output on stdout stays clean.
-            with Progress(console=Console(stderr=True), transient=True) as progress:
-                task = progress.add_task(f"downloading {dest.name}", total=total or None)
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    progress.advance(task, len(chunk))
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        # Progress goes to stderr so that `--json` output on stdout stays clean.
+        with Progress(console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task(f"downloading {dest.name}", total=total or None)
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                progress.advance(task, len(chunk))
 
 
 def _sha256(path: Path) -> str:

@@ -10,11 +10,12 @@ single file an application can vendor. Layout: docs/ecnn-format.md. No torch on 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
 from edgecnn.errors import UserError
+from edgecnn.fileio import write_bytes_atomic
+from edgecnn.outputs import check_output_file, writing
 from edgecnn.pack.decoder import EcnnError, decode_model  # noqa: F401
 from edgecnn.pack.format import PackStats, encode_model  # noqa: F401
 
@@ -28,28 +29,20 @@ def _load_onnx(path: PathLike):
     if not path.is_file():
         raise UserError(f"ONNX file not found: {path}; pass the path of an exported .onnx model")
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
     except Exception as exc:  # protobuf / external-data errors
         raise UserError(f"cannot read {path} as ONNX ({type(exc).__name__}); pass a valid .onnx file") from None
+    if not model.graph.node or not model.graph.output:  # an empty file parses as an empty model
+        raise UserError(f"{path} is not an ONNX model (no graph in it); pass an exported .onnx file")
+    return model
 
 
 def write_atomic(path: PathLike, data: bytes, force: bool = False) -> Path:
-    """Write via a temp file + os.replace; refuse to replace an existing file unless ``force``."""
+    """Write atomically (edgecnn.fileio); refuse to replace an existing file unless ``force``."""
     path = Path(path)
-    if path.exists() and not force:
-        raise UserError(f"{path} already exists; pass --force to overwrite it")
-    if not path.parent.is_dir():
-        raise UserError(f"output folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    check_output_file(path, force)
+    with writing(path):
+        return write_bytes_atomic(path, data)
 
 
 def pack_model(model, codec: str = "auto") -> tuple[bytes, PackStats]:
@@ -57,22 +50,12 @@ def pack_model(model, codec: str = "auto") -> tuple[bytes, PackStats]:
     return encode_model(model, codec=codec)
 
 
-def check_output(path: PathLike, force: bool = False) -> Path:
-    """Refuse an output before any work is done (write_atomic checks again when it writes)."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise UserError(f"{path} already exists; pass --force to overwrite it")
-    if not path.parent.is_dir():
-        raise UserError(f"output folder {path.parent} does not exist; create it first")
-    return path
-
-
 def pack_file(onnx_path: PathLike, out_path: PathLike, force: bool = False, codec: str = "auto", progress=None) -> PackStats:
     """Pack ``onnx_path`` into ``out_path`` (.ecnn). Returns per-tensor and per-section sizes.
 
     ``progress(done, total)`` is called after each tensor is planned.
     """
-    check_output(out_path, force)
+    check_output_file(out_path, force)  # before the encoding work, not after it
     data, stats = encode_model(_load_onnx(onnx_path), codec=codec, progress=progress)
     write_atomic(out_path, data, force=force)
     return stats
@@ -88,7 +71,10 @@ def read_ecnn(path: PathLike):
 
 def unpack_file(ecnn_path: PathLike, out_path: PathLike, force: bool = False) -> Path:
     """Decode ``ecnn_path`` and write the ONNX model to ``out_path``."""
+    check_output_file(out_path, force)
     model = read_ecnn(ecnn_path)
+    if not model.graph.node:
+        raise UserError(f"{ecnn_path} holds no ONNX graph; pack an exported .onnx model again")
     return write_atomic(out_path, model.SerializeToString(), force=force)
 
 

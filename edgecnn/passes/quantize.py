@@ -42,7 +42,7 @@ from edgecnn.passes.quant.quantizers import (
     weight_qmax,
 )
 from edgecnn.passes.registry import PassConfig, PassContext, PassReport, register_pass
-from edgecnn.models.layer_select import layer_kind, select_layers
+from edgecnn.models.layer_select import layer_kind, select_layers, unknown_weight_layers
 from edgecnn.targets import DEFAULT_TARGET, TARGETS
 
 __all__ = [
@@ -270,6 +270,9 @@ def _run(model: nn.Module, config: QuantConfig, ctx: PassContext):
         "mode": config.mode,
         **timings,
     }
+    skipped = unknown_weight_layers(model)
+    if skipped:  # left in float: said in the console and the report, never silently
+        summary["skipped_layers"] = skipped
     if not placement.traced:
         summary["placement_warning"] = f"model not fx-traceable, Add/Concat inputs left unquantized ({placement.reason})"
     return model, PassReport("quantize", rows=rows, summary=summary)

@@ -22,9 +22,22 @@ class Checkpoint:
 
 
 def profile(model, input_size: int) -> dict:
-    """params, non-zero params and MACs (conv + linear, batch 1) of a PyTorch model."""
+    """params, non-zero params and MACs (conv + linear, batch 1) of a PyTorch model, and the
+    layers the MAC counter says it skipped (``skipped``: ``{"layer", "kind"}`` each)."""
     p = profile_model(model, input_size)
-    return {"params": int(p.params), "nonzeros": int(p.nonzero_params), "macs": int(p.macs)}
+    skipped = [_skipped_entry(s) for s in getattr(p, "skipped", None) or []]
+    return {"params": int(p.params), "nonzeros": int(p.nonzero_params), "macs": int(p.macs), "skipped": skipped}
+
+
+def _skipped_entry(item) -> dict:
+    """A layer the MAC counter did not count, as ``{"layer", "kind"}`` whatever form it came in."""
+    if isinstance(item, dict):
+        return {"layer": item.get("layer", item.get("name")), "kind": item.get("kind", "?")}
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return {"layer": str(item[0]), "kind": str(item[1])}
+    if hasattr(item, "name"):
+        return {"layer": item.name, "kind": getattr(item, "kind", type(item).__name__)}
+    return {"layer": str(item), "kind": "?"}
 
 
 def is_quantized(model) -> bool:

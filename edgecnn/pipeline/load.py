@@ -15,8 +15,10 @@ import numpy as np
 
 from edgecnn.data import embedded
 from edgecnn.data.images import ImageFolder, iter_batches
+from edgecnn.data.labels import drop_labels, resolve_labels
 from edgecnn.errors import UserError
 from edgecnn.models import create, load_model, resolve_name
+from edgecnn.models.input_size import output_classes
 from edgecnn.pipeline.state import RunState, StageOutcome
 from edgecnn.preprocess import Preprocess
 from edgecnn.recipe import Recipe
@@ -39,6 +41,8 @@ def check_inputs(r: Recipe) -> None:
             raise UserError(
                 f"{flag} needs --weights: without weights edgecnn uses its embedded digits baseline, which your images do not fit"
             )
+        if ":" in r.model.name or r.model.name.endswith(".py"):
+            raise UserError(f"model '{r.model.name}' needs --weights PATH: without weights edgecnn trains its embedded digits baseline, for zoo models only")
         if r.model.options.get("num_classes") not in (None, 10):
             raise UserError("--num-classes needs --weights: the embedded digits baseline has 10 classes")
     else:
@@ -130,7 +134,7 @@ def _load_user(state: RunState) -> None:
     state.module = loaded.module
     state.preprocess = loaded.preprocess
     state.labels = loaded.labels
-    num_classes = getattr(loaded.module, "num_classes", None) or loaded.options.get("num_classes")
+    num_classes = output_classes(loaded.module, int(loaded.preprocess.input_size))  # zoo models too (was None)
     state.model_info = {"name": loaded.name, "options": loaded.options, "weights": loaded.weights, "num_classes": num_classes}
     state.calib_set = ImageFolder(Path(r.data.calib).expanduser()) if r.data.calib else None
     state.eval_set = ImageFolder(Path(r.data.eval).expanduser()) if r.data.eval else None
@@ -140,6 +144,12 @@ def _load_user(state: RunState) -> None:
     if state.eval_set is not None and not state.eval_set.labelled:
         state.notes.append(f"{r.data.eval} has no labels: top-1/top-5 not measured, agreement with FP32 only")
     state.data_info = {"source": "user", "note": None, "calib": r.data.calib, "eval": r.data.eval, "train": r.data.train}
+    if state.eval_set is not None:  # no accuracy figure without labels that map to the model's outputs
+        reason = resolve_labels(state.eval_set, num_classes, state.labels)
+        if reason:
+            drop_labels(state.eval_set)
+            state.warn(f"top-1 not measured: {reason}; agreement with FP32 only")
+        state.data_info["label_source"] = state.eval_set.label_source
     state.baseline_text = f"{loaded.name}, weights: {loaded.weights}"
 
 

@@ -1,60 +1,55 @@
-"""The output folder of a run, written atomically: built beside it, renamed into place at the end."""
+"""The output folder of a run, under the rules of :mod:`edgecnn.outputs`.
+
+Built in ``.<name>.tmp-*`` beside it while a lock on the path is held, marked as edgecnn's
+own (its manifest), re-checked and renamed into place at the end, so a failed run leaves
+nothing half-written, an existing folder as it was, and a folder edgecnn did not write alone.
+"""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
-from edgecnn.errors import UserError
-from edgecnn.report import current_umask
+from edgecnn import outputs
 
 
 class OutputFolder:
-    """An output folder written atomically: build in ``.<name>.tmp-*`` beside it, then rename."""
+    """An output folder written atomically: build beside it, re-check, then rename."""
 
     def __init__(self, path: Path, force: bool):
         self.path = Path(path)
         self.force = force
         self.tmp: Optional[Path] = None
+        self._lock: Optional[contextlib.ExitStack] = None
 
     def check(self) -> None:
-        """Refuse to overwrite an existing folder (or a file) unless --force."""
-        if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"output path '{self.path}' is a file; choose another -o folder")
-        if self.path.is_dir() and any(self.path.iterdir()) and not self.force:
-            raise UserError(f"output folder '{self.path}' already exists; pass --force to replace it or choose another -o")
+        """Refuse an existing folder without --force, and one edgecnn did not write even with it."""
+        outputs.check_output_dir(self.path, self.force)
 
     def open(self) -> Path:
-        self.check()
-        parent = self.path.resolve().parent
+        """Lock the output path (a second run stops here), check again, make the work folder."""
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(outputs.output_lock(self.path))
         try:
-            parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=parent))
-            os.chmod(self.tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the result is a normal folder
-        except OSError as exc:
-            raise UserError(f"cannot create the output folder next to '{self.path}' ({exc.strerror}); choose another -o") from None
+            self.check()
+            self.tmp = outputs.make_work_dir(outputs.absolute(self.path))
+        except BaseException:
+            self._lock.close()
+            raise
         return self.tmp
 
     def commit(self) -> None:
-        """Swap the finished folder into place; the old one (with --force) is removed last."""
-        old = None
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-        try:
-            os.replace(self.tmp, self.path)
-        except BaseException:
-            if old is not None:
-                os.replace(old, self.path)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        """Mark the result as edgecnn's and swap it into place under the same rules as at the start."""
+        outputs.write_manifest(self.tmp, "compress")
+        outputs.commit_dir(self.tmp, outputs.absolute(self.path), self.force, shown=self.path)
         self.tmp = None
+        self._lock.close()
 
     def abort(self) -> None:
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
+        if self._lock is not None:
+            self._lock.close()

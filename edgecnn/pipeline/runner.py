@@ -32,7 +32,7 @@ from edgecnn.targets import get_target
 
 # The console table keeps what fits in 100 columns; report.md has every column.
 CONSOLE_COLUMNS = ("stage", "target", "nonzeros", "macs", "shipped_bytes", "latency_ms_median", "top1", "agreement")
-OUTPUT_FILES = "report.json, report.md, accuracy.png, recipe.resolved.yaml, log.txt, <target>/model.onnx"
+OUTPUT_FILES = "report.json, report.md, accuracy.png, recipe.resolved.yaml, log.txt, <target>/model.onnx, <target>/model.ecnn"
 
 
 def configured_torch_threads() -> int:
@@ -166,6 +166,9 @@ def build_report(state: RunState, seconds: float) -> dict:
         "results": state.results,
         "artifacts": state.artifacts,
         "notes": state.notes,
+        "warnings": state.warnings,
+        "skipped_layers": state.skipped,
+        "warn_drop": measure.config.warn_drop if measure else None,
     }
 
 

@@ -65,6 +65,8 @@ class RunState:
     stage_log: list[dict] = field(default_factory=list)  # report.json "stages"
     notes: list[str] = field(default_factory=list)
     latency_warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # on the console when they arise, on top of report.md
+    skipped: list[dict] = field(default_factory=list)  # layers a pass or the MAC count did not handle
 
     @property
     def input_size(self) -> int:
@@ -88,8 +90,23 @@ class RunState:
         if any(c.stage == stage for c in self.checkpoints):
             name = f"{stage}#{sum(c.stage.split('#')[0] == stage for c in self.checkpoints) + 1}"
         ck = make_checkpoint(name, module, self.input_size)
+        self.note_skipped("the MAC count skips", name, ck.stats.pop("skipped", None))
         self.checkpoints.append(ck)
         return ck
+
+    def warn(self, text: str) -> None:
+        """Something that may make a number wrong or the model worse: said now and in the report."""
+        self.warnings.append(text)
+        self.console.print(f"[bold yellow]warning:[/] {text}")
+
+    def note_skipped(self, what: str, stage: str, entries) -> None:
+        """Layers (``{"layer", "kind"}``) that ``what`` did not handle; each is warned about once."""
+        new = [e for e in entries or [] if not any(s["layer"] == e.get("layer") and s["what"] == what for s in self.skipped)]
+        if new:
+            from edgecnn.report import skipped_text
+
+            self.skipped.extend({**e, "stage": stage, "what": what} for e in new)
+            self.warn(skipped_text(what, new))
 
     def stage_done(self, name: str, seconds: float, outcome: StageOutcome) -> None:
         self.stage_log.append({"name": name, "seconds": round(seconds, 3), "text": outcome.text,

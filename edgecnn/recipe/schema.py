@@ -83,6 +83,7 @@ class MeasureConfig(_Strict):
     warmup_seconds: float = Field(1.0, ge=0, le=60)
     threads: Optional[int] = Field(None, ge=1)
     plot: bool = True
+    warn_drop: float = Field(5.0, ge=0, le=100)  # accuracy points a stage may lose before a warning
 
 
 class ShipConfig(_Strict):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from edgecnn.errors import UserError
+from edgecnn.fileio import save_atomic
 
 
 def pick_device(spec: str) -> torch.device:
@@ -81,14 +81,7 @@ def lr_lambda(config, steps_per_epoch: int):
 
 def write_checkpoint(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def set_train_mode(student: nn.Module, freeze_bn: bool) -> None:

@@ -18,12 +18,12 @@ import numpy as np
 from edgecnn.data.images import iter_batches
 from edgecnn.export.parity import run_onnx
 from edgecnn.measure.latency import measure_in_subprocess
-from edgecnn.pack import shipped_size
+from edgecnn.pack import pack_file, shipped_size
 from edgecnn.pipeline.checkpoint import Checkpoint
 from edgecnn.pipeline.stages.export import export_checkpoint
 from edgecnn.pipeline.state import RunState, StageOutcome
 from edgecnn.recipe import Stage as RecipeStage
-from edgecnn.report import new_result
+from edgecnn.report import accuracy_drops, new_result
 from edgecnn.targets import get_target
 
 FP32 = "fp32"  # the row target of a checkpoint that is not quantized
@@ -95,8 +95,11 @@ class _Rows:
         key = (ck.fingerprint, target)
         if key not in self.seen:
             path = self._onnx(ck, target)
-            values = self._measure(path, target)
+            shipped = ck is self.state.final and target in self.state.artifacts  # the .ecnn the column measures
+            values = self._measure(path, target, path.with_suffix(".ecnn") if shipped else None)
             values["onnx"] = os.path.relpath(path, self.state.work)
+            if shipped:
+                self.state.artifacts[target]["ecnn"] = os.path.relpath(path.with_suffix(".ecnn"), self.state.work)
             self.seen[key] = values
         return dict(self.seen[key])
 
@@ -110,9 +113,14 @@ class _Rows:
         export_target = target if target != FP32 else state.recipe.targets[0]
         return export_checkpoint(state, ck, state.work / rel, export_target, self.opset, 1, parity=True).path
 
-    def _measure(self, path: Path, target: str) -> dict:
+    def _measure(self, path: Path, target: str, ecnn: Optional[Path] = None) -> dict:
         config, state = self.config, self.state
-        values: dict = {"onnx_bytes": path.stat().st_size, "shipped_bytes": int(shipped_size(path))}
+        if ecnn is not None:  # written into the output folder: the shipped column measures a real file
+            pack_file(path, ecnn, force=True)
+            shipped = ecnn.stat().st_size
+        else:
+            shipped = int(shipped_size(path))
+        values: dict = {"onnx_bytes": path.stat().st_size, "shipped_bytes": shipped}
         if cpu_latency_meaningful(target):
             lat = measure_in_subprocess(path, backend="ort", threads=config.threads or 0, warmup_s=config.warmup_seconds,
                                         iterations=config.latency_runs, warmup=config.warmup)
@@ -154,6 +162,11 @@ class MeasureStage:
                 "(a busy machine?): quote the medians"
             )
         _drop_intermediate_files(state)
+        # Without an evaluation set agreement is measured on calibration images: the report says so.
+        state.data_info["agreement_on"] = "evaluation images" if state.eval_set is not None else "calibration images"
+        metric = "top1" if any(r.get("top1") is not None for r in state.results) else "agreement"
+        for warning in accuracy_drops(state.results, config.warn_drop, metric):
+            state.warn(warning)
         last, base = state.results[-1], state.results[0]
         acc = f", top-1 {last['top1']:.1f} % (baseline {base['top1']:.1f} %)" if last.get("top1") is not None else ""
         lat = f"{last['latency_ms_median']:.3f} ms" if last.get("latency_ms_median") is not None else "-"

@@ -31,6 +31,7 @@ def finish_transform(state: RunState, stage: str, model, summary: dict, layers: 
     """``model`` becomes the current model and a checkpoint; the line says what changed."""
     state.module = model
     ck = state.add_checkpoint(stage, model)
+    state.note_skipped(f"{ck.stage} left unchanged", ck.stage, summary.get("skipped_layers"))
     prev = state.checkpoints[-2]
     text = fmt_summary(summary) or stage
     if ck.stats["nonzeros"] != prev.stats["nonzeros"]:
