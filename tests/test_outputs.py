@@ -592,3 +592,17 @@ def test_layers_the_profiler_skips_reach_the_report(monkeypatch):
     from edgecnn.report import skipped_text
 
     assert "extra.c3 (Conv3d)" in skipped_text("the MAC count skips", stats["skipped"])
+
+
+def test_one_atomic_write_path():
+    """Files are written through edgecnn/fileio.py (folders through edgecnn/outputs.py), so every
+    artifact gets the same atomic rename and the usual permissions."""
+    root = Path(__file__).resolve().parents[1] / "edgecnn"
+    allowed = {root / "fileio.py", root / "outputs.py"}
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path in allowed:
+            continue
+        text = path.read_text(encoding="utf-8")
+        offenders += [f"{path.relative_to(root)}: {word}" for word in ("mkstemp", "mkdtemp", "os.replace(") if word in text]
+    assert offenders == []
