@@ -294,7 +294,7 @@ def accuracy_figure(report: dict):
         heights = [key_fn(r) for r in rows]
         axis.bar(xs, [h or 0 for h in heights], color=colour, width=0.6)
         for i, h in enumerate(heights):
-            axis.annotate("-" if h is None else fmt(h), (i, h or 0), textcoords="offset points", xytext=(0, 2),
+            axis.annotate("not timed" if h is None else fmt(h), (i, h or 0), textcoords="offset points", xytext=(0, 2),
                           ha="center", va="bottom", fontsize=8)
         axis.set_ylabel(label)
         axis.set_ylim(0, max([h for h in heights if h] or [1]) * 1.25)
