@@ -85,7 +85,7 @@ def test_profile_user_model_and_weights(capsys, tmp_path):
         (["profile", "mobilenet_v1", "--weights", "imagenet"], "no published ImageNet weights for 'mobilenet_v1'"),
         (["profile", "squeezenet", "--preprocess", "opencv"], "unknown preprocess preset 'opencv'"),
         (["profile", "squeezenet", "--preprocess-set", "crop"], "is not KEY=VALUE"),
-        (["profile", "squeezenet1_0", "--input-size", "8"], "cannot run at input size 8"),
+        (["profile", "squeezenet1_0", "--input-size", "8"], "--input-size 8 is too small for squeezenet1_0: it needs at least 21"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, argv, message):
