@@ -606,3 +606,32 @@ def test_one_atomic_write_path():
         text = path.read_text(encoding="utf-8")
         offenders += [f"{path.relative_to(root)}: {word}" for word in ("mkstemp", "mkdtemp", "os.replace(") if word in text]
     assert offenders == []
+
+
+def test_macs_count_every_convolution_and_name_what_they_skip():
+    """A model with nn.Conv3d reported 40 MACs (its Linear only): conv of any dimension and
+    transposed conv count, and a layer kind the counter does not know is listed with its kind."""
+    import torch.nn as nn
+
+    from edgecnn.models.macs import profile_model
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c3 = nn.Conv3d(1, 2, 3, padding=1)
+            self.up = nn.ConvTranspose2d(6, 4, 3, stride=2)
+            self.bi = nn.Bilinear(4, 4, 2)
+            self.fc = nn.Linear(4, 10)
+
+        def forward(self, x):
+            x = self.c3(x.unsqueeze(1)).flatten(1, 2)  # 1x6x8x8
+            x = self.up(x).mean((2, 3))  # 1x4x17x17 -> 1x4
+            return self.fc(x) + self.bi(x, x).sum()
+
+    prof = profile_model(Net(), 8)
+    c3 = 2 * 3 * 8 * 8 * (1 * 27)  # outputs x (in_channels / groups) x kernel volume
+    up = 6 * 8 * 8 * (4 * 9)  # inputs x (out_channels / groups) x kernel area
+    assert {r.name: r.macs for r in prof.rows} == {"c3": c3, "up": up, "fc": 40}
+    assert prof.macs == c3 + up + 40
+    assert prof.skipped == [{"layer": "bi", "kind": "Bilinear"}]
+    assert {"conv3d", "transposed", "linear"} <= set(prof.by_kind)

@@ -15,6 +15,9 @@ KIND_LABELS = {
     "pointwise": "conv 1x1",
     "group": "conv grouped",
     "linear": "linear",
+    "conv1d": "conv 1-d",
+    "conv3d": "conv 3-d",
+    "transposed": "conv transposed",
 }
 
 
@@ -95,3 +98,6 @@ def profile(model, input_size, as_json, layers, **kwargs):
         line += f"; {result.nonzero_params:,} non-zero"
     console.print(line)
     console.print(f"{result.macs:,} MACs ({_fmt_count(result.macs)}) at {size}x{size}, batch 1")
+    if result.skipped:
+        shown = ", ".join(f"{s['layer']} ({s['kind']})" for s in result.skipped)
+        console.print(f"[yellow]not counted in MACs[/] (a layer kind the counter does not know): {shown}")

@@ -2,21 +2,24 @@
 
 MACs are counted for conv and linear layers at batch 1 with forward hooks, the convention of
 the MobileNet/ShuffleNet papers (elementwise ops, BN, pooling and activations are not counted).
+Convolutions of any dimension and transposed ones count too; any other layer with a weight
+matrix or kernel is listed in ``Profile.skipped`` rather than silently left out of the total.
 The per-kind table is MobileNet's "resource per layer type" table.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
-from typing import Union
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 
 from edgecnn.models.layer_select import layer_kind
 
-KIND_ORDER = ("conv", "depthwise", "pointwise", "group", "linear")
+KIND_ORDER = ("conv", "depthwise", "pointwise", "group", "linear", "conv1d", "conv3d", "transposed")
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Profile:
     by_kind: dict = field(default_factory=dict)  # kind -> {"layers", "params", "macs"}
     input_size: tuple = (224, 224)
     nonzero_params: int = 0  # parameters that are not exactly zero (pruned models)
+    skipped: list = field(default_factory=list)  # {"layer", "kind"}: layers with weights not counted
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -44,12 +48,36 @@ class Profile:
         return out
 
 
-def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
+def mac_kind(module: nn.Module) -> Optional[str]:
+    """The kind a layer's MACs are counted under, or None when they are not counted."""
+    kind = layer_kind(module)
+    if kind is not None:
+        return kind
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return "transposed"
+    if isinstance(module, (nn.Conv1d, nn.Conv3d)):
+        return "conv1d" if isinstance(module, nn.Conv1d) else "conv3d"
+    return None
+
+
+def _layer_macs(module: nn.Module, inputs, output: torch.Tensor) -> int:
     per_sample = output[0].numel() if output.dim() > 1 else output.numel()
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        return per_sample * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        # Every input element is scattered through (out_channels / groups) kernels.
+        x = inputs[0]
+        return (x[0].numel() if x.dim() > 1 else x.numel()) * (module.out_channels // module.groups) * math.prod(module.kernel_size)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return per_sample * (module.in_channels // module.groups) * math.prod(module.kernel_size)
     return per_sample * module.in_features  # nn.Linear: each output sums in_features products
+
+
+def _skipped_layers(model: nn.Module) -> list[dict]:
+    """Layers holding a weight matrix or kernel whose MACs this counter does not know."""
+    out = []
+    for name, module in model.named_modules():
+        if mac_kind(module) is None and any(p.ndim >= 2 for p in module.parameters(recurse=False)):
+            out.append({"layer": name, "kind": type(module).__name__})
+    return out
 
 
 def _layer_params(module: nn.Module) -> int:
@@ -81,13 +109,14 @@ def profile_model(model: nn.Module, input_size: Union[int, tuple[int, int]] = 22
     rows: list[LayerRow] = []
     names = {module: name for name, module in model.named_modules()}
 
-    def hook(module, _inputs, output):
+    def hook(module, inputs, output):
         if isinstance(output, torch.Tensor):
             rows.append(
-                LayerRow(names[module], layer_kind(module), tuple(output.shape[1:]), _layer_params(module), _layer_macs(module, output))
+                LayerRow(names[module], mac_kind(module), tuple(output.shape[1:]), _layer_params(module),
+                         _layer_macs(module, inputs, output))
             )
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if layer_kind(m) is not None]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if mac_kind(m) is not None]
     was_training = model.training
     threads = torch.get_num_threads()
     model.eval()
@@ -119,6 +148,7 @@ def profile_model(model: nn.Module, input_size: Union[int, tuple[int, int]] = 22
         by_kind=by_kind,
         input_size=(height, width),
         nonzero_params=nonzero,
+        skipped=_skipped_layers(model),
     )
 
 
