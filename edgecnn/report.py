@@ -234,6 +234,9 @@ def plot(report: dict, path: Path) -> Optional[Path]:
     return path
 
 
+FP32_GREY = "0.45"
+
+
 def accuracy_figure(report: dict):
     """What each stage cost and gained: accuracy, shipped size and latency, one column per result row.
 
@@ -245,24 +248,40 @@ def accuracy_figure(report: dict):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     metric, ylabel = accuracy_metric(report)
     rows = report["results"]
     if not any(r.get(metric) is not None for r in rows):
         return None
-    threshold = report.get("warn_drop")
-    threshold = 5.0 if threshold is None else threshold
+    threshold = 5.0 if report.get("warn_drop") is None else report["warn_drop"]
     changes = stage_changes(rows, metric)
     palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
     colours = {t: palette[i % len(palette)] for i, t in enumerate(report["targets"])}
-    colour = [colours.get(r["target"], "0.45") if r["target"] != "fp32" else "0.45" for r in rows]
-    xs = list(range(len(rows)))
-    ticks = [r["stage"] if r["target"] == "fp32" else f"{r['stage']}\n{r['target']}" for r in rows]
+    colour = [FP32_GREY if r["target"] == "fp32" else colours.get(r["target"], FP32_GREY) for r in rows]
 
     fig, axes = plt.subplots(3, 1, figsize=(max(6.5, 1.25 * len(rows) + 2.5), 7.8), sharex=True,
                              gridspec_kw={"height_ratios": [1.5, 1, 1]})
-    ax = axes[0]
-    values = [r.get(metric) for r in rows]
+    _accuracy_panel(axes[0], rows, [r.get(metric) for r in rows], changes, threshold, colours, colour)
+    axes[0].set_ylabel(ylabel)
+    _bars(axes[1], [(r.get("shipped_bytes") or r.get("onnx_bytes") or 0) / 1e6 or None for r in rows], colour,
+          "shipped MB", lambda v: f"{v:.2f}")
+    _bars(axes[2], [r.get("latency_ms_median") for r in rows], colour, "latency ms", lambda v: f"{v:.3f}")
+    axes[2].set_xticks(range(len(rows)))
+    axes[2].set_xticklabels([r["stage"] if r["target"] == "fp32" else f"{r['stage']}\n{r['target']}" for r in rows], fontsize=8)
+    handles = [Line2D([], [], color=FP32_GREY, marker="o", label="FP32 checkpoints (every target)")]
+    handles += [Line2D([], [], color=c, marker="o", label=t) for t, c in colours.items() if any(r["target"] == t for r in rows)]
+    if any(c is not None and -c > threshold for c in changes):
+        handles.append(Line2D([], [], color="tab:red", marker="o", linestyle="", label=f"lost > {threshold:g} points"))
+    axes[0].legend(handles=handles, fontsize=8, loc="best")
+    digits = " (digits)" if report["data"].get("source") == "embedded-digits" else ""
+    fig.suptitle(f"{report['model']['name']}{digits}: what each stage cost and gained")
+    fig.tight_layout()
+    return fig
+
+
+def _accuracy_panel(ax, rows, values, changes, threshold, colours, colour) -> None:
+    """Accuracy per row with its change from the checkpoint before; drops beyond ``threshold`` in red."""
     known = [v for v in values if v is not None]
     low, high = min(known), max(known)
     span = max(10.0, (high - low) * 1.25)
@@ -281,41 +300,24 @@ def accuracy_figure(report: dict):
                     ha="right" if dropped else "center", va="top" if dropped else "bottom", fontsize=8,
                     color="tab:red" if dropped else "black", fontweight="bold" if dropped else "normal")
     fp32 = [i for i, r in enumerate(rows) if r["target"] == "fp32" and values[i] is not None]
-    ax.plot(fp32, [values[i] for i in fp32], color="0.45", linewidth=1.5, zorder=2)
-    for target, c in colours.items():
+    ax.plot(fp32, [values[i] for i in fp32], color=FP32_GREY, linewidth=1.5, zorder=2)
+    for target, c in colours.items():  # each target's rows branch off the last FP32 checkpoint
         chain = [i for i, r in enumerate(rows) if r["target"] == target and values[i] is not None]
         if chain:
             start = [i for i in fp32 if i < chain[0]][-1:]
             ax.plot(start + chain, [values[i] for i in start + chain], color=c, linewidth=1.2, linestyle="--", zorder=2)
-    ax.set_ylabel(ylabel)
     ax.grid(True, axis="y", alpha=0.3)
 
-    def bars(axis, key_fn, label, fmt):
-        heights = [key_fn(r) for r in rows]
-        axis.bar(xs, [h or 0 for h in heights], color=colour, width=0.6)
-        for i, h in enumerate(heights):
-            axis.annotate("not timed" if h is None else fmt(h), (i, h or 0), textcoords="offset points", xytext=(0, 2),
-                          ha="center", va="bottom", fontsize=8)
-        axis.set_ylabel(label)
-        axis.set_ylim(0, max([h for h in heights if h] or [1]) * 1.25)
-        axis.grid(True, axis="y", alpha=0.3)
 
-    bars(axes[1], lambda r: (r.get("shipped_bytes") or r.get("onnx_bytes") or 0) / 1e6 or None,
-         "shipped MB", lambda v: f"{v:.2f}")
-    bars(axes[2], lambda r: r.get("latency_ms_median"), "latency ms", lambda v: f"{v:.3f}")
-    axes[2].set_xticks(xs)
-    axes[2].set_xticklabels(ticks, fontsize=8)
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color="0.45", marker="o", label="FP32 checkpoints (every target)")]
-    handles += [Line2D([], [], color=c, marker="o", label=t) for t, c in colours.items() if any(r["target"] == t for r in rows)]
-    if any(c is not None and -c > threshold for c in changes):
-        handles.append(Line2D([], [], color="tab:red", marker="o", linestyle="", label=f"lost > {threshold:g} points"))
-    axes[0].legend(handles=handles, fontsize=8, loc="best")
-    digits = " (digits)" if report["data"].get("source") == "embedded-digits" else ""
-    fig.suptitle(f"{report['model']['name']}{digits}: what each stage cost and gained")
-    fig.tight_layout()
-    return fig
+def _bars(axis, heights, colour, label: str, fmt) -> None:
+    """One bar per row from zero, its value written on it ("not timed" where there is none)."""
+    axis.bar(range(len(heights)), [h or 0 for h in heights], color=colour, width=0.6)
+    for i, h in enumerate(heights):
+        axis.annotate("not timed" if h is None else fmt(h), (i, h or 0), textcoords="offset points", xytext=(0, 2),
+                      ha="center", va="bottom", fontsize=8)
+    axis.set_ylabel(label)
+    axis.set_ylim(0, max([h for h in heights if h] or [1]) * 1.25)
+    axis.grid(True, axis="y", alpha=0.3)
 
 
 def write_report(report: dict, out_dir: Path, make_plot: bool = True) -> dict:

@@ -6,7 +6,7 @@ against a 1000-class model), so accuracy is only reported when the mapping is kn
 1. a classes file (``classes.txt``) or integer labels in a list file say it explicitly;
 2. folder names that are the model's own labels (ONNX metadata, checkpoint) map by name;
 3. folder names that are ImageNet synsets, for a 1000-output model, map to the standard
-   ImageNet order (sorted synsets, ``imagenet_synsets.txt``: torchvision's and Caffe's order);
+   ImageNet order (:mod:`edgecnn.imagenet`: torchvision's and Caffe's order);
 4. as many folders as the model has outputs map in sorted order (the usual training layout).
 
 Anything else is unresolved: the caller reports agreement with FP32 only, or refuses.
@@ -14,18 +14,10 @@ Anything else is unresolved: the caller reports agreement with FP32 only, or ref
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
 from typing import Optional
 
-IMAGENET_CLASSES = 1000
-
-
-@lru_cache(maxsize=1)
-def imagenet_synsets() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k synset ids in the standard (sorted) class order."""
-    text = (Path(__file__).with_name("imagenet_synsets.txt")).read_text(encoding="ascii")
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+from edgecnn.imagenet import NUM_CLASSES as IMAGENET_CLASSES
+from edgecnn.imagenet import synsets as imagenet_synsets
 
 
 def resolve_labels(dataset, num_outputs: Optional[int], model_labels: Optional[list[str]] = None) -> Optional[str]:

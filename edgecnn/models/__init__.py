@@ -88,9 +88,9 @@ def load_model(
     if weights:
         description, labels = load_weights(module, weights, zoo_name)
     if labels is None and str(weights).lower() == "imagenet":  # published weights use the standard order
-        from edgecnn.data.labels import imagenet_synsets
+        from edgecnn.imagenet import synsets
 
-        labels = list(imagenet_synsets())
+        labels = list(synsets())
     if labels is not None and hasattr(module, "num_classes") and len(labels) != module.num_classes:
         labels = None
     module.eval()
