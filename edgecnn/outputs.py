@@ -205,9 +205,15 @@ def commit_dir(work: Path, path: Path, force: bool, shown: Optional[PathLike] = 
     Something may have appeared at ``path`` while the job ran: it is replaced only under the
     same rules as at the start. An old edgecnn folder (with ``force``) is removed last.
     """
+    check_output_dir(shown if shown is not None else path, force)
+    swap_into_place(work, path)
+
+
+def swap_into_place(work: Path, path: Path) -> None:
+    """Rename ``work`` onto ``path``; a folder already there is moved aside first and removed last
+    (put back if the rename fails). Callers check that it may be replaced."""
     import shutil
 
-    check_output_dir(shown if shown is not None else path, force)
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")

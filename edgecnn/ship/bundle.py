@@ -15,13 +15,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from edgecnn import outputs
 from edgecnn.errors import UserError
 from edgecnn.fileio import current_umask, write_bytes_atomic, write_text_atomic
 
@@ -93,21 +93,6 @@ def _check_destination(out: Path, force: bool) -> None:
                             "only those: choose another -o")
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, labels=None, force: bool = False,
                  check: bool = True, origin: Optional[str] = None) -> Bundle:
     """Write the bundle for ``source`` (output folder or .onnx) into ``out_dir``; see the module docstring.
@@ -140,10 +125,7 @@ def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, lab
                         f"{preprocess.input_size} images; re-export it")
     names, labels_origin = labels_for(src, num_outputs, labels)
 
-    parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    os.chmod(tmp, 0o777 & ~current_umask())
+    tmp = outputs.make_work_dir(outputs.absolute(out))
     try:
         write_bytes_atomic(tmp / "model.onnx", src.onnx.read_bytes())
         ort_path = converter = None
@@ -173,7 +155,8 @@ def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, lab
             result = check_bundle(tmp)
             if result.failures:
                 raise UserError(f"the new bundle failed its own check: {result.failures[0]}")
-        _swap_into_place(tmp, out)
+        _check_destination(out, force)  # again: something may have appeared there meanwhile
+        outputs.swap_into_place(tmp, outputs.absolute(out))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
