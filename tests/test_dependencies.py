@@ -246,3 +246,13 @@ def test_undeclared_imports_are_caught(tmp_path, monkeypatch, source, expected):
     roots = ("edgecnn.fake",) if "device-side" in expected else ()
     found = problems(uses, {"edgecnn.fake": internal}, core, extras, roots=roots)
     assert len(found) == 1 and expected in found[0], found
+
+
+def test_readme_explains_every_declared_dependency():
+    """README's 'Dependencies, and why each' table names every package pyproject.toml declares."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text.split("## Dependencies, and why each", 1)[1].split("\n## ", 1)[0]
+    named = {_norm(n) for row in table.splitlines() if row.startswith("| ") for n in re.split(r"[,\s]+", row.split("|")[1]) if n}
+    core, extras = declared()
+    missing = sorted(core.union(*extras.values()) - named)
+    assert missing == [], f"README's dependency table does not explain: {missing}"
