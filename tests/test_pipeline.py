@@ -72,7 +72,13 @@ def test_digits_folders_and_baseline_cache(tmp_path):
     def build():
         return create("squeezenet1_1", num_classes=10)
 
+    import torch
+
+    threads = torch.get_num_threads()
     first = embedded.train_baseline(build, "squeezenet1_1", {}, input_size=32, epochs=1, max_train_images=64, cache=tmp_path)
+    # Trained on one thread in channels-last: the caller's thread count and a plain layout come back.
+    assert torch.get_num_threads() == threads
+    assert all(p.is_contiguous() for p in first.module.parameters())
     second = embedded.train_baseline(build, "squeezenet1_1", {}, input_size=32, epochs=1, max_train_images=64, cache=tmp_path)
     assert not first.cached and second.cached and first.key == second.key
     for a, b in zip(first.module.state_dict().values(), second.module.state_dict().values()):

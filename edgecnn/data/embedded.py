@@ -176,6 +176,7 @@ def baseline_key(model_name: str, options: dict, input_size: int, epochs: int, s
             "dataset": dataset_hash(),
             "edgecnn": __version__,
             "torch": torch.__version__.split("+")[0],
+            "trainer": TRAINER,
         },
         sort_keys=True,
         default=str,
@@ -183,8 +184,28 @@ def baseline_key(model_name: str, options: dict, input_size: int, epochs: int, s
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+# How the baseline is trained (part of the cache key): one thread, channels-last activations.
+# Two OpenMP threads on a 2-core machine that is doing anything else spin-wait for each
+# other at every layer (a SqueezeNet step took 25x longer than on one thread), and
+# channels-last convolutions train faster on one core; timings in bench/results/quickstart.md.
+TRAINER = "1thread-channels_last"
+
+
 def _fit(module, x_train, y_train, epochs: int, seed: int, progress):
-    """The seeded training loop of :func:`train_baseline`; returns the last loss."""
+    """The seeded training loop of :func:`train_baseline` (see TRAINER); returns the last loss."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        module.to(memory_format=torch.channels_last)
+        return _fit_loop(module, x_train.contiguous(memory_format=torch.channels_last), y_train, epochs, seed, progress)
+    finally:
+        module.to(memory_format=torch.contiguous_format)
+        torch.set_num_threads(threads)
+
+
+def _fit_loop(module, x_train, y_train, epochs: int, seed: int, progress):
     import torch
     import torch.nn.functional as F
 
