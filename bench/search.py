@@ -157,7 +157,17 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-limit", type=int, default=None)
     parser.add_argument("--work", default=None)
     parser.add_argument("--out", default=str(BENCH_DIR / "results" / "search"))
+    parser.add_argument("--render", nargs="+", metavar="JSON", help="only merge these results files (models of one run each) and render --out")
     args = parser.parse_args(argv)
+    if args.render:
+        merged = {"settings": {}, "models": {}}
+        for path in args.render:
+            part = json.loads(Path(path).read_text())
+            merged["models"].update(part["models"])
+            for model in part["models"]:
+                merged["settings"][model] = part["settings"]
+        write(merged, Path(args.out))
+        return 0
     from _workers import run_build
 
     work = Path(args.work or tempfile.mkdtemp(prefix="edgecnn-search-bench-"))
