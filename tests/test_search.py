@@ -225,3 +225,12 @@ def test_shift_without_recovery_warns_before_running(tmp_path, capsys):
     assert not (tmp_path / "never").exists()
     main(["compress", "squeezenet", "--prune", "0.5", "--prune-mode", "channel", "--dry-run", "-o", str(tmp_path / "never")])
     assert "channel pruning" in capsys.readouterr().err
+
+
+def test_int8_layer_before_an_fp32_one_costs_its_measured_penalty():
+    space, table = _setup()
+    table.float_consumer_factor = {"0": 3.0, "2": 3.0}
+    mixed = {"q:0": "w7a8", "q:2": "fp32", "q:6": "w7a8"}
+    chain = {"q:0": "w7a8", "q:2": "w7a8", "q:6": "w7a8"}
+    assert table.predict(space, mixed) == pytest.approx(6 * 3.0 + 20 + 1.5)
+    assert table.predict(space, chain) == pytest.approx(6 + 12 + 1.5)

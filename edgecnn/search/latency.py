@@ -3,8 +3,9 @@
 The table (built by :mod:`edgecnn.search.probes`: every layer timed in isolation in ORT at
 each precision, then scaled so that each uniform configuration matches its whole-model
 timing) predicts a mixed configuration as the sum of its layers' times at their precision,
-scaled for kept channels by MACs times the efficiency measured on pruned shapes, plus a
-Quantize/Dequantize pair wherever the precision class changes along the layer order.
+scaled for kept channels by MACs times the efficiency measured on pruned shapes; an int8
+layer followed by an FP32 one costs what its probe with a float consumer measured (ORT
+fuses a conv into QLinearConv only when its output is quantized).
 :func:`check` compares predictions with whole-model timings (the table's own error).
 """
 
@@ -34,6 +35,8 @@ class LatencyTable:
     shift_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> class -> ms once shifted
     measured: dict[str, float] = field(default_factory=dict)  # uniform configuration -> whole-model ms
     probes: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> probe variant -> raw isolated ms
+    # layer -> its int8 time when the next layer is FP32 / when it is int8 (no quantized output, no fused int8 conv)
+    float_consumer_factor: dict[str, float] = field(default_factory=dict)
 
     def layer_cost(self, space, config: dict, layer: str) -> float:
         precision = space.precision_of(config, layer)
@@ -50,19 +53,21 @@ class LatencyTable:
     def predict(self, space, config: dict) -> float:
         """Predicted batch-1 ms of ``config`` (a Space configuration)."""
         total, previous = 0.0, "fp32"
-        classes = []
-        for layer in space.layers:
-            cls = precision_class(space.precision_of(config, layer))
+        classes = [precision_class(space.precision_of(config, layer)) for layer in space.layers]
+        for i, (layer, cls) in enumerate(zip(space.layers, classes)):
             if cls != previous:
                 total += self.boundary_ms.get(layer, 0.0)
             previous = cls
-            classes.append(cls)
-            total += self.layer_cost(space, config, layer)
+            cost = self.layer_cost(space, config, layer)
+            if cls == "int8" and i + 1 < len(classes) and classes[i + 1] == "fp32":
+                cost *= self.float_consumer_factor.get(layer, 1.0)
+            total += cost
         majority = "int8" if classes.count("int8") * 2 > len(classes) else "fp32"
         return total + self.other_ms.get(majority, 0.0)
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("layer_ms", "other_ms", "boundary_ms", "prune_efficiency", "shift_ms", "measured", "probes")}
+        return {k: getattr(self, k) for k in ("layer_ms", "other_ms", "boundary_ms", "prune_efficiency", "shift_ms", "measured", "probes",
+                                             "float_consumer_factor")}
 
 
 # ---------------------------------------------------------------------------- whole-model timing

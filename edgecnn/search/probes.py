@@ -71,26 +71,31 @@ def _resized(layer: nn.Module, fin: float, fout: float) -> nn.Module:
     return new
 
 
-def _export_probe(layer: nn.Module, x: torch.Tensor, precision: str, path: Path, target: str) -> Path:
+def _export_probe(layer: nn.Module, x: torch.Tensor, precision: str, path: Path, target: str, float_follower: bool = False) -> Path:
+    """``float_follower``: the consumer stays float, so the layer's output is not quantized (in
+    ORT an int8 conv then runs as DequantizeLinear + float conv: what an int8 layer costs
+    before an FP32 one)."""
     from edgecnn.search.run import export
 
     probe = _Probe(copy.deepcopy(layer)).eval()
     bits = BITS[precision]
     if bits:
-        probe = quantize_per_layer(probe, {"layer": bits, "follower": 8}, [x], target)
+        probe = quantize_per_layer(probe, {"layer": bits} if float_follower else {"layer": bits, "follower": 8}, [x], target)
     return export(probe, path, x.shape[-1], target, channels=x.shape[1], height=x.shape[-2])
 
 
 def _variants(space: Space, layer: str, precisions, pruned: dict) -> dict[str, tuple]:
-    """name -> (precision, in fraction, out fraction, shifted) of the probes of one layer."""
-    out = {p: (p, 1.0, 1.0, False) for p in precisions}
+    """name -> (precision, in fraction, out fraction, shifted, float consumer) of the probes of one layer."""
+    out = {p: (p, 1.0, 1.0, False, False) for p in precisions}
+    if "w7a8" in precisions:
+        out["w7a8-to-fp32"] = ("w7a8", 1.0, 1.0, False, True)
     fin, fout = space.channel_factors(pruned, layer) if pruned else (1.0, 1.0)
     if (fin, fout) != (1.0, 1.0):
-        out["pruned-fp32"] = ("fp32", fin, fout, False)
-        out["pruned-int8"] = ("w7a8", fin, fout, False)
+        out["pruned-fp32"] = ("fp32", fin, fout, False, False)
+        out["pruned-int8"] = ("w7a8", fin, fout, False, False)
     if any(u.kind == "shift" and u.layer == layer for u in space.units):
-        out["shifted-fp32"] = ("fp32", 1.0, 1.0, True)
-        out["shifted-int8"] = ("w7a8", 1.0, 1.0, True)
+        out["shifted-fp32"] = ("fp32", 1.0, 1.0, True, False)
+        out["shifted-int8"] = ("w7a8", 1.0, 1.0, True, False)
     return out
 
 
@@ -104,11 +109,11 @@ def _shift_stand_in(layer: nn.Module) -> nn.Module:
 def time_layer(name: str, layer: nn.Module, x: torch.Tensor, variants: dict, work: Path, target: str, threads: int) -> dict[str, float]:
     """Median ms of every probe variant of one layer, timed in interleaved rounds."""
     paths = {}
-    for key, (precision, fin, fout, shifted) in variants.items():
+    for key, (precision, fin, fout, shifted, float_follower) in variants.items():
         module = _shift_stand_in(layer) if shifted else (_resized(layer, fin, fout) if (fin, fout) != (1.0, 1.0) else layer)
         xin = x if fin == 1.0 else torch.randn(x.shape[0], module.in_channels if isinstance(module, nn.Conv2d) else module.in_features, *x.shape[2:]).abs()
         safe = name.replace("/", "_")
-        paths[key] = str(_export_probe(module, xin, precision, work / f"probe-{safe}-{key}.onnx", target))
+        paths[key] = str(_export_probe(module, xin, precision, work / f"probe-{safe}-{key}.onnx", target, float_follower))
     times = lat.time_interleaved(paths, threads, rounds=3, iters=10, warmup=2)
     return {k: v["median_ms"] for k, v in times.items()}
 
@@ -138,6 +143,8 @@ def build_table(model: nn.Module, space: Space, images: torch.Tensor, precisions
             for n in space.layers:
                 table.layer_ms[n][precision] *= scale
     for name in space.layers:
+        if "w7a8-to-fp32" in raw[name]:
+            table.float_consumer_factor[name] = raw[name]["w7a8-to-fp32"] / raw[name]["w7a8"]
         fin, fout = space.channel_factors(pruned, name)
         mac = fout if space.layer_kinds[name] == "depthwise" else fin * fout
         for cls, precision in (("fp32", "fp32"), ("int8", "w7a8")):

@@ -190,8 +190,10 @@ def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path,
         return builder.drop(path), builder.timed(path) * fp32_ms
 
     t2 = time.perf_counter()
+    # Deltas around the fastest uniform setting: a layer is judged in the int8 chain it would sit in.
+    reference = min((space.uniform(p) for p in config.precisions), key=lambda c: table.predict(space, c))
     result = solve(space, lambda c: table.predict(space, c), lambda u, o: scores[(u, o)].kl, verify, config.max_drop,
-                   max_verify=config.max_verify, log=log)
+                   reference=reference, max_verify=config.max_verify, log=log)
     seconds["solve_s"] = time.perf_counter() - t2
     artifacts = {id(c): built[config_key(c.config)] for c in result.verified if config_key(c.config) in built}
     uniform = {}
