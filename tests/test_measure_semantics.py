@@ -60,3 +60,30 @@ def test_trt_mobilenet_v2_agrees_with_fp32_on_imagenet(shared_data, tmp_path, mo
     report = _run(raw, tmp_path / "out", monkeypatch)
     trt = next(r for r in report["results"] if r["target"] == "trt")
     assert trt["agreement"] >= 95.0, trt
+
+
+def test_export_fp16_rest_applies_to_the_trt_file_only(tmp_path, monkeypatch):
+    """``export.fp16_rest``: the trt file's float layers run in float16 behind explicit casts; ort-x86 is untouched."""
+    import onnx
+
+    from test_golden_artifacts import _inputs
+
+    from edgecnn.errors import UserError
+
+    _inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    raw = {"model": {"name": "net.py:build", "weights": "weights.pth"}, "data": {"calib": "calib", "eval": "calib", "calib_images": 8},
+           "stages": ["fold_bn", {"quantize": {"bits": 8}}, {"export": {"fp16_rest": True}}, MEASURE], "targets": ["ort-x86", "trt"]}
+    _run(raw, tmp_path / "out", monkeypatch)
+
+    def casts_and_meta(target):
+        model = onnx.load(str(tmp_path / "out" / target / "model.onnx"))
+        return sum(n.op_type == "Cast" for n in model.graph.node), {p.key: p.value for p in model.metadata_props}.get("edgecnn.float_rest")
+
+    assert casts_and_meta("ort-x86") == (0, None)
+    casts, rest = casts_and_meta("trt")
+    assert casts > 0 and rest == "float16"
+
+    raw["targets"] = ["ort-x86"]
+    with pytest.raises(UserError, match="fp16_rest applies to TensorRT targets only"):
+        _run(raw, tmp_path / "out2", monkeypatch)

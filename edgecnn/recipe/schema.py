@@ -65,6 +65,11 @@ class ExportConfig(_Strict):
     opset: int = Field(17, ge=13, le=21)
     batch: Union[Literal["dynamic"], int] = 1
     parity: bool = True
+    fp16_rest: bool = Field(
+        False,
+        description="TensorRT targets: the float layers between Q/DQ pairs in float16 with explicit casts "
+        "(strongly typed networks); other targets are exported as usual",
+    )
 
 
 class CompileConfig(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
+from edgecnn.errors import UserError
 from edgecnn.export.metadata import model_metadata
 from edgecnn.export.onnx_export import export_onnx
 from edgecnn.export.qdq import export_qdq_report
@@ -25,8 +26,12 @@ def export_metadata(state: RunState, ck: Checkpoint, precision: Union[str, None]
     return model_metadata(loaded, recipe=state.recipe.to_dict(), extra=extra)
 
 
-def export_checkpoint(state: RunState, ck: Checkpoint, path: Path, target: str, opset: int, batch, parity: bool) -> ExportedFile:
-    """One checkpoint as ONNX for ``target``; the exporters check parity (and lint Q/DQ for their targets)."""
+def export_checkpoint(state: RunState, ck: Checkpoint, path: Path, target: str, opset: int, batch, parity: bool,
+                      fp16_rest: bool = False) -> ExportedFile:
+    """One checkpoint as ONNX for ``target``; the exporters check parity (and lint Q/DQ for their targets).
+
+    ``fp16_rest`` applies to Q/DQ files for targets built into a TensorRT engine only.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     if not ck.quantized:
         export_onnx(ck.module, path, input_shape=tuple(state.input_shape), opset=opset, batch=batch,
@@ -35,6 +40,7 @@ def export_checkpoint(state: RunState, ck: Checkpoint, path: Path, target: str, 
     result = export_qdq_report(
         ck.module, path, target, input_shape=tuple(state.input_shape), opset=opset,
         metadata=export_metadata(state, ck, None, target), parity_inputs=state.parity_inputs(), parity=parity, batch=batch,
+        fp16_rest=fp16_rest and get_target(target).engine == "tensorrt",
     )
     lint = None
     if get_target(target).trt_lint:
@@ -49,9 +55,12 @@ class ExportStage:
     def run(self, state: RunState, spec: RecipeStage) -> StageOutcome:
         config = spec.config
         final = state.final
+        if config.fp16_rest and not any(get_target(t).engine == "tensorrt" for t in state.recipe.targets):
+            raise UserError("export.fp16_rest applies to TensorRT targets only; add --target trt or drop fp16_rest")
         parts = []
         for target in state.recipe.targets:
-            done = export_checkpoint(state, final, state.work / target / "model.onnx", target, config.opset, config.batch, config.parity)
+            done = export_checkpoint(state, final, state.work / target / "model.onnx", target, config.opset, config.batch,
+                                     config.parity, config.fp16_rest)
             entry = {"onnx": f"{target}/model.onnx", "precision": "qdq" if final.quantized else "fp32", "stage": final.stage}
             if done.parity:
                 entry["parity"] = done.parity
