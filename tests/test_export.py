@@ -203,3 +203,23 @@ def test_export_cli_with_images_records_labels(tmp_path):
     meta = read_metadata(out)
     assert labels_from_metadata(meta) == ["cat", "dog", "bird"] and meta["edgecnn.precision"] == "fp16"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.txt", "data", "m.onnx"]  # no staging files left
+
+
+def test_finalize_turns_a_shape_inference_error_into_one_line(tmp_path):
+    """onnx.checker's full check also infers shapes: an InferenceError is a UserError, not a traceback."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgecnn.errors import UserError
+    from edgecnn.export.finalize import finalize
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "b"], ["y"])], "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(np.zeros((1, 4), np.float32), "b")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UserError, match="fails onnx.checker"):
+        finalize(proto, tmp_path / "m.onnx", "the test graph")
+    assert not (tmp_path / "m.onnx").exists()

@@ -47,10 +47,11 @@ def finalize(
     save it beside ``path``, run ``verify`` on that file, then move it onto ``path``.
     Returns what ``verify`` returned (None without one)."""
     import onnx
+    import onnx.shape_inference
 
     try:
         onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:  # full_check infers shapes too
         raise UserError(f"{what} fails onnx.checker: {str(exc).splitlines()[0]}") from None
     if before_write is not None:
         before_write(proto)

@@ -9,7 +9,6 @@ without the Python model. Torch-free: the bench/eval side reads it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -123,8 +122,6 @@ def atomic_save(model_proto, path: Union[str, Path]) -> Path:
 
     A model over protobuf's 2 GiB limit cannot be one file; none of edgecnn's models is near it.
     """
-    import onnx
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_atomic(path, lambda tmp: save_onnx(model_proto, tmp))

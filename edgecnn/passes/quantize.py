@@ -36,7 +36,6 @@ from edgecnn.passes.quant.quantizers import (
     TensorQuantizer,
     bake_weights,
     quant_layers,
-    quantizers,
     replace_layers,
     set_target,
     weight_qmax,

@@ -94,8 +94,8 @@ def render(facts: dict) -> str:
               "## Numbers", ""]
     lines += _numbers(src)
     lines += ["## Checked with", "",
-              f"`edgecnn ship --check` passed when this bundle was written: hashes, metadata = `preprocess.json` and "
-              f"`labels.txt`, and `classify.py` reproducing the golden output from `model.onnx`"
+              "`edgecnn ship --check` passed when this bundle was written: hashes, metadata = `preprocess.json` and "
+              "`labels.txt`, and `classify.py` reproducing the golden output from `model.onnx`"
               + (" and `model.ort`" if facts["has_ort"] else "")
               + f" in a process that cannot import torch or edgecnn. Versions: onnxruntime {ver['onnxruntime']}, "
               f"numpy {ver['numpy']}, pillow {ver['pillow']}, Python {ver['python']}, {ver['machine']}.", ""]
@@ -133,7 +133,7 @@ def render(facts: dict) -> str:
               f" (bilinear) -> centre crop {pre.crop} -> {'resize to ' + str(size) + ' -> ' if pre.crop != size else ''}"
               f"channels {pre.channel_order} -> `(pixel * {pre.value_scale:.6g} - mean) / std` with mean "
               f"{list(pre.mean)}, std {list(pre.std)} -> CHW float32. Pixel values are 0..255 before scaling.", "",
-              "## Use it", "", "```", f"python classify.py golden/image.png      # top-5 labels",
+              "## Use it", "", "```", "python classify.py golden/image.png      # top-5 labels",
               f"python classify.py IMAGE --model {runtime_model}", "python classify.py --selftest            # the golden test",
               "edgecnn ship --check .                   # hashes, metadata, golden output (needs edgecnn)", "```", "",
               USAGE.format(model=runtime_model, size=size), ""]
