@@ -635,3 +635,37 @@ def test_macs_count_every_convolution_and_name_what_they_skip():
     assert prof.macs == c3 + up + 40
     assert prof.skipped == [{"layer": "bi", "kind": "Bilinear"}]
     assert {"conv3d", "transposed", "linear"} <= set(prof.by_kind)
+
+
+def test_wrote_is_said_only_after_the_commit(tmp_path, monkeypatch):
+    """A refusal when the folder is put in place must not follow a 'wrote OUT/' line."""
+    import io
+
+    from rich.console import Console
+    from test_golden_artifacts import _inputs
+
+    from edgecnn.pipeline import run_recipe
+    from edgecnn.pipeline.output import OutputFolder
+    from edgecnn.recipe import validate
+
+    _inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EDGECNN_TORCH_THREADS", "1")
+    raw = {"model": {"name": "net.py:build", "weights": "weights.pth"}, "data": {"calib": "calib", "calib_images": 8},
+           "stages": ["fold_bn", {"quantize": {"bits": 8}}, "export"], "targets": ["ort-x86"]}
+
+    def run(out):
+        text = io.StringIO()
+        run_recipe(validate(raw, "test"), output=out, console=Console(file=text, width=120), progress=False)
+        return text.getvalue()
+
+    assert "wrote" in run(tmp_path / "ok")
+
+    def refuse(self):
+        raise UserError("output folder appeared meanwhile")
+
+    monkeypatch.setattr(OutputFolder, "commit", refuse)
+    text = io.StringIO()
+    with pytest.raises(UserError, match="appeared meanwhile"):
+        run_recipe(validate(raw, "test"), output=tmp_path / "refused", console=Console(file=text, width=120), progress=False)
+    assert "wrote" not in text.getvalue()

@@ -110,6 +110,8 @@ class Pipeline:
         except BaseException:
             out.abort()
             raise
+        else:  # said only once the folder is in place (the commit re-checks the output path)
+            self.console.print(f"[bold green]wrote[/] {self.output}/ (report.md, report.json, {', '.join(sorted(state.artifacts)) or 'no ONNX'})")
         finally:
             torch.set_num_threads(threads)
             if previous_sigterm is not None:
@@ -141,7 +143,6 @@ class Pipeline:
         write_report(report, work, make_plot=measure.config.plot if measure else False)
         self._run_stages(state, after_report=True)  # e.g. ship: it reads the written report
         print_table(self.console, report)
-        self.console.print(f"[bold green]wrote[/] {self.output}/ (report.md, report.json, {', '.join(sorted(state.artifacts)) or 'no ONNX'})")
         write_text_atomic(work / "log.txt", self.console.log_text())
 
 
