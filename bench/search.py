@@ -158,6 +158,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=None)
     parser.add_argument("--out", default=str(BENCH_DIR / "results" / "search"))
     parser.add_argument("--render", nargs="+", metavar="JSON", help="only merge these results files (models of one run each) and render --out")
+    parser.add_argument("--findings", metavar="MD", help="with --render: a findings section (markdown) to append")
     args = parser.parse_args(argv)
     if args.render:
         merged = {"settings": {}, "models": {}}
@@ -166,6 +167,8 @@ def main(argv=None) -> int:
             merged["models"].update(part["models"])
             for model in part["models"]:
                 merged["settings"][model] = part["settings"]
+        if args.findings:
+            merged["findings"] = Path(args.findings).read_text()
         write(merged, Path(args.out))
         return 0
     from _workers import run_build

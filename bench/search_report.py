@@ -70,4 +70,6 @@ def render(results: dict, out: Path) -> None:
         lines += ["Chosen configuration, per layer:", ""]
         lrows = [[r["layer"], r["kind"], r["precision"], r["in_kept"], r["out_kept"], "yes" if r["shift"] else ""] for r in s["chosen_layers"]]
         lines += [markdown_table(["layer", "kind", "precision", "in kept", "out kept", "shift"], lrows), ""]
+    if results.get("findings"):
+        lines += ["## Findings", "", results["findings"].strip(), ""]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

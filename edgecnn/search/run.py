@@ -164,6 +164,31 @@ def measure_table(builder: _Builder, space: Space, log) -> lat.LatencyTable:
     return table
 
 
+def final_timing(result: SearchResult, uniform: dict, artifacts: dict, builder: _Builder, config: SearchConfig) -> Optional[Candidate]:
+    """Every feasible configuration (searched or uniform) timed together, interleaved, with FP32;
+    the fastest is the answer (``result.chosen`` is updated). A per-layer table cannot see every
+    cost of a mixed graph (e.g. a Quantize on a large tensor after an FP32 first conv): the
+    measurement decides between what the table proposed and the uniform settings."""
+    timed = [c for c in result.verified if c.feasible] + [c for p, c in uniform.items() if p != "fp32"]
+    paths = {"fp32": str(builder.fp32_path), **{f"c{i}": str(artifacts[id(c)]) for i, c in enumerate(timed) if id(c) in artifacts}}
+    times = lat.time_interleaved(paths, config.threads, rounds=5, iters=15)
+    fp32_ms = times["fp32"]["median_ms"]
+    if "fp32" in uniform:
+        uniform["fp32"].measured_ms = fp32_ms
+    for i, cand in enumerate(timed):
+        if f"c{i}" in times:
+            cand.measured_ms = times[f"c{i}"]["median_ms"]
+            cand.info["final_timing"] = True
+    pool = [c for c in timed if c.feasible and c.measured_ms is not None]
+    chosen = min(pool, key=lambda c: c.measured_ms, default=None)
+    if chosen is not None and chosen.measured_ms >= fp32_ms:
+        chosen = None
+    result.chosen = chosen
+    for precision, cand in uniform.items():
+        cand.info["uniform"] = precision
+    return chosen
+
+
 def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path, log=print) -> Outcome:
     """Run the search; the artifacts land in ``work``."""
     work.mkdir(parents=True, exist_ok=True)
@@ -202,14 +227,16 @@ def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path,
         path = builder.paths.get(f"uniform-{precision}", builder.fp32_path)
         cand = Candidate(cfg, table.predict(space, cfg), sensitivity.proxy(space, cfg, scores))
         cand.drop = builder.drop(path)
-        cand.measured_ms = fp32_ms if path == builder.fp32_path else builder.timed(path) * fp32_ms
+        cand.feasible = cand.drop <= config.max_drop
         artifacts[id(cand)] = path
         uniform[precision] = cand
-    chosen_path = artifacts.get(id(result.chosen)) if result.chosen else builder.fp32_path
+    chosen = final_timing(result, uniform, artifacts, builder, config)
+    chosen_path = artifacts.get(id(chosen)) if chosen else builder.fp32_path
+    chosen_model = copy.deepcopy(model).eval() if chosen_path == builder.fp32_path else builder.models.get(chosen_path)
     measured = {f"candidate {i}": c.measured_ms for i, c in enumerate(result.verified) if c.measured_ms}
     check = lat.check(table, space, {f"candidate {i}": c.config for i, c in enumerate(result.verified)}, measured)
     seconds["total_s"] = time.perf_counter() - t0
-    return Outcome(space, table, scores, result, uniform, builder.fp32_path, chosen_path, builder.models.get(chosen_path),
+    return Outcome(space, table, scores, result, uniform, builder.fp32_path, chosen_path, chosen_model,
                    artifacts, {k: round(v, 1) for k, v in seconds.items()}, check, builder.fp32_top1)
 
 

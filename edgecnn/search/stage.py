@@ -72,10 +72,11 @@ def _front(outcome) -> dict:
     base = outcome.fp32_top1
     points = []
     for precision, cand in outcome.uniform.items():
-        kind = "fp32" if precision == "fp32" else "uniform"
-        points.append({"label": precision.upper(), "ms": cand.measured_ms, "top1": base - (cand.drop or 0.0), "kind": kind})
+        kind = "fp32" if precision == "fp32" else ("chosen" if cand is outcome.result.chosen else "uniform")
+        label = f"chosen: {precision.upper()}" if kind == "chosen" else precision.upper()
+        points.append({"label": label, "ms": cand.measured_ms, "top1": base - (cand.drop or 0.0), "kind": kind})
     for i, cand in enumerate(outcome.result.verified):
         kind = "chosen" if cand is outcome.result.chosen else ("rejected" if cand.feasible is False else "candidate")
         points.append({"label": "chosen" if kind == "chosen" else f"candidate {i}", "ms": cand.measured_ms,
                        "top1": base - (cand.drop if cand.drop is not None and cand.drop != float("inf") else 100.0), "kind": kind})
-    return pareto.summary(points, "chosen" if outcome.result.chosen else None)
+    return pareto.summary(points, next((p["label"] for p in points if p["kind"] == "chosen"), None))
