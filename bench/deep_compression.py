@@ -119,6 +119,15 @@ def ship(model: nn.Module, size: int) -> dict:
     }
 
 
+def distill_subset(data: Path, count: int, out: Path) -> ImageFolder:
+    """``count`` photos of distill/ (unlabelled; none is in imagenet-sample/), evenly spaced over its manifest."""
+    with open(data / "distill-manifest.csv") as f:
+        rows = [row["relpath"] for row in csv.DictReader(f)]
+    step = max(1, len(rows) // count)
+    out.write_text("\n".join(str(data / "distill" / r) for r in rows[::step][:count]) + "\n")
+    return ImageFolder(out)
+
+
 def subset(data: Path, source_prefix: str, out: Path) -> ImageFolder:
     """A list-file dataset of the sample images from one source (A: EliSchwartz, B: VeriSilicon)."""
     lines = []
@@ -338,15 +347,24 @@ def section_c(data: Path, log, quick: bool, workdir: Path) -> list[str]:
     return lines + [""]
 
 
-def section_d(data: Path, log, quick: bool, workdir: Path) -> list[str]:
-    """B's 6-bit re-sharing with centroid fine-tuning: distilled from the published model."""
+def section_d(data: Path, log, quick: bool, workdir: Path, distill_images: int = 0, epochs: int = 2) -> list[str]:
+    """B's 6-bit re-sharing with centroid fine-tuning: distilled from the published model.
+
+    ``distill_images`` > 0 trains on that many photos of ``distill/`` instead of sample half A.
+    """
     sd = torch.load(data / "weights" / "squeezenet1_0.pth", map_location="cpu")
     teacher = create("squeezenet1_0").eval()
     teacher.load_state_dict(sd)
     limit = 64 if quick else None
-    train_images = np.concatenate([b[0] for b in load_batches(subset(data, "EliSchwartz", workdir / "a.txt"), "caffe", limit)])
+    if distill_images:
+        train_set = distill_subset(data, 64 if quick else distill_images, workdir / "distill.txt")
+        train_what = "photos of distill/ (Caltech-101 + Imagenette, none in the sample, evenly spaced over its manifest)"
+    else:
+        train_set = subset(data, "EliSchwartz", workdir / "a.txt")
+        train_what = "sample half A"
+    train_images = np.concatenate([b[0] for b in load_batches(train_set, "caffe", limit)])
     test_batches = load_batches(subset(data, "VeriSilicon", workdir / "b.txt"), "caffe", limit)
-    epochs = 1 if quick else 2
+    epochs = 1 if quick else epochs
     rows = []
     student = create("squeezenet1_0")
     student.load_state_dict(sd)
@@ -371,7 +389,7 @@ def section_d(data: Path, log, quick: bool, workdir: Path) -> list[str]:
         f"Re-sharing B's weights to 6 bit without retraining costs accuracy; the paper retrains the "
         f"centroids. Here: distillation from the published 8-bit model (T=2, SGD momentum 0.9, "
         f"lr 1e-3, {epochs} epochs, cluster-mean gradients, weights re-tied every step, crops "
-        f"downscaled to 195 px for the CPU budget; {minutes:.1f} min) on sample half A "
+        f"downscaled to 195 px for the CPU budget; {minutes:.1f} min) on {train_what} "
         f"({len(train_images)} images); evaluated on held-out half B "
         f"({sum(len(b[1]) for b in test_batches)} genuine val images), decoded ONNX in ORT.",
         "",
@@ -390,6 +408,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", default="ABCD")
     parser.add_argument("--append", action="store_true", help="append the sections to the existing results file")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--distill-images", type=int, default=0,
+                        help="section D: fine-tune the centroids on this many photos of distill/ instead of sample half A")
+    parser.add_argument("--epochs", type=int, default=2, help="section D: epochs of centroid fine-tuning")
     args = parser.parse_args(argv)
     if not (args.data / "weights").is_dir():
         print(f"shared data not found at {args.data}; pass --data", file=sys.stderr)
@@ -415,7 +436,7 @@ def main(argv=None) -> int:
         if "C" in args.sections:
             lines += section_c(args.data, log, args.quick, Path(tmp))
         if "D" in args.sections:
-            lines += section_d(args.data, log, args.quick, Path(tmp))
+            lines += section_d(args.data, log, args.quick, Path(tmp), args.distill_images, args.epochs)
     lines.append(f"Total bench time {(time.perf_counter() - start) / 60:.1f} min (2 shared CPU cores).")
     if args.append and args.output.exists():
         lines = [args.output.read_text().rstrip("\n"), ""] + lines[5:]
