@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgecnn.errors import UserError
 from edgecnn.fileio import save_atomic
+from edgecnn.train.runtime import set_train_mode, write_checkpoint
 
 CHECKPOINT = "recovery.pt"
 
@@ -125,14 +126,6 @@ def _batch_order(n: int, batch: int, seed: int, epoch: int) -> list[list[int]]:
     return [order[i:i + batch] for i in range(0, n - batch + 1, batch)] or [order]
 
 
-def _train_mode(student: nn.Module, freeze_bn: bool) -> None:
-    student.train()
-    if freeze_bn:
-        for m in student.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-
-
 def distill_cached(student: nn.Module, dataset, cache: TeacherCache, config: Optional[RecoveryConfig] = None,
                    checkpoint_dir=None, resume: bool = False, stop_after: Optional[int] = None,
                    after_step: Sequence[Callable[[nn.Module], None]] = (), progress: bool = True) -> dict:
@@ -164,17 +157,16 @@ def distill_cached(student: nn.Module, dataset, cache: TeacherCache, config: Opt
 
     def save():
         if ckpt is not None:
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
             state = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "step": step, "losses": losses, "rng": torch.get_rng_state(), "config": config.model_dump()}
-            save_atomic(ckpt, lambda p: torch.save(state, p))
+            write_checkpoint(state, ckpt)
 
     per_epoch = len(_batch_order(len(dataset), config.batch_size, config.seed, 0))
     bar = _bar(progress, "recovery", config.steps)
     bar.advance(step)
     started = time.perf_counter()
     t = config.temperature
-    _train_mode(student, config.freeze_bn)
+    set_train_mode(student, config.freeze_bn)
     while step < config.steps and (stop_after is None or step < stop_after):
         epoch, offset = divmod(step, per_epoch)
         batch = _batch_order(len(dataset), config.batch_size, config.seed, epoch)[offset]
