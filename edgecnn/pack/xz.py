@@ -15,6 +15,8 @@ import zlib
 
 import numpy as np
 
+from edgecnn.pack.entropy import varint
+
 STREAM_MAGIC = b"\xfd7zXZ\x00"
 FOOTER_MAGIC = b"YZ"
 CHECK_NONE_FLAGS = b"\x00\x00"
@@ -33,15 +35,6 @@ def _filters(preset: int, size: int) -> list:
     return [{"id": lzma.FILTER_LZMA2, "preset": preset, "dict_size": min(dict_size, 1 << 26)}]
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _pad4(n: int) -> bytes:
     return b"\x00" * (-n % 4)
 
@@ -54,7 +47,7 @@ def stored_stream(data: bytes) -> bytes:
     """One XZ stream (check: none) whose single block holds ``data`` in LZMA2 uncompressed chunks."""
     flags = CHECK_NONE_FLAGS
     header = STREAM_MAGIC + flags + _crc(flags)
-    filter_flags = _varint(LZMA2_FILTER_ID) + _varint(1) + bytes([LZMA2_DICT_1MIB])
+    filter_flags = varint(LZMA2_FILTER_ID) + varint(1) + bytes([LZMA2_DICT_1MIB])
     body = bytes([0x00]) + filter_flags  # block flags: one filter, no optional sizes
     size = 1 + len(body) + 4
     body += _pad4(size)
@@ -67,7 +60,7 @@ def stored_stream(data: bytes) -> bytes:
     chunks.append(0x00)  # end of LZMA2 data
     unpadded = len(block_header) + len(chunks)
     block = block_header + bytes(chunks) + _pad4(unpadded)
-    index = b"\x00" + _varint(1) + _varint(unpadded) + _varint(len(data))
+    index = b"\x00" + varint(1) + varint(unpadded) + varint(len(data))
     index += _pad4(len(index))
     index += _crc(index)
     backward = struct.pack("<I", len(index) // 4 - 1) + flags
@@ -83,9 +76,14 @@ def order0_bits_per_byte(data: bytes) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
+def is_noise(data: bytes) -> bool:
+    """Large enough and close enough to 8 bits/byte that LZMA would only spend time on it."""
+    return len(data) >= 4096 and order0_bits_per_byte(data) >= STORE_ABOVE_BITS
+
+
 def compress_segment(data: bytes) -> bytes:
     """The cheapest good XZ stream for one segment: stored when it is noise, LZMA otherwise."""
-    if len(data) >= 4096 and order0_bits_per_byte(data) >= STORE_ABOVE_BITS:
+    if is_noise(data):
         return stored_stream(data)
     preset = STRONG if len(data) <= SMALL else FAST
     return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE, filters=_filters(preset, len(data)))
@@ -93,7 +91,7 @@ def compress_segment(data: bytes) -> bytes:
 
 def estimate_compressed(data: bytes) -> int:
     """Bytes :func:`compress_segment` would write, cheaply (a fast preset for large segments)."""
-    if len(data) >= 4096 and order0_bits_per_byte(data) >= STORE_ABOVE_BITS:
+    if is_noise(data):
         return len(data) + 64
     preset = 6 if len(data) <= SMALL else FAST
     return len(lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE, filters=_filters(preset, len(data))))
