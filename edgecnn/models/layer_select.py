@@ -74,3 +74,22 @@ def select_layers(
     if exclude:
         layers = [(n, m) for n, m in layers if not matches(n, exclude)]
     return layers
+
+
+def block_outputs(model: nn.Module) -> list[str]:
+    """Names of the model's blocks, in forward order: the outermost modules that sit in an
+    ``nn.Sequential`` and hold two or more convs (a Fire module, an inverted residual, a
+    ResNet basic block), not the single-conv stem or head. Their outputs are where feature
+    distillation matches a student to its teacher (SqueezeNet 1.1: ``features.3`` ...
+    ``features.12``; MobileNetV2: ``features.1`` ... ``features.17``)."""
+    names, taken = [], []
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential) or any(parent_name.startswith(t + ".") for t in taken):
+            continue
+        for child_name, child in parent.named_children():
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            if sum(isinstance(m, nn.Conv2d) for m in child.modules()) >= 2:
+                names.append(name)
+                taken.append(name)
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    return sorted(names, key=order.__getitem__)

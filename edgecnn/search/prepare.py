@@ -12,8 +12,9 @@ import torch
 
 from edgecnn.data.images import ImageFolder, is_image, iter_batches, load_image
 from edgecnn.errors import UserError
+from edgecnn.models.layer_select import block_outputs
 from edgecnn.search.run import SearchConfig, SearchData
-from edgecnn.train.cached_teacher import RecoveryConfig, TeacherCache, distill_cached, image_key
+from edgecnn.train.cached_teacher import RecoveryConfig, TeacherCache, distill_cached, image_key, matching_layers
 
 
 def arrays(items: list, preprocess, limit: Optional[int] = None, work: Optional[Path] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -64,19 +65,25 @@ def recovery_images(root: Path, limit: Optional[int] = None) -> list[Path]:
 
 
 def make_recovery(teacher, paths: list[Path], preprocess, config: SearchConfig, cache_root: Path, work: Path, log=print):
-    """A ``(student, steps) -> summary`` trainer: cached-teacher distillation at ``recovery_size``."""
+    """A ``(student, steps) -> summary`` trainer: cached-teacher distillation at ``recovery_size``,
+    logit KD plus feature matching at the teacher's block outputs (``block_outputs``) that the
+    candidate keeps the shape of (pruning a group changes the outputs of the blocks it spans:
+    a Fire module's expand convs, a MobileNetV2 residual chain's projections)."""
     small = preprocess.replace(input_size=config.recovery_size)
     dataset = RecoveryImages(paths, small)
-    cache = TeacherCache(cache_root, teacher, json.dumps(small.to_dict(), sort_keys=True, default=str))
+    cache = TeacherCache(cache_root, teacher, json.dumps(small.to_dict(), sort_keys=True, default=str),
+                         feature_layers=block_outputs(teacher))
     runs = iter(range(10_000))
 
     def recover(student, steps: int) -> dict:
         from edgecnn.passes.hooks import after_step_hooks
 
         run = next(runs)
-        settings = RecoveryConfig(steps=steps, batch_size=32, lr=config.recovery_lr)
+        layers = matching_layers(student, cache, dataset[0][0])
+        settings = RecoveryConfig(steps=steps, batch_size=32, lr=config.recovery_lr, feature_layers=layers)
         summary = distill_cached(student, dataset, cache, settings, checkpoint_dir=work / f"recovery-{run}", progress=False,
                                  after_step=after_step_hooks(student))
+        summary["feature_layers"] = f"{len(layers)} of {len(cache.layers)} block outputs"
         return {**summary, "images": len(dataset), "size": config.recovery_size}
 
     return recover
