@@ -234,3 +234,59 @@ def test_int8_layer_before_an_fp32_one_costs_its_measured_penalty():
     chain = {"q:0": "w7a8", "q:2": "w7a8", "q:6": "w7a8"}
     assert table.predict(space, mixed) == pytest.approx(6 * 3.0 + 20 + 1.5)
     assert table.predict(space, chain) == pytest.approx(6 + 12 + 1.5)
+
+
+def _timed(name: str, signature: str, rounds: list, agree: float, drop: float, feasible: bool = True):
+    from edgecnn.search.solve import Candidate
+
+    cand = Candidate({"name": name}, predicted_ms=0.0, proxy=0.0, drop=drop, feasible=feasible)
+    cand.measured_ms = sorted(rounds)[len(rounds) // 2]
+    cand.info.update(signature=signature, round_medians_ms=rounds, fp32_agree=agree)
+    return cand
+
+
+def test_final_choice_pools_same_kernel_artifacts_and_prefers_fp32_agreement():
+    from edgecnn.search.run import choose
+
+    # W6A8 and W7A8 of one graph: same kernels; W6A8 timed 5 % faster by noise, agrees less with FP32.
+    w6 = _timed("w6a8", "int8-graph", [2.9, 3.0, 3.1], agree=95.5, drop=0.5)
+    w7 = _timed("w7a8", "int8-graph", [3.1, 3.15, 3.2], agree=97.9, drop=0.7)
+    w8 = _timed("w8a8", "u8-graph", [4.0, 4.1, 4.2], agree=98.5, drop=0.1)
+    fast_but_infeasible = _timed("pruned", "pruned-graph", [1.0, 1.0, 1.0], agree=60.0, drop=9.0, feasible=False)
+    chosen = choose([w6, w7, w8, fast_but_infeasible], fp32_ms=5.0)
+    assert chosen is w7
+    assert w6.info["pooled_ms"] == w7.info["pooled_ms"] == pytest.approx(3.1)
+    # A different graph clearly faster (beyond the timing noise) wins even with less agreement.
+    faster = _timed("mixed", "other-graph", [2.5, 2.5, 2.6], agree=94.0, drop=0.9)
+    assert choose([w6, w7, w8, faster], fp32_ms=5.0) is faster
+    # Nothing faster than FP32: no answer.
+    assert choose([w8], fp32_ms=3.0) is None
+
+
+def test_execution_signature_ignores_weight_values_but_not_types(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgecnn.search.latency import execution_signature
+
+    def graph(weight: np.ndarray, name: str, zero_point: int = 0) -> str:
+        w = numpy_helper.from_array(weight, "w")
+        scale = numpy_helper.from_array(np.array(0.02 if weight.dtype == np.int8 else 0.05, np.float32), "s")
+        zero = numpy_helper.from_array(np.array(zero_point, weight.dtype), "z")
+        nodes = [helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"]),
+                 helper.make_node("Conv", ["x", "wf"], ["y"], kernel_shape=[1, 1])]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], [w, scale, zero])
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(helper.make_model(g), str(path))
+        return execution_signature(str(path))
+
+    rng = np.random.default_rng(0)
+    six_bit = graph(rng.integers(-31, 32, (2, 2, 1, 1)).astype(np.int8), "six")
+    seven_bit = graph(rng.integers(-63, 64, (2, 2, 1, 1)).astype(np.int8), "seven")
+    unsigned = graph(rng.integers(0, 255, (2, 2, 1, 1)).astype(np.uint8), "unsigned")
+    shifted_zero = graph(rng.integers(-63, 64, (2, 2, 1, 1)).astype(np.int8), "zero", zero_point=3)
+    assert six_bit == seven_bit
+    assert unsigned != six_bit
+    assert shifted_zero != six_bit

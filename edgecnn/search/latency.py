@@ -11,6 +11,7 @@ fuses a conv into QLinearConv only when its output is quantized).
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -110,3 +111,30 @@ def check(table: LatencyTable, space, configs: dict[str, dict], measured_ms: dic
     return rows
 
 
+
+
+def execution_signature(path: str) -> str:
+    """What decides an ONNX graph's speed, hashed: nodes (operator, attributes, wiring), every
+    initializer's type and shape, and the values of zero points and int64 constants (shapes, axes).
+
+    Two artifacts that differ only in weight, bias and scale *values* (W7A8 vs W6A8 of one
+    graph: int8 weights, the same kernels) share a signature, so their latency is one quantity:
+    a measured difference between them is timing noise, and the choice is made on accuracy.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    zero_points = {n.input[2] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2}
+    digest = hashlib.sha256()
+    for init in sorted(model.graph.initializer, key=lambda t: t.name):
+        digest.update(f"{init.name}:{init.data_type}:{tuple(init.dims)}".encode())
+        if init.name in zero_points or init.data_type == onnx.TensorProto.INT64:
+            digest.update(numpy_helper.to_array(init).tobytes())
+    for node in model.graph.node:
+        digest.update(f"{node.domain}:{node.op_type}:{list(node.input)}:{list(node.output)}".encode())
+        for attr in sorted(node.attribute, key=lambda a: a.name):
+            digest.update(attr.SerializeToString())
+    for value in list(model.graph.input) + list(model.graph.output):
+        digest.update(value.SerializeToString())
+    return digest.hexdigest()[:16]

@@ -8,6 +8,7 @@ caller evaluates the chosen artifact on the *evaluation* part, which the search 
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,7 @@ class _Builder:
         self.fp32_path = export(copy.deepcopy(model).eval(), work / "fp32.onnx", self.size, config.target)
         self.fp32_pred = top1_of(self.fp32_path, data.images, config.threads)
         self.fp32_top1 = float((self.fp32_pred == data.labels).mean() * 100)
+        self.agreement: dict[str, float] = {}  # artifact -> % of search images on FP32's class
         self.started = time.perf_counter()
 
     def build(self, config: dict, name: str) -> Path:
@@ -138,6 +140,7 @@ class _Builder:
 
     def drop(self, path: Path) -> float:
         pred = top1_of(path, self.data.images, self.config.threads)
+        self.agreement[str(path)] = float((pred == self.fp32_pred).mean() * 100)
         return self.fp32_top1 - float((pred == self.data.labels).mean() * 100)
 
     def timed(self, path: Path) -> float:
@@ -179,17 +182,37 @@ def final_timing(result: SearchResult, uniform: dict, artifacts: dict, builder: 
         if f"c{i}" in times:
             cand.measured_ms = times[f"c{i}"]["median_ms"]
             cand.info["final_timing"] = True
-    pool = [c for c in timed if c.feasible and c.measured_ms is not None]
-    chosen = min(pool, key=lambda c: c.measured_ms, default=None)
-    if chosen is not None:  # within the timing noise of the fastest (3 %), the smaller measured drop wins
-        close = [c for c in pool if c.measured_ms <= chosen.measured_ms * 1.03]
-        chosen = min(close, key=lambda c: (c.drop, c.measured_ms))
-    if chosen is not None and chosen.measured_ms >= fp32_ms:
-        chosen = None
+            cand.info["fp32_agree"] = builder.agreement.get(paths[f"c{i}"])
+            cand.info["signature"] = lat.execution_signature(paths[f"c{i}"])
+            cand.info["round_medians_ms"] = times[f"c{i}"]["round_medians_ms"]
+    chosen = choose(timed, fp32_ms)
     result.chosen = chosen
     for precision, cand in uniform.items():
         cand.info["uniform"] = precision
     return chosen
+
+
+def choose(timed: list[Candidate], fp32_ms: float, noise: float = 0.03) -> Optional[Candidate]:
+    """The fastest feasible candidate, where "fastest" allows for what timing cannot resolve.
+
+    Candidates with one execution signature run the same kernels: their round medians are
+    pooled into one time (``pooled_ms``). Among candidates within ``noise`` of the fastest pooled
+    time, the one agreeing most with FP32 on the search images wins (then the smaller measured
+    drop): agreement is a paired count over every image, far less noisy than a top-1 difference.
+    """
+    pool = [c for c in timed if c.feasible and c.measured_ms is not None]
+    groups: dict[str, list[float]] = {}
+    for cand in pool:
+        key = cand.info.get("signature", str(id(cand)))
+        groups.setdefault(key, []).extend(cand.info.get("round_medians_ms") or [cand.measured_ms])
+    for cand in pool:
+        cand.info["pooled_ms"] = statistics.median(groups[cand.info.get("signature", str(id(cand)))])
+    if not pool:
+        return None
+    fastest = min(c.info["pooled_ms"] for c in pool)
+    close = [c for c in pool if c.info["pooled_ms"] <= fastest * (1 + noise)]
+    chosen = max(close, key=lambda c: (c.info.get("fp32_agree") or 0.0, -c.drop, -c.info["pooled_ms"]))
+    return chosen if chosen.info["pooled_ms"] < fp32_ms else None
 
 
 def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path, log=print) -> Outcome:
