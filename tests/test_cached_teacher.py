@@ -188,3 +188,19 @@ def test_search_recovery_matches_the_block_outputs_the_candidate_keeps(tmp_path,
     summary = recover(net(stem=4, seed=4), 2)
     assert summary["feature_layers"] == "1 of 2 block outputs" and summary["feature_loss"] is not None
     assert [p.name.endswith("-f" + hashlib.sha256(b"0\n2").hexdigest()[:12]) for p in (tmp_path / "cache").iterdir()] == [True]
+
+
+def test_dropout_is_off_during_recovery_unless_asked(tmp_path, torch_one_thread):
+    # A student identical to its teacher matches the cached logits exactly, unless dropout perturbs it.
+    def with_dropout():
+        model = net()
+        model.insert(6, nn.Dropout(0.5))  # before the head's Linear
+        return model
+
+    teacher, data = with_dropout(), Images()
+    cache = TeacherCache(tmp_path, teacher, "p")
+    quiet = distill_cached(with_dropout(), data, cache, RecoveryConfig(steps=1, batch_size=12, lr=1e-9), progress=False)
+    noisy = distill_cached(with_dropout(), data, cache, RecoveryConfig(steps=1, batch_size=12, lr=1e-9, dropout=True),
+                           progress=False)
+    assert quiet["logit_loss"] < 1e-7
+    assert noisy["logit_loss"] > 1e-5

@@ -179,6 +179,8 @@ class RecoveryConfig(BaseModel):
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1)
     freeze_bn: bool = True  # small batches of skewed photos: keep the BN statistics of the original
+    dropout: bool = Field(False, description="keep dropout active; off by default: the cached targets are the teacher's "
+                                            "deterministic outputs, so dropout only adds noise to the match")
 
 
 class _Bar:
@@ -318,6 +320,10 @@ def distill_cached(student: nn.Module, dataset, cache: TeacherCache, config: Opt
         bar.advance(run.step)
         started = time.perf_counter()
         set_train_mode(student, config.freeze_bn)
+        if not config.dropout:
+            for module in student.modules():
+                if isinstance(module, nn.modules.dropout._DropoutNd):
+                    module.eval()
         while run.step < config.steps and (stop_after is None or run.step < stop_after):
             epoch, offset = divmod(run.step, per_epoch)
             batch = _batch_order(len(dataset), config.batch_size, config.seed, epoch)[offset]
