@@ -119,12 +119,13 @@ def ship(model: nn.Module, size: int) -> dict:
     }
 
 
-def distill_subset(data: Path, count: int, out: Path) -> ImageFolder:
-    """``count`` photos of distill/ (unlabelled; none is in imagenet-sample/), evenly spaced over its manifest."""
+def distill_subset(data: Path, count: int, out: Path, offset: int = 0) -> ImageFolder:
+    """``count`` photos of distill/ (unlabelled; none is in imagenet-sample/), evenly spaced over its manifest
+    starting at row ``offset``."""
     with open(data / "distill-manifest.csv") as f:
         rows = [row["relpath"] for row in csv.DictReader(f)]
     step = max(1, len(rows) // count)
-    out.write_text("\n".join(str(data / "distill" / r) for r in rows[::step][:count]) + "\n")
+    out.write_text("\n".join(str(data / "distill" / r) for r in rows[offset::step][:count]) + "\n")
     return ImageFolder(out)
 
 
@@ -142,7 +143,7 @@ def subset(data: Path, source_prefix: str, out: Path) -> ImageFolder:
 def evaluate(decoded: onnx.ModelProto, batches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
     """Top-1/top-5 (%) of an ONNX model in ONNX Runtime on preprocessed batches."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
+    opts.intra_op_num_threads = torch.get_num_threads()  # --threads
     session = ort.InferenceSession(decoded.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     top1 = top5 = total = 0
@@ -162,23 +163,27 @@ def load_batches(dataset: ImageFolder, preset: str, limit=None) -> list:
 # --------------------------------------------------------------------------- fine-tuning
 
 
-def distill(student, teacher, images: np.ndarray, epochs: int, lr: float, after_step, log, temperature: float = 2.0, size: int = 160):
+def distill(student, teacher, images: np.ndarray, epochs: int, lr: float, after_step, log, temperature: float = 2.0, size: int = 160, lrs=None):
     """Knowledge distillation on preprocessed images (random horizontal flips), SGD + momentum.
 
     Trains at ``size`` px (the 224 crops downscaled) to fit the CPU budget; SqueezeNet is
-    fully convolutional, evaluation stays at 224.
+    fully convolutional, evaluation stays at 224. ``lrs``: one learning rate per epoch (else ``lr``).
     """
     student.train()
     teacher.eval()
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    x_all = F.interpolate(torch.from_numpy(images), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    x_all = torch.from_numpy(images)
+    if x_all.shape[-2:] != (size, size):
+        x_all = F.interpolate(x_all, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     with torch.no_grad():
         soft = torch.cat([teacher(x_all[i : i + 64]) for i in range(0, len(x_all), 64)])
         soft_flip = torch.cat([teacher(x_all[i : i + 64].flip(3)) for i in range(0, len(x_all), 64)])
     gen = torch.Generator().manual_seed(0)
     steps = 0
     for epoch in range(epochs):
+        for group in opt.param_groups:
+            group["lr"] = lrs[epoch] if lrs else lr
         order = torch.randperm(len(x_all), generator=gen)
         total = 0.0
         for i in range(0, len(order), 32):
@@ -405,7 +410,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("EDGECNN_SHARED_DATA", REPO.parent / "shared" / "data")))
     parser.add_argument("--quick", action="store_true", help="64 images and 1 epoch: a smoke run, not results")
-    parser.add_argument("--sections", default="ABCD")
+    parser.add_argument("--sections", default="ABCD", help="E: Fisher-weighted re-sharing and bit allocation (deep_compression_fisher.py)")
+    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
     parser.add_argument("--append", action="store_true", help="append the sections to the existing results file")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--distill-images", type=int, default=0,
@@ -415,7 +421,7 @@ def main(argv=None) -> int:
     if not (args.data / "weights").is_dir():
         print(f"shared data not found at {args.data}; pass --data", file=sys.stderr)
         return 2
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - start:6.0f}s] {msg}", flush=True)  # noqa: E731
     lines = [
@@ -437,7 +443,11 @@ def main(argv=None) -> int:
             lines += section_c(args.data, log, args.quick, Path(tmp))
         if "D" in args.sections:
             lines += section_d(args.data, log, args.quick, Path(tmp), args.distill_images, args.epochs)
-    lines.append(f"Total bench time {(time.perf_counter() - start) / 60:.1f} min (2 shared CPU cores).")
+        if "E" in args.sections:
+            from deep_compression_fisher import section_e
+
+            lines += section_e(args.data, log, args.quick, Path(tmp), args.distill_images or 4000, args.epochs)
+    lines.append(f"Total bench time {(time.perf_counter() - start) / 60:.1f} min ({args.threads} thread(s) on 2 shared CPU cores).")
     if args.append and args.output.exists():
         lines = [args.output.read_text().rstrip("\n"), ""] + lines[5:]
     text = "\n".join(lines) + "\n"

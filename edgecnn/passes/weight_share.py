@@ -26,7 +26,8 @@ from pydantic import Field, field_validator
 
 from edgecnn.errors import UserError
 from edgecnn.passes.registry import PassConfig, PassContext, PassReport, register_pass
-from edgecnn.models.layer_select import select_layers
+from edgecnn.models.layer_select import matches, select_layers
+from edgecnn.passes.share_alloc import allocate_bits, fisher_diagonal, index_cost_bytes
 
 SHARE_ATTR = "_edgecnn_weight_share"  # module attribute holding the WeightShareState
 
@@ -43,6 +44,17 @@ class WeightShareConfig(PassConfig):
     # intervals that hold non-zero weights ([min, largest negative], [smallest positive, max]),
     # so no centroid starts in the gap pruning left around zero, where it would stay unused.
     init: Literal["linear", "linear_nonzero"] = "linear"
+    # fisher: each weight counts in the k-means objective by its diagonal Fisher information on
+    # the calibration images (edgecnn.passes.share_alloc), so centroids sit where moving a
+    # weight costs most; needs calibration images.
+    weighting: Literal["none", "fisher"] = "none"
+    fisher_images: int = Field(256, ge=1, description="calibration images for the Fisher estimate")
+    fisher_temperature: float = Field(1.0, gt=0, description="softmax temperature the Fisher labels are drawn at")
+    # Per-layer bits chosen from these so that the summed Fisher-weighted error is least while
+    # the estimated entropy-coded size stays within that of `bits` everywhere (layer_bits
+    # overrides stay fixed). Needs calibration images; None: `bits` everywhere.
+    bit_choices: Optional[list[int]] = None
+    size_budget: float = Field(1.0, gt=0, le=4, description="bit_choices: the size budget as a multiple of `bits` everywhere")
 
     @field_validator("layer_bits")
     @classmethod
@@ -51,6 +63,13 @@ class WeightShareConfig(PassConfig):
             if not 2 <= bits <= 8:
                 raise ValueError(f"bits for '{pattern}' must be between 2 and 8, got {bits}")
         return value
+
+    @field_validator("bit_choices")
+    @classmethod
+    def _choices_range(cls, value: Optional[list[int]]) -> Optional[list[int]]:
+        if value is not None and (not value or any(not 2 <= b <= 8 for b in value)):
+            raise ValueError(f"bit choices must be a non-empty list of bits between 2 and 8, got {value}")
+        return sorted(set(value)) if value is not None else None
 
 
 class WeightShareState:
@@ -86,23 +105,31 @@ def initial_centroids(values: np.ndarray, clusters: int, init: str = "linear") -
     return np.concatenate([np.linspace(neg.min(), neg.max(), k_neg), np.linspace(pos.min(), pos.max(), clusters - k_neg)])
 
 
-def kmeans_1d(values: np.ndarray, clusters: int, iterations: int = 40, init: str = "linear") -> tuple[np.ndarray, np.ndarray]:
+def kmeans_1d(
+    values: np.ndarray, clusters: int, iterations: int = 40, init: str = "linear", weights: Optional[np.ndarray] = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means on scalars with linear initialisation; returns (centroids, assignment).
 
     Hand-written because it is ten lines in 1-D: with sorted centroids, the nearest centroid
     is found by ``searchsorted`` on the midpoints, so an iteration is O(n log k).
-    Empty clusters keep their previous centroid.
+    Empty clusters keep their previous centroid. ``weights`` (>= 0, one per value) make it
+    minimise ``sum weights * (value - centroid)**2``: the nearest centroid is still the best
+    assignment, each centroid becomes its members' weighted mean (plain mean where all
+    members weigh 0).
     """
     values = np.asarray(values, np.float64)
+    w = np.ones_like(values) if weights is None else np.asarray(weights, np.float64)
     if values.size == 0:
         return np.zeros(0), np.zeros(0, np.int64)
     centroids = initial_centroids(values, clusters, init)
     assign = np.zeros(values.size, np.int64)
     for _ in range(iterations):
         assign = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
-        sums = np.bincount(assign, weights=values, minlength=clusters)
+        sums = np.bincount(assign, weights=values * w, minlength=clusters)
+        mass = np.bincount(assign, weights=w, minlength=clusters)
         counts = np.bincount(assign, minlength=clusters)
-        updated = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+        plain = np.bincount(assign, weights=values, minlength=clusters) / np.maximum(counts, 1)
+        updated = np.where(mass > 0, sums / np.where(mass > 0, mass, 1), np.where(counts > 0, plain, centroids))
         if np.allclose(updated, centroids, rtol=0, atol=1e-12):
             centroids = updated
             break
@@ -115,24 +142,34 @@ def kmeans_1d(values: np.ndarray, clusters: int, iterations: int = 40, init: str
 
 
 def _bits_for(name: str, config: WeightShareConfig) -> int:
-    from edgecnn.models.layer_select import matches
-
     for pattern, bits in config.layer_bits.items():
         if matches(name, [pattern]):
             return bits
     return config.bits
 
 
-def share_layer(module: nn.Module, bits: int, iterations: int = 40, init: str = "linear") -> dict:
-    """Cluster one layer's non-zero weights in place; returns its report row."""
+def cluster_weights(weight: torch.Tensor, bits: int, iterations: int = 40, init: str = "linear", importance=None):
+    """(float32 centroids, assignment of the non-zeros, non-zero mask) of one weight tensor, unchanged."""
+    flat = weight.detach().reshape(-1).cpu().numpy().astype(np.float32)
+    nonzero = flat != 0
+    w = None if importance is None else importance.detach().reshape(-1).cpu().numpy()[nonzero]
+    centroids, assign = kmeans_1d(flat[nonzero], 1 << bits, iterations, init, w)
+    centroids32 = centroids.astype(np.float32)
+    if np.any(centroids32 == 0):  # a centroid rounding to 0 would turn weights into zeros
+        centroids32[centroids32 == 0] = np.float32(np.finfo(np.float32).tiny)
+    return centroids32, assign, nonzero
+
+
+def share_layer(module: nn.Module, bits: int, iterations: int = 40, init: str = "linear", importance=None, clustered=None) -> dict:
+    """Cluster one layer's non-zero weights in place; returns its report row.
+
+    ``importance``: per-weight k-means weights (same shape as the weight), e.g. its Fisher
+    diagonal; ``clustered``: a :func:`cluster_weights` result to apply instead of clustering again.
+    """
     with torch.no_grad():
         weight = module.weight
         flat = weight.detach().reshape(-1).cpu().numpy().astype(np.float32)
-        nonzero = flat != 0
-        centroids, assign = kmeans_1d(flat[nonzero], 1 << bits, iterations, init)
-        centroids32 = centroids.astype(np.float32)
-        if np.any(centroids32 == 0):  # a centroid rounding to 0 would turn weights into zeros
-            centroids32[centroids32 == 0] = np.float32(np.finfo(np.float32).tiny)
+        centroids32, assign, nonzero = clustered or cluster_weights(weight, bits, iterations, init, importance)
         index = np.full(flat.size, -1, np.int64)
         index[nonzero] = assign
         shared = np.zeros_like(flat)
@@ -144,12 +181,50 @@ def share_layer(module: nn.Module, bits: int, iterations: int = 40, init: str = 
     if getattr(module, SHARE_ATTR, None) is None:
         module.register_forward_pre_hook(_tie_before_forward)
     setattr(module, SHARE_ATTR, state)
-    return {
-        "nonzeros": int(nonzero.sum()),
-        "distinct": int(len(np.unique(shared[nonzero]))),
-        "bits": bits,
-        "rms_error": error,
-    }
+    row = {"nonzeros": int(nonzero.sum()), "distinct": int(len(np.unique(shared[nonzero]))), "bits": bits, "rms_error": error}
+    if importance is not None:
+        imp = importance.detach().reshape(-1).cpu().numpy().astype(np.float64)
+        row["fisher_error"] = float((imp * (shared.astype(np.float64) - flat) ** 2).sum())
+    return row
+
+
+def _fisher(model: nn.Module, layers: list, config: WeightShareConfig, ctx: PassContext) -> Optional[dict]:
+    if config.weighting == "none" and config.bit_choices is None:
+        return None
+    if ctx.calib_batches is None:
+        raise UserError("weight_share with weighting 'fisher' or bit_choices needs calibration images; pass --calib DIR")
+    try:
+        return fisher_diagonal(model, layers, ctx.calib_batches, config.fisher_images, config.fisher_temperature)
+    except ValueError as exc:
+        raise UserError(f"weight_share: {exc}; give a folder with at least one image to --calib") from None
+
+
+def _allocate(layers: list, config: WeightShareConfig, fisher: dict) -> tuple[dict, dict]:
+    """Per-layer bits from ``bit_choices`` within the size of ``bits`` everywhere; (bits, clusterings)."""
+    weighted = config.weighting == "fisher"
+    options, clusterings, budget = {}, {}, 0.0
+    for name, module in layers:
+        fixed = _bits_for(name, config)
+        pinned = any(matches(name, [p]) for p in config.layer_bits)
+        choices = {fixed} if pinned else set(config.bit_choices) | {fixed}
+        flat = module.weight.detach().reshape(-1).cpu().numpy().astype(np.float64)
+        imp = fisher[name].reshape(-1).cpu().numpy().astype(np.float64)
+        options[name] = {}
+        for bits in sorted(choices):
+            got = cluster_weights(module.weight, bits, config.iterations, config.init, fisher[name] if weighted else None)
+            centroids, assign, nonzero = got
+            distortion = float((imp[nonzero] * (centroids[assign] - flat[nonzero]) ** 2).sum())
+            options[name][bits] = (index_cost_bytes(assign, len(centroids)), distortion)
+            clusterings[(name, bits)] = got
+        budget += options[name][fixed][0]
+        if pinned:
+            continue
+        options[name] = {b: v for b, v in options[name].items() if b in config.bit_choices}
+    try:
+        chosen = allocate_bits(options, budget * config.size_budget)
+    except ValueError as exc:
+        raise UserError(f"weight_share: {exc}; raise size_budget or add smaller bit_choices") from None
+    return chosen, clusterings
 
 
 @register_pass("weight_share", config=WeightShareConfig, not_after=("quantize", "shift"))
@@ -158,6 +233,11 @@ def weight_share(model: nn.Module, config: WeightShareConfig, ctx: PassContext) 
     layers = select_layers(model, config.include, config.exclude)
     if not layers:
         raise UserError("weight_share selected no layers; check 'include'/'exclude'")
+    fisher = _fisher(model, layers, config, ctx)
+    bits_of = {name: _bits_for(name, config) for name, _ in layers}
+    clusterings: dict = {}
+    if config.bit_choices is not None:
+        bits_of, clusterings = _allocate(layers, config, fisher)
     rows = []
     iterator = layers
     if ctx.progress:
@@ -165,22 +245,17 @@ def weight_share(model: nn.Module, config: WeightShareConfig, ctx: PassContext) 
 
         iterator = track(layers, description="weight sharing", transient=True)
     for name, module in iterator:
-        row = {"layer": name, **share_layer(module, _bits_for(name, config), config.iterations, config.init)}
-        rows.append(row)
+        bits = bits_of[name]
+        importance = fisher[name] if fisher is not None else None
+        kmeans_weights = importance if config.weighting == "fisher" else None
+        got = clusterings.get((name, bits)) or cluster_weights(module.weight, bits, config.iterations, config.init, kmeans_weights)
+        rows.append({"layer": name, **share_layer(module, bits, importance=importance, clustered=got)})
     total_nz = sum(r["nonzeros"] for r in rows)
     index_bits = sum(r["nonzeros"] * r["bits"] for r in rows)
-    ctx.report(
-        PassReport(
-            "weight_share",
-            rows=rows,
-            summary={
-                "layers": len(rows),
-                "nonzeros": total_nz,
-                "bits": config.bits,
-                "index_bits_per_weight": index_bits / max(1, total_nz),
-            },
-        )
-    )
+    summary = {"layers": len(rows), "nonzeros": total_nz, "bits": config.bits, "index_bits_per_weight": index_bits / max(1, total_nz)}
+    if fisher is not None:
+        summary["fisher_error"] = sum(r["fisher_error"] for r in rows)
+    ctx.report(PassReport("weight_share", rows=rows, summary=summary))
     return model
 
 
