@@ -16,12 +16,15 @@ Usage: python bench/shift_distill.py [--epochs N] [--models squeezenet1_1,mobile
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
+import hashlib
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -29,6 +32,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", REPO.parent / "shared" / "data"))
 RESULTS = REPO / "bench" / "results" / "shift_distill.md"
+if str(REPO) not in sys.path:  # this checkout's edgecnn, not an installed one
+    sys.path.insert(0, str(REPO))
 
 MODELS = [
     # name, options, preprocess, distillation hyper-parameters; features are matched at the
@@ -59,6 +64,30 @@ def ort_median_ms(onnx_path: Path, shape, runs: int = 200) -> float:
         session.run(None, {name: x})
         times.append(time.perf_counter() - start)
     return 1000 * float(np.median(times))
+
+
+def interleaved_ms(paths: dict, shape, rounds: int = 7, runs: int = 30) -> dict:
+    """Median over rounds of each model's median ms, the models taking turns in every round, so
+    that a busy machine's drift hits them alike (ORT CPU, 1 thread)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    medians = {k: [] for k in paths}
+    for _ in range(rounds):
+        for key, session in sessions.items():
+            feed = {session.get_inputs()[0].name: x}
+            for _ in range(3):
+                session.run(None, feed)
+            times = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                session.run(None, feed)
+                times.append(time.perf_counter() - start)
+            medians[key].append(1000 * float(np.median(times)))
+    return {k: float(np.median(v)) for k, v in medians.items()}
 
 
 def export(module, path: Path, shape) -> None:
@@ -97,21 +126,22 @@ def deploy_forms(tmp: Path) -> list[dict]:
 
 class CachedCrops(torch.utils.data.Dataset):
     """Images decoded once (shorter side ``resize``, centre ``resize`` square, uint8); random
-    ``crop`` windows + flips per (seed, epoch, index), normalised on the fly."""
+    ``crop`` windows + flips per (seed, pass, index), normalised on the fly. With ``cache`` the
+    decoded array is kept in that .npy file and reused by later runs on the same images."""
 
-    def __init__(self, paths, labels, preprocess, resize: int, crop: int, seed: int = 0):
-        from edgecnn.data.images import open_image
+    def __init__(self, paths, labels, preprocess, resize: int, crop: int, seed: int = 0, cache=None):
+        self.preprocess = preprocess.replace(input_size=resize, resize=resize, crop=resize)
+        if cache is not None and Path(cache).is_file():
+            self.images = np.load(cache, mmap_mode="r")
+        else:
+            self.images = np.stack([_square(p, resize) for p in paths])
+            if cache is not None:
+                from edgecnn.fileio import save_atomic
 
-        square = preprocess.replace(input_size=resize, resize=resize, crop=resize)
-        self.preprocess = square
-        self.images = []
-        for path in paths:
-            image = open_image(path)
-            width, height = image.size
-            scale = resize / min(width, height)
-            image = image.resize((max(resize, round(width * scale)), max(resize, round(height * scale))))
-            left, top = (image.size[0] - resize) // 2, (image.size[1] - resize) // 2
-            self.images.append(np.asarray(image.crop((left, top, left + resize, top + resize)), dtype=np.uint8))
+                Path(cache).parent.mkdir(parents=True, exist_ok=True)
+                save_atomic(cache, lambda tmp: tmp.write_bytes(_npy_bytes(self.images)))
+        if len(self.images) != len(paths):
+            raise SystemExit(f"cache {cache} holds {len(self.images)} images, not {len(paths)}; delete it")
         self.labels = labels
         self.crop, self.seed, self.epoch = crop, seed, 0
 
@@ -122,13 +152,57 @@ class CachedCrops(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, index):
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+        return self.item(index, self.epoch)
+
+    def item(self, index: int, data_pass: int):
+        rng = np.random.default_rng((self.seed, data_pass, index))
         image = self.images[index]
         top, left = rng.integers(0, image.shape[0] - self.crop + 1, size=2)
         window = image[top: top + self.crop, left: left + self.crop]
         if rng.random() < 0.5:
             window = window[:, ::-1]
         return torch.from_numpy(self.preprocess.normalize(np.ascontiguousarray(window))), int(self.labels[index])
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _square(path, size: int) -> np.ndarray:
+    """Shorter side resized to ``size`` (PIL default filter), centre square, uint8 HWC."""
+    from edgecnn.data.images import open_image
+
+    image = open_image(path)
+    width, height = image.size
+    scale = size / min(width, height)
+    image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))))
+    left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+class Chunks(torch.utils.data.Dataset):
+    """``per_epoch`` images per epoch of the distillation loop, walking through one fixed
+    shuffle of ``base``: a long pass over many images is cut into short epochs, each ending
+    with an evaluation. Pass p over the data draws its crops with seed p."""
+
+    def __init__(self, base: CachedCrops, per_epoch: int, seed: int = 0):
+        self.base, self.per_epoch = base, min(per_epoch, len(base))
+        self.order = np.random.default_rng(seed).permutation(len(base))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.per_epoch
+
+    def __getitem__(self, i):
+        g = self.epoch * self.per_epoch + i
+        return self.base.item(int(self.order[g % len(self.base)]), g // len(self.base))
 
 
 class Eval(torch.utils.data.Dataset):
@@ -145,122 +219,277 @@ class Eval(torch.utils.data.Dataset):
         return self.x[i], self.y[i]
 
 
-def run_model(name, options, preset, hparams, epochs, train_items, eval_items, tmp: Path) -> dict:
+def baseline(name, options, preset, eval_items, tmp: Path) -> tuple:
+    """Teacher, evaluation set and the FP32 row: params, MACs, ORT ms, top-1."""
     from edgecnn.measure.profile import profile_model
     from edgecnn.models import load_model
-    from edgecnn.models.layer_select import block_outputs
-    from edgecnn.passes.registry import PassContext, run_pass
-    from edgecnn.passes.hooks import after_step_hooks, regularizers
-    from edgecnn.train import DistillConfig, distill, evaluate_top1
+    from edgecnn.train import evaluate_top1
 
-    weights = DATA / "weights" / f"{name}.pth"
-    teacher = load_model(name, weights=str(weights), preprocess=preset, **options)
-    student = load_model(name, weights=str(weights), preprocess=preset, **options).module
-    feature_layers = block_outputs(teacher.module)
+    teacher = load_model(name, weights=str(DATA / "weights" / f"{name}.pth"), preprocess=preset, **options)
     evalset = Eval([p for p, _ in eval_items], [y for _, y in eval_items], teacher.preprocess)
-    result = {"model": name}
     prof = profile_model(teacher.module, 224)
-    result["params_before"], result["macs_before"] = prof.params, prof.macs
-    result["top1_before"] = evaluate_top1(teacher.module, evalset)
+    base = {"model": name, "params_before": prof.params, "macs_before": prof.macs,
+            "top1_before": evaluate_top1(teacher.module, evalset)}
     export(teacher.module, tmp / f"{name}.onnx", (1, 3, 224, 224))
-    result["ms_before"] = ort_median_ms(tmp / f"{name}.onnx", (1, 3, 224, 224), runs=50)
+    base["onnx"] = tmp / f"{name}.onnx"
+    return teacher, evalset, base
 
-    trainset = CachedCrops([p for p, _ in train_items], [y for _, y in train_items], teacher.preprocess, 256, 224)
-    # Least-squares initialisation of the kept weights on 16 training images (never eval ones).
+
+def train_data(teacher, data) -> tuple:
+    """(training dataset, 16 calibration images at 224 px) from ``data``'s training images."""
     from edgecnn.data.images import load_image
 
-    calib = torch.from_numpy(np.stack([load_image(p, teacher.preprocess) for p, _ in train_items[::48][:16]]))
+    paths, labels = data.paths, data.labels
+    if data.distill:
+        base = CachedCrops(paths, labels, teacher.preprocess, round(data.size * 256 / 224), data.size, cache=data.cache)
+    else:
+        base = CachedCrops(paths, labels, teacher.preprocess, 256, 224)
+    trainset = Chunks(base, data.epoch_images) if data.epoch_images else base
+    # Least-squares initialisation of the kept weights on 16 training images (never eval ones).
+    calib = torch.from_numpy(np.stack([load_image(p, teacher.preprocess) for p in spread(paths, 16, 48)]))
+    return trainset, calib
+
+
+def spread(paths, n: int, step: int = 0) -> list:
+    """``n`` of ``paths``: every ``step``-th one, or spread evenly over all of them (step 0)."""
+    if step:
+        return list(paths[::step][:n])
+    return [paths[int(i * len(paths) / n)] for i in range(min(n, len(paths)))]
+
+
+def rank_shift_layers(teacher, data, images: int = 64) -> list[dict]:
+    """The search's shift units of ``teacher`` with their measured sensitivity (KL of the final
+    softmax and top-1 agreement with FP32, each unit applied alone), least sensitive first.
+    Measured on training images (evenly spread, offset from the calibration ones), never on
+    evaluation images."""
+    from edgecnn.data.images import load_image
+    from edgecnn.search import sensitivity
+    from edgecnn.search.space import build_space
+
+    paths = spread(data.paths[len(data.paths) // (2 * images):], images)
+    x = torch.from_numpy(np.stack([load_image(p, teacher.preprocess) for p in paths]))
+    calib = [x[i:i + 16] for i in range(0, 32, 16)]
+    model = copy.deepcopy(teacher.module).requires_grad_(True)  # the gradient pass needs them
+    space = build_space(model, x[:1], precisions=("fp32",), shift=True)
+    scores = sensitivity.measure(model, space, x, calib)
+    ranked = [{"layer": u.layer, "kl": scores[(u.name, True)].kl, "agreement": scores[(u.name, True)].agreement}
+              for u in space.units if u.kind == "shift"]
+    return sorted(ranked, key=lambda r: r["kl"])
+
+
+def shift_row(teacher, evalset, base, feature_layers, hparams, data, include, epochs, tmp: Path) -> dict:
+    """Shift (all spatial convs, or ``include``), distil from ``teacher``, measure."""
+    from edgecnn.measure.profile import profile_model
+    from edgecnn.models import load_model
+    from edgecnn.passes.hooks import after_step_hooks, regularizers
+    from edgecnn.passes.registry import PassContext, run_pass
+    from edgecnn.train import DistillConfig, distill, evaluate_top1
+
+    name = base["model"]
+    student = load_model(name, weights=str(DATA / "weights" / f"{name}.pth"), preprocess=base["preset"],
+                         **dict(base["options"])).module
+    trainset, calib = train_data(teacher, data)
     ctx = PassContext(example_input=torch.zeros(1, 3, 224, 224), calib_batches=[calib])
-    student = run_pass("shift", student, SHIFT_CONFIG, ctx)
-    summary = ctx.reports[-1].summary
+    shift_config = {**SHIFT_CONFIG, **({"include": include} if include else {})}
+    student = run_pass("shift", student, shift_config, ctx)
+    result = {**base, "include": include, "shift": shift_config, "layers": ctx.reports[-1].summary["layers_replaced"]}
     prof = profile_model(student, 224)
     result["params_after"], result["macs_after"] = prof.params, prof.macs
-    result["layers"] = summary["layers_replaced"]
     result["top1_right_after"] = evaluate_top1(student, evalset)
-    print(f"  {name}: top-1 {result['top1_before']:.1f} -> {result['top1_right_after']:.1f} right after", flush=True)
-
-    hparams = dict(hparams)
-    if epochs:
-        hparams["epochs"] = epochs
+    print(f"  {name} ({result['layers']} shifted): top-1 {result['top1_before']:.1f} -> "
+          f"{result['top1_right_after']:.1f} right after", flush=True)
+    hparams = {**hparams, **({"epochs": epochs} if epochs else {}), **({"lr": data.lr} if data.lr else {})}
     config = DistillConfig(batch_size=32, lr_schedule="cosine", optimizer="adamw", warmup_steps=10, seed=0,
-                           feature_layers=feature_layers, **hparams)
+                           feature_layers=feature_layers, progress=False, **hparams)
     started = time.perf_counter()
-    run = distill(student, teacher.module, trainset, config, after_step=after_step_hooks(student),
+    run = distill(student, teacher.module, trainset, config, eval_data=evalset, after_step=after_step_hooks(student),
                   regularizers=regularizers(student, config.shift_l1))
     result["train_s"] = time.perf_counter() - started
     result["history"] = run.history
+    result["images_seen"] = run.steps * config.batch_size
+    result["epoch_images"] = len(trainset)
     result["top1_after"] = evaluate_top1(student, evalset)
-    export(student, tmp / f"{name}_shift.onnx", (1, 3, 224, 224))
-    result["ms_after"] = ort_median_ms(tmp / f"{name}_shift.onnx", (1, 3, 224, 224), runs=50)
+    result["onnx_after"] = tmp / f"{name}_shift{result['layers']}.onnx"
+    export(student, result["onnx_after"], (1, 3, 224, 224))
     result["config"] = config.model_dump(exclude={"progress", "device", "num_workers", "feature_layers"})
     result["feature_layers"] = f"{feature_layers[0]} .. {feature_layers[-1]} ({len(feature_layers)} block outputs)"
-    print(f"  {name}: top-1 after distillation {result['top1_after']:.1f} ({result['train_s']:.0f} s)", flush=True)
+    print(f"  {name}: top-1 after distillation {result['top1_after']:.1f} ({result['train_s']:.0f} s); "
+          f"per epoch {[round(h['top1'], 1) for h in run.history]}", flush=True)
     return result
+
+
+def run_model(name, options, preset, hparams, args, data, eval_items, tmp: Path, on_row) -> None:
+    """SqueezeNet with ``--partial``: first the searched partial row (its N least sensitive
+    shift units); then the all-layers row, which with ``--deadline`` gets the epochs that fit
+    before it (at the partial row's measured time per epoch). Each row goes to ``on_row`` as
+    soon as it is measured."""
+    from edgecnn.models.layer_select import block_outputs
+
+    teacher, evalset, base = baseline(name, options, preset, eval_items, tmp)
+    base["options"], base["preset"] = tuple(sorted(options.items())), preset
+    feature_layers = block_outputs(teacher.module)
+    epochs = args.epochs or hparams["epochs"]
+    if args.partial and name == "squeezenet1_1":
+        started = time.perf_counter()
+        ranked = rank_shift_layers(teacher, data)
+        chosen = [r["layer"] for r in ranked[:args.partial]]
+        print(f"  sensitivity ({time.perf_counter() - started:.0f} s): "
+              + ", ".join(f"{r['layer']} {r['kl']:.3f}" for r in ranked), flush=True)
+        row = shift_row(teacher, evalset, base, feature_layers, hparams, data, chosen, args.partial_epochs or epochs, tmp)
+        on_row({**row, "ranking": ranked})
+        if args.deadline:
+            epochs = epochs_until(args.deadline, row["train_s"] / len(row["history"]), epochs)
+    on_row(shift_row(teacher, evalset, base, feature_layers, hparams, data, None, epochs, tmp))
+    on_row(None)  # every row of this model measured: time their ONNX models together
+
+
+def epochs_until(deadline: str, epoch_s: float, at_most: int) -> int:
+    """Epochs (at least 1, at most ``at_most``) of ``epoch_s`` each that end before ``deadline``
+    (HH:MM UTC today), keeping 3 minutes for the measurements after training."""
+    import datetime
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    hour, minute = map(int, deadline.split(":"))
+    left = (now.replace(hour=hour, minute=minute, second=0, microsecond=0) - now).total_seconds() - 180
+    return max(1, min(at_most, int(left // epoch_s)))
+
+
+def training_data(args, items) -> SimpleNamespace:
+    """The training images: the 766 non-evaluation sample images, or ``--distill-images`` photos."""
+    common = {"epoch_images": args.epoch_images, "lr": args.lr}
+    if not args.distill_images:
+        train_items = [it for i, it in enumerate(items) if i % 3 != 0]
+        return SimpleNamespace(distill=False, paths=[p for p, _ in train_items], labels=[y for _, y in train_items],
+                               size=224, cache=None, label=f"{len(train_items)} sample images (index % 3 != 0), "
+                               "random 224 crops of 256 px + flips", **common)
+    rows = list(csv.DictReader(open(DATA / "distill-manifest.csv")))
+    rows = spread(rows, args.distill_images)
+    paths = [DATA / "distill" / r["relpath"] for r in rows]
+    resize = round(args.train_size * 256 / 224)
+    key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{resize}").encode()).hexdigest()[:12]
+    cache = Path(args.cache_dir) / f"distill-{len(paths)}-{resize}-{key}.npy"
+    # Teacher outputs only (feature matching): the Imagenette folder labels are not used.
+    return SimpleNamespace(distill=True, paths=paths, labels=[-1] * len(paths), size=args.train_size, cache=cache,
+                           label=f"{len(paths)} distill/ photos (no labels), random {args.train_size} crops of "
+                           f"{resize} px + flips", **common)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=0, help="epochs for every model (default: per model)")
     parser.add_argument("--models", default="squeezenet1_1,mobilenet_v2")
+    parser.add_argument("--distill-images", type=int, default=0,
+                        help="train on this many distill/ photos (evenly spread over its manifest); 0: the 766 sample images")
+    parser.add_argument("--train-size", type=int, default=144, help="training crop with --distill-images (px)")
+    parser.add_argument("--epoch-images", type=int, default=0,
+                        help="images per epoch (each ends with an evaluation), walking through the training set; 0: all")
+    parser.add_argument("--lr", type=float, default=0.0, help="peak learning rate (default: per model)")
+    parser.add_argument("--partial", type=int, default=0,
+                        help="first shift only the N least sensitive SqueezeNet Fires (search sensitivity) and distil")
+    parser.add_argument("--partial-epochs", type=int, default=0, help="epochs of the partial row (default: --epochs)")
+    parser.add_argument("--deadline", default="",
+                        help="HH:MM UTC: the all-layers row (after the partial one) gets the epochs (at most --epochs) that end before it")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "edgecnn-bench-cache"))
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     if not (DATA / "weights").is_dir():
         print(f"shared data not found at {DATA}; nothing to do")
         return 0
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     rows = list(csv.DictReader(open(DATA / "imagenet-sample-manifest.csv")))
     items = [(DATA / "imagenet-sample" / r["relpath"], int(r["class_index"])) for r in rows]
     eval_items = [it for i, it in enumerate(items) if i % 3 == 0]
-    train_items = [it for i, it in enumerate(items) if i % 3 != 0]
+    data = training_data(args, items)
     started = time.perf_counter()
+    argv = argv if argv is not None else sys.argv[1:]
+    results = []
+
+    def on_row(row):  # the file is rewritten after every row: a run stopped early keeps what it measured
+        if row is None:
+            rows = [r for r in results if "ms_after" not in r]
+            times = interleaved_ms({"fp32": rows[0]["onnx"], **{i: r["onnx_after"] for i, r in enumerate(rows)}}, (1, 3, 224, 224))
+            for i, r in enumerate(rows):
+                r["ms_before"], r["ms_after"] = times["fp32"], times[i]
+        else:
+            results.append(row)
+        text = render(forms, results, data.label, len(eval_items), argv, args.threads, time.perf_counter() - started)
+        if not args.no_write:
+            write(text)
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         print("deploy forms (ORT CPU, 1 thread, 1x144x56x56):", flush=True)
         forms = deploy_forms(tmp)
-        results = [run_model(n, o, p, h, args.epochs, train_items, eval_items, tmp)
-                   for n, o, p, h in MODELS if n in args.models.split(",")]
-    total = time.perf_counter() - started
-    text = render(forms, results, len(train_items), len(eval_items), args.epochs, total)
-    print(text)
-    if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmpname = tempfile.mkstemp(dir=RESULTS.parent, suffix=".part")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmpname, RESULTS)
+        for n, o, p, h in MODELS:
+            if n in args.models.split(","):
+                run_model(n, o, p, h, args, data, eval_items, tmp, on_row)
+    print(render(forms, results, data.label, len(eval_items), argv, args.threads, time.perf_counter() - started))
     return 0
 
 
-def render(forms, results, n_train, n_eval, epochs, total_s) -> str:
+def write(text: str) -> None:
+    from edgecnn.fileio import write_text_atomic
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(RESULTS, text)
+
+
+def latency(r) -> str:
+    return f"{r['ms_before']:.2f} -> {r['ms_after']:.2f}" if "ms_after" in r else "(measured at the end)"
+
+
+def recovered(r) -> float:
+    lost = r["top1_before"] - r["top1_right_after"]
+    return (r["top1_after"] - r["top1_right_after"]) / lost * 100 if lost > 0 else float("nan")
+
+
+def render(forms, results, train_label, n_eval, argv, threads, total_s) -> str:
     import platform
 
     lines = ["# Shift convolutions + knowledge distillation (real weights)", "",
-             f"Produced by `python bench/shift_distill.py{f' --epochs {epochs}' if epochs else ''}` in {total_s / 60:.1f} min on "
-             f"{platform.machine()} CPU ({os.cpu_count()} cores, shared; torch threads 2, ORT 1 thread).", "",
+             f"Produced by `{' '.join(['python bench/shift_distill.py', *argv])}` in {total_s / 60:.1f} min on "
+             f"{platform.machine()} CPU ({os.cpu_count()} cores, shared; torch threads {threads}, ORT 1 thread).", "",
              "## Deploy forms of one shift (ORT CPU, 1x144x56x56, median of 200 runs)", "",
              "| form | ms | bit-exact vs PyTorch |", "| --- | --- | --- |"]
     for f in forms:
         lines.append(f"| {f['form']} | {f['ms']:.3f} | {'' if f['exact'] is None else ('yes' if f['exact'] else 'NO')} |")
     lines += ["", "## Models", "",
               f"Evaluation: every third image of the shared sample in manifest order (index % 3 == 0, "
-              f"n={n_eval}); distillation trains on the other {n_train} (never on evaluation images). "
+              f"n={n_eval}), 224 px; never trained on. Training images: {train_label}. "
               "Top-1 on this easy sample is not comparable with published ImageNet numbers; "
               f"standard error at n={n_eval} is about 2 points.", "",
-              "| model | shifted layers | params | MACs | ORT ms (b1, 224) | top-1 before | right after | after distillation | recovered | train time |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| model | shifted layers | params | MACs | ORT ms (b1, 224, interleaved) | top-1 before | right after | after distillation | recovered | images seen | train time |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    results = sorted(results, key=lambda r: (r["model"] != "squeezenet1_1", r["model"], -r["layers"]))
     for r in results:
-        lost = r["top1_before"] - r["top1_right_after"]
-        recovered = (r["top1_after"] - r["top1_right_after"]) / lost * 100 if lost > 0 else float("nan")
+        shifted = f"{r['layers']}" + (f" ({', '.join(r['include'])})" if r["include"] else " (all)")
         lines.append(
-            f"| {r['model']} | {r['layers']} | {r['params_before'] / 1e6:.3f} M -> {r['params_after'] / 1e6:.3f} M | "
-            f"{r['macs_before'] / 1e6:.0f} M -> {r['macs_after'] / 1e6:.0f} M | {r['ms_before']:.2f} -> {r['ms_after']:.2f} | "
-            f"{r['top1_before']:.1f} | {r['top1_right_after']:.1f} | {r['top1_after']:.1f} | {recovered:.0f} % of the loss | "
-            f"{r['train_s'] / 60:.1f} min |")
-    lines += ["", "Distillation history (train loss per epoch, eval top-1 at the end):", ""]
+            f"| {r['model']} | {shifted} | {r['params_before'] / 1e6:.3f} M -> {r['params_after'] / 1e6:.3f} M | "
+            f"{r['macs_before'] / 1e6:.0f} M -> {r['macs_after'] / 1e6:.0f} M | {latency(r)} | "
+            f"{r['top1_before']:.1f} | {r['top1_right_after']:.1f} | {r['top1_after']:.1f} | {recovered(r):.0f} % of the loss | "
+            f"{r['images_seen']:,} | {r['train_s'] / 60:.1f} min |")
     for r in results:
-        losses = ", ".join(f"{h['loss']:.3f}" for h in r["history"])
-        lines.append(f"- {r['model']}: loss {losses}; shift {SHIFT_CONFIG}; feature layers {r['feature_layers']}; "
-                     f"distill {r['config']}")
+        if r["model"] == "squeezenet1_1" and not r["include"]:
+            need = r["top1_right_after"] + (r["top1_before"] - r["top1_right_after"]) / 2
+            lines += ["", f"Goal (SqueezeNet 1.1, every Fire's expand3x3 shifted, recovers at least half of what it "
+                      f"loses, i.e. top-1 >= {need:.1f} %): **{'met' if recovered(r) >= 50 else 'NOT met'}**, "
+                      f"{recovered(r):.0f} % recovered ({r['top1_after'] - need:+.1f} points from the mark)."]
+    lines += ["", "Distillation history (per epoch of the loop: images seen, feature loss, eval top-1 %):", ""]
+    for r in results:
+        curve = ", ".join(f"{h['step'] * r['config']['batch_size']:,}: {h['loss']:.3f} / {h['top1']:.1f}" for h in r["history"])
+        lines.append(f"- {r['model']}, {r['layers']} shifted: {curve}")
+    for r in results:
+        if r.get("ranking"):
+            lines += ["", f"Search sensitivity of {r['model']}'s shift units (`edgecnn.search.sensitivity.measure`, each "
+                      "unit alone, 64 training images; KL(FP32 || shifted) of the softmax, top-1 agreement with FP32), "
+                      f"least sensitive first; the {r['layers']} first were shifted in the partial row:", "",
+                      "| layer | KL | agreement |", "| --- | --- | --- |"]
+            lines += [f"| {x['layer']} | {x['kl']:.3f} | {100 * x['agreement']:.0f} % |" for x in r["ranking"]]
+    lines += ["", "Settings:", ""]
+    for r in results:
+        lines.append(f"- {r['model']}, {r['layers']} shifted: shift {r['shift']}; feature layers {r['feature_layers']}; "
+                     f"distill {r['config']}; {r['epoch_images']:,} images per epoch")
     lines.append("")
     return "\n".join(lines)
 
