@@ -4,13 +4,21 @@
    the ``shift_deploy`` field of ``edgecnn.targets.TARGETS``.
 2. squeezenet1_1 (torchvision preset, shift in every Fire expand3x3) and mobilenet_v2 (tf
    preset, tf_padding, shift in every depthwise conv): params, MACs, ORT latency, top-1 before
-   substitution, right after, and after distillation from the original.
+   substitution, right after, and after feature distillation from the original (evaluated
+   after every epoch of the loop).
+3. ``--partial N`` (SqueezeNet): the N shift units that ``edgecnn.search.sensitivity`` finds
+   least sensitive, shifted alone and distilled the same way.
 
-Split of ../shared/data/imagenet-sample (manifest order): every third image (index % 3 == 0,
-384 images) is held out for evaluation, the other 766 train. Training uses random 224 crops
-(and flips) of images resized to 256, the evaluation resolution: training at 128 px was 3x
-faster per epoch but recovered less (8.6 vs 11.2 % top-1 after 3 epochs on SqueezeNet).
+Evaluation: every third image of ../shared/data/imagenet-sample in manifest order (index % 3
+== 0, 384 images, 224 px), never trained on. Training images: the other 766 sample images
+(random 224 crops of 256 px + flips), or with ``--distill-images N`` that many photos of
+distill/ (none of them in the sample; teacher outputs only, no labels), decoded once into a
+uint8 cache and cropped at ``--train-size``. ``--epoch-images`` cuts a long pass into short
+epochs so that the history shows the curve; ``--deadline`` sizes the all-layers row to the
+time left after the partial one.
 Usage: python bench/shift_distill.py [--epochs N] [--models squeezenet1_1,mobilenet_v2]
+       [--distill-images N --train-size 144 --epoch-images 4096] [--partial 4 --partial-epochs 2]
+       [--deadline HH:MM] [--threads 1] [--lr X]
 """
 
 from __future__ import annotations
