@@ -53,7 +53,7 @@ def render(results: dict, out: Path) -> None:
                   f"({found['split_rule']}). Search + recovery wall time {found['wall_s'] / 60:.1f} min, peak memory "
                   f"{found['peak_rss_mb']:.0f} MB (search process); stages {s['seconds']}.", ""]
         headers = ["artifact", "b1 median ms", "b1 p90 ms", "x ORT FP32", "top-1 %", "drop (points)", "95 % +-", "FP32 agree %"]
-        rows = [[label, r["latency"]["median_ms"], r["latency"]["p90_ms"], r["speedup"], r["top1"], r["drop"], r["ci95"], r["agreement"]]
+        rows = [[label + (f" (same file as {r['same_file_as']})" if r.get("same_file_as") else ""), r["latency"]["median_ms"], r["latency"]["p90_ms"], r["speedup"], r["top1"], r["drop"], r["ci95"], r["agreement"]]
                 for label, r in found["engines"].items()]
         lines += [markdown_table(headers, rows), ""]
         lines += goal_lines(model, found) + [""]
