@@ -204,3 +204,35 @@ def test_dropout_is_off_during_recovery_unless_asked(tmp_path, torch_one_thread)
                            progress=False)
     assert quiet["logit_loss"] < 1e-7
     assert noisy["logit_loss"] > 1e-5
+
+
+def test_logits_only_distillation_resumes_to_the_same_state(tmp_path, torch_one_thread):
+    teacher, data = net(), Images(n=10)
+    start = net(seed=5)
+    cache = TeacherCache(tmp_path / "cache", teacher, "test-preprocess")
+    config = RecoveryConfig(steps=6, batch_size=4, lr=1e-2, checkpoint_every=2)
+    straight = copy.deepcopy(start)
+    done = distill_cached(straight, data, cache, config, checkpoint_dir=tmp_path / "a", progress=False)
+    assert done["steps"] == 6 and done["finished"]
+    assert len(list(cache.folder.glob("*.npy"))) == len(data)
+
+    paused = copy.deepcopy(start)
+    half = distill_cached(paused, data, cache, config, checkpoint_dir=tmp_path / "b", stop_after=3, progress=False)
+    assert half["steps"] == 3 and not half["finished"]
+    resumed = copy.deepcopy(start)  # a new process would start from the untrained model
+    distill_cached(resumed, data, cache, config, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(straight[0][0].weight, start[0][0].weight)
+    assert cache.fill(data, progress=False) == 0  # every teacher output was cached
+
+
+def test_teacher_cache_is_keyed_by_teacher_and_preprocessing(tmp_path):
+    teacher = net()
+    other = net()
+    with torch.no_grad():
+        other[0][0].bias += 1
+    folders = {TeacherCache(tmp_path, teacher, "p").folder, TeacherCache(tmp_path, other, "p").folder,
+               TeacherCache(tmp_path, teacher, "q").folder}
+    assert len(folders) == 3
+    assert TeacherCache(tmp_path, teacher, "p").folder == TeacherCache(tmp_path, copy.deepcopy(teacher), "p").folder

@@ -1,8 +1,7 @@
-"""The per-layer search (edgecnn.search), the cached-teacher recovery and the search/evaluation split."""
+"""The per-layer search (edgecnn.search) and the search/evaluation split."""
 
 from __future__ import annotations
 
-import copy
 import itertools
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from edgecnn.data.split import split_folder, split_items
 from edgecnn.search.latency import LatencyTable
 from edgecnn.search.solve import knapsack, solve
 from edgecnn.search.space import build_space
-from edgecnn.train.cached_teacher import RecoveryConfig, TeacherCache, distill_cached
 
 
 def tiny() -> nn.Module:
@@ -81,58 +79,6 @@ def test_knapsack_is_exact_on_integer_costs():
                    if ca + cb <= budget)
         picks = knapsack(choices, budget, bins=budget * 4 if budget else 1)
         assert choices[0][picks[0]][1] + choices[1][picks[1]][1] == best[0]
-
-
-# ---------------------------------------------------------------------------- recovery
-
-
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, n=10):
-        self.x = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-
-    def __len__(self):
-        return len(self.x)
-
-    def key(self, i):
-        return f"img{i}"
-
-    def __getitem__(self, i):
-        return self.x[i], self.key(i)
-
-
-def test_cached_teacher_distillation_resumes_to_the_same_state(tmp_path, torch_one_thread):
-    teacher = tiny()
-    torch.manual_seed(5)
-    start = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
-    data = _Images()
-    cache = TeacherCache(tmp_path / "cache", teacher, "test-preprocess")
-    config = RecoveryConfig(steps=6, batch_size=4, lr=1e-2, checkpoint_every=2)
-    straight = copy.deepcopy(start)
-    done = distill_cached(straight, data, cache, config, checkpoint_dir=tmp_path / "a", progress=False)
-    assert done["steps"] == 6 and done["finished"]
-    assert len(list(cache.folder.glob("*.npy"))) == len(data)
-
-    paused = copy.deepcopy(start)
-    half = distill_cached(paused, data, cache, config, checkpoint_dir=tmp_path / "b", stop_after=3, progress=False)
-    assert half["steps"] == 3 and not half["finished"]
-    resumed = copy.deepcopy(start)  # a new process would start from the untrained model
-    distill_cached(resumed, data, cache, config, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
-    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
-        assert torch.equal(a, b), name
-    assert not torch.equal(straight[0].weight, start[0].weight)
-    assert cache.fill(data, progress=False) == 0  # every teacher output was cached
-
-
-def test_teacher_cache_is_keyed_by_teacher_and_preprocessing(tmp_path):
-    teacher = tiny()
-    other = tiny()
-    with torch.no_grad():
-        other[0].bias += 1
-    folders = {TeacherCache(tmp_path, teacher, "p").folder, TeacherCache(tmp_path, other, "p").folder,
-               TeacherCache(tmp_path, teacher, "q").folder}
-    assert len(folders) == 3
-    assert TeacherCache(tmp_path, teacher, "p").folder == TeacherCache(tmp_path, copy.deepcopy(teacher), "p").folder
 
 
 # ---------------------------------------------------------------------------- split
