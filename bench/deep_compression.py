@@ -452,10 +452,10 @@ def main(argv=None) -> int:
         lines = [args.output.read_text().rstrip("\n"), ""] + lines[5:]
     text = "\n".join(lines) + "\n"
     print(text)
+    from edgecnn.fileio import write_text_atomic
+
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.output.with_suffix(".md.tmp")
-    tmp_out.write_text(text)
-    os.replace(tmp_out, args.output)
+    write_text_atomic(args.output, text)
     return 0
 
 

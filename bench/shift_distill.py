@@ -147,7 +147,7 @@ class CachedCrops(torch.utils.data.Dataset):
                 from edgecnn.fileio import save_atomic
 
                 Path(cache).parent.mkdir(parents=True, exist_ok=True)
-                save_atomic(cache, lambda tmp: tmp.write_bytes(_npy_bytes(self.images)))
+                save_atomic(cache, _npy_writer(self.images))
         if len(self.images) != len(paths):
             raise SystemExit(f"cache {cache} holds {len(self.images)} images, not {len(paths)}; delete it")
         self.labels = labels
@@ -172,12 +172,13 @@ class CachedCrops(torch.utils.data.Dataset):
         return torch.from_numpy(self.preprocess.normalize(np.ascontiguousarray(window))), int(self.labels[index])
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
+def _npy_writer(array: np.ndarray):
+    """A ``save_atomic`` writer streaming ``array`` as .npy (np.save on a path would append ".npy")."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
 
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
+    return write
 
 
 def _square(path, size: int) -> np.ndarray:
