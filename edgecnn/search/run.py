@@ -201,12 +201,12 @@ def choose(timed: list[Candidate], fp32_ms: float, noise: float = 0.03) -> Optio
     drop): agreement is a paired count over every image, far less noisy than a top-1 difference.
     """
     pool = [c for c in timed if c.feasible and c.measured_ms is not None]
+    signature = lambda c: c.info.get("signature", str(id(c)))  # noqa: E731 (no signature: its own group)
     groups: dict[str, list[float]] = {}
     for cand in pool:
-        key = cand.info.get("signature", str(id(cand)))
-        groups.setdefault(key, []).extend(cand.info.get("round_medians_ms") or [cand.measured_ms])
+        groups.setdefault(signature(cand), []).extend(cand.info.get("round_medians_ms") or [cand.measured_ms])
     for cand in pool:
-        cand.info["pooled_ms"] = statistics.median(groups[cand.info.get("signature", str(id(cand)))])
+        cand.info["pooled_ms"] = statistics.median(groups[signature(cand)])
     if not pool:
         return None
     fastest = min(c.info["pooled_ms"] for c in pool)
