@@ -35,12 +35,11 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgecnn.errors import UserError
 from edgecnn.fileio import save_atomic
-from edgecnn.train.losses import FeatureTaps, feature_loss
+from edgecnn.train.losses import FeatureTaps, feature_loss, kd_loss
 from edgecnn.train.runtime import set_train_mode, write_checkpoint
 
 CHECKPOINT = "recovery.pt"
@@ -262,8 +261,7 @@ class _Recovery:
     def train_step(self, images, target, features: dict, taps: Optional[FeatureTaps]) -> None:
         config, t = self.config, self.config.temperature
         logits = self.student(images)
-        logit = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(target / t, 1), log_target=True,
-                         reduction="batchmean") * t * t
+        logit, _ = kd_loss(logits, target, None, t, alpha=1.0)  # unlabelled: the soft term alone
         loss, feature = config.logit_weight * logit, None
         if taps is not None:
             feature = feature_loss({n: taps.outputs[n] for n in features}, features)
