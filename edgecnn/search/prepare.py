@@ -75,12 +75,14 @@ def make_recovery(teacher, paths: list[Path], preprocess, config: SearchConfig, 
                          feature_layers=block_outputs(teacher))
     runs = iter(range(10_000))
 
-    def recover(student, steps: int) -> dict:
+    def recover(student, steps: int, **overrides) -> dict:
+        """``overrides``: other RecoveryConfig fields (e.g. ``dropout=True``)."""
         from edgecnn.passes.hooks import after_step_hooks
 
         run = next(runs)
         layers = matching_layers(student, cache, dataset[0][0])
-        settings = RecoveryConfig(steps=steps, batch_size=32, lr=config.recovery_lr, feature_layers=layers)
+        settings = RecoveryConfig(**{"steps": steps, "batch_size": 32, "lr": config.recovery_lr, "feature_layers": layers,
+                                     **overrides})
         summary = distill_cached(student, dataset, cache, settings, checkpoint_dir=work / f"recovery-{run}", progress=False,
                                  after_step=after_step_hooks(student))
         summary["feature_layers"] = f"{len(layers)} of {len(cache.layers)} block outputs"
