@@ -224,6 +224,9 @@ def test_logits_only_distillation_resumes_to_the_same_state(tmp_path, torch_one_
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
     assert not torch.equal(straight[0][0].weight, start[0][0].weight)
+    elsewhere = net(seed=9)  # the checkpoint, not the weights handed in, is where a resume continues
+    distill_cached(elsewhere, data, cache, config, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), elsewhere.state_dict().values()))
     assert cache.fill(data, progress=False) == 0  # every teacher output was cached
 
 
