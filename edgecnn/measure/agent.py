@@ -1,0 +1,109 @@
+"""The agent: what a device runs for edgecnn, with its own Python, numpy and runtime (no torch).
+
+``python -m edgecnn.measure.agent JOB ...`` (or the zip application of
+:mod:`edgecnn.devices.agent_zip`):
+
+* ``probe``: one JSON object describing the machine (CPU model and flags, cores, OS, Python,
+  runtime versions, free disk);
+* ``latency MODEL [options]``: the library's timer (:mod:`edgecnn.measure.latency`), one JSON
+  result, exactly as a local ``edgecnn bench`` measures;
+* ``infer MODEL``: reads length-prefixed ``.npy`` batches on stdin and answers each with the
+  model's first output, until an empty frame: evaluation images travel as preprocessed tensors,
+  so the device needs no image library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import sys
+
+from edgecnn.errors import UserError
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve", "sve2",
+             "bf16", "fphp", "asimdhp")
+
+
+def cpu_flags() -> list[str]:
+    """The flags of interest the kernel reports for this CPU (x86 ``flags``, ARM ``Features``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    present = set(value.split())
+                    return [f for f in CPU_FLAGS if f in present]
+    except OSError:
+        pass
+    return []
+
+
+def probe(cache_dir: str = ".") -> dict:
+    from edgecnn.measure.sysinfo import library_versions, system_info
+
+    info = system_info()
+    info["cpu_flags"] = cpu_flags()
+    info["runtimes"] = library_versions(("onnxruntime", "onnxruntime-gpu", "tensorrt", "polygraphy", "numpy"))
+    try:
+        info["free_disk_bytes"] = shutil.disk_usage(cache_dir).free
+    except OSError:
+        info["free_disk_bytes"] = None
+    info["trtexec"] = shutil.which("trtexec") or (
+        "/usr/src/tensorrt/bin/trtexec" if os.path.exists("/usr/src/tensorrt/bin/trtexec") else None)
+    return info
+
+
+def infer(model: str, threads: int, opt_level: str, stdin, stdout) -> None:
+    import numpy as np
+
+    from edgecnn.devices.base import read_frame, write_frame
+    from edgecnn.measure.accuracy import onnx_predictor
+
+    predict, _ = onnx_predictor(model, threads=threads, opt_level=opt_level)
+    while True:
+        try:
+            frame = read_frame(stdin)
+        except EOFError:
+            return
+        if not frame:
+            return
+        batch = np.load(io.BytesIO(frame), allow_pickle=False)
+        buf = io.BytesIO()
+        np.save(buf, predict(batch).astype(np.float32), allow_pickle=False)
+        write_frame(stdout, buf.getvalue())
+        stdout.flush()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="edgecnn-agent", description="edgecnn's device agent (no torch)")
+    jobs = parser.add_subparsers(dest="job", required=True)
+    p = jobs.add_parser("probe")
+    p.add_argument("--cache-dir", default=".")
+    jobs.add_parser("latency", add_help=False)
+    p = jobs.add_parser("infer")
+    p.add_argument("model")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--opt-level", default="all")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["latency"]:
+        from edgecnn.measure.latency import main as latency_main
+
+        return latency_main(argv[1:])
+    args = parser.parse_args(argv)
+    try:
+        if args.job == "probe":
+            json.dump(probe(args.cache_dir), sys.stdout)
+            sys.stdout.write("\n")
+        elif args.job == "infer":
+            infer(args.model, args.threads, args.opt_level, sys.stdin.buffer, sys.stdout.buffer)
+    except UserError as exc:
+        print(f"edgecnn: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
