@@ -152,3 +152,16 @@ def config_values(cls, kwargs: dict, flags: Optional[dict[str, str]] = None, **f
         field = str(err["loc"][0]) if err["loc"] else ""
         flag = (flags or {}).get(field) or "--" + field.replace("_", "-")
         raise UserError(f"{flag} {values.get(field)}: {err['msg']}") from None
+
+
+def device_option(multiple: bool = False, flag: str = "--device"):
+    """``--device SPEC``: where the command measures (edgecnn.devices; default: this machine).
+
+    A spec is ``local``, a device kind's own spelling (``edgecnn.devices.device_kinds()``), or a
+    name from the devices file. Parsing happens in the command, so a bad spec is one line.
+    """
+    return click.option(
+        flag, "devices" if multiple else "device", multiple=multiple, default=None, metavar="DEVICE",
+        help="Where to run: local (default), a device spec such as ssh://user@host[:port] or "
+             "qemu-arm[:CPU], or a name from the devices file" + ("; repeat for several" if multiple else "") + ".",
+    )
