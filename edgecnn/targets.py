@@ -5,7 +5,13 @@ symmetric for non-negative tensors), how weights are stored, which runtime runs 
 artifact, whether an engine file is built, which lint runs on every export, which exact form
 a shift layer is exported in, and how accuracy and latency can be measured on a CPU. Adding a
 target is adding an entry to :data:`TARGETS` (plus its encoder, if its encoding is new), not
-an ``if`` elsewhere. This module is at the bottom of edgecnn: it imports nothing but errors.
+an ``if`` elsewhere: ``ship``, ``search``, the CLI's choices and the tests read this table.
+This module is at the bottom of edgecnn: it imports nothing but errors and :mod:`edgecnn.cpu`.
+
+Each ONNX Runtime target declares the CPU classes (:mod:`edgecnn.cpu`) whose kernels run it as
+deployed (``cpu_classes``). On any other host its accuracy is measured in the reference Q/DQ
+semantics and its latency is not shown, as for ``trt``: that host's int8 kernels are not the
+ones the artifact was encoded for.
 
 Encodings and why (measurements: docs/quantization.md and bench/results/quantization.md):
 
@@ -21,7 +27,16 @@ Encodings and why (measurements: docs/quantization.md and bench/results/quantiza
   accumulates in int32). So ``bits=8`` keeps full 8-bit weights (accuracy first) and ``bits=7``
   (ORT's reduce_range grid) is the fast choice on such CPUs. Both Add inputs and the
   global-pool input are quantized too (``extra_quantizers``) so ORT fuses
-  QLinearConv/QLinearAdd/QLinearGlobalAveragePool.
+  QLinearConv/QLinearAdd/QLinearGlobalAveragePool. For the classes ``x86-avx2`` and
+  ``x86-vnni``: the AVX2-safe encoding runs correctly on both.
+* ``ort-x86-vnni``: the ``ort-x86`` encoding with every weight stored s8 (U8S8, no U8U8
+  fallback), for the class ``x86-vnni`` only. With AVX-512 VNNI or AVX-VNNI, MLAS computes
+  u8 x s8 products with VPDPBUSD, which accumulates four products straight into int32: there is
+  no int16 intermediate to saturate, so full 8-bit s8 weights are exact there, and they run on
+  the U8S8 kernels that U8U8 weights miss. On an AVX2-only CPU the same file takes the
+  VPMADDUBSW path and can saturate, so edgecnn never times it there and measures its accuracy in
+  the reference semantics (what a VNNI CPU computes). Asking for ``x86`` picks this target on a
+  VNNI host and ``ort-x86`` elsewhere (:func:`resolve_target_name`).
 * ``ort-arm``: int8 activations. ORT's ARM64 kernels use the signed dot-product instructions
   (SDOT/SMMLA) natively and ORT recommends S8S8 for QDQ models there. Non-negative tensors use
   zero-point -128 (the same 256-level grid as ``ort-x86``, so both ORT artifacts compute
@@ -41,7 +56,11 @@ from typing import Iterable, Literal, Optional, Union
 
 from edgecnn.errors import UserError
 
-Backend = Literal["ort", "tensorrt"]
+# The runtime that runs an artifact on its device: one vocabulary for the table, the CLI's
+# --backend and the measuring side. "tensorrt" is read as "trt" (older recipes spelled it so).
+Backend = Literal["ort", "trt"]
+BACKENDS: tuple[str, ...] = ("ort", "trt")
+_BACKEND_SPELLINGS = {"tensorrt": "trt"}
 CpuAccuracy = Literal["optimized", "reference"]
 
 
@@ -53,7 +72,14 @@ class QuantTarget:
     weight_dtype: str = "int8"  # "uint8": the same grid stored with zero-point 128 (U8U8)
     # With weight_dtype "uint8": weights whose largest |q| is at most this stay s8 (U8S8).
     signed_weights_max: int = 0
-    runtime_arch: tuple[str, ...] = ()  # machines where ORT's own int8 kernels are the deployment
+    # CPU classes (edgecnn.cpu.CPU_CLASSES) whose ONNX Runtime kernels run the artifact as
+    # deployed; empty for a target that never runs on a CPU's int8 kernels (trt).
+    cpu_classes: tuple[str, ...] = ()
+    # CPU classes whose int8 kernels compute this artifact wrongly (int16 saturation): nothing
+    # measured there with ORT's kernels is shown, and a bundle is not checked there.
+    saturates_on: tuple[str, ...] = ()
+    # The instruction-set family a user may name instead of the target ("--target x86").
+    family: str = ""
     # Roles of the optional quantizers (edgecnn.passes.quant.placement) this target enables:
     # "add_weighted_input" (both Add inputs quantized: QLinearAdd, and the conv feeding
     # the Add fuses into QLinearConv), "pool_input" (QLinearGlobalAveragePool).
@@ -73,6 +99,31 @@ class QuantTarget:
     cpu_accuracy: CpuAccuracy = "optimized"
     cpu_latency_meaningful: bool = True  # does ORT CPU latency predict the deployed latency?
     description: str = ""
+    runtime_title: str = ""  # what a ship bundle's README says it is for
+    # ORT-format converter --target_platform (ship's model.ort); None: the converter's portable default.
+    ort_format_platform: Optional[str] = None
+
+    def runs_on(self, cpu_class: str) -> bool:
+        """Do the int8 kernels of a CPU of class ``cpu_class`` run this artifact as deployed?"""
+        return cpu_class in self.cpu_classes
+
+    def unfit_reason(self, cpu_class: str) -> Optional[str]:
+        """One line on why a CPU of ``cpu_class`` does not run this artifact as deployed, or None."""
+        if self.backend != "ort" or self.runs_on(cpu_class):
+            return None
+        why = ("its int8 kernels saturate on this artifact's full 8-bit s8 weights"
+               if cpu_class in self.saturates_on else "its int8 kernels are not the ones the artifact is for")
+        return f"{self.name} is for CPU classes {', '.join(self.cpu_classes)}; this CPU is {cpu_class}: {why}"
+
+    def accuracy_semantics_on(self, cpu_class: str) -> CpuAccuracy:
+        """How accuracy is measured on a CPU of ``cpu_class``: its kernels, or the reference semantics."""
+        if self.cpu_accuracy == "reference" or not self.runs_on(cpu_class):
+            return "reference"
+        return "optimized"
+
+    def latency_meaningful_on(self, cpu_class: str) -> bool:
+        """Does a latency measured on a CPU of ``cpu_class`` say anything about the deployment?"""
+        return self.cpu_latency_meaningful and self.runs_on(cpu_class)
 
     @property
     def qmin(self) -> int:
@@ -100,20 +151,30 @@ _SHIFT_MEASURED = "measured (ORT CPU, bench/shift_distill.py; bench/results/shif
 TARGETS: dict[str, QuantTarget] = {
     "ort-x86": QuantTarget(
         "ort-x86", "uint8", True, weight_dtype="uint8", signed_weights_max=64,
-        runtime_arch=("x86_64", "amd64"), extra_quantizers=_ORT_FUSION_QUANTIZERS, int32_gemm_bias=True,
-        shift_deploy_basis=_SHIFT_MEASURED,
+        cpu_classes=("x86-avx2", "x86-vnni"), family="x86", extra_quantizers=_ORT_FUSION_QUANTIZERS,
+        int32_gemm_bias=True, shift_deploy_basis=_SHIFT_MEASURED,
         description="ONNX Runtime x86: u8 activations, u8 per-channel weights (zero-point 128, no VPMADDUBSW saturation)",
+        runtime_title="ONNX Runtime on x86-64 CPUs",
+    ),
+    "ort-x86-vnni": QuantTarget(
+        "ort-x86-vnni", "uint8", True, cpu_classes=("x86-vnni",), saturates_on=("x86-avx2",), family="x86",
+        extra_quantizers=_ORT_FUSION_QUANTIZERS, int32_gemm_bias=True, shift_deploy_basis=_SHIFT_MEASURED,
+        description="ONNX Runtime x86 with VNNI: u8 activations, s8 per-channel weights (U8S8, int32 accumulation)",
+        runtime_title="ONNX Runtime on x86-64 CPUs with AVX-512 VNNI or AVX-VNNI",
     ),
     "ort-arm": QuantTarget(
-        "ort-arm", "int8", True, runtime_arch=("aarch64", "arm64"), extra_quantizers=_ORT_FUSION_QUANTIZERS,
-        int32_gemm_bias=True, shift_deploy_basis="not measured: same MLAS depthwise kernel as x86",
+        "ort-arm", "int8", True, cpu_classes=("arm64-neon", "arm64-dot", "arm64-i8mm"), family="arm",
+        extra_quantizers=_ORT_FUSION_QUANTIZERS, int32_gemm_bias=True,
+        shift_deploy_basis="not measured: same MLAS depthwise kernel as x86",
         description="ONNX Runtime ARM64: s8 activations (S8S8), s8 per-channel weights",
+        runtime_title="ONNX Runtime on ARM64 CPUs (phones, Jetson CPU)", ort_format_platform="arm",
     ),
     "trt": QuantTarget(
-        "trt", "int8", False, backend="tensorrt", engine="tensorrt", trt_lint=True,
+        "trt", "int8", False, backend="trt", engine="tensorrt", trt_lint=True,
         shift_deploy_basis="not measured: TensorRT fuses depthwise conv; Slice+Concat are copies",
         cpu_accuracy="reference", cpu_latency_meaningful=False,
         description="TensorRT explicit quantization: symmetric s8, zero-point 0",
+        runtime_title="TensorRT (NVIDIA GPUs, Jetson)",
     ),
 }
 
@@ -124,6 +185,44 @@ UNTARGETED_ENCODING = "trt"
 
 def target_names() -> tuple[str, ...]:
     return tuple(TARGETS)
+
+
+def backend_name(name: str) -> str:
+    """``name`` in the one backend vocabulary (:data:`BACKENDS`); "tensorrt" reads as "trt"."""
+    return _BACKEND_SPELLINGS.get(name, name)
+
+
+def targets_on_backend(backend: str) -> tuple[str, ...]:
+    """The targets whose artifacts run on ``backend`` ("ort": the ONNX Runtime targets)."""
+    backend = backend_name(backend)
+    return tuple(name for name, t in TARGETS.items() if t.backend == backend)
+
+
+def families() -> tuple[str, ...]:
+    """The family names a user may give instead of a target ("x86", "arm")."""
+    return tuple(dict.fromkeys(t.family for t in TARGETS.values() if t.family))
+
+
+def resolve_target_name(name: str, cpu_class: Optional[str] = None) -> str:
+    """A target name, or a family ("x86") resolved for the CPU class ``cpu_class`` (default: the host's).
+
+    Of the family's targets, the most specific one whose kernels this class runs (fewest
+    ``cpu_classes``: ``ort-x86-vnni`` on a VNNI host); on a host of no class of the family, the
+    most portable one (``ort-x86`` when asked for x86 on an ARM machine).
+    """
+    if name in TARGETS:
+        return name
+    members = [t for t in TARGETS.values() if t.family and t.family == name]
+    if not members:
+        return name  # validated (with the list of valid names) where it is used
+    if cpu_class is None:
+        from edgecnn import cpu
+
+        cpu_class = cpu.host_class()
+    fitting = [t for t in members if t.runs_on(cpu_class)]
+    if fitting:
+        return min(fitting, key=lambda t: len(t.cpu_classes)).name
+    return max(members, key=lambda t: len(t.cpu_classes)).name
 
 
 def get_target(name: Union[str, QuantTarget]) -> QuantTarget:
@@ -148,7 +247,7 @@ def shift_deploy_form(name: str) -> str:
     """The shift deploy form of target ``name``, or of the targets running on backend ``name``."""
     if name in TARGETS:
         return TARGETS[name].shift_deploy
-    forms = {t.shift_deploy for t in TARGETS.values() if t.backend == name}
+    forms = {TARGETS[t].shift_deploy for t in targets_on_backend(name)}
     if len(forms) != 1:
         backends = sorted({t.backend for t in TARGETS.values()})
         raise UserError(f"no shift deploy form known for '{name}'; valid: {', '.join([*TARGETS, *backends])}")

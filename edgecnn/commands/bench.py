@@ -8,11 +8,27 @@ from pathlib import Path
 import click
 
 from edgecnn.errors import UserError
+from edgecnn.targets import BACKENDS
+
+
+def _refuse_foreign_kernels(path: Path) -> None:
+    """A latency of kernels that compute the file wrongly is not shown; other CPU classes get a warning."""
+    from edgecnn import cpu
+    from edgecnn.export.metadata import read_metadata, target_from_metadata
+
+    target = target_from_metadata(read_metadata(path))
+    host = cpu.host_class()
+    reason = target.unfit_reason(host) if target is not None else None
+    if reason and host in target.saturates_on:
+        raise UserError(f"{path.name}: {reason}; no latency is shown here: time it on a "
+                        f"{' / '.join(target.cpu_classes)} CPU, or bench an export for {host}")
+    if reason:
+        click.echo(f"warning: {reason}; this latency is this CPU's, not the deployment's", err=True)
 
 
 @click.command("bench")
 @click.argument("model_file", type=click.Path(dir_okay=False))
-@click.option("--backend", type=click.Choice(["ort", "trt"]), default=None,
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Runtime (default: trt for .engine/.plan files, ort otherwise).")
 @click.option("--threads", type=int, default=0, show_default=True, help="ORT intra-op threads (0: ORT's default).")
 @click.option("--batch", "batches", type=int, multiple=True, help="Batch size; repeat for several (each in its own process).")
@@ -45,6 +61,8 @@ def bench(model_file, backend, threads, batches, warmup, duration, iterations, o
         raise UserError("--trtexec times TensorRT engines; build one with: edgecnn compile MODEL.onnx --backend trt")
     if any(b < 1 for b in batches):
         raise UserError("--batch values must be positive integers")
+    if backend == "ort" and path.suffix.lower() == ".onnx":
+        _refuse_foreign_kernels(path)
     results = []
     status = _status(not as_json)
     try:

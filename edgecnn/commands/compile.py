@@ -15,11 +15,12 @@ import click
 
 from edgecnn.errors import UserError
 from edgecnn.outputs import check_output_file, writing
+from edgecnn.targets import BACKENDS
 
 
 @click.command("compile")
 @click.argument("onnx_file", type=click.Path(dir_okay=False))
-@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="ort", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Engine (trt) or optimised ONNX (ort) to write.")
 @click.option("--fp16/--no-fp16", default=None,

@@ -17,13 +17,14 @@ from edgecnn.errors import UserError
 from edgecnn.passes.prune import PruneConfig
 from edgecnn.passes.quantize import QuantConfig
 from edgecnn.search.run import SearchConfig
-from edgecnn.targets import DEFAULT_TARGET, target_names
+from edgecnn.targets import DEFAULT_TARGET, families, target_names
 
 # The prune pass's modes, plus ``channel``: the channel_prune pass.
 PRUNE_MODES = (*typing.get_args(PruneConfig.model_fields["mode"].annotation), "channel")
 BITS_HELP = ("Weight bits of the quantize stage (activations stay 8-bit); with a recipe whose weights are stored "
              "by weight_share, its codebook bits.")
-TARGET_HELP = ", ".join(f"{name} (default)" if name == DEFAULT_TARGET else name for name in target_names())
+TARGET_HELP = (", ".join(f"{name} (default)" if name == DEFAULT_TARGET else name for name in target_names())
+               + f", or {' / '.join(families())}: the target for this machine's CPU class")
 
 
 def _model_section(model_opts: dict) -> dict:

@@ -55,7 +55,8 @@ def _torch_predictor(loaded):
 @click.option("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default).")
 @click.option("--semantics", type=click.Choice(["auto", "reference", "runtime"]), default="auto", show_default=True,
               help="ONNX: 'reference' runs Q/DQ as ONNX defines them (ORT graph optimizations off: what TensorRT "
-                   "computes), 'runtime' with ORT's int8 kernels; 'auto' is reference for files marked trt.")
+                   "computes), 'runtime' with ORT's int8 kernels; 'auto' is reference for files marked trt and for files "
+                   "whose target is for another CPU class than this machine's (edgecnn models shows it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_(model, data, reference, limit, batch_size, threads, semantics, as_json, **kwargs):
     """Top-1/top-5 accuracy of MODEL (zoo name, path/to/file.py:factory or .onnx) on --data."""
@@ -90,6 +91,8 @@ def eval_(model, data, reference, limit, batch_size, threads, semantics, as_json
             batch_size, progress, num_outputs=output_classes(loaded.module, loaded.preprocess.input_size), labels=loaded.labels,
         )
         report.model = f"{loaded.name} ({loaded.weights})"
+    if report.warning:
+        click.echo(f"warning: {report.warning}", err=True)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:

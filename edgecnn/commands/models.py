@@ -6,6 +6,9 @@ import json
 
 import click
 
+from edgecnn import cpu
+from edgecnn.targets import families, resolve_target_name
+
 
 def zoo_table(input_size: int = 224) -> list[dict]:
     """One dict per zoo model: name, family, options, params, MACs, weights and preprocessing.
@@ -37,6 +40,11 @@ def zoo_table(input_size: int = 224) -> list[dict]:
     return rows
 
 
+def _targets_here() -> dict[str, str]:
+    """{family: the target a bare family name picks on this machine}."""
+    return {family: resolve_target_name(family) for family in families()}
+
+
 @click.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def models(as_json):
@@ -45,7 +53,8 @@ def models(as_json):
 
     rows = zoo_table(224)
     if as_json:
-        click.echo(json.dumps({"input_size": 224, "models": rows, "aliases": ALIASES}))
+        click.echo(json.dumps({"input_size": 224, "models": rows, "aliases": ALIASES, "cpu_class": cpu.host_class(),
+                               "targets_here": _targets_here()}))
         return
 
     from rich.console import Console
@@ -70,3 +79,5 @@ def models(as_json):
     console.print("aliases: " + ", ".join(f"{alias} -> {target}" for alias, target in ALIASES.items()))
     console.print("imagenet top-1: published ImageNet-1k accuracy of the checkpoint `--weights imagenet` loads")
     console.print("user models: path/to/file.py:factory (a callable returning a torch.nn.Module)")
+    picks = ", ".join(f"--target {family} -> {name}" for family, name in _targets_here().items())
+    console.print(f"this machine: {cpu.describe_host()}; {picks}")

@@ -8,12 +8,13 @@ import sys
 import click
 
 from edgecnn.errors import UserError
+from edgecnn.targets import target_names
 
 
 @click.command("ship")
 @click.argument("source", required=False, type=click.Path())
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None, help="Bundle folder to write.")
-@click.option("--target", type=click.Choice(["ort-x86", "ort-arm", "trt"]), default=None,
+@click.option("--target", type=click.Choice(target_names()), default=None,
               help="Runtime to ship for (default: the output folder's first target / the model's own).")
 @click.option("--golden", type=click.Path(dir_okay=False), default=None,
               help="Golden test image (default: one of the run's images, or an embedded digit).")

@@ -80,6 +80,13 @@ def read_metadata(path_or_model) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def target_from_metadata(metadata: dict[str, str]):
+    """The target table entry a file's metadata names (edgecnn.targets), or None (FP32, foreign files)."""
+    from edgecnn.targets import TARGETS
+
+    return TARGETS.get(metadata.get("edgecnn.quant_target") or metadata.get("edgecnn.target") or "")
+
+
 def labels_from_metadata(metadata: dict[str, str]) -> Optional[list[str]]:
     """Class labels stored by :func:`model_metadata`, or None."""
     text = metadata.get(KEY_LABELS)

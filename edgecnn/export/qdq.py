@@ -72,14 +72,14 @@ def quantized_parity(onnx_path, model, inputs, input_shape, target: QuantTarget,
 
     Quantized outputs differ elementwise by design (a value on a rounding tie may land one
     level apart and propagate), so pass/fail is top-1 agreement; the errors are reported.
-    On the machine a target is meant for (ort-x86 here on x86) ORT runs with full graph
-    optimisation, i.e. its int8 kernels as deployed; otherwise (trt, ort-arm on x86) with
-    optimisation off: the reference Q/DQ semantics, since ORT's x86 kernels are not what
-    TensorRT or an ARM board will run.
+    On a CPU of a class the target is for (``cpu_classes``: ort-x86 here on x86) ORT runs with
+    full graph optimisation, i.e. its int8 kernels as deployed; otherwise (trt, ort-arm on
+    x86, ort-x86-vnni on an AVX2-only CPU) with optimisation off: the reference Q/DQ semantics,
+    since this CPU's kernels are not what TensorRT, an ARM board or a VNNI CPU will run.
     """
-    import platform
-
     import onnxruntime as ort
+
+    from edgecnn import cpu
 
     from edgecnn.export.parity import _as_array, compare_outputs, random_inputs, run_torch
 
@@ -87,7 +87,7 @@ def quantized_parity(onnx_path, model, inputs, input_shape, target: QuantTarget,
     reference = run_torch(model, array)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if platform.machine().lower() not in target.runtime_arch:
+    if target.accuracy_semantics_on(cpu.host_class()) == "reference":
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

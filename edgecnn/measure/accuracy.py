@@ -36,6 +36,8 @@ class AccuracyReport:
     # float op -> QuantizeLinear (the ONNX definition); "runtime": ORT's own int8 kernels.
     semantics: Optional[str] = None
     note: Optional[str] = None  # why top-1 is missing although the data has labels
+    cpu_class: Optional[str] = None  # edgecnn.cpu class of the CPU whose ONNX Runtime ran the file
+    warning: Optional[str] = None  # one line: the numbers are not those of the file's deployment
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +52,8 @@ class AccuracyReport:
             parts.append(f"top-1 agreement with {Path(self.reference).name} {self.agreement * 100:.2f}%{ref}")
         if self.semantics == "reference":
             parts.append("reference semantics (ONNX Runtime graph optimizations off)")
+        if self.cpu_class:
+            parts.append(f"CPU class {self.cpu_class}")
         if self.note:
             parts.append(f"no top-1: {self.note}")
         return ": ".join(parts[:1]) + (": " + "; ".join(parts[1:]) if len(parts) > 1 else "")
@@ -210,7 +214,21 @@ def evaluate_onnx(
     """
     from edgecnn.export.metadata import labels_from_metadata, read_metadata
 
+    from edgecnn import cpu
+
+    asked = semantics
     semantics = resolve_semantics(onnx_path, semantics)
+    host = cpu.host_class()
+    warning = None
+    unfit = _file_target(onnx_path)
+    reason = unfit.unfit_reason(host) if unfit is not None else None
+    if reason and semantics == "runtime":
+        if host in unfit.saturates_on:
+            raise UserError(f"{Path(onnx_path).name}: {reason}; measure it with --semantics reference "
+                            f"(or auto), or on a {' / '.join(unfit.cpu_classes)} CPU")
+        warning = f"{reason}; these numbers are this CPU's kernels, not the deployment's"
+    elif reason and asked == "auto":
+        warning = f"{reason}; measured in reference semantics instead"
     predict, shape = onnx_predictor(onnx_path, threads, opt_level="disable" if semantics == "reference" else "all")
     prep = _fit_size(onnx_preprocess(onnx_path, preprocess), shape)
     if overrides:
@@ -224,6 +242,8 @@ def evaluate_onnx(
                       limit, batch_size, progress, num_outputs=_onnx_outputs(onnx_path),
                       labels=labels_from_metadata(read_metadata(onnx_path)))
     report.semantics = semantics
+    report.cpu_class = host
+    report.warning = warning
     return report
 
 
@@ -236,13 +256,16 @@ def resolve_semantics(onnx_path: Union[str, Path], semantics: str = "auto") -> s
         raise UserError(f"unknown semantics '{semantics}'; choose one of {', '.join(SEMANTICS)}")
     if semantics != "auto":
         return semantics
-    from edgecnn.export.metadata import read_metadata
+    from edgecnn import cpu
 
-    from edgecnn.targets import TARGETS
+    target = _file_target(onnx_path)
+    return "runtime" if target is None else target.accuracy_semantics_on(cpu.host_class()).replace("optimized", "runtime")
 
-    meta = read_metadata(onnx_path)
-    target = TARGETS.get(meta.get("edgecnn.quant_target") or meta.get("edgecnn.target") or "")
-    return "reference" if target is not None and target.cpu_accuracy == "reference" else "runtime"
+
+def _file_target(onnx_path: Union[str, Path]):
+    from edgecnn.export.metadata import read_metadata, target_from_metadata
+
+    return target_from_metadata(read_metadata(onnx_path))
 
 
 def _onnx_outputs(onnx_path) -> Optional[int]:

@@ -23,29 +23,11 @@ import sys
 
 from edgecnn.errors import UserError
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve", "sve2",
-             "bf16", "fphp", "asimdhp")
-
-
-def cpu_flags() -> list[str]:
-    """The flags of interest the kernel reports for this CPU (x86 ``flags``, ARM ``Features``)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    present = set(value.split())
-                    return [f for f in CPU_FLAGS if f in present]
-    except OSError:
-        pass
-    return []
-
 
 def probe(cache_dir: str = ".") -> dict:
     from edgecnn.measure.sysinfo import library_versions, system_info
 
     info = system_info()
-    info["cpu_flags"] = cpu_flags()
     info["runtimes"] = library_versions(("onnxruntime", "onnxruntime-gpu", "tensorrt", "polygraphy", "numpy"))
     try:
         info["free_disk_bytes"] = shutil.disk_usage(cache_dir).free

@@ -23,6 +23,7 @@ from typing import Callable, Optional, Union
 
 from edgecnn.errors import UserError
 from edgecnn.latency_stats import CV_LIMIT, LatencyStats, summarize, variation_warning  # noqa: F401  (re-exported)
+from edgecnn.targets import BACKENDS, backend_name
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -126,8 +127,9 @@ def open_runner(model_path: Union[str, Path], backend: str = "ort", threads: int
     path = Path(model_path)
     if not path.is_file():
         raise UserError(f"model file '{path}' does not exist; check the path")
-    if backend not in ("ort", "trt"):
-        raise UserError(f"backend '{backend}' is not valid; choose ort or trt")
+    backend = backend_name(backend)
+    if backend not in BACKENDS:
+        raise UserError(f"backend '{backend}' is not valid; choose {' or '.join(BACKENDS)}")
     if backend == "trt":
         if path.suffix.lower() == ".onnx":
             raise UserError(f"build a TensorRT engine first: edgecnn compile {path} --backend trt -o {path.stem}.engine")
@@ -233,7 +235,7 @@ def main(argv=None) -> int:
     """``python -m edgecnn.measure.latency MODEL [...]``: one measurement, JSON on stdout."""
     parser = argparse.ArgumentParser(prog="python -m edgecnn.measure.latency", description=main.__doc__)
     parser.add_argument("model")
-    parser.add_argument("--backend", default="ort", choices=["ort", "trt"])
+    parser.add_argument("--backend", default="ort", choices=list(BACKENDS))
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--warmup", type=float, default=1.0)

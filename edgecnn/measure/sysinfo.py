@@ -1,4 +1,4 @@
-"""What a number was measured on: CPU model, core/thread counts, library versions, Jetson state.
+"""What a number was measured on: CPU model, flags and class, core/thread counts, library versions, Jetson state.
 
 Recorded with every latency result, because a latency without its machine and thread count
 cannot be compared with anything. Torch-free.
@@ -11,6 +11,8 @@ import os
 import platform
 from functools import lru_cache
 from typing import Optional
+
+from edgecnn import cpu
 
 LIBRARIES = ("edgecnn", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "polygraphy")
 
@@ -50,6 +52,8 @@ def library_versions(names=LIBRARIES) -> dict[str, str]:
 def _static_info() -> dict:
     return {
         "cpu": cpu_model(),
+        "cpu_flags": cpu.cpu_flags(),
+        "cpu_class": cpu.host_class(),
         "machine": platform.machine(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),

@@ -42,7 +42,7 @@ from edgecnn.passes.quant.quantizers import (
 )
 from edgecnn.passes.registry import PassConfig, PassContext, PassReport, register_pass
 from edgecnn.models.layer_select import layer_kind, select_layers, unknown_weight_layers
-from edgecnn.targets import DEFAULT_TARGET, TARGETS
+from edgecnn.targets import DEFAULT_TARGET, TARGETS, resolve_target_name
 
 __all__ = [
     "QuantConfig",
@@ -106,6 +106,7 @@ class QuantConfig(PassConfig):
     @field_validator("target")
     @classmethod
     def _target(cls, value: str) -> str:
+        value = resolve_target_name(value)
         if value not in TARGETS:
             raise ValueError(f"unknown target {value!r}; valid targets: {', '.join(TARGETS)}")
         return value

@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from edgecnn import __version__
+from edgecnn import __version__, cpu
 from edgecnn.errors import UserError
 from edgecnn.fileio import write_text_atomic
 from edgecnn.pipeline.console import RunConsole
@@ -151,7 +151,8 @@ def build_report(state: RunState, seconds: float) -> dict:
     recipe = state.recipe
     measure = recipe.stage("measure")
     threads = measure.config.threads if measure else None
-    latency_note = f"batch 1, ONNX Runtime CPU on {platform.machine()} ({os.cpu_count()} cores{', ' + str(threads) + ' threads' if threads else ''})"
+    latency_note = (f"batch 1, ONNX Runtime CPU on {platform.machine()} ({os.cpu_count()} cores"
+                    f"{', ' + str(threads) + ' threads' if threads else ''}; CPU class {cpu.host_class()})")
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "edgecnn", "version": __version__},
@@ -160,7 +161,8 @@ def build_report(state: RunState, seconds: float) -> dict:
         "model": {**state.model_info, "input_shape": list(state.input_shape), "preprocess": state.preprocess.to_dict()},
         "data": state.data_info,
         "targets": list(recipe.targets),
-        "cpu_accuracy": {t: get_target(t).cpu_accuracy for t in recipe.targets},
+        "cpu_class": cpu.host_class(),
+        "cpu_accuracy": {t: get_target(t).accuracy_semantics_on(cpu.host_class()) for t in recipe.targets},
         "recipe": "recipe.resolved.yaml",
         "latency_note": latency_note,
         "stages": state.stage_log,

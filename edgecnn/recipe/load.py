@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from edgecnn.errors import UserError
-from edgecnn.targets import DEFAULT_TARGET, check_targets
+from edgecnn.targets import DEFAULT_TARGET, check_targets, resolve_target_name
 from edgecnn.recipe.schema import (
     PIPELINE_STAGES,
     RECIPE_SCHEMA_VERSION,
@@ -239,7 +239,8 @@ def _validate_targets(raw: dict, prefix: str) -> list[str]:
         targets = [targets]
     if not isinstance(targets, list) or not targets:
         raise UserError(f"{prefix}targets: expected a list of targets from: {', '.join(available_targets())}")
-    check_targets(targets, f"{prefix}targets")
+    # A family ("x86") names the target for this host's CPU class (edgecnn.targets.resolve_target_name).
+    targets = check_targets([resolve_target_name(t) if isinstance(t, str) else t for t in targets], f"{prefix}targets")
     if len(set(targets)) != len(targets):
         raise UserError(f"{prefix}targets: a target is listed twice")
     return list(targets)

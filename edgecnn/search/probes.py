@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from edgecnn.search import latency as lat
 from edgecnn.search.space import BITS, Space, quantize_per_layer
+from edgecnn.targets import DEFAULT_TARGET
 
 
 class _Probe(nn.Module):
@@ -119,7 +120,7 @@ def time_layer(name: str, layer: nn.Module, x: torch.Tensor, variants: dict, wor
 
 
 def build_table(model: nn.Module, space: Space, images: torch.Tensor, precisions, whole_ms: dict[str, float],
-                work: Path, target: str = "ort-x86", threads: int = 2, progress: bool = False) -> lat.LatencyTable:
+                work: Path, target: str = DEFAULT_TARGET, threads: int = 2, progress: bool = False) -> lat.LatencyTable:
     """Probe every layer, then scale each precision to its measured whole-model ``whole_ms``."""
     work.mkdir(parents=True, exist_ok=True)
     inputs = layer_inputs(model, space.layers, images)

@@ -23,6 +23,7 @@ from edgecnn.search import latency as lat
 from edgecnn.search import sensitivity
 from edgecnn.search.solve import Candidate, SearchResult, config_key, solve
 from edgecnn.search.space import PRECISIONS, Space, apply_config, build_space, needs_recovery
+from edgecnn.targets import DEFAULT_TARGET, get_target, resolve_target_name, targets_on_backend
 
 
 class SearchConfig(BaseModel):
@@ -30,7 +31,7 @@ class SearchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     max_drop: float = Field(1.0, ge=0, description="Largest top-1 drop in points (measured on held-out labelled images) the fastest artifact may have.")
-    target: str = Field("ort-x86", description="target whose runtime the layers are timed in (an ONNX Runtime target)")
+    target: str = Field(DEFAULT_TARGET, description="target whose runtime the layers are timed in (an ONNX Runtime target)")
     precisions: list[str] = Field(default_factory=lambda: list(PRECISIONS))
     prune_densities: list[float] = Field(default_factory=lambda: [0.75], description="channel fractions a group may keep (with recovery images only)")
     shift: bool = Field(False, description="also try shift substitution of spatial convs (with recovery images only)")
@@ -45,10 +46,10 @@ class SearchConfig(BaseModel):
     @field_validator("target")
     @classmethod
     def _ort_target(cls, value: str) -> str:
-        from edgecnn.targets import get_target
-
+        value = resolve_target_name(value)
         if get_target(value).backend != "ort":
-            raise ValueError(f"the search times layers in ONNX Runtime on this machine; '{value}' runs elsewhere (use ort-x86 or ort-arm)")
+            raise ValueError(f"the search times layers in ONNX Runtime on this machine; '{value}' runs elsewhere "
+                             f"(use {' or '.join(targets_on_backend('ort'))})")
         return value
 
     @field_validator("precisions")

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgecnn.search.space import BITS, Space, apply_config
+from edgecnn.targets import DEFAULT_TARGET
 
 
 @dataclass
@@ -114,7 +115,7 @@ def _track(items, label, progress):
     return track(items, description=label, transient=True)
 
 
-def measure(model: nn.Module, space: Space, images: torch.Tensor, calib_batches: list, target: str = "ort-x86",
+def measure(model: nn.Module, space: Space, images: torch.Tensor, calib_batches: list, target: str = DEFAULT_TARGET,
             progress: bool = False) -> dict[tuple, Score]:
     """{(unit name, option): Score} for every option of every unit (first options score 0)."""
     model = copy.deepcopy(model).eval()

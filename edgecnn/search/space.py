@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from edgecnn.errors import UserError
+from edgecnn.targets import DEFAULT_TARGET
 
 PRECISIONS = ("fp32", "w8a8", "w7a8", "w6a8")
 BITS = {"fp32": None, "w8a8": 8, "w7a8": 7, "w6a8": 6}
@@ -167,7 +168,7 @@ def build_space(model: nn.Module, example: torch.Tensor, precisions=PRECISIONS, 
 # ---------------------------------------------------------------------------- building
 
 
-def quantize_per_layer(model: nn.Module, bits: dict[str, int], calib_batches: list, target: str = "ort-x86") -> nn.Module:
+def quantize_per_layer(model: nn.Module, bits: dict[str, int], calib_batches: list, target: str = DEFAULT_TARGET) -> nn.Module:
     """Quantize the layers in ``bits`` (name -> 8/7/6 weight bits, 8-bit activations); the rest stays float.
 
     One calibration with every chosen layer at 8 bits, then each layer's weight grid is set to
@@ -196,7 +197,7 @@ def quantize_per_layer(model: nn.Module, bits: dict[str, int], calib_batches: li
 
 
 def apply_config(model: nn.Module, space: Space, config: dict, calib_batches: list, example: Optional[torch.Tensor] = None,
-                 target: str = "ort-x86", quantize: bool = True) -> nn.Module:
+                 target: str = DEFAULT_TARGET, quantize: bool = True) -> nn.Module:
     """A copy of ``model`` transformed as ``config`` says: prune, then shift, then quantize."""
     from edgecnn.passes.registry import PassContext, run_pass
 

@@ -24,12 +24,12 @@ import numpy as np
 from edgecnn import outputs
 from edgecnn.errors import UserError
 from edgecnn.fileio import current_umask, write_bytes_atomic, write_text_atomic
+from edgecnn.targets import get_target
 
 BUNDLE_FORMAT = "edgecnn-bundle"
 BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
 SAMPLE = "classify.py"
-ORT_TARGETS = ("ort-x86", "ort-arm")
 
 
 @dataclass
@@ -38,6 +38,17 @@ class Bundle:
     target: str
     files: dict
     golden: dict  # golden/expected.json
+
+
+def refuse_saturating_host(target: str, what: str) -> None:
+    """One line, exit 2, where this CPU's int8 kernels compute ``target``'s artifacts wrongly."""
+    from edgecnn import cpu
+    from edgecnn.targets import TARGETS
+
+    known, host = TARGETS.get(target), cpu.host_class()
+    if known is not None and host in known.saturates_on:
+        raise UserError(f"cannot {what} on this CPU: {known.unfit_reason(host)}; run it on a "
+                        f"{' / '.join(known.cpu_classes)} CPU, or ship the target for {host}")
 
 
 def sha256(path: Path) -> str:
@@ -109,6 +120,7 @@ def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, lab
 
     require("onnxruntime", "ort")  # the golden output and the ORT format come from ONNX Runtime
     src = resolve(source, target)
+    refuse_saturating_host(src.target, "write its bundle (the golden output would be wrong)")
     if origin is not None:
         src.shown = origin
     out = Path(out_dir)
@@ -130,7 +142,7 @@ def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, lab
         write_bytes_atomic(tmp / "model.onnx", src.onnx.read_bytes())
         ort_path = converter = None
         trt_lines = None
-        if src.target in ORT_TARGETS:
+        if get_target(src.target).backend == "ort":
             ort_path, _, converter = runtime.to_ort_format(tmp / "model.onnx", tmp, src.target)
         else:
             trt_lines = runtime.trt_build_lines(tmp / "model.onnx")

@@ -64,6 +64,9 @@ def check_bundle(bundle, python: Optional[str] = None) -> CheckResult:
     if not bundle.is_dir():
         raise UserError(f"bundle folder '{bundle}' does not exist; write one with: edgecnn ship MODEL -o {bundle}")
     result = CheckResult(bundle)
+    from edgecnn.ship.bundle import read_manifest, refuse_saturating_host
+
+    refuse_saturating_host(str((read_manifest(bundle) or {}).get("target", "")), "check this bundle's golden output")
     for step in (_hashes, _agreement, _golden):
         step(bundle, result, python)
         if result.failures:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from edgecnn.ship.runtime import ORT_OPTIMIZATION_LEVEL, edgecnn_compile_line
+from edgecnn.targets import TARGETS
 
-RUNTIMES = {"ort-x86": "ONNX Runtime on x86-64 CPUs", "ort-arm": "ONNX Runtime on ARM64 CPUs (phones, Jetson CPU)",
-            "trt": "TensorRT (NVIDIA GPUs, Jetson)"}
 
 USAGE = '''```python
 import json
@@ -30,6 +29,11 @@ assert int(np.argmax(logits)) == expected["top5"][0]["index"]
 assert all(abs(logits[e["index"]] - e["logit"]) <= expected["atol"] for e in expected["top5"])
 print(top5("golden/image.png"))
 ```'''
+
+
+def _runtime_title(target: str) -> str:
+    known = TARGETS.get(target)
+    return known.runtime_title if known is not None and known.runtime_title else target
 
 
 def _num(value, fmt="{:,.0f}", unit=""):
@@ -73,7 +77,7 @@ def render(facts: dict) -> str:
     precision = meta.get("edgecnn.precision", "fp32")
     runtime_model = "model.ort" if facts["has_ort"] else "model.onnx"
     size = pre.input_size
-    lines = [f"# {model_name} for {RUNTIMES.get(src.target, src.target)}: edgecnn bundle", "",
+    lines = [f"# {model_name} for {_runtime_title(src.target)}: edgecnn bundle", "",
              f"An image classifier to drop into an app: `{model_name}` ({precision}; weights: "
              f"{meta.get('edgecnn.weights', 'unknown')}), {len(facts['labels'])} classes, made for `{src.target}`. "
              f"Input: float32 NCHW `[1, 3, {size}, {size}]` preprocessed as in `preprocess.json`; output: one "

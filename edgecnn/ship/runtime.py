@@ -8,8 +8,9 @@ x86 only; NHWC where the converting build has the kernel), which tie the file to
 that converted it. ``extended`` is the highest level that is not hardware-specific: its
 fused kernels (QLinearConv, QLinearAdd, QGemm, FusedConv ...) are ONNX or com.microsoft CPU
 ops present in every ORT build that includes them, and the reduced-build config lists them.
-``ort-arm`` converts with ``--target_platform arm`` so signed int8 Q/DQ is fused (S8S8 is
-what ARM64 kernels run); ``ort-x86`` keeps the converter's portable default.
+The converter's ``--target_platform`` is the target's ``ort_format_platform``
+(:mod:`edgecnn.targets`): ``ort-arm`` converts with ``arm`` so signed int8 Q/DQ is fused (S8S8
+is what ARM64 kernels run); the x86 targets keep the converter's portable default.
 """
 
 from __future__ import annotations
@@ -33,11 +34,18 @@ TRT_RELEASES = ("8.5", "8.6", "10", "11")
 DEFAULT_TRT_RELEASE = "10"
 
 
+def _platform(target: str):
+    from edgecnn.targets import get_target
+
+    return get_target(target).ort_format_platform
+
+
 def converter_command(onnx_path: Path, out_dir: Path, target: str) -> list[str]:
     args = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", "--optimization_style", "Fixed",
             "--enable_type_reduction", "--output_dir", str(out_dir)]
-    if target == "ort-arm":
-        args += ["--target_platform", "arm"]
+    platform = _platform(target)
+    if platform:
+        args += ["--target_platform", platform]
     return args + [str(onnx_path)]
 
 
@@ -66,7 +74,7 @@ def to_ort_format(onnx_path: Path, out_dir: Path, target: str) -> tuple[Path, Pa
         _move(configs[0], config_path)
     command = (f"ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL={ORT_OPTIMIZATION_LEVEL} python -m "
                "onnxruntime.tools.convert_onnx_models_to_ort --optimization_style Fixed --enable_type_reduction"
-               + (" --target_platform arm" if target == "ort-arm" else "") + " model.onnx")
+               + (f" --target_platform {_platform(target)}" if _platform(target) else "") + " model.onnx")
     return ort_path, config_path, command
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from edgecnn.errors import UserError
-
-TARGETS = ("ort-x86", "ort-arm", "trt")
+from edgecnn.targets import DEFAULT_TARGET, TARGETS
 GOLDEN_CANDIDATES = 8  # images tried, spread over the data, when picking the golden one
 _SYNSET = re.compile(r"^n\d{8}$")
 
@@ -85,7 +84,7 @@ def resolve(path, target: Optional[str] = None) -> Source:
         raise UserError(f"'{path}' is neither an edgecnn output folder nor an .onnx file; check the path")
     metadata = read_metadata(path)
     made_for = metadata.get("edgecnn.target") or metadata.get("edgecnn.quant_target")
-    source = Source(path, target or made_for or "ort-x86", metadata, shown=str(path))
+    source = Source(path, target or made_for or DEFAULT_TARGET, metadata, shown=str(path))
     if made_for and made_for in TARGETS and made_for != source.target and source.quantized:
         raise UserError(f"'{path}' was quantized for {made_for} (its Q/DQ encoding is per target); ship it with "
                         f"--target {made_for}, or compress again for {source.target}")

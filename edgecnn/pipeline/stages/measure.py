@@ -3,7 +3,9 @@
 One row per checkpoint (``checkpoints: all``) or for the baseline and the final model; an FP32
 checkpoint is measured once as ``fp32``, a quantized one once per target. How a target's
 accuracy is measured on this CPU, and whether its CPU latency means anything, comes from the
-target table (``cpu_accuracy``, ``cpu_latency_meaningful`` in :mod:`edgecnn.targets`).
+target table (``cpu_accuracy``, ``cpu_latency_meaningful``, and ``cpu_classes`` against this
+host's CPU class from :mod:`edgecnn.cpu`: an ``ort-x86-vnni`` row on an AVX2-only host is
+measured in reference semantics and gets no latency).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from edgecnn import cpu
 from edgecnn.data.images import iter_batches
 from edgecnn.export.parity import run_onnx
 from edgecnn.measure.latency import measure_in_subprocess
@@ -31,18 +34,24 @@ FP32 = "fp32"  # the row target of a checkpoint that is not quantized
 
 def cpu_accuracy(target: str) -> str:
     """How accuracy of a ``target`` row is measured here: "optimized" or "reference" Q/DQ semantics."""
-    return "optimized" if target == FP32 else get_target(target).cpu_accuracy
+    return "optimized" if target == FP32 else get_target(target).accuracy_semantics_on(cpu.host_class())
 
 
 def cpu_latency_meaningful(target: str) -> bool:
-    return target == FP32 or get_target(target).cpu_latency_meaningful
+    return target == FP32 or get_target(target).latency_meaningful_on(cpu.host_class())
 
 
 def measurement_notes(targets: list[str]) -> list[str]:
     """Notes for the report: targets measured in reference semantics, targets with no CPU latency."""
     notes = []
+    host = cpu.host_class()
     for name in targets:
         target = get_target(name)
+        if target.cpu_accuracy == "optimized" and not target.runs_on(host):
+            notes.append(
+                f"{name} rows: top-1 and agreement in reference Q/DQ semantics, no latency: this CPU (class {host}) "
+                f"does not run {name}'s int8 kernels (it is for {', '.join(target.cpu_classes)})"
+            )
         if target.cpu_accuracy == "reference":
             notes.append(
                 f"{name} rows: top-1 and agreement measured in reference Q/DQ semantics (ONNX Runtime with graph "
@@ -52,7 +61,7 @@ def measurement_notes(targets: list[str]) -> list[str]:
         if not target.cpu_latency_meaningful:
             notes.append(
                 f"{name} rows: no latency: ONNX Runtime CPU time of a {name} Q/DQ model says nothing about its "
-                f"{target.backend} engine; time the engine on the device with 'edgecnn compile' and 'edgecnn bench'"
+                f"{target.engine or target.backend} engine; time the engine on the device with 'edgecnn compile' and 'edgecnn bench'"
             )
     return notes
 
