@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import onnx
 import pytest
 
@@ -15,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 def test_every_target_is_complete_and_consistent():
     for name, t in TARGETS.items():
         assert t.name == name and t.description
-        assert t.backend in ("ort", "tensorrt") and t.cpu_accuracy in ("optimized", "reference")
+        assert t.backend in targets.BACKENDS and t.cpu_accuracy in ("optimized", "reference")
         assert t.shift_deploy in ("onehot_dwconv", "pad_slice") and t.shift_deploy_basis
         # A target whose int8 kernels are not ORT's cannot be timed or run optimized on a CPU.
         assert (t.backend == "ort") == (t.cpu_accuracy == "optimized") == t.cpu_latency_meaningful
@@ -26,15 +28,18 @@ def test_unknown_names_are_one_line_errors_listing_the_valid_ones():
     from edgecnn.passes.quantize import QuantConfig
     from edgecnn.recipe import validate
 
-    with pytest.raises(UserError, match=r"unknown quantization target 'tpu'; valid targets: ort-x86, ort-arm, trt$"):
+    valid = re.escape(", ".join(TARGETS))
+    assert ", ".join(TARGETS).startswith("ort-x86, ")
+    with pytest.raises(UserError, match=rf"unknown quantization target 'tpu'; valid targets: {valid}$"):
         targets.get_target("tpu")
-    with pytest.raises(UserError, match=r"targets\[1\]: unknown target 'tpu'; valid targets: ort-x86, ort-arm, trt$"):
+    with pytest.raises(UserError, match=rf"targets\[1\]: unknown target 'tpu'; valid targets: {valid}$"):
         validate({"model": {"name": "squeezenet"}, "stages": ["export"], "targets": ["trt", "tpu"]}, "r.yaml")
-    with pytest.raises(ValueError, match="valid targets: ort-x86, ort-arm, trt"):
+    with pytest.raises(ValueError, match=f"valid targets: {valid}"):
         QuantConfig(target="tpu")
     with pytest.raises(UserError, match="no shift deploy form known for 'tpu'"):
         targets.shift_deploy_form("tpu")
     assert targets.shift_deploy_form("ort") == targets.shift_deploy_form("trt") == "onehot_dwconv"
+    assert targets.shift_deploy_form("tensorrt") == "onehot_dwconv"  # the older spelling of the backend
 
 
 def test_a_new_target_is_one_table_entry(monkeypatch, tmp_path):
@@ -53,7 +58,7 @@ def test_a_new_target_is_one_table_entry(monkeypatch, tmp_path):
     from edgecnn.passes.quantize import QuantConfig, quantize_model
     from edgecnn.recipe import validate
 
-    toy = QuantTarget("toy", "int8", False, extra_quantizers=frozenset({"pool_input"}), backend="tensorrt", trt_lint=True,
+    toy = QuantTarget("toy", "int8", False, extra_quantizers=frozenset({"pool_input"}), backend="trt", trt_lint=True,
                       cpu_accuracy="reference", cpu_latency_meaningful=False, shift_deploy_basis="toy", description="toy")
     monkeypatch.setitem(TARGETS, "toy", toy)
     linted = []
@@ -78,3 +83,56 @@ def test_a_new_target_is_one_table_entry(monkeypatch, tmp_path):
     producers = {out: n for n in proto.graph.node for out in n.output}
     pool = next(n for n in proto.graph.node if n.op_type == "GlobalAveragePool")
     assert producers[pool.input[0]].op_type == "DequantizeLinear"  # the toy's extra quantizer
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_each_target_declares_where_it_runs_and_how_it_ships(name):
+    from edgecnn.cpu import CPU_CLASSES
+
+    t = TARGETS[name]
+    assert t.runtime_title and t.ort_format_platform in (None, "arm", "amd64")
+    assert set(t.cpu_classes) <= set(CPU_CLASSES) and set(t.saturates_on) <= set(CPU_CLASSES)
+    assert not set(t.cpu_classes) & set(t.saturates_on)
+    # An ONNX Runtime target runs on some CPU class; a TensorRT one on none.
+    assert bool(t.cpu_classes) == (t.backend == "ort")
+    assert t.family in ("",) + targets.families()
+    for cpu_class in CPU_CLASSES:
+        fits = t.runs_on(cpu_class)
+        assert t.latency_meaningful_on(cpu_class) == (fits and t.cpu_latency_meaningful)
+        assert t.accuracy_semantics_on(cpu_class) == ("optimized" if fits and t.cpu_accuracy == "optimized" else "reference")
+        assert (t.unfit_reason(cpu_class) is None) == (fits or t.backend != "ort")
+
+
+@pytest.mark.parametrize("cpu_class, x86, arm", [
+    ("x86-vnni", "ort-x86-vnni", "ort-arm"),
+    ("x86-avx2", "ort-x86", "ort-arm"),
+    ("other", "ort-x86", "ort-arm"),
+    ("arm64-dot", "ort-x86", "ort-arm"),
+])
+def test_a_family_name_picks_the_target_for_the_cpu_class(cpu_class, x86, arm):
+    assert targets.resolve_target_name("x86", cpu_class) == x86
+    assert targets.resolve_target_name("arm", cpu_class) == arm
+    assert targets.resolve_target_name("trt", cpu_class) == "trt"
+    assert targets.resolve_target_name("tpu", cpu_class) == "tpu"  # left to the validation that lists valid names
+
+
+@pytest.mark.parametrize("cpu_class, expected", [("x86-vnni", "ort-x86-vnni"), ("x86-avx2", "ort-x86")])
+def test_target_x86_in_a_recipe_or_on_the_cli_resolves_on_this_host(monkeypatch, cpu_class, expected):
+    from edgecnn import cpu
+    from edgecnn.recipe import validate
+    from edgecnn.recipe.flags import recipe_from_flags
+
+    monkeypatch.setattr(cpu, "host_class", lambda: cpu_class)
+    recipe = validate(recipe_from_flags(None, model="squeezenet", targets=["x86", "trt"]), "flags")
+    assert recipe.targets == [expected, "trt"] and recipe.stage("quantize").config.target == expected
+
+
+def test_backend_is_one_vocabulary():
+    from edgecnn.measure import latency
+
+    assert targets.BACKENDS == ("ort", "trt")
+    assert {t.backend for t in TARGETS.values()} <= set(targets.BACKENDS)
+    assert targets.backend_name("tensorrt") == "trt" and targets.targets_on_backend("tensorrt") == ("trt",)
+    assert set(targets.targets_on_backend("ort")) == {n for n, t in TARGETS.items() if t.backend == "ort"}
+    with pytest.raises(UserError, match="choose ort or trt"):
+        latency.open_runner(__file__, backend="tpu")

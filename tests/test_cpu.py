@@ -1,0 +1,55 @@
+"""edgecnn.cpu: the host's CPU flags and class, read once for every part of edgecnn."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from edgecnn import cpu
+
+X86_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n\nprocessor\t: 1\nflags\t: avx512_vnni\n"
+X86_VNNI = "flags\t: fpu avx2 avx512f avx512bw avx512_vnni\n"
+X86_AVX_VNNI = "flags\t: fpu avx2 avx_vnni\n"
+A72 = "processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU part\t: 0xd08\n"
+A76 = "Features\t: fp asimd asimddp asimdhp\n"
+NEOVERSE_V1 = "Features\t: fp asimd asimddp sve i8mm bf16\n"
+
+
+@pytest.mark.parametrize("machine, cpuinfo, expected", [
+    ("x86_64", X86_AVX2, "x86-avx2"),  # the first processor's flags only
+    ("x86_64", X86_VNNI, "x86-vnni"),
+    ("AMD64", X86_AVX_VNNI, "x86-vnni"),
+    ("x86_64", "flags\t: fpu sse2 avx\n", "other"),
+    ("aarch64", A72, "arm64-neon"),
+    ("aarch64", A76, "arm64-dot"),
+    ("arm64", NEOVERSE_V1, "arm64-i8mm"),
+    ("riscv64", "isa\t: rv64imafdc\n", "other"),
+    ("x86_64", "", "other"),
+])
+def test_cpuinfo_text_gives_its_class(machine, cpuinfo, expected):
+    assert cpu.classify(machine, cpu.parse_flags(cpuinfo)) == expected
+    assert expected in cpu.CPU_CLASSES
+
+
+def test_flags_of_interest_keep_their_order():
+    assert cpu.cpu_flags(cpu.parse_flags(NEOVERSE_V1)) == ["asimd", "asimddp", "i8mm", "sve", "bf16"]
+    assert cpu.cpu_flags(["avx512_vnni", "avx2", "nonsense"]) == ["avx2", "avx512_vnni"]
+
+
+def test_this_host_is_named_and_recorded_with_measurements():
+    from edgecnn.measure.sysinfo import system_info
+
+    host = cpu.host_class()
+    assert host == cpu.classify(platform.machine(), cpu.host_flags())
+    assert cpu.describe_host().startswith(f"CPU class {host} (")
+    info = system_info()
+    assert info["cpu_class"] == host and info["cpu_flags"] == cpu.cpu_flags()
+
+
+def test_the_device_agent_reports_the_same_flags_and_class():
+    """The agent (no torch, run from a zip on devices) reads the CPU through the same module."""
+    from edgecnn.measure import agent
+
+    info = agent.probe()
+    assert info["cpu_flags"] == cpu.cpu_flags() and info["cpu_class"] == cpu.host_class()
