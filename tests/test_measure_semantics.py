@@ -87,3 +87,46 @@ def test_export_fp16_rest_applies_to_the_trt_file_only(tmp_path, monkeypatch):
     raw["targets"] = ["ort-x86"]
     with pytest.raises(UserError, match="fp16_rest applies to TensorRT targets only"):
         _run(raw, tmp_path / "out2", monkeypatch)
+
+
+@pytest.mark.slow
+def test_a_vnni_target_is_measured_as_this_cpu_class_allows(tmp_path, monkeypatch, capsys):
+    """ort-x86-vnni beside ort-x86: on a VNNI host both run on ORT's kernels and are timed; on any
+    other host the VNNI rows are measured in reference semantics with no latency, and eval,
+    bench and ship say so in one line (refusing what the saturating AVX2 kernels would get wrong)."""
+    from click.testing import CliRunner
+    from test_golden_artifacts import _inputs
+
+    from edgecnn import cpu
+    from edgecnn.cli import cli
+    from edgecnn.errors import UserError
+    from edgecnn.targets import TARGETS
+
+    _inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    raw = {"model": {"name": "net.py:build", "weights": "weights.pth"}, "data": {"calib": "calib", "eval": "calib", "calib_images": 8},
+           "stages": ["fold_bn", {"quantize": {"bits": 8}}, "export", MEASURE], "targets": ["ort-x86", "ort-x86-vnni"]}
+    report = _run(raw, tmp_path / "out", monkeypatch)
+    host = cpu.host_class()
+    assert report["cpu_class"] == host and f"CPU class {host}" in report["latency_note"]
+    rows = {r["target"]: r for r in report["results"]}
+    for name in ("ort-x86", "ort-x86-vnni"):
+        fits = TARGETS[name].runs_on(host)
+        assert report["cpu_accuracy"][name] == ("optimized" if fits else "reference")
+        assert (rows[name]["latency_ms_median"] is not None) == fits and rows[name]["agreement"] is not None
+        assert (f"{name} rows: top-1 and agreement in reference Q/DQ semantics, no latency" in " ".join(report["notes"])) != fits
+
+    vnni = tmp_path / "out" / "ort-x86-vnni" / "model.onnx"
+    data = ["--data", "calib", "--reference", str(tmp_path / "out" / "fp32" / "model.onnx")]
+    monkeypatch.setattr(cpu, "host_class", lambda: "x86-avx2")
+    auto = CliRunner().invoke(cli, ["eval", str(vnni), *data, "--json"])
+    assert auto.exit_code == 0, auto.output
+    assert "warning: ort-x86-vnni is for CPU classes x86-vnni; this CPU is x86-avx2" in auto.stderr
+    assert '"semantics": "reference"' in auto.stdout and '"cpu_class": "x86-avx2"' in auto.stdout
+    for args in (["eval", str(vnni), *data, "--semantics", "runtime"], ["bench", str(vnni), "--iterations", "3"],
+                 ["ship", str(tmp_path / "out"), "--target", "ort-x86-vnni", "-o", str(tmp_path / "bundle")]):
+        with pytest.raises(UserError, match="ort-x86-vnni is for CPU classes x86-vnni; this CPU is x86-avx2: its int8 "
+                                            "kernels saturate") as refused:
+            cli.main(args=args, standalone_mode=False)
+        assert "\n" not in str(refused.value)
+    assert not (tmp_path / "bundle").exists()
