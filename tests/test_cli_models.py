@@ -31,6 +31,9 @@ def test_models_lists_the_zoo(capsys):
     for name in available():
         assert name in out
     assert "squeezenet -> squeezenet1_1" in out and "569 M" in out
+    from edgecnn import cpu
+
+    assert f"this machine: CPU class {cpu.host_class()}" in " ".join(out.split())
 
 
 def test_models_json(capsys):
@@ -42,6 +45,10 @@ def test_models_json(capsys):
     assert round(rows["mobilenet_v2"]["macs"] / 1e6) == 301
     assert rows["mobilenet_v1"]["imagenet_weights"] is False and rows["mobilenet_v1"]["preprocess"] == "tf"
     assert data["aliases"]["shufflenet"] == "shufflenet_v2_x1_0"
+    from edgecnn import cpu
+    from edgecnn.targets import resolve_target_name
+
+    assert data["cpu_class"] == cpu.host_class() and data["targets_here"]["x86"] == resolve_target_name("x86")
 
 
 def test_profile_json(capsys):
