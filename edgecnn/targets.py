@@ -27,8 +27,8 @@ Encodings and why (measurements: docs/quantization.md and bench/results/quantiza
   accumulates in int32). So ``bits=8`` keeps full 8-bit weights (accuracy first) and ``bits=7``
   (ORT's reduce_range grid) is the fast choice on such CPUs. Both Add inputs and the
   global-pool input are quantized too (``extra_quantizers``) so ORT fuses
-  QLinearConv/QLinearAdd/QLinearGlobalAveragePool. For the classes ``x86-avx2`` and
-  ``x86-vnni``: the AVX2-safe encoding runs correctly on both.
+  QLinearConv/QLinearAdd/QLinearGlobalAveragePool. It is for the classes ``x86-avx2`` and
+  ``x86-vnni``: the AVX2-safe encoding is exact on both.
 * ``ort-x86-vnni``: the ``ort-x86`` encoding with every weight stored s8 (U8S8, no U8U8
   fallback), for the class ``x86-vnni`` only. With AVX-512 VNNI or AVX-VNNI, MLAS computes
   u8 x s8 products with VPDPBUSD, which accumulates four products straight into int32: there is
@@ -36,7 +36,9 @@ Encodings and why (measurements: docs/quantization.md and bench/results/quantiza
   the U8S8 kernels that U8U8 weights miss. On an AVX2-only CPU the same file takes the
   VPMADDUBSW path and can saturate, so edgecnn never times it there and measures its accuracy in
   the reference semantics (what a VNNI CPU computes). Asking for ``x86`` picks this target on a
-  VNNI host and ``ort-x86`` elsewhere (:func:`resolve_target_name`).
+  VNNI host and ``ort-x86`` elsewhere (:func:`resolve_target_name`). Both claims (exact on
+  VNNI kernels, saturating on AVX2 ones: ``saturates_on``) are checked on the kernels of
+  whichever host runs tests/test_cpu_kernels.py.
 * ``ort-arm``: int8 activations. ORT's ARM64 kernels use the signed dot-product instructions
   (SDOT/SMMLA) natively and ORT recommends S8S8 for QDQ models there. Non-negative tensors use
   zero-point -128 (the same 256-level grid as ``ort-x86``, so both ORT artifacts compute
@@ -52,14 +54,14 @@ Encodings and why (measurements: docs/quantization.md and bench/results/quantiza
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Literal, Optional, Union
+from typing import Iterable, Literal, Optional, Union, get_args
 
 from edgecnn.errors import UserError
 
 # The runtime that runs an artifact on its device: one vocabulary for the table, the CLI's
 # --backend and the measuring side. "tensorrt" is read as "trt" (older recipes spelled it so).
 Backend = Literal["ort", "trt"]
-BACKENDS: tuple[str, ...] = ("ort", "trt")
+BACKENDS: tuple[str, ...] = get_args(Backend)
 _BACKEND_SPELLINGS = {"tensorrt": "trt"}
 CpuAccuracy = Literal["optimized", "reference"]
 

@@ -136,3 +136,19 @@ def test_backend_is_one_vocabulary():
     assert set(targets.targets_on_backend("ort")) == {n for n, t in TARGETS.items() if t.backend == "ort"}
     with pytest.raises(UserError, match="choose ort or trt"):
         latency.open_runner(__file__, backend="tpu")
+
+
+def test_the_search_times_only_targets_this_cpu_computes_correctly(monkeypatch):
+    from pydantic import ValidationError
+
+    from edgecnn import cpu
+    from edgecnn.search.run import SearchConfig
+
+    with pytest.raises(ValidationError, match="runs elsewhere \\(use " + " or ".join(targets.targets_on_backend("ort"))):
+        SearchConfig(target="trt")
+    monkeypatch.setattr(cpu, "host_class", lambda: "x86-avx2")
+    with pytest.raises(ValidationError, match="ort-x86-vnni is for CPU classes x86-vnni; this CPU is x86-avx2"):
+        SearchConfig(target="ort-x86-vnni")
+    assert SearchConfig(target="x86").target == "ort-x86"
+    monkeypatch.setattr(cpu, "host_class", lambda: "x86-vnni")
+    assert SearchConfig(target="x86").target == SearchConfig(target="ort-x86-vnni").target == "ort-x86-vnni"

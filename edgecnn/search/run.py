@@ -46,10 +46,15 @@ class SearchConfig(BaseModel):
     @field_validator("target")
     @classmethod
     def _ort_target(cls, value: str) -> str:
+        from edgecnn import cpu
+
         value = resolve_target_name(value)
-        if get_target(value).backend != "ort":
+        target, host = get_target(value), cpu.host_class()
+        if target.backend != "ort":
             raise ValueError(f"the search times layers in ONNX Runtime on this machine; '{value}' runs elsewhere "
                              f"(use {' or '.join(targets_on_backend('ort'))})")
+        if host in target.saturates_on:  # its timings and answers here would be the saturating kernels'
+            raise ValueError(f"the search times layers on this machine: {target.unfit_reason(host)}")
         return value
 
     @field_validator("precisions")
