@@ -80,4 +80,9 @@ def test_agent_zip_is_deterministic_and_runs_as_one_file(tmp_path):
     # -I: isolated mode, no user site and no PYTHONPATH; -S would also drop site-packages (numpy).
     done = subprocess.run([sys.executable, "-I", str(path), "probe"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert '"cpu_flags"' in done.stdout
+    import json
+
+    from edgecnn import cpu
+
+    probed = json.loads(done.stdout)  # the standalone agent reads the CPU exactly as edgecnn does
+    assert probed["cpu_flags"] == cpu.cpu_flags() and probed["cpu_class"] == cpu.host_class()
