@@ -90,3 +90,18 @@ def test_every_target_exports_every_width_as_its_table_entry_says(models, name, 
             assert codes.dtype == np.int8 and np.all(zero == 0)
             if target.weight_dtype == "uint8" and not depthwise:
                 assert int(np.abs(q).max()) <= target.signed_weights_max
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_ship_reads_each_targets_runtime_form_from_the_table(name, tmp_path):
+    """ONNX Runtime targets ship an ORT-format file converted for the table's platform; others
+    ship the engine build line. The bundle README names the table's runtime title."""
+    from edgecnn.ship import readme, runtime
+
+    target = TARGETS[name]
+    if target.backend == "ort":
+        args = runtime.converter_command(tmp_path / "model.onnx", tmp_path, name)
+        platform = args[args.index("--target_platform") + 1] if "--target_platform" in args else None
+        assert platform == target.ort_format_platform
+    assert readme._runtime_title(name) == target.runtime_title
+    assert readme._runtime_title("unknown-target") == "unknown-target"
