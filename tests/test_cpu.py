@@ -53,3 +53,26 @@ def test_the_device_agent_reports_the_same_flags_and_class():
 
     info = agent.probe()
     assert info["cpu_flags"] == cpu.cpu_flags() and info["cpu_class"] == cpu.host_class()
+
+
+def test_eval_semantics_follow_the_cpu_class_that_runs_the_file(tmp_path):
+    """``auto``: a file's own kernels where the class runs its target, the reference semantics elsewhere."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgecnn.export.metadata import write_metadata
+    from edgecnn.measure.accuracy import resolve_semantics
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert resolve_semantics(path, "auto", "x86-avx2") == "runtime"  # no target in the metadata: the file as it is
+    for target, runs_on, elsewhere in (("ort-x86-vnni", "x86-vnni", "x86-avx2"), ("ort-arm", "arm64-dot", "x86-vnni"),
+                                       ("ort-x86", "x86-avx2", "arm64-neon")):
+        write_metadata(path, {"edgecnn.quant_target": target})
+        assert resolve_semantics(path, "auto", runs_on) == "runtime"
+        assert resolve_semantics(path, "auto", elsewhere) == "reference"
+        assert resolve_semantics(path, "runtime", elsewhere) == "runtime"
+    write_metadata(path, {"edgecnn.quant_target": "trt"})
+    assert resolve_semantics(path, "auto", "x86-vnni") == "reference"

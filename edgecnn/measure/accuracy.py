@@ -250,8 +250,9 @@ def evaluate_onnx(
 SEMANTICS = ("auto", "reference", "runtime")
 
 
-def resolve_semantics(onnx_path: Union[str, Path], semantics: str = "auto") -> str:
-    """"reference" or "runtime" for ``onnx_path`` (see :func:`evaluate_onnx`)."""
+def resolve_semantics(onnx_path: Union[str, Path], semantics: str = "auto", cpu_class: Optional[str] = None) -> str:
+    """"reference" or "runtime" for ``onnx_path`` run on a CPU of ``cpu_class`` (default: this
+    host's; a device passes its own), see :func:`evaluate_onnx`."""
     if semantics not in SEMANTICS:
         raise UserError(f"unknown semantics '{semantics}'; choose one of {', '.join(SEMANTICS)}")
     if semantics != "auto":
@@ -259,7 +260,9 @@ def resolve_semantics(onnx_path: Union[str, Path], semantics: str = "auto") -> s
     from edgecnn import cpu
 
     target = _file_target(onnx_path)
-    return "runtime" if target is None else target.accuracy_semantics_on(cpu.host_class()).replace("optimized", "runtime")
+    if target is None:
+        return "runtime"
+    return "runtime" if target.accuracy_semantics_on(cpu_class or cpu.host_class()) == "optimized" else "reference"
 
 
 def _file_target(onnx_path: Union[str, Path]):
