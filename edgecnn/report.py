@@ -32,6 +32,7 @@ RESULT_FIELDS = (
     "top5",
     "agreement",
     "onnx",
+    "ecnn",
 )
 
 

@@ -92,8 +92,18 @@ class Pipeline:
         lines.append(f"output: {self.output} ({OUTPUT_FILES})")
         return lines
 
+    def input_files(self) -> list[str]:
+        """What the run reads (model file, weights, image folders, recipe): its output never replaces them."""
+        from edgecnn.outputs import model_input_files
+
+        r = self.recipe
+        ship = r.stage("ship")
+        found = [*model_input_files(r.model.name, r.model.weights), r.data.calib, r.data.train, r.data.eval, r.source,
+                 getattr(ship.config, "labels", None) if ship else None]
+        return [f for f in found if f and os.path.exists(os.path.expanduser(str(f)))]
+
     def run(self) -> dict:
-        out = OutputFolder(self.output, self.force)
+        out = OutputFolder(self.output, self.force, inputs=self.input_files())
         out.check()
         check_inputs(self.recipe)
         start = time.perf_counter()

@@ -124,6 +124,7 @@ def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, lab
     if origin is not None:
         src.shown = origin
     out = Path(out_dir)
+    outputs.check_not_an_input(out, [source, golden, labels], holds=True)
     _check_destination(out, force)
     if src.folder is not None and out.resolve() == src.folder.resolve():
         raise UserError("-o must not be the output folder itself; use e.g. -o OUTPUT/bundle")

@@ -21,7 +21,7 @@ from edgecnn import cpu
 from edgecnn.data.images import iter_batches
 from edgecnn.export.parity import run_onnx
 from edgecnn.measure.latency import measure_in_subprocess
-from edgecnn.pack import pack_file, shipped_size
+from edgecnn.pack import pack_file
 from edgecnn.pipeline.checkpoint import Checkpoint
 from edgecnn.pipeline.stages.export import export_checkpoint
 from edgecnn.pipeline.state import RunState, StageOutcome
@@ -104,11 +104,13 @@ class _Rows:
         key = (ck.fingerprint, target)
         if key not in self.seen:
             path = self._onnx(ck, target)
-            shipped = ck is self.state.final and target in self.state.artifacts  # the .ecnn the column measures
-            values = self._measure(path, target, path.with_suffix(".ecnn") if shipped else None)
+            ecnn = path.with_suffix(".ecnn")  # every row's shipped column measures a real file beside its ONNX
+            values = self._measure(path, target, ecnn)
             values["onnx"] = os.path.relpath(path, self.state.work)
-            if shipped:
-                self.state.artifacts[target]["ecnn"] = os.path.relpath(path.with_suffix(".ecnn"), self.state.work)
+            values["ecnn"] = os.path.relpath(ecnn, self.state.work)
+            for artifact in self.state.artifacts.values():  # e.g. the fp32 row of a float final stage
+                if ck is self.state.final and artifact["onnx"] == values["onnx"]:
+                    artifact["ecnn"] = values["ecnn"]
             self.seen[key] = values
         return dict(self.seen[key])
 
@@ -122,13 +124,10 @@ class _Rows:
         export_target = target if target != FP32 else state.recipe.targets[0]
         return export_checkpoint(state, ck, state.work / rel, export_target, self.opset, 1, parity=True).path
 
-    def _measure(self, path: Path, target: str, ecnn: Optional[Path] = None) -> dict:
+    def _measure(self, path: Path, target: str, ecnn: Path) -> dict:
         config, state = self.config, self.state
-        if ecnn is not None:  # written into the output folder: the shipped column measures a real file
-            pack_file(path, ecnn, force=True)
-            shipped = ecnn.stat().st_size
-        else:
-            shipped = int(shipped_size(path))
+        pack_file(path, ecnn, force=True)  # written into the output folder: the shipped column measures a real file
+        shipped = ecnn.stat().st_size
         values: dict = {"onnx_bytes": path.stat().st_size, "shipped_bytes": shipped}
         if cpu_latency_meaningful(target):
             lat = measure_in_subprocess(path, backend="ort", threads=config.threads or 0, warmup_s=config.warmup_seconds,
@@ -189,4 +188,4 @@ def _drop_intermediate_files(state: RunState) -> None:
         shutil.rmtree(checkpoints_dir)
         for row in state.results:
             if row["onnx"] and row["onnx"].startswith("checkpoints/"):
-                row["onnx"] = None
+                row["onnx"] = row["ecnn"] = None
