@@ -1,7 +1,7 @@
 """Nothing lost, nothing silently wrong: the README's reliability promise, case by case.
 
 * Nothing the user owns is overwritten without --force, and --force replaces only a folder
-  edgecnn made (its manifest inside); the rules hold at the start, at commit time, for
+  edgecnn made (its manifest inside) or a file it made (tests/test_file_ownership.py); the rules hold at the start, at commit time, for
   default output paths and against a concurrent run.
 * Bad input is one line on stderr and exit code 2, never a traceback (nor a graph dump).
 * No accuracy figure without labels that map to the model's outputs.
@@ -241,6 +241,11 @@ def test_compile_default_output_follows_the_o_rules(tiny_onnx, tmp_path, capfd):
     assert_one_line_error(code, out, err, "c.ort.onnx", "--force")
     assert default.read_text() == "mine"
     code, out, err = run(["compile", src, "--backend", "ort", "--force"], capfd)
+    assert_one_line_error(code, out, err, "c.ort.onnx", "not written by edgecnn")  # --force spares a user's file
+    assert default.read_text() == "mine"
+    default.unlink()
+    assert run(["compile", src, "--backend", "ort"], capfd)[0] == 0
+    code, out, err = run(["compile", src, "--backend", "ort", "--force"], capfd)  # its own output: replaced
     assert code == 0, err
     assert default.stat().st_size > 100
 

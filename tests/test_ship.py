@@ -432,3 +432,62 @@ def test_shared_mobilenet_v2_tf_padding_bundle_classifies_its_golden_image(share
         assert _sample_top1(clean_python, bundle, "--model", name)["index"] == _class_index(shared_data, synset)
     code, _, err = _check_cli(bundle, capsys, "--python", clean_python)
     assert code == 0, err
+
+
+# --- relative paths, and what the labels check compared ---------------------------------------------
+
+
+def test_check_takes_relative_bundle_and_python_paths(bundle, tmp_path, monkeypatch, capsys):
+    """The README's `ship --check bundle/` from the folder above it; --python as venv/bin/python."""
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    wrapper = venv_bin / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _check_cli(Path("bundle/"), capsys)
+    assert code == 0, err
+    code, out, err = _check_cli(Path("bundle"), capsys, "--python", "venv/bin/python")
+    assert code == 0, err
+    assert "reproduces the golden top-5 from model.onnx" in out
+
+
+def _labels_bundle(tmp_path: Path, carry_labels: bool) -> Path:
+    from edgecnn.ship import build_bundle
+
+    names = ["red", "green", "blue"]
+    model = _tiny_onnx(tmp_path / "m.onnx", labels=names if carry_labels else None)
+    (tmp_path / "names.txt").write_text("".join(f"{n}\n" for n in names))
+    labels = None if carry_labels else tmp_path / "names.txt"
+    return build_bundle(model, tmp_path / "b", golden=_red(tmp_path / "red.png"), labels=labels).path
+
+
+def _swap_first_two_labels(bundle: Path) -> None:
+    lines = (bundle / "labels.txt").read_text().splitlines()
+    lines[0], lines[1] = lines[1], lines[0]
+    (bundle / "labels.txt").write_text("".join(f"{n}\n" for n in lines))
+    _rehash(bundle)
+
+
+def test_check_says_labels_could_not_be_checked_when_the_model_carries_none(tmp_path, capsys):
+    bundle = _labels_bundle(tmp_path, carry_labels=False)
+    code, out, err = _check_cli(bundle, capsys)
+    assert code == 0, err
+    assert "agree with model.onnx" not in out
+    assert "could not be checked against the model, which carries no labels (they came from --labels" in out
+    _swap_first_two_labels(bundle)
+    code, out, err = _check_cli(bundle, capsys)
+    assert code == 2
+    assert err.splitlines() == ["edgecnn: check failed: labels.txt line 1 is 'green' but golden/expected.json "
+                                "names output 0 'red'"]
+
+
+def test_swapped_labels_fail_against_a_model_that_carries_labels(tmp_path, capsys):
+    bundle = _labels_bundle(tmp_path, carry_labels=True)
+    code, out, err = _check_cli(bundle, capsys)
+    assert code == 0, err
+    assert "labels.txt (3 names) equals model.onnx's labels, line by line" in out
+    _swap_first_two_labels(bundle)
+    code, out, err = _check_cli(bundle, capsys)
+    assert code == 2
+    assert err.splitlines()[0] == "edgecnn: check failed: labels.txt line 1 is 'green' but model.onnx's metadata says 'red'"
