@@ -215,6 +215,29 @@ def test_user_factory_errors(user_file, suffix, options, message):
         load_model(f"{user_file}{suffix}", **options)
 
 
+@pytest.mark.parametrize("exit_line", ["import sys\nsys.exit(3)\n", "raise SystemExit\n", "exit('bye')\n"])
+def test_user_file_that_exits_on_import_is_one_line(tmp_path, capfd, exit_line):
+    """sys.exit at a model file's top level would end edgecnn silently: one line naming the file, exit 2."""
+    from edgecnn.cli import main
+
+    path = tmp_path / "exits.py"
+    path.write_text("import torch.nn as nn\n" + exit_line + "def make():\n    return nn.Conv2d(3, 4, 1)\n")
+    try:
+        code = main(["profile", f"{path}:make"]) or 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capfd.readouterr()
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [err.strip()] and "exits.py' exits when imported" in err
+
+
+def test_user_factory_that_exits_is_a_user_error(tmp_path):
+    path = tmp_path / "quits.py"
+    path.write_text("import sys\n\ndef make():\n    sys.exit(0)\n")
+    with pytest.raises(UserError, match="quits.py:make' exited"):
+        load_model(f"{path}:make")
+
+
 def test_user_factory_missing_file(tmp_path):
     with pytest.raises(UserError, match="model file .*nope.py' does not exist"):
         load_model(f"{tmp_path}/nope.py:make")
