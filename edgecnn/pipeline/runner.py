@@ -32,7 +32,8 @@ from edgecnn.targets import get_target
 
 # The console table keeps what fits in 100 columns; report.md has every column.
 CONSOLE_COLUMNS = ("stage", "target", "nonzeros", "macs", "shipped_bytes", "latency_ms_median", "top1", "agreement")
-OUTPUT_FILES = "report.json, report.md, accuracy.png, recipe.resolved.yaml, log.txt, <target>/model.onnx, <target>/model.ecnn"
+OUTPUT_FILES = ("report.json, report.md, accuracy.png, recipe.resolved.yaml, log.txt, <target>/model.onnx, <target>/model.ecnn, "
+                "fp32/model.onnx + .ecnn, checkpoints/<stage>-<target>.ecnn")
 
 
 def configured_torch_threads() -> int:

@@ -182,10 +182,13 @@ class MeasureStage:
 
 
 def _drop_intermediate_files(state: RunState) -> None:
-    """Checkpoint exports served their purpose: ship only the artifacts."""
+    """Checkpoint ONNX exports served their purpose; their packed .ecnn files stay, because each
+    row's shipped column names a file that exists (and ``edgecnn unpack`` gives the ONNX back)."""
     checkpoints_dir = state.work / "checkpoints"
     if checkpoints_dir.is_dir():
-        shutil.rmtree(checkpoints_dir)
+        for path in checkpoints_dir.iterdir():
+            if path.suffix != ".ecnn":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         for row in state.results:
             if row["onnx"] and row["onnx"].startswith("checkpoints/"):
-                row["onnx"] = row["ecnn"] = None
+                row["onnx"] = None
