@@ -580,7 +580,8 @@ def test_zoo_imagenet_model_header_names_its_classes():
 def test_readme_states_the_reliability_promise():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Reliability", 1)[1].split("\n## ", 1)[0]
-    for promise in ("--force", "edgecnn's own", "exit code 2", "accuracy", "tests/test_outputs.py"):
+    for promise in ("--force", "only what edgecnn made", "An input is never an output", "exit code 2", "accuracy",
+                    "tests/test_outputs.py", "tests/test_file_ownership.py"):
         assert promise in section, promise
 
 
