@@ -98,7 +98,7 @@ def test_compress_ship_writes_checked_bundles(small_run, capsys):
         assert set(manifest["files"]) == _files(folder) - {"manifest.json"}
         assert (folder / "model.onnx").read_bytes() == (small_run / target / "model.onnx").read_bytes()
         result = check_bundle(folder)
-        assert result.failures == [] and len(result.passed) == 2 + (2 if target == "ort-x86" else 1)
+        assert result.failures == [] and len(result.passed) == 3 + (2 if target == "ort-x86" else 1)
         labels = (folder / "labels.txt").read_text().splitlines()
         assert labels == [f"digit_{d}" for d in range(10)]
         row = next(r for r in report["results"] if r["target"] == target)
