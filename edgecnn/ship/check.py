@@ -115,8 +115,10 @@ def _agreement(bundle: Path, result: CheckResult, python) -> None:
     if outputs is not None and len(labels) != outputs:
         result.failures.append(f"labels.txt: {len(labels)} class names but model.onnx has {outputs} outputs")
     meta_labels = labels_from_metadata(metadata)
-    if meta_labels is not None and len(labels) != len(meta_labels) and not result.failures:
-        result.failures.append(f"labels.txt: {len(labels)} class names but model.onnx's metadata has {len(meta_labels)}")
+    if meta_labels is not None and len(labels) != len(meta_labels):
+        if not result.failures:  # a count that differs from the outputs' is reported once, above
+            result.failures.append(f"labels.txt: {len(labels)} class names but model.onnx's metadata has "
+                                   f"{len(meta_labels)}")
     elif meta_labels is not None and labels != meta_labels:
         i = next(i for i, (a, b) in enumerate(zip(labels, meta_labels)) if a != b)
         result.failures.append(f"labels.txt line {i + 1} is {labels[i]!r} but model.onnx's metadata says {meta_labels[i]!r}")
