@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from edgecnn.fileio import save_atomic, write_text_atomic
+from edgecnn.recipe.stage_kinds import kinds_where
+
+SEARCHING_KINDS = kinds_where(lambda kind: kind.searches)  # their summary gets a report.md section
 
 SCHEMA_VERSION = 1
 
@@ -159,7 +162,7 @@ def to_markdown(report: dict) -> str:
     for i, stage in enumerate(report["stages"]):
         lines.append(f"| {i} | {stage['name']} | {stage['seconds']:.1f} | {stage.get('text') or ''} |")
     for stage in report["stages"]:
-        if stage["name"] == "search":
+        if stage["name"] in SEARCHING_KINDS:
             lines += search_section(stage.get("summary") or {})
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]

@@ -26,7 +26,7 @@ from edgecnn.pipeline.load import check_inputs, load
 from edgecnn.pipeline.output import OutputFolder
 from edgecnn.pipeline.stages import stage_for
 from edgecnn.pipeline.state import RunState
-from edgecnn.recipe import Recipe, default_output_dir
+from edgecnn.recipe import Recipe, default_output_dir, stage_kind
 from edgecnn.report import SCHEMA_VERSION, new_result, table_rows, write_report
 from edgecnn.targets import get_target
 
@@ -122,9 +122,9 @@ class Pipeline:
         if not after_report:
             load(state)
         for spec in self.recipe.stages:
-            stage = stage_for(spec.name)
-            if getattr(stage, "after_report", False) != after_report:
+            if stage_kind(spec.name).after_report != after_report:
                 continue
+            stage = stage_for(spec.name)
             t0 = time.perf_counter()
             if stage.own_progress:
                 outcome = stage.run(state, spec)
