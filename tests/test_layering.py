@@ -21,8 +21,8 @@ PACKAGE = ROOT / "edgecnn"
 # measuring opens a runtime, never the reverse. The root package ("edgecnn", for
 # __version__) and the single-file modules are the bottom.
 LAYERS: list[tuple[str, ...]] = [
-    ("edgecnn", "errors", "fileio", "imagenet", "lazy", "latency_stats", "outputs", "preprocess", "targets", "cpu",
-     "devices"),
+    ("edgecnn", "errors", "fileio", "imagenet", "lazy", "latency_stats", "outputs", "preprocess", "records",
+     "targets", "cpu", "devices"),
     ("models",),
     ("passes", "train", "data"),
     ("export", "pack"),

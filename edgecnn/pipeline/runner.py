@@ -27,7 +27,8 @@ from edgecnn.pipeline.output import OutputFolder
 from edgecnn.pipeline.stages import stage_for
 from edgecnn.pipeline.state import RunState
 from edgecnn.recipe import Recipe, default_output_dir, stage_kind
-from edgecnn.report import SCHEMA_VERSION, new_result, table_rows, write_report
+from edgecnn.records import ResultRow
+from edgecnn.report import SCHEMA_VERSION, table_rows, write_report
 from edgecnn.targets import get_target
 
 # The console table keeps what fits in 100 columns; report.md has every column.
@@ -134,7 +135,7 @@ class Pipeline:
             state.stage_done(spec.name, time.perf_counter() - t0, outcome)
         if not after_report and self.recipe.stage("measure") is None:  # the numbers that need no ONNX
             for ck in state.checkpoints:
-                state.results.append(new_result(ck.stage, "fp32" if not ck.quantized else self.recipe.targets[0], **ck.stats))
+                state.results.append(ResultRow(ck.stage, "fp32" if not ck.quantized else self.recipe.targets[0], **ck.stats))
 
     def _write(self, state: RunState, report: dict) -> None:
         work = state.work
@@ -147,7 +148,8 @@ class Pipeline:
 
 
 def build_report(state: RunState, seconds: float) -> dict:
-    """report.json (docs/report-schema.md) from the state of a finished run."""
+    """report.json (docs/report-schema.md) from the state of a finished run: the one place the
+    typed artifacts and result rows become dicts."""
     recipe = state.recipe
     measure = recipe.stage("measure")
     threads = measure.config.threads if measure else None
@@ -166,8 +168,8 @@ def build_report(state: RunState, seconds: float) -> dict:
         "recipe": "recipe.resolved.yaml",
         "latency_note": latency_note,
         "stages": state.stage_log,
-        "results": state.results,
-        "artifacts": state.artifacts,
+        "results": [row.to_dict() for row in state.results],
+        "artifacts": {target: artifact.to_dict() for target, artifact in state.artifacts.items()},
         "notes": state.notes,
         "warnings": state.warnings,
         "skipped_layers": state.skipped,
