@@ -125,8 +125,8 @@ def _quantize_tag(cfg) -> str:
 
 
 EXPORT_RANK = 5
-# Quantization (and the search, which picks it per layer) needs calibration images; so do
-# the passes that calibrate or fine-tune on them, and distillation (its teacher's statistics).
+# calib: the passes that calibrate or fine-tune on images, and distillation, when the model has
+# real weights; train: distillation's labelled images; labelled_eval: the search's top-1 drop.
 STAGE_KINDS: dict[str, StageKind] = {k.name: k for k in (
     StageKind("fold_bn", _pass_config("fold_bn"), rank=0, repeatable=True),
     StageKind("prune", _pass_config("prune"), rank=1, repeatable=True, tag=_density_tag("p", "prune")),
