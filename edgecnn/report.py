@@ -14,37 +14,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 from edgecnn.fileio import save_atomic, write_text_atomic
+from edgecnn.records import RESULT_FIELDS, ResultRow
+from edgecnn.recipe.stage_kinds import kinds_where
+
+SEARCHING_KINDS = kinds_where(lambda kind: kind.searches)  # their summary gets a report.md section
 
 SCHEMA_VERSION = 1
 
-RESULT_FIELDS = (
-    "stage",
-    "target",
-    "runtime",
-    "params",
-    "nonzeros",
-    "macs",
-    "onnx_bytes",
-    "shipped_bytes",
-    "latency_ms_median",
-    "latency_ms_p90",
-    "top1",
-    "top5",
-    "agreement",
-    "onnx",
-    "ecnn",
-)
-
-
 def new_result(stage: str, target: str, **values: Any) -> dict:
-    """A result row with every field present (None where not measured)."""
-    row = {k: None for k in RESULT_FIELDS}
-    row.update(stage=stage, target=target)
+    """A result row as report.json holds it, every field present (None where not measured)."""
     unknown = set(values) - set(RESULT_FIELDS)
     if unknown:
         raise KeyError(f"unknown result fields: {sorted(unknown)}")
-    row.update(values)
-    return row
+    return ResultRow(stage, target, **values).to_dict()
 
 
 # ---------------------------------------------------------------------------------------
@@ -160,7 +142,7 @@ def to_markdown(report: dict) -> str:
     for i, stage in enumerate(report["stages"]):
         lines.append(f"| {i} | {stage['name']} | {stage['seconds']:.1f} | {stage.get('text') or ''} |")
     for stage in report["stages"]:
-        if stage["name"] == "search":
+        if stage["name"] in SEARCHING_KINDS:
             lines += search_section(stage.get("summary") or {})
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]

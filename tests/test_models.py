@@ -48,6 +48,7 @@ def test_builds_and_runs_at_224_and_small(name, torch_one_thread):
     assert out.shape == (2, 1000) and torch.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_torchvision_key_layouts():
     """Spot checks of torchvision module names (full strict loads are in test_shared_weights)."""
     keys = {
@@ -139,6 +140,7 @@ def test_tf_padding_keeps_keys_and_changes_strided_convs_only(torch_one_thread):
     assert sum(isinstance(m, SamePadConv2d) for m in v2.modules()) == 5  # stem + 4 strided depthwise
 
 
+@pytest.mark.slow
 def test_tf_padding_exports_to_onnx_as_pad_and_conv(tmp_path, torch_one_thread):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

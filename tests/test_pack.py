@@ -171,6 +171,7 @@ def test_corrupted_or_truncated_file_is_rejected(tmp_path):
         read_ecnn(path)
 
 
+@pytest.mark.slow
 def test_cli_pack_unpack_and_force(tmp_path, capsys):
     from edgecnn.cli import main
 
@@ -205,6 +206,7 @@ def test_pack_file_api(tmp_path):
         pack_file(tmp_path / "missing.onnx", tmp_path / "o.ecnn")
 
 
+@pytest.mark.slow
 def test_vendored_decoder_needs_no_torch_and_no_edgecnn(tmp_path):
     data, _ = pack_model(_tiny_model())
     (tmp_path / "m.ecnn").write_bytes(data)

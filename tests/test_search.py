@@ -130,6 +130,7 @@ stages:
 """
 
 
+@pytest.mark.slow
 def test_compress_search_stage_end_to_end(tmp_path):
     import json
 

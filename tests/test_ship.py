@@ -85,6 +85,7 @@ def bundle(small_run, tmp_path) -> Path:
 # --- what a bundle holds ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compress_ship_writes_checked_bundles(small_run, capsys):
     from edgecnn.ship import check_bundle
 
@@ -116,6 +117,7 @@ def test_compress_ship_writes_checked_bundles(small_run, capsys):
     assert code == 0 and err == "" and "reproduces the golden top-5 from model.ort" in out
 
 
+@pytest.mark.slow
 def test_trt_bundle_carries_the_trtexec_line_not_an_engine(small_run):
     from edgecnn.backends.tensorrt import config_for_onnx
     from edgecnn.backends.trtexec import format_command, trtexec_command
@@ -131,6 +133,7 @@ def test_trt_bundle_carries_the_trtexec_line_not_an_engine(small_run):
     assert "int8/fp16 kernels round differently" in (folder / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_ort_format_file_gives_the_onnx_output(small_run):
     """The quantized .ort file loads and computes what the .onnx does, within the golden tolerance."""
     import onnxruntime as ort
@@ -150,6 +153,7 @@ def test_ort_format_file_gives_the_onnx_output(small_run):
 # --- ship --check: one line per failure ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tampered_file_fails_with_one_line(bundle, capsys):
     labels = bundle / "labels.txt"
     labels.write_text(labels.read_text().replace("digit_3", "digit_8"))
@@ -159,6 +163,7 @@ def test_tampered_file_fails_with_one_line(bundle, capsys):
                                 "(the file was changed after shipping)"]
 
 
+@pytest.mark.slow
 def test_wrong_label_count_fails_with_one_line(bundle, capsys):
     labels = bundle / "labels.txt"
     labels.write_text("".join(f"{n}\n" for n in labels.read_text().splitlines()[:-1]))
@@ -168,6 +173,7 @@ def test_wrong_label_count_fails_with_one_line(bundle, capsys):
     assert err.splitlines() == ["edgecnn: check failed: labels.txt: 9 class names but model.onnx has 10 outputs"]
 
 
+@pytest.mark.slow
 def test_preprocessing_mismatch_fails_with_one_line(bundle, capsys):
     pre = json.loads((bundle / "preprocess.json").read_text())
     pre["mean"] = [0.5, 0.5, 0.5]
@@ -179,6 +185,7 @@ def test_preprocessing_mismatch_fails_with_one_line(bundle, capsys):
     assert err.startswith("edgecnn: check failed: preprocess.json differs from model.onnx's metadata: mean (0.5, 0.5, 0.5)")
 
 
+@pytest.mark.slow
 def test_golden_output_mismatch_is_caught(bundle, capsys):
     expected = json.loads((bundle / "golden" / "expected.json").read_text())
     expected["top5"][1]["logit"] += 3 * expected["atol"]
@@ -189,6 +196,7 @@ def test_golden_output_mismatch_is_caught(bundle, capsys):
     assert err.splitlines()[0].startswith(f"edgecnn: check failed: model.onnx: logit of class {expected['top5'][1]['index']}")
 
 
+@pytest.mark.slow
 def test_sample_preprocessing_edit_is_caught(bundle, capsys):
     sample = bundle / "classify.py"
     sample.write_text(sample.read_text().replace("Image.BILINEAR", "Image.NEAREST"))
@@ -197,6 +205,7 @@ def test_sample_preprocessing_edit_is_caught(bundle, capsys):
     assert code == 2 and "classify.py preprocesses golden/image.png differently" in err
 
 
+@pytest.mark.slow
 def test_unlisted_file_and_missing_manifest(bundle, capsys):
     (bundle / "extra.bin").write_bytes(b"x")
     code, _, err = _check_cli(bundle, capsys)
@@ -322,6 +331,7 @@ def test_force_replaces_only_a_bundle(tmp_path, capsys):
     assert json.loads((out / "manifest.json").read_text())["target"] == "ort-x86"
 
 
+@pytest.mark.slow
 def test_output_folder_target_must_exist(small_run, tmp_path):
     with pytest.raises(UserError, match="has no ort-arm model; it has: ort-x86, trt"):
         _cli("ship", small_run, "-o", tmp_path / "b", "--target", "ort-arm")
@@ -374,6 +384,7 @@ def _sample_top1(python: str, bundle: Path, *args) -> dict:
     return json.loads(done.stdout)["top5"][0]
 
 
+@pytest.mark.slow
 def test_small_bundle_in_a_fresh_venv(small_run, clean_python, capsys):
     for target in ("ort-x86", "trt"):
         folder = small_run / f"bundle-{target}"
@@ -393,6 +404,7 @@ def _class_index(shared: Path, synset: str) -> int:
     return ids.index(synset)
 
 
+@pytest.mark.slow
 def test_shared_squeezenet_int8_bundle_classifies_its_golden_image(shared_data, clean_python, tmp_path, capsys):
     """compress squeezenet1_1 int8 on real weights with --ship; golden from the evaluation images."""
     sample = shared_data / "imagenet-sample"
@@ -416,6 +428,7 @@ def test_shared_squeezenet_int8_bundle_classifies_its_golden_image(shared_data, 
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_shared_mobilenet_v2_tf_padding_bundle_classifies_its_golden_image(shared_data, clean_python, tmp_path, capsys):
     """export mobilenet_v2 (TF SAME padding, real weights) to ONNX, ship the file with --golden and
     the standard ImageNet classes.txt as --labels."""

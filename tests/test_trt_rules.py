@@ -140,6 +140,7 @@ def test_trt_export_of_a_planted_violation_fails_loudly(tmp_path, monkeypatch):
     assert not (tmp_path / "bad.onnx").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mobilenet_v2", "squeezenet1_1", "shufflenet_v2_x0_5"])
 def test_zoo_trt_exports_are_clean(name, tmp_path):
     import torch

@@ -26,8 +26,9 @@ from edgecnn.pipeline.load import check_inputs, load
 from edgecnn.pipeline.output import OutputFolder
 from edgecnn.pipeline.stages import stage_for
 from edgecnn.pipeline.state import RunState
-from edgecnn.recipe import Recipe, default_output_dir
-from edgecnn.report import SCHEMA_VERSION, new_result, table_rows, write_report
+from edgecnn.recipe import Recipe, default_output_dir, stage_kind
+from edgecnn.records import ResultRow
+from edgecnn.report import SCHEMA_VERSION, table_rows, write_report
 from edgecnn.targets import get_target
 
 # The console table keeps what fits in 100 columns; report.md has every column.
@@ -133,9 +134,9 @@ class Pipeline:
         if not after_report:
             load(state)
         for spec in self.recipe.stages:
-            stage = stage_for(spec.name)
-            if getattr(stage, "after_report", False) != after_report:
+            if stage_kind(spec.name).after_report != after_report:
                 continue
+            stage = stage_for(spec.name)
             t0 = time.perf_counter()
             if stage.own_progress:
                 outcome = stage.run(state, spec)
@@ -145,7 +146,7 @@ class Pipeline:
             state.stage_done(spec.name, time.perf_counter() - t0, outcome)
         if not after_report and self.recipe.stage("measure") is None:  # the numbers that need no ONNX
             for ck in state.checkpoints:
-                state.results.append(new_result(ck.stage, "fp32" if not ck.quantized else self.recipe.targets[0], **ck.stats))
+                state.results.append(ResultRow(ck.stage, "fp32" if not ck.quantized else self.recipe.targets[0], **ck.stats))
 
     def _write(self, state: RunState, report: dict) -> None:
         work = state.work
@@ -158,7 +159,8 @@ class Pipeline:
 
 
 def build_report(state: RunState, seconds: float) -> dict:
-    """report.json (docs/report-schema.md) from the state of a finished run."""
+    """report.json (docs/report-schema.md) from the state of a finished run: the one place the
+    typed artifacts and result rows become dicts."""
     recipe = state.recipe
     measure = recipe.stage("measure")
     threads = measure.config.threads if measure else None
@@ -177,8 +179,8 @@ def build_report(state: RunState, seconds: float) -> dict:
         "recipe": "recipe.resolved.yaml",
         "latency_note": latency_note,
         "stages": state.stage_log,
-        "results": state.results,
-        "artifacts": state.artifacts,
+        "results": [row.to_dict() for row in state.results],
+        "artifacts": {target: artifact.to_dict() for target, artifact in state.artifacts.items()},
         "notes": state.notes,
         "warnings": state.warnings,
         "skipped_layers": state.skipped,

@@ -14,13 +14,10 @@ from typing import Optional
 
 from edgecnn.errors import UserError
 from edgecnn.recipe.load import stage_entry
+from edgecnn.recipe.stage_kinds import insert_before, kinds_where
 from edgecnn.targets import DEFAULT_TARGET
 
 DEFAULT_STAGES = ["fold_bn", "quantize", "export", "measure"]
-# A stage added by a flag goes before the first of these stages (or last).
-_PRUNE_BEFORE = ("shift", "quantize", "weight_share", "distill", "export", "compile", "measure")
-_SHIFT_BEFORE = ("quantize", "weight_share", "distill", "export", "compile", "measure")
-_QUANTIZE_BEFORE = ("distill", "export", "compile", "measure")
 
 
 @dataclass
@@ -62,9 +59,10 @@ def _override(stages: list, name: str, fields: dict) -> None:
         stages[index] = {name: {**cfg, **fields}}
 
 
-def _insert(stages: list, name: str, cfg: dict, before: tuple[str, ...]) -> None:
-    names = _names(stages)
-    pos = next((i for i, n in enumerate(names) if n in before), len(stages))
+def _insert(stages: list, name: str, cfg: dict) -> None:
+    """A stage added by a flag goes before the first stage of a later kind (its rank), else last."""
+    before = insert_before(name)
+    pos = next((i for i, n in enumerate(_names(stages)) if n in before), len(stages))
     stages.insert(pos, {name: cfg})
 
 
@@ -79,7 +77,7 @@ def _apply_bits(stages: list, bits: int, notes: list[str]) -> None:
         notes.append(f"--bits {bits} sets weight_share.bits: this recipe stores its weights as a weight_share "
                      f"codebook ({2 ** bits} shared values per layer), so no quantize stage is added")
     else:
-        _insert(stages, "quantize", {"bits": bits}, _QUANTIZE_BEFORE)
+        _insert(stages, "quantize", {"bits": bits})
         notes.append(f"--bits {bits} adds a quantize stage (bits {bits}): the recipe has none")
 
 
@@ -91,7 +89,7 @@ def _apply_prune(stages: list, density: Optional[float], mode: Optional[str], no
         if density is None:
             raise UserError("--prune-mode needs --prune D (the density to keep, e.g. --prune 0.5)")
         cfg = {"density": density} if wanted == "channel_prune" else {"density": density, "mode": mode or "unstructured"}
-        _insert(stages, wanted, cfg, _PRUNE_BEFORE)
+        _insert(stages, wanted, cfg)
         notes.append(f"--prune {density} adds a {wanted} stage: the recipe has none")
         return
     if mode is not None and wanted != existing:
@@ -114,7 +112,7 @@ def _apply_shift(stages: list, notes: list[str]) -> None:
     if "shift" in _names(stages):
         notes.append("--shift: the recipe already has a shift stage; its config is kept")
     else:
-        _insert(stages, "shift", {}, _SHIFT_BEFORE)
+        _insert(stages, "shift", {})
         notes.append("--shift adds a shift stage: the recipe has none")
 
 
@@ -130,13 +128,14 @@ def _apply_search(stages: list, flags: Flags, notes: list[str]) -> None:
         if flags.prune_mode != "channel":
             raise UserError("--max-drop searches channel pruning only: use --prune D --prune-mode channel (or leave --prune out)")
         cfg["prune_densities"] = [flags.prune]
-    removed = [n for n in _names(stages) if n in ("quantize", "channel_prune", "shift", "weight_share")]
+    searched = kinds_where(lambda kind: kind.searched)
+    removed = [n for n in _names(stages) if n in searched]
     stages[:] = [e for e in stages if stage_entry(e)[0] not in removed]
     if "search" in _names(stages):
         _override(stages, "search", cfg)
         notes.append("--max-drop sets the recipe's search stage")
     else:
-        _insert(stages, "search", cfg, _QUANTIZE_BEFORE)
+        _insert(stages, "search", cfg)
         notes.append(f"--max-drop {flags.max_drop} adds a search stage" + (f" in place of {', '.join(removed)}: the search "
                      "chooses precision, channel pruning and shift per layer" if removed else ""))
 
@@ -181,7 +180,7 @@ def _apply_stages(raw: dict, flags: Flags) -> list[str]:
         if "ship" in _names(stages):
             notes.append("--ship: the recipe already has a ship stage; its config is kept")
         else:
-            stages.append("ship")
+            stages.append("ship")  # after the report: last
             notes.append("--ship adds a ship stage at the end")
     raw["stages"] = stages
     return notes

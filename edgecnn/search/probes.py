@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -72,12 +73,22 @@ def _resized(layer: nn.Module, fin: float, fout: float) -> nn.Module:
     return new
 
 
+def export(model: nn.Module, path: Path, size: int, target: str, channels: int = 3, height: Optional[int] = None) -> Path:
+    """Q/DQ ONNX when ``model`` has quantized layers, else FP32; dynamic batch."""
+    from edgecnn.export.onnx_export import export_onnx
+    from edgecnn.export.qdq import export_qdq_report
+    from edgecnn.passes.quant.quantizers import quant_layers
+
+    shape = (1, channels, height or size, size)
+    if quant_layers(model):
+        return export_qdq_report(model, path, target=target, input_shape=shape, batch="dynamic", parity=False).path
+    return export_onnx(model, path, input_shape=shape, batch="dynamic", parity=False)
+
+
 def _export_probe(layer: nn.Module, x: torch.Tensor, precision: str, path: Path, target: str, float_follower: bool = False) -> Path:
     """``float_follower``: the consumer stays float, so the layer's output is not quantized (in
     ORT an int8 conv then runs as DequantizeLinear + float conv: what an int8 layer costs
     before an FP32 one)."""
-    from edgecnn.search.run import export
-
     probe = _Probe(copy.deepcopy(layer)).eval()
     bits = BITS[precision]
     if bits:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgecnn.search import latency as lat
 from edgecnn.search import sensitivity
+from edgecnn.search.probes import export
 from edgecnn.search.solve import Candidate, SearchResult, config_key, solve
 from edgecnn.search.space import PRECISIONS, Space, apply_config, build_space, needs_recovery
 from edgecnn.targets import DEFAULT_TARGET, get_target, resolve_target_name, targets_on_backend
@@ -103,18 +104,6 @@ def top1_of(path: Path, images: np.ndarray, threads: int = 2, batch: int = 32) -
 
     runner = OrtRunner(path, threads=threads)
     return np.concatenate([runner.run(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
-
-
-def export(model: nn.Module, path: Path, size: int, target: str, channels: int = 3, height: Optional[int] = None) -> Path:
-    """Q/DQ ONNX when ``model`` has quantized layers, else FP32; dynamic batch."""
-    from edgecnn.export.onnx_export import export_onnx
-    from edgecnn.export.qdq import export_qdq_report
-    from edgecnn.passes.quant.quantizers import quant_layers
-
-    shape = (1, channels, height or size, size)
-    if quant_layers(model):
-        return export_qdq_report(model, path, target=target, input_shape=shape, batch="dynamic", parity=False).path
-    return export_onnx(model, path, input_shape=shape, batch="dynamic", parity=False)
 
 
 class _Builder:

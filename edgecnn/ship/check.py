@@ -69,7 +69,7 @@ def check_bundle(bundle, python: Optional[str] = None) -> CheckResult:
     if not bundle.is_dir():
         raise UserError(f"bundle folder '{bundle}' does not exist; write one with: edgecnn ship MODEL -o {bundle}")
     result = CheckResult(bundle)
-    from edgecnn.ship.bundle import read_manifest, refuse_saturating_host
+    from edgecnn.ship.manifest import read_manifest, refuse_saturating_host
 
     refuse_saturating_host(str((read_manifest(bundle) or {}).get("target", "")), "check this bundle's golden output")
     for step in (_hashes, _agreement, _golden):
@@ -80,7 +80,7 @@ def check_bundle(bundle, python: Optional[str] = None) -> CheckResult:
 
 
 def _hashes(bundle: Path, result: CheckResult, python) -> None:
-    from edgecnn.ship.bundle import MANIFEST, read_manifest, sha256
+    from edgecnn.ship.manifest import MANIFEST, read_manifest, sha256
 
     manifest = read_manifest(bundle)
     if manifest is None:
@@ -107,7 +107,7 @@ def _hashes(bundle: Path, result: CheckResult, python) -> None:
 def _agreement(bundle: Path, result: CheckResult, python) -> None:
     from edgecnn.export.metadata import labels_from_metadata, read_metadata
     from edgecnn.preprocess import Preprocess
-    from edgecnn.ship.bundle import onnx_io
+    from edgecnn.ship.manifest import onnx_io
 
     metadata = read_metadata(bundle / "model.onnx")
     dims, outputs = onnx_io(bundle / "model.onnx")
@@ -171,7 +171,7 @@ def _golden_label_problem(bundle: Path, labels: list[str]) -> Optional[str]:
 
 
 def _golden(bundle: Path, result: CheckResult, python) -> None:
-    from edgecnn.ship.bundle import read_manifest
+    from edgecnn.ship.manifest import read_manifest
 
     expected = json.loads((bundle / "golden" / "expected.json").read_text(encoding="utf-8"))
     reference = np.load(bundle / expected["input"])

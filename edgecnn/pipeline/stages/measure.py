@@ -26,7 +26,8 @@ from edgecnn.pipeline.checkpoint import Checkpoint
 from edgecnn.pipeline.stages.export import export_checkpoint
 from edgecnn.pipeline.state import RunState, StageOutcome
 from edgecnn.recipe import Stage as RecipeStage
-from edgecnn.report import accuracy_drops, new_result
+from edgecnn.records import ResultRow
+from edgecnn.report import accuracy_drops
 from edgecnn.targets import get_target
 
 FP32 = "fp32"  # the row target of a checkpoint that is not quantized
@@ -109,17 +110,17 @@ class _Rows:
             values["onnx"] = os.path.relpath(path, self.state.work)
             values["ecnn"] = os.path.relpath(ecnn, self.state.work)
             for artifact in self.state.artifacts.values():  # e.g. the fp32 row of a float final stage
-                if ck is self.state.final and artifact["onnx"] == values["onnx"]:
-                    artifact["ecnn"] = values["ecnn"]
+                if ck is self.state.final and artifact.onnx == values["onnx"]:
+                    artifact.ecnn = values["ecnn"]
             self.seen[key] = values
         return dict(self.seen[key])
 
     def _onnx(self, ck: Checkpoint, target: str) -> Path:
         state = self.state
         if ck is state.final and target in state.artifacts:
-            return state.work / state.artifacts[target]["onnx"]
+            return state.work / state.artifacts[target].onnx
         if ck is state.final and target == FP32 and state.artifacts:
-            return state.work / next(iter(state.artifacts.values()))["onnx"]
+            return state.work / next(iter(state.artifacts.values())).onnx
         rel = "fp32/model.onnx" if ck is state.baseline else f"checkpoints/{ck.stage.replace('#', '-')}-{target}.onnx"
         export_target = target if target != FP32 else state.recipe.targets[0]
         return export_checkpoint(state, ck, state.work / rel, export_target, self.opset, 1, parity=True).path
@@ -160,9 +161,9 @@ class MeasureStage:
         with state.console.bar("measuring", len(todo)) as step:
             for n, (ck, target) in enumerate(todo):
                 step(n, len(todo), f"{ck.stage} {target}")
-                state.results.append(new_result(ck.stage, target, **ck.stats, **rows.values(ck, target)))
+                state.results.append(ResultRow(ck.stage, target, **ck.stats, **rows.values(ck, target)))
             step(len(todo), len(todo))
-        measured_targets = [t for t in state.recipe.targets if any(row["target"] == t for row in state.results)]
+        measured_targets = [t for t in state.recipe.targets if any(row.target == t for row in state.results)]
         state.notes.extend(measurement_notes(measured_targets))
         if state.latency_warnings:
             state.notes.append(
@@ -172,13 +173,13 @@ class MeasureStage:
         _drop_intermediate_files(state)
         # Without an evaluation set agreement is measured on calibration images: the report says so.
         state.data_info["agreement_on"] = "evaluation images" if state.eval_set is not None else "calibration images"
-        metric = "top1" if any(r.get("top1") is not None for r in state.results) else "agreement"
-        for warning in accuracy_drops(state.results, config.warn_drop, metric):
+        metric = "top1" if any(r.top1 is not None for r in state.results) else "agreement"
+        for warning in accuracy_drops([r.to_dict() for r in state.results], config.warn_drop, metric):
             state.warn(warning)
         last, base = state.results[-1], state.results[0]
-        acc = f", top-1 {last['top1']:.1f} % (baseline {base['top1']:.1f} %)" if last.get("top1") is not None else ""
-        lat = f"{last['latency_ms_median']:.3f} ms" if last.get("latency_ms_median") is not None else "-"
-        return StageOutcome(f"{len(state.results)} rows; final {last['target']}: {lat}{acc}")
+        acc = f", top-1 {last.top1:.1f} % (baseline {base.top1:.1f} %)" if last.top1 is not None else ""
+        lat = f"{last.latency_ms_median:.3f} ms" if last.latency_ms_median is not None else "-"
+        return StageOutcome(f"{len(state.results)} rows; final {last.target}: {lat}{acc}")
 
 
 def _drop_intermediate_files(state: RunState) -> None:
@@ -190,5 +191,5 @@ def _drop_intermediate_files(state: RunState) -> None:
             if path.suffix != ".ecnn":
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         for row in state.results:
-            if row["onnx"] and row["onnx"].startswith("checkpoints/"):
-                row["onnx"] = None
+            if row.onnx and row.onnx.startswith("checkpoints/"):
+                row.onnx = None
