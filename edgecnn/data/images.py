@@ -12,6 +12,7 @@ Accepted layouts:
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -47,7 +48,7 @@ class ImageFolder:
     """A list of (image path, label or None), plus class ids and names when known."""
 
     def __init__(self, root: Union[str, Path], classes_file: Union[str, Path, None] = None):
-        self.root = Path(root)
+        self.root = Path(root).expanduser()  # as the user gave it, for messages
         self.classes: Optional[list[str]] = None  # class ids (synsets or folder names), index = label
         self.class_names: Optional[list[str]] = None  # readable names, index = label
         self.classes_file: Optional[Path] = None  # the classes.txt the indices come from, if any
@@ -56,14 +57,25 @@ class ImageFolder:
             classes_file = Path(classes_file)
             if not classes_file.is_file():
                 raise UserError(f"classes file '{classes_file}' does not exist")
-        if self.root.is_file():
-            self.items = self._from_list_file(self.root, classes_file)
-        elif self.root.is_dir():
-            self.items = self._from_folder(self.root, classes_file)
+        # Items are absolute paths: whatever folder a later step works in, they name the same files.
+        where = self.root.absolute()
+        if where.is_file():
+            self.items = self._from_list_file(where, classes_file)
+        elif where.is_dir():
+            self.items = self._from_folder(where, classes_file)
         else:
             raise UserError(f"image folder or list file '{self.root}' does not exist")
         if not self.items:
             raise UserError(f"'{self.root}' contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+    @classmethod
+    def from_items(cls, items: list[tuple[Path, Optional[int]]]) -> "ImageFolder":
+        """A set of given (path, label) items, no folder behind it (e.g. one part of a split)."""
+        folder = cls.__new__(cls)
+        folder.root = Path(os.path.commonpath([str(Path(p).absolute()) for p, _ in items])) if items else Path.cwd()
+        folder.classes = folder.class_names = folder.classes_file = folder.label_source = None
+        folder.items = [(Path(p).absolute(), label) for p, label in items]
+        return folder
 
     # --- layouts -----------------------------------------------------------------------------
 
@@ -162,6 +174,20 @@ def _is_int(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def first_image(root: Path) -> Optional[Path]:
+    """The first image found under ``root`` (any depth), None when there is none; stops at the first."""
+    for folder, dirs, files in os.walk(root, onerror=_raise):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if is_image(Path(name)):
+                return Path(folder) / name
+    return None
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def open_image(path: Path):

@@ -30,10 +30,13 @@ CALIBRATED_STAGES = ("quantize", "shift", "channel_prune", "distill")
 
 def check_inputs(r: Recipe) -> None:
     """Cheap checks before any work: folders exist, flags fit together."""
+    flags = {"calib": "--calib", "eval": "--data", "train": "--train"}
     for key in ("calib", "eval", "train"):
         value = getattr(r.data, key)
-        if value is not None and not Path(value).expanduser().exists():
-            raise UserError(f"data.{key}: '{value}' does not exist; give an image folder or a list file")
+        if value is None:
+            continue
+        if not Path(value).expanduser().exists():
+            raise UserError(f"data.{key} ({flags[key]}): '{value}' does not exist; give an image folder or a list file")
     if r.embedded:
         given = [k for k in ("calib", "eval") if getattr(r.data, k)]
         if given:
@@ -53,6 +56,36 @@ def check_inputs(r: Recipe) -> None:
             raise UserError("quantization needs calibration images: pass --calib DIR (an image folder or a list file)")
     if any(s.name == "distill" for s in r.stages) and not r.embedded and r.data.train is None:
         raise UserError("stage distill needs labelled training images: set data.train in the recipe")
+    for key in ("calib", "eval", "train"):
+        value = getattr(r.data, key)
+        if value is not None:
+            # A search reads its recovery photos at any folder depth; everything else reads an ImageFolder.
+            recursive = key == "train" and r.stage("search") is not None and r.stage("distill") is None
+            check_image_source(value, f"data.{key} ({flags[key]})", recursive=recursive)
+
+
+def check_image_source(value, what: str, recursive: bool = False) -> None:
+    """Refuse, before any work, a folder or list file that holds no readable image: its first
+    image is decoded, so an unreadable folder or a broken first file is named now, not after a
+    search of many minutes."""
+    from edgecnn.data.images import first_image, open_image
+
+    path = Path(value).expanduser()
+    try:
+        if recursive and path.is_dir():
+            first = first_image(path)
+            if first is None:
+                raise UserError(f"{what}: '{value}' holds no images (sub-folders searched); give a folder of photos")
+        else:
+            first = ImageFolder(path).items[0][0]
+    except PermissionError as exc:
+        raise UserError(f"{what}: cannot read '{exc.filename or value}' (permission denied); make it readable") from None
+    except UserError as exc:
+        raise UserError(f"{what}: {exc}") from None
+    try:
+        open_image(first)
+    except UserError as exc:
+        raise UserError(f"{what}: {exc}") from None
 
 
 def load(state: RunState) -> None:

@@ -54,7 +54,7 @@ def run_search_stage(module: nn.Module, preprocess, labelled, config: SearchConf
     if (config.prune_densities or config.shift) and not train:
         notes.append("pruning and shift left out of the search: no recovery images (--train)")
         config = config.model_copy(update={"prune_densities": [], "shift": False})
-    data = search_data(split.search, preprocess, 32, work / "data")
+    data = search_data(split.search, preprocess, 32)
     if train:
         data.recovery = make_recovery(module, recovery_images(Path(train), 4000), preprocess, config,
                                       cache_root or work / "teacher-cache", work, log)
