@@ -191,15 +191,20 @@ def _raise(error: OSError) -> None:
 
 
 def open_image(path: Path):
-    """A fully decoded PIL image; UserError naming the file when it cannot be read."""
+    """The RGB pixels of an image file (:func:`edgecnn.data.decode.to_rgb`); UserError naming
+    the file when it cannot be read or its pixels cannot be turned into RGB."""
     from PIL import Image, UnidentifiedImageError
+
+    from edgecnn.data.decode import UnsupportedImage, to_rgb
 
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB") if image.mode != "RGB" else image.copy()
+            return to_rgb(image)
     except FileNotFoundError:
         raise UserError(f"image '{path}' does not exist") from None
+    except UnsupportedImage as exc:
+        raise UserError(f"image '{path}' has {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"cannot read image '{path}' ({type(exc).__name__}: {exc}); fix or remove it") from None
 
