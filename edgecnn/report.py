@@ -115,7 +115,8 @@ def search_section(search: dict) -> list[str]:
     lines += ["", "| configuration | predicted ms | measured ms | drop (search part) | kept |", "| --- | ---: | ---: | ---: | --- |"]
     for name, c in [(f"uniform {k}", v) for k, v in (search.get("uniform") or {}).items()] + [
             (f"candidate {i}", v) for i, v in enumerate(search.get("verified") or [])]:
-        kept = "" if c.get("feasible") is None else ("yes" if c["feasible"] else "rejected")
+        kept = ("not verified (time budget)" if c.get("not_verified") else
+                "" if c.get("feasible") is None else ("yes" if c["feasible"] else "rejected"))
         drop = "-" if c.get("drop") is None else f"{c['drop']:.2f}"
         lines.append(f"| {name} | {fmt_ms(c.get('predicted_ms'))} | {fmt_ms(c.get('measured_ms'))} | {drop} | {kept} |")
     return lines
