@@ -57,3 +57,25 @@ def test_recovery_images_are_absolute(in_tmp):
     _labelled_folder(in_tmp / "photos")
     paths = recovery_images(Path("photos"))
     assert len(paths) == 6 and all(p.is_absolute() for p in paths)
+
+
+@pytest.mark.slow
+def test_search_with_relative_data_folder_end_to_end(shared_data, in_tmp, capsys):
+    """`compress squeezenet --max-drop 1 --data <relative folder>` used to fail once the search
+    read its images from its temporary folder. A small labelled folder (relative links to the
+    shared sample) and a small time budget keep it short."""
+    import json
+
+    from edgecnn.cli import main
+
+    sample = shared_data / "imagenet-sample"
+    (in_tmp / "classes.txt").write_text((shared_data / "classes.txt").read_text())
+    for synset in sorted(p.name for p in sample.iterdir() if p.is_dir())[:6]:
+        (in_tmp / "sample" / synset).mkdir(parents=True)
+        for image in sorted((sample / synset).iterdir())[:2]:
+            (in_tmp / "sample" / synset / image.name).symlink_to(image)
+    main(["compress", "squeezenet", "--weights", str(shared_data / "weights" / "squeezenet1_1.pth"), "--max-drop", "1",
+          "--data", "sample", "--calib", "sample", "--search-time", "0.05", "-o", "out", "--quiet"])
+    report = json.loads((in_tmp / "out" / "report.json").read_text())
+    search = next(s for s in report["stages"] if s["name"] == "search")["summary"]
+    assert search["chosen_layers"] and report["data"]["eval_images"] > 0

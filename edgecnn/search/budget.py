@@ -3,9 +3,9 @@
 The budget is checked before each unit of work: a latency probe of one layer, one chunk of
 sensitivity images, one pruning / shift unit, one candidate built and checked. Past the budget
 no new unit starts; what is skipped is recorded and said in the report. Whatever the budget,
-the search still does its minimum: read the search images, export FP32, build each uniform
-precision, measure their drops and time them once against FP32 (without these there is no
-answer to give). The overshoot is therefore the unit in flight when time runs out (a probe or
+the search still does its minimum: read the search images, export FP32, build the first int8
+uniform precision (the others only while time is left), measure their drops and time them
+against FP32 (without these there is no answer to give). The overshoot is therefore the unit in flight when time runs out (a probe or
 a chunk: seconds; a candidate: its build, recovery and check) plus that minimum.
 """
 
@@ -23,7 +23,7 @@ class Budget:
         self.seconds = None if minutes is None else float(minutes) * 60
         self.clock = clock
         self.started = clock()
-        self._phase = "starting"
+        self._phase = "preparing the search images"
         self.skipped: list[str] = []  # what was not done for lack of time, one line each
         self.spent_in: Optional[str] = None  # the phase during which the time ran out
 

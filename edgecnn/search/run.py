@@ -165,8 +165,14 @@ def measure_table(builder: _Builder, space: Space, log) -> lat.LatencyTable:
     from edgecnn.search import probes
 
     cfg = builder.config
-    builder.budget.phase = "building the uniform precisions"
-    paths = {p: str(builder.fp32_path if p == "fp32" else builder.build(space.uniform(p), f"uniform-{p}")) for p in cfg.precisions}
+    paths = {"fp32": str(builder.fp32_path)}
+    for precision in [p for p in cfg.precisions if p != "fp32"]:
+        # Past the budget only the first int8 setting is built: an answer faster than FP32 is still possible.
+        if len(paths) > 1 and builder.budget.spent():
+            builder.budget.skip(f"uniform {precision}")
+            continue
+        builder.budget.phase = f"building uniform {precision}"
+        paths[precision] = str(builder.build(space.uniform(precision), f"uniform-{precision}"))
     builder.budget.phase = "timing the uniform precisions"
     whole = lat.time_interleaved(paths, cfg.threads, rounds=3 if builder.budget.spent() else 5, iters=15)
     log("  uniform: " + ", ".join(f"{p} {v['median_ms']:.2f} ms" for p, v in whole.items()))
@@ -279,10 +285,15 @@ def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path,
     artifacts = {id(c): built[config_key(c.config)] for c in result.verified if config_key(c.config) in built}
     uniform = {}
     for precision in config.precisions:
+        if precision != "fp32" and f"uniform-{precision}" not in builder.paths:
+            continue  # not built (time budget)
         cfg = space.uniform(precision)
         path = builder.paths.get(f"uniform-{precision}", builder.fp32_path)
         cand = Candidate(cfg, table.predict(space, cfg), sensitivity.proxy(space, cfg, scores) if scores else float("nan"))
-        cand.drop = builder.drop(path)
+        if path == builder.fp32_path:  # FP32 against itself: no second pass over the search images
+            cand.drop, builder.agreement[str(path)] = 0.0, 100.0
+        else:
+            cand.drop = builder.drop(path)
         cand.feasible = cand.drop <= config.max_drop
         artifacts[id(cand)] = path
         uniform[precision] = cand
