@@ -112,6 +112,7 @@ def test_a_tiny_budget_ends_the_search_early_and_says_what_it_skipped(tmp_path, 
     search = next(s for s in report["stages"] if s["name"] == "search")["summary"]
     budget = search["time_budget"]
     assert budget["spent_in"] and any("latency probes" in s for s in budget["skipped"])
+    assert "uniform w7a8" in budget["skipped"]  # not even the uniform setting was started past the budget
     assert not any(c.get("drop") is not None for c in search["verified"])  # no candidate started past the budget
     assert any("sensitivities" in s for s in budget["skipped"])
     assert any("time budget" in n for n in report["notes"])

@@ -1,12 +1,13 @@
 """The search's time budget (``--search-time``) and its heartbeat.
 
-The budget is checked before each unit of work: a latency probe of one layer, one chunk of
-sensitivity images, one pruning / shift unit, one candidate built and checked. Past the budget
-no new unit starts; what is skipped is recorded and said in the report. Whatever the budget,
-the search still does its minimum: read the search images, export FP32, build the first int8
-uniform precision (the others only while time is left), measure their drops and time them
-against FP32 (without these there is no answer to give). The overshoot is therefore the unit in flight when time runs out (a probe or
-a chunk: seconds; a candidate: its build, recovery and check) plus that minimum.
+The budget is checked before each unit of work: a uniform precision built and checked, a
+latency probe of one layer, one chunk of sensitivity images, one pruning / shift unit, one
+candidate built and checked. Past the budget no new unit starts; what is skipped is recorded
+and said in the report. Whatever the budget, the search reads its images, exports FP32 and
+predicts the search images with it, and times what it built against FP32 (fewer rounds once
+the budget is spent): without these there is no answer, not even "keep FP32". The overshoot
+is therefore the unit in flight when time runs out (a probe or a chunk: seconds; a uniform
+setting or a candidate: its build, recovery and check) plus that final timing.
 """
 
 from __future__ import annotations

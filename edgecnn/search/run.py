@@ -132,6 +132,8 @@ class _Builder:
         self.fp32_pred = top1_of(self.fp32_path, data.images, config.threads)
         self.fp32_top1 = float((self.fp32_pred == data.labels).mean() * 100)
         self.agreement: dict[str, float] = {}  # artifact -> % of search images on FP32's class
+        self.uniform_drop: dict[str, float] = {"fp32": 0.0}  # precision -> measured drop of its uniform setting
+        self.agreement[str(self.fp32_path)] = 100.0
 
     def build(self, config: dict, name: str) -> Path:
         model = apply_config(self.model, self.space, config, self.data.calib, quantize=False)
@@ -167,12 +169,13 @@ def measure_table(builder: _Builder, space: Space, log) -> lat.LatencyTable:
     cfg = builder.config
     paths = {"fp32": str(builder.fp32_path)}
     for precision in [p for p in cfg.precisions if p != "fp32"]:
-        # Past the budget only the first int8 setting is built: an answer faster than FP32 is still possible.
-        if len(paths) > 1 and builder.budget.spent():
+        if builder.budget.spent():
             builder.budget.skip(f"uniform {precision}")
             continue
-        builder.budget.phase = f"building uniform {precision}"
-        paths[precision] = str(builder.build(space.uniform(precision), f"uniform-{precision}"))
+        builder.budget.phase = f"building and checking uniform {precision}"
+        path = builder.build(space.uniform(precision), f"uniform-{precision}")
+        builder.uniform_drop[precision] = builder.drop(path)  # part of the unit: a built setting is a checked one
+        paths[precision] = str(path)
     builder.budget.phase = "timing the uniform precisions"
     whole = lat.time_interleaved(paths, cfg.threads, rounds=3 if builder.budget.spent() else 5, iters=15)
     log("  uniform: " + ", ".join(f"{p} {v['median_ms']:.2f} ms" for p, v in whole.items()))
@@ -281,7 +284,7 @@ def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path,
     if unverified:
         budget.skip(f"verification of {unverified} candidate{'s' if unverified > 1 else ''}")
     seconds["solve_s"] = time.perf_counter() - t2
-    budget.phase = "measuring the uniform precisions' drops"
+    budget.phase = "collecting the uniform settings"
     artifacts = {id(c): built[config_key(c.config)] for c in result.verified if config_key(c.config) in built}
     uniform = {}
     for precision in config.precisions:
@@ -290,10 +293,7 @@ def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path,
         cfg = space.uniform(precision)
         path = builder.paths.get(f"uniform-{precision}", builder.fp32_path)
         cand = Candidate(cfg, table.predict(space, cfg), sensitivity.proxy(space, cfg, scores) if scores else float("nan"))
-        if path == builder.fp32_path:  # FP32 against itself: no second pass over the search images
-            cand.drop, builder.agreement[str(path)] = 0.0, 100.0
-        else:
-            cand.drop = builder.drop(path)
+        cand.drop = builder.uniform_drop[precision]
         cand.feasible = cand.drop <= config.max_drop
         artifacts[id(cand)] = path
         uniform[precision] = cand
