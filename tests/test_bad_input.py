@@ -182,3 +182,12 @@ def test_error_names_file_key_path_and_allowed_keys(files, capsys):
     assert str(files["unknown_key"]) in line
     assert "data.calibb" in line
     assert "allowed keys:" in line and "calib" in line and "eval" in line
+
+
+@pytest.mark.parametrize("command", [["eval", "squeezenet", "--data", "{empty}"],
+                                     ["finetune", "squeezenet", "--data", "{empty}", "-o", "{tmp}/student.pth"]])
+def test_eval_and_finetune_refuse_a_folder_without_images(command, files, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([a.format(**files) for a in command])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exc.value.code == 2 and len(lines) == 1 and "--data" in lines[0] and "no images" in lines[0]

@@ -59,12 +59,15 @@ class ImageFolder:
                 raise UserError(f"classes file '{classes_file}' does not exist")
         # Items are absolute paths: whatever folder a later step works in, they name the same files.
         where = self.root.absolute()
-        if where.is_file():
-            self.items = self._from_list_file(where, classes_file)
-        elif where.is_dir():
-            self.items = self._from_folder(where, classes_file)
-        else:
-            raise UserError(f"image folder or list file '{self.root}' does not exist")
+        try:
+            if where.is_file():
+                self.items = self._from_list_file(where, classes_file)
+            elif where.is_dir():
+                self.items = self._from_folder(where, classes_file)
+            else:
+                raise UserError(f"image folder or list file '{self.root}' does not exist")
+        except PermissionError as exc:
+            raise UserError(f"cannot read '{exc.filename or self.root}' (permission denied); make it readable") from None
         if not self.items:
             raise UserError(f"'{self.root}' contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
 
@@ -207,6 +210,22 @@ def open_image(path: Path):
         raise UserError(f"image '{path}' has {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"cannot read image '{path}' ({type(exc).__name__}: {exc}); fix or remove it") from None
+
+
+def check_image_source(value, what: str, recursive: bool = False) -> None:
+    """Refuse, before any work, a folder or list file that holds no readable image: its first
+    image is decoded, so an unreadable folder or a broken first file is named now, not after a
+    search of many minutes."""
+    path = Path(value).expanduser()
+    try:
+        first = first_image(path) if recursive and path.is_dir() else ImageFolder(path).items[0][0]
+        if first is None:
+            raise UserError(f"'{value}' holds no images (sub-folders searched); give a folder of photos")
+        open_image(first)
+    except PermissionError as exc:
+        raise UserError(f"{what}: cannot read '{exc.filename or value}' (permission denied); make it readable") from None
+    except UserError as exc:
+        raise UserError(f"{what}: {exc}") from None
 
 
 def load_image(path: Path, preprocess) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from edgecnn.data import embedded
-from edgecnn.data.images import ImageFolder, iter_batches
+from edgecnn.data.images import ImageFolder, check_image_source, iter_batches
 from edgecnn.data.labels import drop_labels, resolve_labels
 from edgecnn.errors import UserError
 from edgecnn.models import create, load_model, resolve_name
@@ -62,30 +62,6 @@ def check_inputs(r: Recipe) -> None:
             # A search reads its recovery photos at any folder depth; everything else reads an ImageFolder.
             recursive = key == "train" and r.stage("search") is not None and r.stage("distill") is None
             check_image_source(value, f"data.{key} ({flags[key]})", recursive=recursive)
-
-
-def check_image_source(value, what: str, recursive: bool = False) -> None:
-    """Refuse, before any work, a folder or list file that holds no readable image: its first
-    image is decoded, so an unreadable folder or a broken first file is named now, not after a
-    search of many minutes."""
-    from edgecnn.data.images import first_image, open_image
-
-    path = Path(value).expanduser()
-    try:
-        if recursive and path.is_dir():
-            first = first_image(path)
-            if first is None:
-                raise UserError(f"{what}: '{value}' holds no images (sub-folders searched); give a folder of photos")
-        else:
-            first = ImageFolder(path).items[0][0]
-    except PermissionError as exc:
-        raise UserError(f"{what}: cannot read '{exc.filename or value}' (permission denied); make it readable") from None
-    except UserError as exc:
-        raise UserError(f"{what}: {exc}") from None
-    try:
-        open_image(first)
-    except UserError as exc:
-        raise UserError(f"{what}: {exc}") from None
 
 
 def load(state: RunState) -> None:
