@@ -108,8 +108,12 @@ def search_section(search: dict) -> list[str]:
     chosen = search.get("chosen") or {}
     lines = ["", "## Search", "", f"Fastest configuration within {search.get('max_drop')} points on the search part: "
              + (f"{chosen.get('measured_ms') or 0:.2f} ms, drop {chosen.get('drop') or 0:.2f} points" if chosen else "none (float model kept)")
-             + (f" ([front]({search['plot']}))" if search.get("plot") else ""), "",
-             "| layer | kind | precision | in kept | out kept | shift |", "| --- | --- | --- | ---: | ---: | --- |"]
+             + (f" ([front]({search['plot']}))" if search.get("plot") else ""), ""]
+    budget = search.get("time_budget") or {}
+    if budget.get("skipped"):
+        lines += [f"Time budget of {budget['minutes']:g} min spent (during {budget.get('spent_in')}); not done: "
+                  + "; ".join(budget["skipped"]) + ".", ""]
+    lines += ["| layer | kind | precision | in kept | out kept | shift |", "| --- | --- | --- | ---: | ---: | --- |"]
     for r in search.get("chosen_layers") or []:
         lines.append(f"| {r['layer']} | {r['kind']} | {r['precision']} | {r['in_kept']:g} | {r['out_kept']:g} | {'yes' if r['shift'] else ''} |")
     lines += ["", "| configuration | predicted ms | measured ms | drop (search part) | kept |", "| --- | ---: | ---: | ---: | --- |"]

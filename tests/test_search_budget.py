@@ -119,3 +119,10 @@ def test_a_tiny_budget_ends_the_search_early_and_says_what_it_skipped(tmp_path, 
     assert "drop inf" not in printed and "inf" not in (out / "report.md").read_text().replace("info", "")
     assert "search: " in printed  # heartbeat lines on a pipe
     assert search["chosen_layers"]  # still an answer: the best uniform setting (or FP32)
+
+
+def test_report_says_what_the_time_budget_cut():
+    budget = {"minutes": 0.5, "spent_in": "latency probes, layer 4 of 26", "skipped": ["latency probes of 22 of 26 layers"]}
+    markdown = "\n".join(search_section({"max_drop": 1.0, "time_budget": budget}))
+    assert "Time budget of 0.5 min spent (during latency probes, layer 4 of 26)" in markdown
+    assert "latency probes of 22 of 26 layers" in markdown
