@@ -90,14 +90,19 @@ def search_section(search: dict) -> list[str]:
     chosen = search.get("chosen") or {}
     lines = ["", "## Search", "", f"Fastest configuration within {search.get('max_drop')} points on the search part: "
              + (f"{chosen.get('measured_ms') or 0:.2f} ms, drop {chosen.get('drop') or 0:.2f} points" if chosen else "none (float model kept)")
-             + (f" ([front]({search['plot']}))" if search.get("plot") else ""), "",
-             "| layer | kind | precision | in kept | out kept | shift |", "| --- | --- | --- | ---: | ---: | --- |"]
+             + (f" ([front]({search['plot']}))" if search.get("plot") else ""), ""]
+    budget = search.get("time_budget") or {}
+    if budget.get("skipped"):
+        lines += [f"Time budget of {budget['minutes']:g} min spent (during {budget.get('spent_in')}); not done: "
+                  + "; ".join(budget["skipped"]) + ".", ""]
+    lines += ["| layer | kind | precision | in kept | out kept | shift |", "| --- | --- | --- | ---: | ---: | --- |"]
     for r in search.get("chosen_layers") or []:
         lines.append(f"| {r['layer']} | {r['kind']} | {r['precision']} | {r['in_kept']:g} | {r['out_kept']:g} | {'yes' if r['shift'] else ''} |")
     lines += ["", "| configuration | predicted ms | measured ms | drop (search part) | kept |", "| --- | ---: | ---: | ---: | --- |"]
     for name, c in [(f"uniform {k}", v) for k, v in (search.get("uniform") or {}).items()] + [
             (f"candidate {i}", v) for i, v in enumerate(search.get("verified") or [])]:
-        kept = "" if c.get("feasible") is None else ("yes" if c["feasible"] else "rejected")
+        kept = ("not verified (time budget)" if c.get("not_verified") else
+                "" if c.get("feasible") is None else ("yes" if c["feasible"] else "rejected"))
         drop = "-" if c.get("drop") is None else f"{c['drop']:.2f}"
         lines.append(f"| {name} | {fmt_ms(c.get('predicted_ms'))} | {fmt_ms(c.get('measured_ms'))} | {drop} | {kept} |")
     return lines

@@ -63,6 +63,11 @@ def finetune(model, teacher, teacher_weights, data, eval_data, input_size, check
     config = config_values(DistillConfig, kwargs, DISTILL_FLAGS, progress=not as_json)
     if config.logit_weight == 0 and not config.feature_layers:
         raise UserError("--logit-weight 0 leaves nothing to train on; add --feature-layers NAME or raise --logit-weight")
+    from edgecnn.data.images import check_image_source
+
+    check_image_source(data, "--data")
+    if eval_data:
+        check_image_source(eval_data, "--eval-data")
 
     import torch
 

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from edgecnn.data import embedded
-from edgecnn.data.images import ImageFolder, iter_batches
+from edgecnn.data.images import ImageFolder, check_image_source, iter_batches
 from edgecnn.data.labels import drop_labels, resolve_labels
 from edgecnn.errors import UserError
 from edgecnn.models import create, load_model, resolve_name
@@ -33,10 +33,13 @@ EVAL_IN_MEMORY_BYTES = 512 * 2**20  # above this the evaluation set is streamed 
 
 def check_inputs(r: Recipe) -> None:
     """Cheap checks before any work: folders exist, flags fit together."""
+    flags = {"calib": "--calib", "eval": "--data", "train": "--train"}
     for key in ("calib", "eval", "train"):
         value = getattr(r.data, key)
-        if value is not None and not Path(value).expanduser().exists():
-            raise UserError(f"data.{key}: '{value}' does not exist; give an image folder or a list file")
+        if value is None:
+            continue
+        if not Path(value).expanduser().exists():
+            raise UserError(f"data.{key} ({flags[key]}): '{value}' does not exist; give an image folder or a list file")
     if r.embedded:
         given = [k for k in ("calib", "eval") if getattr(r.data, k)]
         if given:
@@ -59,6 +62,12 @@ def check_inputs(r: Recipe) -> None:
                             "pass --data DIR (class sub-folders)")
     if _needing(r, "train") and not r.embedded and r.data.train is None:
         raise UserError(f"stage {_needing(r, 'train')[0]} needs labelled training images: set data.train in the recipe")
+    for key in ("calib", "eval", "train"):
+        value = getattr(r.data, key)
+        if value is not None:
+            # A search reads its recovery photos at any folder depth; everything else reads an ImageFolder.
+            recursive = key == "train" and r.stage("search") is not None and r.stage("distill") is None
+            check_image_source(value, f"data.{key} ({flags[key]})", recursive=recursive)
 
 
 def load(state: RunState) -> None:

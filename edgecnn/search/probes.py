@@ -131,8 +131,12 @@ def time_layer(name: str, layer: nn.Module, x: torch.Tensor, variants: dict, wor
 
 
 def build_table(model: nn.Module, space: Space, images: torch.Tensor, precisions, whole_ms: dict[str, float],
-                work: Path, target: str = DEFAULT_TARGET, threads: int = 2, progress: bool = False) -> lat.LatencyTable:
-    """Probe every layer, then scale each precision to its measured whole-model ``whole_ms``."""
+                work: Path, target: str = DEFAULT_TARGET, threads: int = 2, progress: bool = False, budget=None) -> lat.LatencyTable:
+    """Probe every layer, then scale each precision to its measured whole-model ``whole_ms``.
+
+    Past the time ``budget`` (:class:`edgecnn.search.budget.Budget`) no further layer is probed:
+    the rest are estimated from their MACs (ms per MAC of the probed layers, else the
+    whole-model time shared by MACs) and listed in ``table.estimated``."""
     work.mkdir(parents=True, exist_ok=True)
     inputs = layer_inputs(model, space.layers, images)
     modules = dict(model.named_modules())
@@ -144,8 +148,16 @@ def build_table(model: nn.Module, space: Space, images: torch.Tensor, precisions
         from rich.progress import track
 
         layers = track(layers, description="latency probes", transient=True)
-    for name in layers:
+    for index, name in enumerate(layers):
+        if budget is not None:
+            if budget.spent():
+                break
+            budget.phase = f"latency probes, layer {index + 1} of {len(space.layers)}"
         raw[name] = time_layer(name, modules[name], inputs[name], _variants(space, name, precisions, pruned), work, target, threads)
+    estimated = [n for n in space.layers if n not in raw]
+    if estimated:
+        _estimate_by_macs(raw, estimated, space, precisions, whole_ms)
+        budget.skip(f"latency probes of {len(estimated)} of {len(space.layers)} layers (estimated from MACs)")
     table = lat.LatencyTable({n: {p: raw[n][p] for p in precisions} for n in space.layers})
     for precision in precisions:
         config = space.uniform(precision)
@@ -164,6 +176,22 @@ def build_table(model: nn.Module, space: Space, images: torch.Tensor, precisions
                 table.prune_efficiency.setdefault(name, {})[cls] = raw[name][f"pruned-{cls}"] / raw[name][precision] / mac
             if f"shifted-{cls}" in raw[name]:
                 table.shift_ms.setdefault(name, {})[cls] = raw[name][f"shifted-{cls}"] * table.layer_ms[name][precision] / raw[name][precision]
+    for name in estimated:  # no shift probe: a shifted layer is assumed to cost what it did
+        if any(u.kind == "shift" and u.layer == name for u in space.units):
+            table.shift_ms[name] = {"fp32": table.layer_ms[name]["fp32"], "int8": table.layer_ms[name].get("w7a8", table.layer_ms[name]["fp32"])}
     table.measured = dict(whole_ms)
-    table.probes = raw
+    table.probes = {n: v for n, v in raw.items() if n not in estimated}
+    table.estimated = estimated
     return table
+
+
+def _estimate_by_macs(raw: dict, layers: list[str], space: Space, precisions, whole_ms: dict[str, float]) -> None:
+    probed = [n for n in raw]
+    for precision in precisions:
+        probed_macs = sum(space.layer_macs[n] for n in probed)
+        if probed and probed_macs > 0:
+            per_mac = sum(raw[n][precision] for n in probed) / probed_macs
+        else:
+            per_mac = whole_ms.get(precision, whole_ms.get("fp32", 1.0)) / max(1, sum(space.layer_macs.values()))
+        for name in layers:
+            raw.setdefault(name, {})[precision] = per_mac * max(1, space.layer_macs[name])

@@ -20,6 +20,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgecnn.search import latency as lat
+from edgecnn.search.budget import Budget
 from edgecnn.search import sensitivity
 from edgecnn.search.probes import export
 from edgecnn.search.solve import Candidate, SearchResult, config_key, solve
@@ -38,7 +39,7 @@ class SearchConfig(BaseModel):
     shift: bool = Field(False, description="also try shift substitution of spatial convs (with recovery images only)")
     sensitivity_images: int = Field(64, ge=1)
     max_verify: int = Field(6, ge=1, description="configurations built and measured at most")
-    search_time: Optional[float] = Field(None, gt=0, description="Minutes after which the search starts no new verification.")
+    search_time: Optional[float] = Field(None, gt=0, description="Minutes of search: past them no new probe, sensitivity step or candidate starts (docs/search.md: the overshoot).")
     threads: int = Field(2, ge=1)
     recovery_steps: int = Field(200, ge=1, description="distillation steps of a candidate needing recovery")
     recovery_size: int = Field(128, ge=32, description="training resolution of the recovery")
@@ -96,6 +97,7 @@ class Outcome:
     seconds: dict[str, float] = field(default_factory=dict)
     table_check: list = field(default_factory=list)
     fp32_top1: float = 0.0  # on the search part
+    budget: dict = field(default_factory=dict)  # Budget.summary(): the time budget and what it cut
 
 
 def top1_of(path: Path, images: np.ndarray, threads: int = 2, batch: int = 32) -> np.ndarray:
@@ -109,8 +111,9 @@ def top1_of(path: Path, images: np.ndarray, threads: int = 2, batch: int = 32) -
 class _Builder:
     """Builds, measures and remembers configurations (one ONNX each)."""
 
-    def __init__(self, model, space, data: SearchData, config: SearchConfig, work: Path, log):
+    def __init__(self, model, space, data: SearchData, config: SearchConfig, work: Path, log, budget: Budget):
         self.model, self.space, self.data, self.config, self.work, self.log = model, space, data, config, work, log
+        self.budget = budget
         self.size = data.images.shape[-1]
         self.paths: dict[str, Path] = {}
         self.models: dict[Path, nn.Module] = {}
@@ -118,7 +121,8 @@ class _Builder:
         self.fp32_pred = top1_of(self.fp32_path, data.images, config.threads)
         self.fp32_top1 = float((self.fp32_pred == data.labels).mean() * 100)
         self.agreement: dict[str, float] = {}  # artifact -> % of search images on FP32's class
-        self.started = time.perf_counter()
+        self.uniform_drop: dict[str, float] = {"fp32": 0.0}  # precision -> measured drop of its uniform setting
+        self.agreement[str(self.fp32_path)] = 100.0
 
     def build(self, config: dict, name: str) -> Path:
         model = apply_config(self.model, self.space, config, self.data.calib, quantize=False)
@@ -144,8 +148,7 @@ class _Builder:
         return times["cand"]["median_ms"] / times["fp32"]["median_ms"]
 
     def out_of_time(self) -> bool:
-        limit = self.config.search_time
-        return limit is not None and time.perf_counter() - self.started > limit * 60
+        return self.budget.spent()
 
 
 def measure_table(builder: _Builder, space: Space, log) -> lat.LatencyTable:
@@ -153,12 +156,23 @@ def measure_table(builder: _Builder, space: Space, log) -> lat.LatencyTable:
     from edgecnn.search import probes
 
     cfg = builder.config
-    paths = {p: str(builder.fp32_path if p == "fp32" else builder.build(space.uniform(p), f"uniform-{p}")) for p in cfg.precisions}
-    whole = lat.time_interleaved(paths, cfg.threads, rounds=5, iters=15)
+    paths = {"fp32": str(builder.fp32_path)}
+    for precision in [p for p in cfg.precisions if p != "fp32"]:
+        if builder.budget.spent():
+            builder.budget.skip(f"uniform {precision}")
+            continue
+        builder.budget.phase = f"building and checking uniform {precision}"
+        path = builder.build(space.uniform(precision), f"uniform-{precision}")
+        builder.uniform_drop[precision] = builder.drop(path)  # part of the unit: a built setting is a checked one
+        paths[precision] = str(path)
+    builder.budget.phase = "timing the uniform precisions"
+    whole = lat.time_interleaved(paths, cfg.threads, rounds=3 if builder.budget.spent() else 5, iters=15)
     log("  uniform: " + ", ".join(f"{p} {v['median_ms']:.2f} ms" for p, v in whole.items()))
     images = torch.from_numpy(builder.data.images[:4])
     table = probes.build_table(builder.model, space, images, cfg.precisions, {p: v["median_ms"] for p, v in whole.items()},
-                               builder.work / "probes", cfg.target, cfg.threads)
+                               builder.work / "probes", cfg.target, cfg.threads, budget=builder.budget)
+    if table.estimated:
+        log(f"  latency probes stopped (time budget): {len(table.estimated)} of {len(space.layers)} layers estimated from MACs")
     return table
 
 
@@ -169,7 +183,8 @@ def final_timing(result: SearchResult, uniform: dict, artifacts: dict, builder: 
     measurement decides between what the table proposed and the uniform settings."""
     timed = [c for c in result.verified if c.feasible] + [c for p, c in uniform.items() if p != "fp32"]
     paths = {"fp32": str(builder.fp32_path), **{f"c{i}": str(artifacts[id(c)]) for i, c in enumerate(timed) if id(c) in artifacts}}
-    times = lat.time_interleaved(paths, config.threads, rounds=5, iters=15)
+    builder.budget.phase = f"final timing of {len(paths)} artifacts"
+    times = lat.time_interleaved(paths, config.threads, rounds=2 if builder.budget.spent() else 5, iters=15)
     fp32_ms = times["fp32"]["median_ms"]
     if "fp32" in uniform:
         uniform["fp32"].measured_ms = fp32_ms
@@ -210,44 +225,64 @@ def choose(timed: list[Candidate], fp32_ms: float, noise: float = 0.03) -> Optio
     return chosen if chosen.info["pooled_ms"] < fp32_ms else None
 
 
-def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path, log=print) -> Outcome:
-    """Run the search; the artifacts land in ``work``."""
+def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path, log=print,
+           budget: Optional[Budget] = None) -> Outcome:
+    """Run the search; the artifacts land in ``work``. ``budget`` (default: ``config.search_time``
+    from now) bounds what it starts (:mod:`edgecnn.search.budget`)."""
+    budget = budget or Budget(config.search_time)
     work.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).eval()
     seconds, t0 = {}, time.perf_counter()
     example = torch.from_numpy(data.images[:1])
     space = build_space(model, example, tuple(config.precisions), tuple(config.prune_densities), config.shift)
-    builder = _Builder(model, space, data, config, work, log)
+    budget.phase = "exporting FP32"
+    builder = _Builder(model, space, data, config, work, log, budget)
     log(f"search space: {len(space.units)} units; FP32 top-1 on the search part {builder.fp32_top1:.2f} %")
     table = measure_table(builder, space, log)
     seconds["latency_table_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     images = torch.from_numpy(data.images[: config.sensitivity_images])
-    scores = sensitivity.measure(model, space, images, data.calib, config.target)
+    if budget.spent():  # no candidate could be verified: measuring sensitivities would only spend more time
+        budget.skip("sensitivities and the candidate search (only the uniform precisions were compared)")
+        scores = {}
+    else:
+        budget.phase = "sensitivity"
+        scores = sensitivity.measure(model, space, images, data.calib, config.target, budget=budget)
     seconds["sensitivity_s"] = time.perf_counter() - t1
-    fp32_ms = lat.time_interleaved({"fp32": str(builder.fp32_path)}, config.threads, rounds=3, iters=10)["fp32"]["median_ms"]
     built: dict[tuple, Path] = {}
+    fp32_ms: list[float] = []  # timed at the first verification (none when the time is spent before)
 
     def verify(cfg: dict):
-        if builder.out_of_time():
-            return float("inf"), None
+        if not fp32_ms:
+            budget.phase = "timing FP32"
+            fp32_ms.append(lat.time_interleaved({"fp32": str(builder.fp32_path)}, config.threads, rounds=3, iters=10)["fp32"]["median_ms"])
+        budget.phase = f"building and checking candidate {len(built)}"
         path = builder.build(cfg, f"candidate-{len(built)}")
         built[config_key(cfg)] = path
-        return builder.drop(path), builder.timed(path) * fp32_ms
+        return builder.drop(path), builder.timed(path) * fp32_ms[0]
 
     t2 = time.perf_counter()
     # Deltas around the fastest uniform setting: a layer is judged in the int8 chain it would sit in.
     reference = min((space.uniform(p) for p in config.precisions), key=lambda c: table.predict(space, c))
-    result = solve(space, lambda c: table.predict(space, c), lambda u, o: scores[(u, o)].kl, verify, config.max_drop,
-                   reference=reference, max_verify=config.max_verify, log=log)
+    if scores:
+        result = solve(space, lambda c: table.predict(space, c), lambda u, o: scores[(u, o)].kl, verify, config.max_drop,
+                       reference=reference, max_verify=config.max_verify, log=log, out_of_time=budget.spent)
+    else:
+        result = SearchResult(None, [], config.max_drop)
+    unverified = sum(1 for c in result.verified if c.info.get("not_verified"))
+    if unverified:
+        budget.skip(f"verification of {unverified} candidate{'s' if unverified > 1 else ''}")
     seconds["solve_s"] = time.perf_counter() - t2
+    budget.phase = "collecting the uniform settings"
     artifacts = {id(c): built[config_key(c.config)] for c in result.verified if config_key(c.config) in built}
     uniform = {}
     for precision in config.precisions:
+        if precision != "fp32" and f"uniform-{precision}" not in builder.paths:
+            continue  # not built (time budget)
         cfg = space.uniform(precision)
         path = builder.paths.get(f"uniform-{precision}", builder.fp32_path)
-        cand = Candidate(cfg, table.predict(space, cfg), sensitivity.proxy(space, cfg, scores))
-        cand.drop = builder.drop(path)
+        cand = Candidate(cfg, table.predict(space, cfg), sensitivity.proxy(space, cfg, scores) if scores else float("nan"))
+        cand.drop = builder.uniform_drop[precision]
         cand.feasible = cand.drop <= config.max_drop
         artifacts[id(cand)] = path
         uniform[precision] = cand
@@ -258,7 +293,7 @@ def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path,
     check = lat.check(table, space, {f"candidate {i}": c.config for i, c in enumerate(result.verified)}, measured)
     seconds["total_s"] = time.perf_counter() - t0
     return Outcome(space, table, scores, result, uniform, builder.fp32_path, chosen_path, chosen_model,
-                   artifacts, {k: round(v, 1) for k, v in seconds.items()}, check, builder.fp32_top1)
+                   artifacts, {k: round(v, 1) for k, v in seconds.items()}, check, builder.fp32_top1, budget.summary())
 
 
 def summary(outcome: Outcome, names: Optional[dict] = None) -> dict:
@@ -270,11 +305,13 @@ def summary(outcome: Outcome, names: Optional[dict] = None) -> dict:
         "units": len(outcome.space.units),
         "fp32_top1_search_part": outcome.fp32_top1,
         "seconds": outcome.seconds,
+        "time_budget": outcome.budget,
         "latency_table_check": outcome.table_check,
         "uniform": {p: c.to_dict() for p, c in outcome.uniform.items()},
         "verified": [{**c.to_dict(), "artifact": str(outcome.artifacts.get(id(c), ""))} for c in result.verified],
         "chosen": chosen.to_dict() if chosen else None,
         "chosen_artifact": str(outcome.chosen_path) if outcome.chosen_path else None,
         "chosen_layers": outcome.space.describe(chosen.config if chosen else outcome.space.base()),
-        "sensitivity": {f"{u}={o}": round(s.kl, 6) for (u, o), s in outcome.scores.items()},
+        # None: not scored (time budget)
+        "sensitivity": {f"{u}={o}": round(s.kl, 6) if np.isfinite(s.kl) else None for (u, o), s in outcome.scores.items()},
     }
