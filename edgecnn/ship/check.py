@@ -145,7 +145,7 @@ def _agreement(bundle: Path, result: CheckResult, python) -> None:
         if meta_labels is not None:
             result.passed.append(f"labels.txt ({len(labels)} names) equals model.onnx's labels, line by line")
         else:
-            from edgecnn.ship.bundle import read_manifest
+            from edgecnn.ship.manifest import read_manifest
 
             origin = (read_manifest(bundle) or {}).get("labels_from") or "elsewhere"
             count = "one per output of model.onnx" if outputs is not None else "(model.onnx's output count is dynamic)"
