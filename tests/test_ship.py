@@ -277,6 +277,7 @@ def _red(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_bare_onnx_needs_labels_and_a_golden_image(tmp_path):
     from edgecnn.ship import build_bundle
 
@@ -311,6 +312,7 @@ def test_classes_txt_labels_and_quantized_target_mismatch(tmp_path):
         build_bundle(model, tmp_path / "b", target="ort-x86", golden=_red(tmp_path / "red.png"))
 
 
+@pytest.mark.slow
 def test_force_replaces_only_a_bundle(tmp_path, capsys):
     model = _tiny_onnx(tmp_path / "m.onnx", labels=["red", "green", "blue"])
     red = _red(tmp_path / "red.png")
