@@ -6,6 +6,7 @@ onnxruntime, numpy and pillow (small bundle always; the shared ImageNet models w
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -359,6 +360,11 @@ def test_ship_stage_in_recipes():
 # --- a fresh venv holding only onnxruntime, numpy and pillow -------------------------------------
 
 
+def _outside_env() -> dict:
+    """The environment a user's fresh venv sees: no PYTHONPATH pointing into a checkout of edgecnn."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 @pytest.fixture(scope="session")
 def clean_python(tmp_path_factory) -> str:
     """A venv without system site-packages: the installed versions of onnxruntime, numpy and pillow
@@ -374,14 +380,15 @@ def clean_python(tmp_path_factory) -> str:
     if done.returncode != 0:
         pytest.skip(f"pip could not install {' '.join(pins)} into a fresh venv: {done.stderr.strip()[-300:]}")
     probe = subprocess.run([python, "-c", "import importlib.util as u; print([m for m in ('torch', 'edgecnn', 'onnx') "
-                            "if u.find_spec(m)])"], capture_output=True, text=True, check=True, cwd=venv)
+                            "if u.find_spec(m)])"], capture_output=True, text=True, check=True, cwd=venv,
+                           env=_outside_env())
     assert probe.stdout.strip() == "[]"
     return python
 
 
 def _sample_top1(python: str, bundle: Path, *args) -> dict:
     done = subprocess.run([python, str(bundle / "classify.py"), str(bundle / "golden" / "image.png"), "--json", *args],
-                          capture_output=True, text=True, cwd=bundle, timeout=300)
+                          capture_output=True, text=True, cwd=bundle, timeout=300, env=_outside_env())
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["top5"][0]
 
@@ -392,7 +399,8 @@ def test_small_bundle_in_a_fresh_venv(small_run, clean_python, capsys):
         folder = small_run / f"bundle-{target}"
         code, out, err = _check_cli(folder, capsys, "--python", clean_python)
         assert code == 0 and err == "", err
-        selftest = subprocess.run([clean_python, "classify.py", "--selftest"], capture_output=True, text=True, cwd=folder)
+        selftest = subprocess.run([clean_python, "classify.py", "--selftest"], capture_output=True, text=True, cwd=folder,
+                                  env=_outside_env())
         assert selftest.returncode == 0 and "golden test passed" in selftest.stdout
     expected = json.loads((small_run / "bundle-ort-x86" / "golden" / "expected.json").read_text())
     assert _sample_top1(clean_python, small_run / "bundle-ort-x86", "--model", "model.ort")["index"] == expected["top5"][0]["index"]
