@@ -122,7 +122,7 @@ def verdict(smaller: float, drop: dict) -> str:
     return "not resolved"
 
 
-def run_model(name: str, data: Path, limit: int | None, threads: int, max_verify: int) -> dict:
+def run_model(name: str, data: Path, limit: int | None, threads: int, max_verify: int, prune: list[float]) -> dict:
     import torch
 
     from edgecnn.search.run import SearchConfig
@@ -134,7 +134,7 @@ def run_model(name: str, data: Path, limit: int | None, threads: int, max_verify
     with tempfile.TemporaryDirectory(prefix="edgecnn-size-") as tmp:
         work = Path(tmp)
         (xs, ys), (xe, ye), rule = split_arrays(data, loaded.preprocess, limit, work)
-        config = SearchConfig(max_drop=BUDGET, prune_densities=[], sensitivity_images=64, max_verify=max_verify)
+        config = SearchConfig(max_drop=BUDGET, prune_densities=prune, sensitivity_images=64, max_verify=max_verify)
         outcome = size_search(loaded.module, xs, ys, config, work / "search", log=lambda m: print(f"[{name}] {m}", flush=True))
         size = xs.shape[-1]
         fp32_pred, fp32_bytes = decoded_predictions(loaded.module, work / "fp32.onnx", size, xe, threads)
@@ -197,7 +197,8 @@ def markdown(results: list[dict], env: dict, limit: int | None, total: float) ->
         else:
             lines += ["", f"Size goal: **{r['verdict']}** (no artifact within the budget on the search part)."]
         lines.append("")
-    lines.append(f"Total bench time {total / 60:.1f} min.")
+    lines.append(f"Total bench time {total / 60:.1f} min (models run side by side in separate processes on the shared cores "
+                 f"where the run times above add up to more).")
     return "\n".join(lines) + "\n"
 
 
@@ -208,19 +209,32 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="images per split part (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-verify", type=int, default=6)
+    parser.add_argument("--prune", type=float, nargs="*", default=[],
+                        help="kept-weight densities a layer may also be magnitude-pruned to (no recovery training here)")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--merge", type=Path, nargs="*", default=None,
+                        help="write --output from the .json files of earlier runs (e.g. one per model) instead of running")
     args = parser.parse_args()
+    if args.merge:
+        results = [r for path in args.merge for r in json.loads(path.read_text())["results"]]
+        total = sum(json.loads(path.read_text())["total_seconds"] for path in args.merge)
+        _write(args.output, markdown(results, environment(args.threads), args.images, total), results, total)
+        return
     if not (args.data / "weights").is_dir():
         sys.exit(f"no shared data at {args.data}; pass --data DIR (weights/ and imagenet-sample/)")
     started = time.perf_counter()
-    results = [run_model(m, args.data, args.images, args.threads, args.max_verify) for m in args.models]
-    text = markdown(results, environment(args.threads), args.images, time.perf_counter() - started)
+    results = [run_model(m, args.data, args.images, args.threads, args.max_verify, args.prune) for m in args.models]
+    total = time.perf_counter() - started
+    _write(args.output, markdown(results, environment(args.threads), args.images, total), results, total)
+
+
+def _write(output: Path | None, text: str, results: list, total: float) -> None:
     print(text)
-    if args.output:
+    if output:
         from edgecnn.fileio import write_text_atomic
 
-        write_text_atomic(args.output, text)
-        write_text_atomic(args.output.with_suffix(".json"), json.dumps(results, indent=1, default=float))
+        write_text_atomic(output, text)
+        write_text_atomic(output.with_suffix(".json"), json.dumps({"results": results, "total_seconds": total}, indent=1, default=float))
 
 
 if __name__ == "__main__":

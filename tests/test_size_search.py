@@ -66,7 +66,7 @@ def test_size_search_returns_the_smallest_shipped_artifact_within_the_budget(tin
     assert all(c.drop <= 2.0 for c in feasible) and all(c.drop > 2.0 for c in outcome.uniform + outcome.searched if not c.feasible)
     shipped = [c.shipped_bytes for c in feasible if c.shipped_bytes is not None]
     assert outcome.chosen.shipped_bytes == min(shipped)
-    assert outcome.chosen.shipped_bytes < outcome.fp32_shipped_bytes
+    assert outcome.chosen.shipped_bytes < 4 * sum(p.numel() for p in model.parameters())  # below float32
     # uniform widths are tried from 8 bit down to the first one over the budget
     assert [c.label for c in outcome.uniform][0] == "uniform 8 bit" and not outcome.uniform[-1].feasible
     # the chosen model is what was measured: every layer shared at its chosen bits
@@ -78,13 +78,29 @@ def test_size_search_returns_the_smallest_shipped_artifact_within_the_budget(tin
     assert len(outcome.layers) == 3 and {r["bits"] for r in outcome.layers} <= set(range(2, 9))
 
 
+def test_channels_of_very_different_scale_are_stored_scaled_and_compute_the_same():
+    from edgecnn.search.size import ChannelScaled, channel_spread, scale_channels
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, groups=1), nn.Conv2d(4, 4, 3, groups=4, bias=False))
+    with torch.no_grad():
+        model[1].weight[0] *= 200  # what BN folding does to a depthwise channel
+    x = torch.randn(2, 3, 9, 9)
+    before = model(x)
+    assert channel_spread(model[1].weight) > 8 and channel_spread(model[0].weight) < 8
+    assert scale_channels(model) == ["1"]
+    assert isinstance(model[1], ChannelScaled) and isinstance(model[0], nn.Conv2d)
+    assert torch.allclose(model(x), before, rtol=1e-4, atol=1e-4)
+    assert model[1].conv.weight.abs().amax().item() == pytest.approx(1.0)
+
+
 def test_a_zero_budget_keeps_only_lossless_artifacts(tiny_data, tmp_path, torch_one_thread):
     model, images, labels = tiny_data
     outcome = size_search(model, images, labels, _config(max_drop=0.0, bit_choices=[3, 8]), tmp_path, log=lambda m: None)
     assert outcome.chosen is not None and outcome.chosen.drop <= 0.0
 
 
-def test_pruning_is_searched_only_with_recovery_and_stays_tied(tiny_data, tmp_path, torch_one_thread):
+def test_pruned_candidates_are_recovered_and_stay_tied(tiny_data, tmp_path, torch_one_thread):
     model, images, labels = tiny_data
     calls = []
 
@@ -106,8 +122,9 @@ def test_pruning_is_searched_only_with_recovery_and_stays_tied(tiny_data, tmp_pa
             assert len(torch.unique(values[values != 0])) <= 2 ** bits  # still tied after recovery
             if density < 1:
                 assert (values == 0).float().mean() >= 0.5
-    no_recovery = size_search(model, images, labels, config, tmp_path / "b", log=lambda m: None)
-    assert all(d == 1.0 for c in no_recovery.uniform + no_recovery.searched for _, d in c.choice.values())
+    unpruned = size_search(model, images, labels, config.model_copy(update={"prune_densities": []}), tmp_path / "b",
+                           recovery=recover, log=lambda m: None)
+    assert all(d == 1.0 for c in unpruned.uniform + unpruned.searched for _, d in c.choice.values())
 
 
 def test_objective_flag_sets_the_search_stage(capsys):

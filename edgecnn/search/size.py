@@ -33,6 +33,52 @@ from edgecnn.passes.share_alloc import CODEBOOK_ENTRY_BYTES, allocate_bits, fish
 from edgecnn.passes.weight_share import cluster_weights, share_layer, tie_to_centroids
 
 Choice = tuple[int, float]  # (bits, kept-weight density) of one layer
+CHANNEL_SPREAD = 8.0  # a conv whose output channels' largest |weight| differ more than this is stored channel-scaled
+
+
+class ChannelScaled(nn.Module):
+    """A conv stored as weights divided by a per-output-channel scale, the scale applied after it.
+
+    Folding BatchNorm multiplies each output channel by its own factor: in MobileNetV2 the
+    largest weight of one depthwise channel is 0.08 and of another 56. One codebook per tensor
+    then maps whole small channels to a single value and the network collapses (top-1 near 0
+    at 8 bit). Scaled back to a common range, the channels share the codebook; the scales cost
+    4 bytes per channel (the same layout per-channel int8 quantization uses).
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        weight = conv.weight.detach()
+        scale = weight.reshape(weight.shape[0], -1).abs().amax(1)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        self.conv = copy.deepcopy(conv)
+        self.conv.bias = None
+        with torch.no_grad():
+            self.conv.weight.copy_(weight / scale.view(-1, *([1] * (weight.dim() - 1))))
+        self.register_buffer("scale", scale.view(1, -1, 1, 1).clone())
+        self.register_buffer("shift", (conv.bias.detach() if conv.bias is not None else torch.zeros_like(scale)).view(1, -1, 1, 1).clone())
+
+    def forward(self, x):
+        return self.conv(x) * self.scale + self.shift
+
+
+def channel_spread(weight: torch.Tensor) -> float:
+    """Largest over smallest per-output-channel max |weight| (channels that are all zero left out)."""
+    peaks = weight.detach().reshape(weight.shape[0], -1).abs().amax(1)
+    peaks = peaks[peaks > 0]
+    return float(peaks.max() / peaks.min()) if peaks.numel() else 1.0
+
+
+def scale_channels(model: nn.Module, spread: float = CHANNEL_SPREAD) -> list[str]:
+    """Wrap (in place) every conv whose :func:`channel_spread` exceeds ``spread`` in :class:`ChannelScaled`; returns their names."""
+    wrapped = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Conv2d) and channel_spread(module.weight) > spread:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, ChannelScaled(module))
+            wrapped.append(name)
+    return wrapped
 
 
 @dataclass
@@ -58,7 +104,6 @@ class SizeCandidate:
 @dataclass
 class SizeOutcome:
     fp32_top1: float  # on the search part
-    fp32_shipped_bytes: int
     uniform: list[SizeCandidate]
     searched: list[SizeCandidate]
     chosen: Optional[SizeCandidate]
@@ -158,12 +203,15 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
     """The smallest shipped artifact within ``config.max_drop`` points on ``images`` (the search part).
 
     ``config``: a SearchConfig (fields max_drop, bit_choices, prune_densities, sensitivity_images,
-    max_verify, search_time, recovery_steps). ``recovery(student, steps)`` trains a pruned candidate
-    back (weights stay tied to their centroids); without it nothing is pruned.
+    max_verify, search_time, recovery_steps). Layers may also be magnitude-pruned to each of
+    ``prune_densities`` (the search stage empties it when no recovery images are given);
+    ``recovery(student, steps)``, when given, trains each pruned candidate back (weights stay
+    tied to their centroids) before its drop is measured.
     """
     started = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     base = copy.deepcopy(module).eval()
+    scaled = scale_channels(base)
     layers = select_layers(base)
     size = images.shape[-1]
     fp32_pred = predictions(base, images)
@@ -173,7 +221,7 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
     fisher_set = images[::step][:config.sensitivity_images]
     fisher = fisher_diagonal(base, layers, [torch.from_numpy(fisher_set[i:i + 16]) for i in range(0, len(fisher_set), 16)],
                              len(fisher_set))
-    densities = [1.0] + (sorted(config.prune_densities, reverse=True) if recovery is not None else [])
+    densities = [1.0] + sorted(config.prune_densities, reverse=True)
     options, clusterings = layer_options(layers, fisher, list(config.bit_choices), densities)
     seconds = {"sensitivity": time.perf_counter() - started}
     log(f"  size: {len(layers)} layers scored at {len(config.bit_choices)} bit widths x {len(densities)} densities "
@@ -227,9 +275,12 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
     seconds["search"] = time.perf_counter() - started - seconds["sensitivity"] - seconds["uniform"]
 
     feasible = [c for c in uniform + searched if c.feasible]
-    for i, cand in enumerate(sorted(feasible, key=lambda c: c.estimated_bytes)[:4] + [c for c in uniform if c not in feasible]):
+    # Packing is slow on large models: the two smallest feasible by estimate (the estimate ranks
+    # within a few %) and the smallest feasible uniform width are packed for real.
+    to_pack = sorted(feasible, key=lambda c: c.estimated_bytes)[:2]
+    to_pack += [c for c in sorted((c for c in feasible if c in uniform), key=lambda c: c.estimated_bytes)[:1] if c not in to_pack]
+    for i, cand in enumerate(to_pack):
         cand.shipped_bytes = shipped_bytes(cand.model, work / f"candidate-{i}.onnx", size)
-    fp32_shipped = shipped_bytes(base, work / "fp32.onnx", size)
     sized = [c for c in feasible if c.shipped_bytes is not None]
     chosen = min(sized, key=lambda c: (c.shipped_bytes, c.drop)) if sized else None
     seconds["ship"] = time.perf_counter() - started - sum(seconds.values())
@@ -239,7 +290,9 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
         for name, (bits, density) in chosen.choice.items():
             rows.append({"layer": name, "kind": layer_kind(modules[name]), "bits": bits, "density": density,
                          "params": modules[name].weight.numel(), "estimated_bytes": round(options[name][(bits, density)][0])})
-    return SizeOutcome(fp32_top1, fp32_shipped, uniform, searched, chosen, chosen.model if chosen else None, rows, seconds)
+    notes = [f"{len(scaled)} conv layers stored channel-scaled (their channels' weight ranges differ more than "
+             f"{CHANNEL_SPREAD:g}x, e.g. after BN folding): {', '.join(scaled[:4])}{', ...' if len(scaled) > 4 else ''}"] if scaled else []
+    return SizeOutcome(fp32_top1, uniform, searched, chosen, chosen.model if chosen else None, rows, seconds, notes)
 
 
 def summary(outcome: SizeOutcome, max_drop: float) -> dict:
@@ -247,7 +300,6 @@ def summary(outcome: SizeOutcome, max_drop: float) -> dict:
     chosen = outcome.chosen
     return {
         "objective": "size", "max_drop": max_drop, "fp32_top1_search_part": outcome.fp32_top1,
-        "fp32_shipped_bytes": outcome.fp32_shipped_bytes,
         "chosen": chosen.to_dict() if chosen else None,
         "uniform": [c.to_dict() for c in outcome.uniform],
         "verified": [c.to_dict() for c in outcome.searched],
