@@ -251,11 +251,32 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
             break
     seconds["uniform"] = time.perf_counter() - started - seconds["sensitivity"]
 
+    searched = bisect_budget(options, measure, [c for c in uniform if c.feasible], config, started)
+    seconds["search"] = time.perf_counter() - started - seconds["sensitivity"] - seconds["uniform"]
+
+    feasible = [c for c in uniform + searched if c.feasible]
+    pack_finalists(feasible, uniform, work, size)
+    sized = [c for c in feasible if c.shipped_bytes is not None]
+    chosen = min(sized, key=lambda c: (c.shipped_bytes, c.drop)) if sized else None
+    seconds["ship"] = time.perf_counter() - started - sum(seconds.values())
+    rows = []
+    if chosen is not None:
+        modules = dict(base.named_modules())
+        for name, (bits, density) in chosen.choice.items():
+            rows.append({"layer": name, "kind": layer_kind(modules[name]), "bits": bits, "density": density,
+                         "params": modules[name].weight.numel(), "estimated_bytes": round(options[name][(bits, density)][0])})
+    notes = [f"{len(scaled)} conv layers stored channel-scaled (their channels' weight ranges differ more than "
+             f"{CHANNEL_SPREAD:g}x, e.g. after BN folding): {', '.join(scaled[:4])}{', ...' if len(scaled) > 4 else ''}"] if scaled else []
+    return SizeOutcome(fp32_top1, uniform, searched, chosen, chosen.model if chosen else None, rows, seconds, notes)
+
+
+def bisect_budget(options: dict, measure: Callable, feasible_uniform: list, config, started: float) -> list[SizeCandidate]:
+    """Per-layer candidates: the first at the smallest feasible uniform size, then the byte budget
+    bisected (geometrically) below it on the measured drop."""
     searched: list[SizeCandidate] = []
-    feasible_uniform = [c for c in uniform if c.feasible]
     high = min((c.estimated_bytes for c in feasible_uniform), default=sum(max(o.values())[0] for o in options.values()))
     low = sum(min(v[0] for v in o.values()) for o in options.values())
-    for _ in range(config.max_verify):  # the first probe at the best uniform size, then bisection below it
+    for _ in range(config.max_verify):
         if config.search_time is not None and time.perf_counter() - started > config.search_time * 60:
             break
         if searched and (high / low < 1.02 or not any(c.feasible for c in searched)):
@@ -272,27 +293,16 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
             high = budget
         else:
             low = budget
-    seconds["search"] = time.perf_counter() - started - seconds["sensitivity"] - seconds["uniform"]
+    return searched
 
-    feasible = [c for c in uniform + searched if c.feasible]
-    # Packing is slow on large models: the two smallest feasible by estimate (the estimate ranks
-    # within a few %) and the smallest feasible uniform width are packed for real.
+
+def pack_finalists(feasible: list[SizeCandidate], uniform: list[SizeCandidate], work: Path, size: int) -> None:
+    """Packing is slow on large models: the two smallest feasible by estimate (the estimate ranks
+    within a few %) and the smallest feasible uniform width are packed for real."""
     to_pack = sorted(feasible, key=lambda c: c.estimated_bytes)[:2]
     to_pack += [c for c in sorted((c for c in feasible if c in uniform), key=lambda c: c.estimated_bytes)[:1] if c not in to_pack]
     for i, cand in enumerate(to_pack):
         cand.shipped_bytes = shipped_bytes(cand.model, work / f"candidate-{i}.onnx", size)
-    sized = [c for c in feasible if c.shipped_bytes is not None]
-    chosen = min(sized, key=lambda c: (c.shipped_bytes, c.drop)) if sized else None
-    seconds["ship"] = time.perf_counter() - started - sum(seconds.values())
-    rows = []
-    if chosen is not None:
-        modules = dict(base.named_modules())
-        for name, (bits, density) in chosen.choice.items():
-            rows.append({"layer": name, "kind": layer_kind(modules[name]), "bits": bits, "density": density,
-                         "params": modules[name].weight.numel(), "estimated_bytes": round(options[name][(bits, density)][0])})
-    notes = [f"{len(scaled)} conv layers stored channel-scaled (their channels' weight ranges differ more than "
-             f"{CHANNEL_SPREAD:g}x, e.g. after BN folding): {', '.join(scaled[:4])}{', ...' if len(scaled) > 4 else ''}"] if scaled else []
-    return SizeOutcome(fp32_top1, uniform, searched, chosen, chosen.model if chosen else None, rows, seconds, notes)
 
 
 def summary(outcome: SizeOutcome, max_drop: float) -> dict:
