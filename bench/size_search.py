@@ -197,8 +197,8 @@ def markdown(results: list[dict], env: dict, limit: int | None, total: float) ->
         else:
             lines += ["", f"Size goal: **{r['verdict']}** (no artifact within the budget on the search part)."]
         lines.append("")
-    lines.append(f"Total bench time {total / 60:.1f} min (models run side by side in separate processes on the shared cores "
-                 f"where the run times above add up to more).")
+    lines.append(f"Total bench time {total / 60:.1f} min: the sum of the per-model runs (one process per model, run side by side "
+                 f"on the shared cores; load average in the environment block).")
     return "\n".join(lines) + "\n"
 
 

@@ -115,6 +115,8 @@ def test_pruned_candidates_are_recovered_and_stay_tied(tiny_data, tmp_path, torc
     pruned = [c for c in outcome.searched if any(d < 1 for _, d in c.choice.values())]
     assert pruned, "with a budget this loose, the allocation must prune"
     assert calls and set(calls) == {7}
+    sized = {c.shipped_bytes for c in outcome.uniform + outcome.searched if c.shipped_bytes is not None}
+    assert len(sized) >= 2 and outcome.chosen.shipped_bytes == min(sized)  # several finalists packed, the smallest wins
     for name, module in pruned[0].model.named_modules():
         if name in pruned[0].choice:
             bits, density = pruned[0].choice[name]
