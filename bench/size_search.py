@@ -85,7 +85,7 @@ def split_arrays(data: Path, preprocess, limit: int | None, work: Path):
 
     root = data / "imagenet-sample"
     split = split_items(list(ImageFolder(root).items), root)
-    return arrays(split.search, preprocess, limit, work / "search"), arrays(split.evaluation, preprocess, limit, work / "eval"), split.rule
+    return arrays(split.search, preprocess, limit), arrays(split.evaluation, preprocess, limit), split.rule
 
 
 def decoded_predictions(model, path: Path, size: int, images: np.ndarray, threads: int) -> tuple[np.ndarray, int]:
