@@ -85,8 +85,26 @@ def table_rows(report: dict, keys: Optional[tuple] = None) -> tuple[list[str], l
     return header, rows
 
 
+def size_search_section(search: dict) -> list[str]:
+    """report.md lines for a search with the size objective: bits per layer, and what it measured."""
+    chosen = search.get("chosen") or {}
+    lines = ["", "## Search (size)", "", f"Smallest shipped .ecnn within {search.get('max_drop')} points on the search part: "
+             + (f"{chosen['shipped_bytes']:,} B ({chosen['label']}), drop {chosen['drop']:.2f} points" if chosen
+                else "none (float model kept)"), "",
+             "| layer | kind | bits | kept weights | estimated bytes |", "| --- | --- | ---: | ---: | ---: |"]
+    for r in search.get("chosen_layers") or []:
+        lines.append(f"| {r['layer']} | {r['kind']} | {r['bits']} | {r['density']:g} | {r['estimated_bytes']:,} |")
+    lines += ["", "| configuration | estimated bytes | .ecnn bytes | drop (search part) | kept |", "| --- | ---: | ---: | ---: | --- |"]
+    for c in (search.get("uniform") or []) + (search.get("verified") or []):
+        shipped = "-" if c.get("shipped_bytes") is None else f"{c['shipped_bytes']:,}"
+        lines.append(f"| {c['label']} | {c['estimated_bytes']:,} | {shipped} | {c['drop']:.2f} | {'yes' if c['feasible'] else 'rejected'} |")
+    return lines
+
+
 def search_section(search: dict) -> list[str]:
     """report.md lines for a search stage: what it chose per layer, and the configurations it measured."""
+    if search.get("objective") == "size":
+        return size_search_section(search)
     chosen = search.get("chosen") or {}
     lines = ["", "## Search", "", f"Fastest configuration within {search.get('max_drop')} points on the search part: "
              + (f"{chosen.get('measured_ms') or 0:.2f} ms, drop {chosen.get('drop') or 0:.2f} points" if chosen else "none (float model kept)")

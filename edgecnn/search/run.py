@@ -12,7 +12,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ class SearchConfig(BaseModel):
     max_drop: float = Field(1.0, ge=0, description="Largest top-1 drop in points (measured on held-out labelled images) the fastest artifact may have.")
     target: str = Field(DEFAULT_TARGET, description="target whose runtime the layers are timed in (an ONNX Runtime target)")
     precisions: list[str] = Field(default_factory=lambda: list(PRECISIONS))
-    prune_densities: list[float] = Field(default_factory=lambda: [0.75], description="channel fractions a group may keep (with recovery images only)")
+    prune_densities: list[float] = Field(default_factory=lambda: [0.75], description="channel fractions a group may keep (with recovery images only); objective size: fractions of each layer's weights kept by magnitude")
     shift: bool = Field(False, description="also try shift substitution of spatial convs (with recovery images only)")
     sensitivity_images: int = Field(64, ge=1)
     max_verify: int = Field(6, ge=1, description="configurations built and measured at most")
@@ -44,6 +44,8 @@ class SearchConfig(BaseModel):
     recovery_steps: int = Field(200, ge=1, description="distillation steps of a candidate needing recovery")
     recovery_size: int = Field(128, ge=32, description="training resolution of the recovery")
     recovery_lr: float = Field(1e-4, gt=0)
+    objective: Literal["latency", "size"] = Field("latency", description="latency: the fastest artifact; size: the smallest shipped .ecnn (edgecnn.search.size)")
+    bit_choices: list[int] = Field(default_factory=lambda: [2, 3, 4, 5, 6, 7, 8], description="objective size: weight-sharing bits a layer may take")
 
     @field_validator("target")
     @classmethod
@@ -66,6 +68,13 @@ class SearchConfig(BaseModel):
         if unknown or "fp32" not in value:
             raise ValueError(f"precisions must include fp32 and come from {', '.join(PRECISIONS)}")
         return value
+
+    @field_validator("bit_choices")
+    @classmethod
+    def _bit_choices(cls, value: list[int]) -> list[int]:
+        if not value or any(not 2 <= b <= 8 for b in value):
+            raise ValueError(f"bit_choices are weight-sharing bits between 2 and 8, e.g. [3, 4, 5, 6, 8]; got {value}")
+        return sorted(set(value))
 
     @field_validator("prune_densities")
     @classmethod

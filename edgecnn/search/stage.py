@@ -60,6 +60,8 @@ def run_search_stage(module: nn.Module, preprocess, labelled, config: SearchConf
         config = config.model_copy(update={"prune_densities": [], "shift": False})
     budget.phase = f"reading {len(split.search)} search images"
     data = search_data(split.search, preprocess, 32)
+    if config.objective == "size":
+        return _size_stage(module, preprocess, data, config, work, split, notes, train, cache_root, log)
     if train:
         data.recovery = make_recovery(module, recovery_images(Path(train), 4000), preprocess, config,
                                       cache_root or work / "teacher-cache", work, log)
@@ -73,6 +75,25 @@ def run_search_stage(module: nn.Module, preprocess, labelled, config: SearchConf
     if outcome.chosen_model is None:
         notes.append(f"no configuration kept the top-1 drop within {config.max_drop} points: the float model is kept")
     return StageResult(chosen, info, info["chosen_layers"], split.evaluation, notes)
+
+
+def _size_stage(module, preprocess, data, config: SearchConfig, work: Path, split, notes: list, train, cache_root, log) -> StageResult:
+    """The size objective (edgecnn.search.size): the smallest shipped .ecnn within the budget."""
+    from edgecnn.search.prepare import make_recovery, recovery_images
+    from edgecnn.search.size import size_search, summary as size_summary
+
+    if config.shift:
+        notes.append("shift left out of the size search: it does not make the shipped file smaller")
+    recovery = None
+    if train and config.prune_densities:
+        recovery = make_recovery(module, recovery_images(Path(train), 4000), preprocess, config,
+                                 cache_root or work / "teacher-cache", work, log)
+    outcome = size_search(copy.deepcopy(module), data.images, data.labels, config, work / "size", recovery, log)
+    info = size_summary(outcome, config.max_drop)
+    if outcome.chosen_model is None:
+        notes.append(f"no weight-sharing configuration kept the top-1 drop within {config.max_drop} points: the float model is kept")
+    chosen = outcome.chosen_model if outcome.chosen_model is not None else copy.deepcopy(module).eval()
+    return StageResult(chosen, info, outcome.layers, split.evaluation, notes + outcome.notes)
 
 
 def _front(outcome) -> dict:

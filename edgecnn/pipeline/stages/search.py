@@ -60,7 +60,8 @@ class SearchStage:
                                       cache_root=cache_dir() / "teacher-logits", log=log, budget=budget)
         state.notes.extend(result.notes)
         _use_evaluation_part(state, result.evaluation)
-        front = result.summary["front_search_part"]
-        write_text_atomic(state.work / "search.svg", pareto.svg(front["points"], "search: top-1 (search part) vs measured latency"))
-        result.summary["plot"] = "search.svg"
+        front = result.summary.get("front_search_part")  # the size objective has no latency front
+        if front is not None:
+            write_text_atomic(state.work / "search.svg", pareto.svg(front["points"], "search: top-1 (search part) vs measured latency"))
+            result.summary["plot"] = "search.svg"
         return finish_transform(state, spec.name, result.model, result.summary, result.layers)
