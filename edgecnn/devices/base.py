@@ -52,6 +52,12 @@ class Device:
         """Make a local file available on the device; returns its path there."""
         raise NotImplementedError
 
+    def python_command(self) -> list[str]:
+        """argv of a Python on the device that runs a local script (the bundle sample's check)."""
+        from edgecnn.errors import UserError
+
+        raise UserError(f"{self.name}: cannot run a local script there; use --device local or qemu-arm[:LEVEL]")
+
     def clean(self) -> str:
         """Remove what edgecnn left on the device; returns a line saying what went."""
         return f"{self.name}: nothing to clean"

@@ -88,10 +88,13 @@ class LocalDevice(Device):
     def put(self, path: Path) -> str:
         return str(Path(path).resolve())
 
+    def python_command(self) -> list[str]:
+        return [sys.executable]
+
 
 register_device_kind(DeviceKind(
     "local", LocalDevice, lambda spec: spec == "local", measures_latency=True, spec_help="'local' (this machine)",
 ))
 
 # Kinds living in their own modules register themselves when imported here.
-BUILTIN_KIND_MODULES: tuple[str, ...] = ()
+BUILTIN_KIND_MODULES: tuple[str, ...] = ("edgecnn.devices.qemu",)
