@@ -35,7 +35,7 @@ DEBIAN_PACKAGES = ("python3.11-minimal", "libpython3.11-minimal", "libpython3.11
 WHEELS = ("onnxruntime", "numpy", "pillow")
 WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64", "manylinux_2_17_aarch64")
 SITE = Path("usr/lib/python3/dist-packages")
-FORMAT = "1"  # bump when the layout below changes: a new cache key
+FORMAT = "2"  # bump when the layout below changes: a new cache key
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,13 @@ class ArmLevel:
     features: str  # /proc/cpuinfo Features line, matching the -cpu model
     board: str
 
-    def cpuinfo(self) -> str:
-        return (f"processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: {self.features}\nCPU implementer\t: 0x41\n"
+    def cpuinfo(self, cpus: int) -> str:
+        """One entry per CPU this machine has: ORT's cpuinfo reads the core of each CPU the kernel
+        lists, and crashes on a missing one for cores newer than the A76."""
+        return "".join(self._processor(i) for i in range(cpus))
+
+    def _processor(self, index: int) -> str:
+        return (f"processor\t: {index}\nBogoMIPS\t: 50.00\nFeatures\t: {self.features}\nCPU implementer\t: 0x41\n"
                 f"CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {self.part}\nCPU revision\t: 0\n\n")
 
 
@@ -114,7 +119,7 @@ class QemuEnv:
 
 
 def env_key(versions: dict[str, str]) -> str:
-    text = "|".join([FORMAT, *DEBIAN_PACKAGES, *(f"{k}={v}" for k, v in sorted(versions.items()))])
+    text = "|".join([FORMAT, str(os.cpu_count() or 1), *DEBIAN_PACKAGES, *(f"{k}={v}" for k, v in sorted(versions.items()))])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -180,7 +185,7 @@ def _build(env: QemuEnv, versions: dict[str, str], work: Path) -> None:
         for entry in env.sysroot.iterdir():
             if entry.name != "proc":
                 (root / entry.name).symlink_to(Path("../../sysroot") / entry.name)
-        (root / "proc" / "cpuinfo").write_text(level.cpuinfo(), encoding="utf-8")
+        (root / "proc" / "cpuinfo").write_text(level.cpuinfo(os.cpu_count() or 1), encoding="utf-8")
     for so in (env.sysroot / SITE).rglob("*.so*"):  # zipfile drops the executable bit
         so.chmod(0o755)
     (env.root / "complete").write_text(" ".join(f"{k}=={v}" for k, v in versions.items()) + "\n", encoding="utf-8")
