@@ -76,7 +76,8 @@ def check_bundle(bundle, python: Optional[str] = None, device=None) -> CheckResu
     result = CheckResult(bundle)
     from edgecnn.ship.manifest import read_manifest, refuse_saturating_host
 
-    refuse_saturating_host(str((read_manifest(bundle) or {}).get("target", "")), "check this bundle's golden output")
+    if device is None or device.kind == "local":  # a device runs its own kernels
+        refuse_saturating_host(str((read_manifest(bundle) or {}).get("target", "")), "check this bundle's golden output")
     for step in (_hashes, _agreement, _golden):
         step(bundle, result, device if step is _golden and device is not None else python)
         if result.failures:
