@@ -93,6 +93,10 @@ def test_emulated_python_sees_none_of_the_hosts_python_paths(monkeypatch):
 
 
 def test_eval_on_a_device_takes_an_onnx_file(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.png")
     code, _, err = _edgecnn(capsys, "eval", "squeezenet1_1", "--data", tmp_path, "--device", "qemu-arm")
     assert code == 2 and "runs ONNX files; export squeezenet1_1 first" in err and len(err.splitlines()) == 1
 

@@ -30,6 +30,18 @@ class DeviceKind:
     why_no_latency: str = ""
 
 
+DEVICE_KINDS: dict[str, DeviceKind] = {}
+
+
+def register_device_kind(kind: DeviceKind) -> DeviceKind:
+    """Add a kind to the registry (kinds in their own modules call this on import; living here,
+    below edgecnn.devices.registry, so that those modules import nothing that imports them)."""
+    if kind.name in DEVICE_KINDS:
+        raise ValueError(f"device kind {kind.name!r} registered twice")
+    DEVICE_KINDS[kind.name] = kind
+    return kind
+
+
 class Device:
     """A place that runs the agent. Kinds override :meth:`agent_command` and :meth:`put`."""
 
@@ -69,8 +81,6 @@ class Device:
 
     @property
     def entry(self) -> DeviceKind:
-        from edgecnn.devices.registry import DEVICE_KINDS
-
         return DEVICE_KINDS[self.kind]
 
     def require_latency(self) -> None:

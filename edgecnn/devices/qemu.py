@@ -12,9 +12,8 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from edgecnn.devices.base import Device, DeviceKind, _last_line
+from edgecnn.devices.base import Device, DeviceKind, _last_line, register_device_kind
 from edgecnn.devices.qemu_env import DEFAULT_LEVEL, ArmLevel, QemuEnv, arm_level, cache_root, ensure_env
-from edgecnn.devices.registry import register_device_kind
 
 PREFIX = "qemu-arm"
 

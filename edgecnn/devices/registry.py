@@ -8,17 +8,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from edgecnn.devices.base import AGENT_MODULE, Device, DeviceKind
+from edgecnn.devices.base import AGENT_MODULE, DEVICE_KINDS, Device, DeviceKind, register_device_kind  # noqa: F401
 from edgecnn.errors import UserError
-
-DEVICE_KINDS: dict[str, DeviceKind] = {}
-
-
-def register_device_kind(kind: DeviceKind) -> DeviceKind:
-    if kind.name in DEVICE_KINDS:
-        raise ValueError(f"device kind {kind.name!r} registered twice")
-    DEVICE_KINDS[kind.name] = kind
-    return kind
 
 
 def device_kinds() -> tuple[str, ...]:
