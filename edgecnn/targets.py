@@ -168,7 +168,9 @@ TARGETS: dict[str, QuantTarget] = {
         "ort-arm", "int8", True, cpu_classes=("arm64-neon", "arm64-dot", "arm64-i8mm"), family="arm",
         extra_quantizers=_ORT_FUSION_QUANTIZERS, int32_gemm_bias=True,
         shift_deploy_basis="not measured: same MLAS depthwise kernel as x86",
-        description="ONNX Runtime ARM64: s8 activations (S8S8), s8 per-channel weights",
+        description="ONNX Runtime ARM64: s8 activations (S8S8), s8 per-channel full 8-bit weights (measured on the "
+                    "aarch64 kernels at NEON, dot-product and I8MM levels: no saturation, S8S8 = U8S8; "
+                    "docs/arm.md, bench/results/arm_kernels.md)",
         runtime_title="ONNX Runtime on ARM64 CPUs (phones, Jetson CPU)", ort_format_platform="arm",
     ),
     "trt": QuantTarget(

@@ -266,8 +266,6 @@ CYCLE_EXCEPTIONS: dict[tuple[str, str], str] = {
     **{("edgecnn.models.registry", f"edgecnn.models.{name}"): "the model registry loop: on first lookup the registry "
        "imports the family modules, which register their builders with it"
        for name in ("squeezenet", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "shufflenet_v1", "shufflenet_v2", "resnet")},
-    ("edgecnn.devices.base", "edgecnn.devices.registry"): "the device registry loop: a Device finds its kind's entry "
-    "(Device.entry) in the registry that made it",
 }
 
 

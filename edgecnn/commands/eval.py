@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from edgecnn.cli_options import model_options, pop_model_options
+from edgecnn.cli_options import device_option, model_options, pop_model_options
 from edgecnn.errors import UserError
 
 
@@ -57,8 +57,9 @@ def _torch_predictor(loaded):
               help="ONNX: 'reference' runs Q/DQ as ONNX defines them (ORT graph optimizations off: what TensorRT "
                    "computes), 'runtime' with ORT's int8 kernels; 'auto' is reference for files marked trt and for files "
                    "whose target is for another CPU class than this machine's (edgecnn models shows it).")
+@device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def eval_(model, data, reference, limit, batch_size, threads, semantics, as_json, **kwargs):
+def eval_(model, data, reference, limit, batch_size, threads, semantics, device, as_json, **kwargs):
     """Top-1/top-5 accuracy of MODEL (zoo name, path/to/file.py:factory or .onnx) on --data."""
     from edgecnn.measure import accuracy
 
@@ -71,6 +72,13 @@ def eval_(model, data, reference, limit, batch_size, threads, semantics, as_json
 
     check_image_source(data, "--data")
     progress = not as_json
+    if device is not None:
+        from edgecnn.devices import parse_device
+
+        device = parse_device(device)
+        if device.kind != "local" and not _is_onnx(model):
+            raise UserError(f"--device {device.spec} runs ONNX files; export {model} first (edgecnn export) "
+                            "and evaluate the .onnx file")
     if _is_onnx(model):
         if not Path(model).is_file():
             raise UserError(f"ONNX file '{model}' does not exist; check the path")
@@ -79,7 +87,8 @@ def eval_(model, data, reference, limit, batch_size, threads, semantics, as_json
             raise UserError("model options (--weights, --width-mult...) do not apply to an .onnx file; drop them")
         report = accuracy.evaluate_onnx(model, data, reference=reference, limit=limit, batch_size=batch_size,
                                         threads=threads, preprocess=_explicit_preprocess(options), progress=progress,
-                                        semantics=semantics, overrides=options.get("preprocess_set") or ())
+                                        semantics=semantics, overrides=options.get("preprocess_set") or (),
+                                        device=device)
     else:
         from edgecnn.cli_options import load_model_from_cli
         from edgecnn.models.input_size import output_classes

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from edgecnn.cli_options import device_option
 from edgecnn.errors import UserError
 from edgecnn.targets import target_names
 
@@ -25,8 +26,9 @@ from edgecnn.targets import target_names
               help="Verify a bundle: hashes, labels/preprocessing vs metadata, golden output from .onnx and .ort.")
 @click.option("--python", "python", type=str, default=None,
               help="With --check: run the bundle's sample with this Python (e.g. a fresh venv's).")
+@device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def ship(source, output, target, golden, labels, force, check_dir, python, as_json):
+def ship(source, output, target, golden, labels, force, check_dir, python, device, as_json):
     """Write an app-ready bundle for SOURCE (an 'edgecnn compress' output folder or a model.onnx).
 
     \b
@@ -36,10 +38,12 @@ def ship(source, output, target, golden, labels, force, check_dir, python, as_js
     if check_dir is not None:
         if source is not None or output is not None:
             raise UserError("--check takes only the bundle folder: edgecnn ship --check BUNDLE")
-        _check(check_dir, python, as_json)
+        if python is not None and device is not None:
+            raise UserError("give --python or --device, not both: --device runs the sample with the device's Python")
+        _check(check_dir, python, as_json, device)
         return
-    if python is not None:
-        raise UserError("--python goes with --check")
+    if python is not None or device is not None:
+        raise UserError("--python and --device go with --check")
     if source is None or output is None:
         raise UserError("give what to ship and where: edgecnn ship OUTPUT_FOLDER|model.onnx -o BUNDLE")
     from edgecnn.ship import build_bundle
@@ -54,10 +58,14 @@ def ship(source, output, target, golden, labels, force, check_dir, python, as_js
     click.echo(f"golden image: {bundle.golden['origin']} -> {top['label']} (tolerance {bundle.golden['atol']:.3g})")
 
 
-def _check(folder: str, python, as_json: bool) -> None:
+def _check(folder: str, python, as_json: bool, device=None) -> None:
     from edgecnn.ship import check_bundle
 
-    result = check_bundle(folder, python=python)
+    if device is not None:
+        from edgecnn.devices import parse_device
+
+        device = parse_device(device)
+    result = check_bundle(folder, python=python, device=device)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     else:

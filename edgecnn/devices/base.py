@@ -30,6 +30,18 @@ class DeviceKind:
     why_no_latency: str = ""
 
 
+DEVICE_KINDS: dict[str, DeviceKind] = {}
+
+
+def register_device_kind(kind: DeviceKind) -> DeviceKind:
+    """Add a kind to the registry (kinds in their own modules call this on import; living here,
+    below edgecnn.devices.registry, so that those modules import nothing that imports them)."""
+    if kind.name in DEVICE_KINDS:
+        raise ValueError(f"device kind {kind.name!r} registered twice")
+    DEVICE_KINDS[kind.name] = kind
+    return kind
+
+
 class Device:
     """A place that runs the agent. Kinds override :meth:`agent_command` and :meth:`put`."""
 
@@ -52,6 +64,12 @@ class Device:
         """Make a local file available on the device; returns its path there."""
         raise NotImplementedError
 
+    def python_command(self) -> list[str]:
+        """argv of a Python on the device that runs a local script (the bundle sample's check)."""
+        from edgecnn.errors import UserError
+
+        raise UserError(f"{self.name}: cannot run a local script there; use --device local or qemu-arm[:LEVEL]")
+
     def clean(self) -> str:
         """Remove what edgecnn left on the device; returns a line saying what went."""
         return f"{self.name}: nothing to clean"
@@ -63,8 +81,6 @@ class Device:
 
     @property
     def entry(self) -> DeviceKind:
-        from edgecnn.devices.registry import DEVICE_KINDS
-
         return DEVICE_KINDS[self.kind]
 
     def require_latency(self) -> None:

@@ -8,17 +8,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from edgecnn.devices.base import AGENT_MODULE, Device, DeviceKind
+from edgecnn.devices.base import AGENT_MODULE, DEVICE_KINDS, Device, DeviceKind, register_device_kind  # noqa: F401
 from edgecnn.errors import UserError
-
-DEVICE_KINDS: dict[str, DeviceKind] = {}
-
-
-def register_device_kind(kind: DeviceKind) -> DeviceKind:
-    if kind.name in DEVICE_KINDS:
-        raise ValueError(f"device kind {kind.name!r} registered twice")
-    DEVICE_KINDS[kind.name] = kind
-    return kind
 
 
 def device_kinds() -> tuple[str, ...]:
@@ -88,10 +79,13 @@ class LocalDevice(Device):
     def put(self, path: Path) -> str:
         return str(Path(path).resolve())
 
+    def python_command(self) -> list[str]:
+        return [sys.executable]
+
 
 register_device_kind(DeviceKind(
     "local", LocalDevice, lambda spec: spec == "local", measures_latency=True, spec_help="'local' (this machine)",
 ))
 
 # Kinds living in their own modules register themselves when imported here.
-BUILTIN_KIND_MODULES: tuple[str, ...] = ()
+BUILTIN_KIND_MODULES: tuple[str, ...] = ("edgecnn.devices.qemu",)

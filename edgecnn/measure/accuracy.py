@@ -38,6 +38,8 @@ class AccuracyReport:
     note: Optional[str] = None  # why top-1 is missing although the data has labels
     cpu_class: Optional[str] = None  # edgecnn.cpu class of the CPU whose ONNX Runtime ran the file
     warning: Optional[str] = None  # one line: the numbers are not those of the file's deployment
+    max_abs_logit_diff: Optional[float] = None  # largest |logit - reference logit| over the images
+    device: Optional[str] = None  # where the model ran, when not on this machine
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +52,10 @@ class AccuracyReport:
         if self.agreement is not None:
             ref = f" (reference top-1 {self.reference_top1 * 100:.2f}%)" if self.reference_top1 is not None else ""
             parts.append(f"top-1 agreement with {Path(self.reference).name} {self.agreement * 100:.2f}%{ref}")
+        if self.max_abs_logit_diff is not None:
+            parts.append(f"max abs logit difference {self.max_abs_logit_diff:.4g}")
+        if self.device:
+            parts.append(f"ran on {self.device}")
         if self.semantics == "reference":
             parts.append("reference semantics (ONNX Runtime graph optimizations off)")
         if self.cpu_class:
@@ -156,6 +162,7 @@ def evaluate(
             raise UserError(f"{note}; or pass --reference FP32.onnx to measure agreement only")
         drop_labels(dataset)
     seen = top1 = top5 = agree = ref_top1 = 0
+    max_diff: Optional[float] = None
     bar = _progress(progress, len(dataset), f"eval {Path(model_name).name}")
     try:
         for images, labels in iter_batches(dataset, preprocess, batch_size):
@@ -167,7 +174,10 @@ def evaluate(
                 top1 += int((best[:, 0] == labels).sum())
                 top5 += int((best == labels[:, None]).any(axis=1).sum())
             if reference is not None:
-                ref_best = reference(images).reshape(len(images), -1).argmax(axis=1)
+                ref_logits = reference(images).reshape(len(images), -1)
+                ref_best = ref_logits.argmax(axis=1)
+                if ref_logits.shape == logits.shape:
+                    max_diff = max(max_diff or 0.0, float(np.abs(logits - ref_logits).max()))
                 agree += int((ref_best == best[:, 0]).sum())
                 if labels is not None:
                     ref_top1 += int((ref_best == labels).sum())
@@ -188,6 +198,7 @@ def evaluate(
         reference_top1=ref_top1 / seen if reference is not None and labelled and seen else None,
         preprocess=preprocess.to_dict() if hasattr(preprocess, "to_dict") else None,
         note=note,
+        max_abs_logit_diff=max_diff,
     )
 
 
@@ -202,6 +213,7 @@ def evaluate_onnx(
     progress: bool = True,
     semantics: str = "auto",
     overrides=(),
+    device=None,
 ) -> AccuracyReport:
     """Accuracy of an ONNX file on an image folder (and agreement with a reference ONNX).
 
@@ -211,7 +223,13 @@ def evaluate_onnx(
     target measured that way (``cpu_accuracy`` in :mod:`edgecnn.targets`: ``trt``).
     ``overrides`` (``KEY=VALUE``, the CLI's --preprocess-set) apply last, on top of the
     metadata or preset fitted to the file's input size, so each one takes effect or is refused.
+    ``device`` (an :class:`edgecnn.devices.Device` other than local) runs the file there, on
+    that CPU's kernels, and compares every logit with this file in reference semantics here
+    (or with ``reference``): the agreement and the largest logit difference.
     """
+    if device is not None and device.kind != "local":
+        return _evaluate_on_device(onnx_path, data, device, reference, limit, batch_size, threads, preprocess,
+                                   progress, semantics, overrides)
     from edgecnn.export.metadata import labels_from_metadata, read_metadata
 
     from edgecnn import cpu
@@ -244,6 +262,29 @@ def evaluate_onnx(
     report.semantics = semantics
     report.cpu_class = host
     report.warning = warning
+    return report
+
+
+def _evaluate_on_device(onnx_path, data, device, reference, limit, batch_size, threads, preprocess, progress,
+                        semantics, overrides) -> AccuracyReport:
+    from edgecnn.export.metadata import labels_from_metadata, read_metadata
+
+    cpu_class = getattr(device, "cpu_class", None)  # None: the kind does not know its CPU before it runs
+    semantics = resolve_semantics(onnx_path, semantics, cpu_class)
+    ref_path = reference if reference is not None else onnx_path
+    ref_predict, shape = onnx_predictor(ref_path, threads, opt_level="all" if reference is not None else "disable")
+    prep = _fit_size(onnx_preprocess(onnx_path, preprocess), shape)
+    if overrides:
+        prep = prep.with_overrides(overrides)
+    check_input_size(shape, prep, f"'{ref_path}'")
+    opt_level = "disable" if semantics == "reference" else "all"
+    with device.stream(device.put(Path(onnx_path)), threads, opt_level) as stream:
+        report = evaluate(stream.send, data, prep, str(onnx_path), ref_predict,
+                          str(reference) if reference else "reference semantics", limit, batch_size, progress,
+                          num_outputs=_onnx_outputs(onnx_path), labels=labels_from_metadata(read_metadata(onnx_path)))
+    report.semantics = semantics
+    report.device = device.name
+    report.cpu_class = cpu_class
     return report
 
 

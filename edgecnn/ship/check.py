@@ -51,29 +51,35 @@ class CheckResult:
                 "passed": self.passed, "versions": self.versions}
 
 
-def run_sample(bundle: Path, args: list[str], python: Optional[str] = None, timeout: float = 300):
-    """Run the bundle's classify.py isolated (``python -I``, torch/edgecnn blocked); CompletedProcess."""
+def run_sample(bundle: Path, args: list[str], python: Optional[str] = None, timeout: float = 300, device=None):
+    """Run the bundle's classify.py isolated (``python -I``, torch/edgecnn blocked); CompletedProcess.
+
+    ``device``: run it with that device's Python (e.g. on an emulated ARM CPU's kernels)."""
     # The sample runs with cwd=bundle: every path given relative to the caller's folder is made absolute first.
     bundle = Path(os.path.abspath(bundle))
     if python is not None and os.sep in python:  # a bare name ("python3") is looked up on PATH as usual
         python = os.path.abspath(os.path.expanduser(python))
-    cmd = [python or sys.executable, "-I", "-c", RUNNER, str(bundle / "classify.py"), *args]
+    interpreter = device.python_command() if device is not None else [python or sys.executable]
+    cmd = [*interpreter, "-I", "-c", RUNNER, str(bundle / "classify.py"), *args]
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, cwd=bundle, timeout=timeout)
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=bundle, timeout=timeout,
+                              env=device.agent_env() if device is not None else None)
     except FileNotFoundError:
         raise UserError(f"Python '{python}' not found; give --python the path of an interpreter") from None
 
 
-def check_bundle(bundle, python: Optional[str] = None) -> CheckResult:
+def check_bundle(bundle, python: Optional[str] = None, device=None) -> CheckResult:
+    """``device`` (edgecnn.devices): run the sample there instead of with ``python``."""
     bundle = Path(bundle)
     if not bundle.is_dir():
         raise UserError(f"bundle folder '{bundle}' does not exist; write one with: edgecnn ship MODEL -o {bundle}")
     result = CheckResult(bundle)
     from edgecnn.ship.manifest import read_manifest, refuse_saturating_host
 
-    refuse_saturating_host(str((read_manifest(bundle) or {}).get("target", "")), "check this bundle's golden output")
+    if device is None or device.kind == "local":  # a device runs its own kernels
+        refuse_saturating_host(str((read_manifest(bundle) or {}).get("target", "")), "check this bundle's golden output")
     for step in (_hashes, _agreement, _golden):
-        step(bundle, result, python)
+        step(bundle, result, device if step is _golden and device is not None else python)
         if result.failures:
             break
     return result
@@ -170,7 +176,7 @@ def _golden_label_problem(bundle: Path, labels: list[str]) -> Optional[str]:
     return None
 
 
-def _golden(bundle: Path, result: CheckResult, python) -> None:
+def _golden(bundle: Path, result: CheckResult, runner) -> None:
     from edgecnn.ship.manifest import read_manifest
 
     expected = json.loads((bundle / "golden" / "expected.json").read_text(encoding="utf-8"))
@@ -180,7 +186,9 @@ def _golden(bundle: Path, result: CheckResult, python) -> None:
     with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as tmp:
         for model in models:
             saved = Path(tmp) / f"{model}.input.npy"
-            done = run_sample(bundle, [expected["image"], "--model", model, "--json", "--save-input", str(saved)], python)
+            python, device = (None, runner) if hasattr(runner, "python_command") else (runner, None)
+            done = run_sample(bundle, [expected["image"], "--model", model, "--json", "--save-input", str(saved)],
+                              python, device=device)
             if done.returncode != 0:
                 last = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
                 result.failures.append(f"classify.py --model {model} failed (exit {done.returncode}): {last[-1][:300]}")
@@ -197,7 +205,9 @@ def _golden(bundle: Path, result: CheckResult, python) -> None:
             if problem:
                 result.failures.append(f"{model}: {problem}")
             else:
-                result.passed.append(f"classify.py reproduces the golden top-5 from {model} (tolerance {expected['atol']:.3g})")
+                where = f" on {runner.name}" if device is not None else ""
+                result.passed.append(f"classify.py reproduces the golden top-5 from {model}{where} "
+                                     f"(tolerance {expected['atol']:.3g})")
 
 
 def compare(logits: np.ndarray, expected: dict) -> Optional[str]:

@@ -1,0 +1,202 @@
+"""qemu-arm: the real aarch64 ONNX Runtime kernels on emulated ARM CPUs (numerics, never latency).
+
+The fast tests check specs, levels, refusals and the environment's pieces without running
+anything emulated. The slow ones run ``ort-arm`` artifacts of SqueezeNet 1.1 and MobileNetV2
+(real weights from ../shared) and ShuffleNetV2 (random weights) at three CPU levels (NEON,
+dot product, I8MM/SVE) and check agreement with reference semantics. They skip when qemu-user
+is missing, unless EDGECNN_REQUIRE_QEMU=1 (CI) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecnn.devices import parse_device
+from edgecnn.devices import qemu_env
+from edgecnn.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+LEVELS = ("rpi4", "orin", "max")  # ARMv8.0 NEON; dot product (A78AE id); I8MM/SVE
+IMAGES = 4
+
+
+def _edgecnn(capsys, *args) -> tuple[int, str, str]:
+    """``edgecnn ARGS`` as typed: (exit code, stdout, stderr)."""
+    from edgecnn.cli import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_specs_name_a_level_and_bad_levels_are_one_line():
+    assert parse_device("qemu-arm").level.name == qemu_env.DEFAULT_LEVEL
+    assert parse_device("qemu-arm:cortex-a76").level.name == "rpi5"
+    assert parse_device("qemu-arm:orin").level.qemu_cpu == "cortex-a76"
+    with pytest.raises(UserError, match=r"unknown ARM level 'a53'; write qemu-arm:LEVEL with LEVEL one of rpi4, "):
+        parse_device("qemu-arm:a53")
+
+
+def test_latency_under_emulation_is_refused_with_the_reason():
+    with pytest.raises(UserError, match="qemu-arm:rpi5: no latency here .*emulated ARM CPU runs 50-150x slower"):
+        parse_device("qemu-arm:rpi5").require_latency()
+
+
+@pytest.mark.parametrize("level", sorted(qemu_env.ARM_LEVELS))
+def test_fake_cpuinfo_lists_every_cpu_with_an_arm_core(level):
+    text = qemu_env.ARM_LEVELS[level].cpuinfo(3)
+    assert text.count("processor\t:") == 3 and "processor\t: 2\n" in text
+    assert text.count("CPU implementer\t: 0x41") == 3 and "asimd" in text
+
+
+def test_levels_differ_in_the_instructions_the_kernels_may_use():
+    features = {name: set(level.features.split()) for name, level in qemu_env.ARM_LEVELS.items()}
+    assert "asimddp" not in features["rpi4"] and "asimddp" in features["rpi5"]
+    assert {"i8mm", "sve"} <= features["max"]
+    assert qemu_env.ARM_LEVELS["orin"].part == "0xd42"  # Cortex-A78AE
+
+
+def test_missing_qemu_is_one_line_with_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setattr(qemu_env.shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match=r"qemu-aarch64 not found: install qemu-user \(sudo apt-get install qemu-user\)"):
+        qemu_env.ensure_env(tmp_path)
+    assert not any(tmp_path.iterdir()) or not (tmp_path / "qemu-arm").exists() or not any((tmp_path / "qemu-arm").iterdir())
+
+
+def test_missing_arm64_architecture_names_the_dpkg_command(monkeypatch):
+    monkeypatch.setattr(qemu_env.shutil, "which", lambda name: f"/usr/bin/{name}")
+
+    class Done:
+        stdout = "i386\n"
+
+    monkeypatch.setattr(qemu_env.subprocess, "run", lambda *a, **k: Done())
+    with pytest.raises(UserError, match=r"dpkg --add-architecture arm64 && sudo apt-get update"):
+        qemu_env.check_host()
+
+
+def test_emulated_python_sees_none_of_the_hosts_python_paths(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/x86/site-packages")
+    env = parse_device("qemu-arm").agent_env()
+    assert "PYTHONPATH" not in env and env.get("PATH") == os.environ.get("PATH")
+
+
+def test_eval_on_a_device_takes_an_onnx_file(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.png")
+    code, _, err = _edgecnn(capsys, "eval", "squeezenet1_1", "--data", tmp_path, "--device", "qemu-arm")
+    assert code == 2 and "runs ONNX files; export squeezenet1_1 first" in err and len(err.splitlines()) == 1
+
+
+def test_ship_check_on_a_device_refuses_python_too(tmp_path, capsys):
+    code, _, err = _edgecnn(capsys, "ship", "--check", tmp_path, "--device", "qemu-arm", "--python", "python3")
+    assert code == 2 and "give --python or --device, not both" in err
+
+
+# --- on the emulated kernels (slow) ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def emulation():
+    """The emulated environment, built once per test session in the test cache."""
+    if shutil.which(qemu_env.QEMU) is None:
+        if os.environ.get("EDGECNN_REQUIRE_QEMU") == "1":
+            pytest.fail("EDGECNN_REQUIRE_QEMU=1 but qemu-aarch64 is missing: apt-get install qemu-user")
+        pytest.skip("qemu-user is not installed (apt-get install qemu-user): no ARM kernels to run")
+    return qemu_env.ensure_env()
+
+
+@pytest.fixture(scope="session")
+def arm_artifacts(shared_data, emulation, tmp_path_factory):
+    """ort-arm (S8S8, full 8-bit weights) artifacts, built once."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import arm_kernels
+
+    folder = tmp_path_factory.mktemp("arm")
+    return {model: arm_kernels.build_artifact(model, "S8S8", 8, folder / f"{model}.onnx",
+                                              shared_data / "distill" / "imagenette", shared=shared_data)
+            for model in ("squeezenet1_1", "mobilenet_v2", "shufflenet_v2_x0_5")}
+
+
+def arm_logits_agree(ref, got) -> str:
+    """'' when the ARM kernels' logits ``got`` agree with reference semantics ``ref``: every logit
+    within 8 % of the largest |logit| (rounding of fused requantization; a saturating kernel is off
+    by a third or more). Then top-1 is the same on every image whose reference top-1 leads its
+    top-2 by more than twice the difference; a closer tie may flip on any rounding."""
+    diff = float(np.abs(got - ref).max())
+    scale = float(np.abs(ref).max())
+    return f"max abs logit difference {diff:.3g} over 8 % of the logit scale {scale:.3g}" if diff > 0.08 * scale else ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["squeezenet1_1", "mobilenet_v2", "shufflenet_v2_x0_5"])
+def test_ort_arm_artifact_agrees_with_reference_semantics_on_arm_kernels(model, arm_artifacts, shared_data):
+    from edgecnn.data.images import ImageFolder, iter_batches
+    from edgecnn.measure.accuracy import onnx_predictor, onnx_preprocess, subset
+
+    path = arm_artifacts[model]
+    images, _ = next(iter_batches(subset(ImageFolder(shared_data / "imagenet-sample"), IMAGES),
+                                  onnx_preprocess(path), IMAGES, workers=1))
+    reference = onnx_predictor(path, threads=1, opt_level="disable")[0](images)
+    for level in LEVELS:
+        device = parse_device(f"qemu-arm:{level}")
+        with device.stream(device.put(path)) as stream:
+            got = stream.send(images)
+        assert got.shape == reference.shape
+        assert arm_logits_agree(reference, got) == "", (model, level)
+
+
+def test_the_agreement_rule_catches_a_saturating_kernel():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((4, 1000)).astype(np.float32) * 5
+    assert arm_logits_agree(ref, ref + 0.01) == ""
+    assert "over 8 %" in arm_logits_agree(ref, ref + rng.standard_normal(ref.shape).astype(np.float32) * 3)
+    wrong = ref.copy()
+    wrong[0, ref[0].argmax()] = ref[0].min() - 1  # one image's top-1 answer gone
+    assert "over 8 %" in arm_logits_agree(ref, wrong)
+
+
+@pytest.mark.slow
+def test_eval_cli_reports_agreement_on_the_emulated_cpu(arm_artifacts, shared_data, capsys):
+    code, out, err = _edgecnn(capsys, "eval", arm_artifacts["squeezenet1_1"], "--data", shared_data / "imagenet-sample",
+                              "--limit", "4", "--device", "qemu-arm:rpi5", "--json")
+    assert code == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["device"] == "qemu-arm:rpi5" and report["reference"] == "reference semantics"
+    assert report["agreement"] == 1.0 and report["semantics"] == "runtime"
+
+
+@pytest.mark.slow
+def test_ort_arm_bundle_sample_reproduces_its_golden_output_on_arm_kernels(emulation, shared_data, tmp_path, capsys):
+    """The bundle's classify.py (pillow + onnxruntime + numpy, isolated) on the aarch64 runtime.
+
+    An FP32 model: the golden tolerance of an int8 ort-arm bundle is measured on this machine's
+    x86 kernels, whose S8S8 path differs from reference semantics by more than any top-1 margin
+    (docs/arm.md), so ship refuses every golden image for it here."""
+    model, bundle = tmp_path / "squeezenet.onnx", tmp_path / "bundle"
+    image = shared_data / "imagenet-sample" / "n01440764" / "n01440764_tench.JPEG"
+    code, _, err = _edgecnn(capsys, "export", "squeezenet1_1", "--weights", shared_data / "weights" / "squeezenet1_1.pth",
+                            "-o", model)
+    assert code == 0, err
+    code, _, err = _edgecnn(capsys, "ship", model, "-o", bundle, "--target", "ort-arm", "--golden", image,
+                            "--labels", shared_data / "classes.txt")
+    assert code == 0 and (bundle / "model.ort").is_file(), err
+    for level in LEVELS:
+        code, stdout, err = _edgecnn(capsys, "ship", "--check", bundle, "--device", f"qemu-arm:{level}", "--json")
+        out = json.loads(stdout.strip().splitlines()[0])
+        assert code == 0 and out["ok"], (level, stdout, err)
+        assert any(f"from model.ort on qemu-arm:{level}" in line for line in out["passed"])
+        assert out["versions"]  # the sample says which runtime answered
