@@ -21,7 +21,7 @@ PACKAGE = ROOT / "edgecnn"
 # measuring opens a runtime, never the reverse. The root package ("edgecnn", for
 # __version__) and the single-file modules are the bottom.
 LAYERS: list[tuple[str, ...]] = [
-    ("edgecnn", "errors", "fileio", "imagenet", "lazy", "latency_stats", "outputs", "preprocess", "targets", "cpu",
+    ("edgecnn", "errors", "fileio", "imagenet", "lazy", "latency_stats", "outputs", "preprocess", "stats", "targets", "cpu",
      "devices"),
     ("models",),
     ("passes", "train", "data"),

@@ -152,11 +152,14 @@ def test_compress_search_stage_end_to_end(tmp_path):
 def test_max_drop_flag_puts_a_search_in_place_of_quantize(capsys):
     from edgecnn.cli import main
 
-    main(["compress", "squeezenet", "--max-drop", "0.5", "--search-time", "20", "--train", ".", "--print-recipe"])
+    main(["compress", "squeezenet", "--max-drop", "0.5", "--search-time", "20", "--confidence", "0.95", "--train", ".", "--print-recipe"])
     text = capsys.readouterr().out
     assert "search:" in text and "max_drop: 0.5" in text and "search_time: 20.0" in text and "quantize" not in text
+    assert "confidence: 0.95" in text
     for args, message in ((["--max-drop", "0.5", "--bits", "6"], "--bits and --max-drop"),
-                          (["--search-time", "5"], "--search-time needs --max-drop")):
+                          (["--search-time", "5"], "--search-time needs --max-drop"),
+                          (["--confidence", "0.95"], "--confidence needs --max-drop"),
+                          (["--max-drop", "1", "--confidence", "1.5"], "confidence")):
         with pytest.raises(SystemExit) as exit_info:
             main(["compress", "squeezenet", *args, "--print-recipe"])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -41,12 +41,13 @@ class Flags:
     ship: bool = False
     max_drop: Optional[float] = None
     search_time: Optional[float] = None
+    confidence: Optional[float] = None
     train: Optional[str] = None
 
     def given(self) -> bool:
         """True when a flag other than the model options (always present on the command line) is set."""
         values = (self.model, self.bits, self.prune, self.prune_mode, self.shift, self.calib, self.data, self.targets, self.output,
-                  self.ship, self.max_drop, self.search_time, self.train)
+                  self.ship, self.max_drop, self.search_time, self.confidence, self.train)
         return any(v not in (None, False, (), []) for v in values)
 
 
@@ -124,6 +125,8 @@ def _apply_search(stages: list, flags: Flags, notes: list[str]) -> None:
     cfg: dict = {"max_drop": flags.max_drop}
     if flags.search_time is not None:
         cfg["search_time"] = flags.search_time
+    if flags.confidence is not None:
+        cfg["confidence"] = flags.confidence
     if flags.shift:
         cfg["shift"] = True
     if flags.prune is not None:
@@ -163,9 +166,10 @@ def _apply_stages(raw: dict, flags: Flags) -> list[str]:
     if not isinstance(stages, list):  # left for validate() to report
         return notes
     stages = list(stages)
-    if flags.max_drop is not None or flags.search_time is not None:
+    if flags.max_drop is not None or flags.search_time is not None or flags.confidence is not None:
         if flags.max_drop is None:
-            raise UserError("--search-time needs --max-drop PTS (the top-1 drop the search may spend)")
+            flag = "--search-time" if flags.search_time is not None else "--confidence"
+            raise UserError(f"{flag} needs --max-drop PTS (the top-1 drop the search may spend)")
         if flags.bits is not None:
             raise UserError("--bits and --max-drop do not go together: the search chooses the bits per layer")
         _apply_search(stages, flags, notes)
