@@ -99,6 +99,7 @@ class Outcome:
     table_check: list = field(default_factory=list)
     fp32_top1: float = 0.0  # on the search part
     note: str = ""  # one line when the answer is a uniform setting (no per-layer mix measured faster)
+    confidence: Optional[float] = None  # the feasibility gate's confidence (None: the measured drop)
 
 
 def top1_of(path: Path, images: np.ndarray, threads: int = 2, batch: int = 32) -> np.ndarray:
@@ -294,7 +295,8 @@ def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path,
     if note:
         log(note)
     return Outcome(space, table, scores, result, uniform, builder.fp32_path, chosen_path, chosen_model,
-                   artifacts, {k: round(v, 1) for k, v in seconds.items()}, check, builder.fp32_top1, note)
+                   artifacts, {k: round(v, 1) for k, v in seconds.items()}, check, builder.fp32_top1, note,
+                   config.confidence)
 
 
 def uniform_note(chosen: Optional[Candidate], result: SearchResult) -> str:
@@ -314,6 +316,7 @@ def summary(outcome: Outcome, names: Optional[dict] = None) -> dict:
     chosen = result.chosen
     return {
         "max_drop": result.max_drop,
+        "confidence": outcome.confidence,
         "units": len(outcome.space.units),
         "fp32_top1_search_part": outcome.fp32_top1,
         "seconds": outcome.seconds,
