@@ -52,6 +52,14 @@ class Bound:
     def to_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
+    @classmethod
+    def normal(cls, estimate: float, standard_error: float, n: int, confidence: float = CONFIDENCE) -> "Bound":
+        """Bounds of a normal-approximation estimate (what :func:`drop_bound` computes from the
+        per-image differences; also rebuilds them from a stored estimate and standard error)."""
+        _check_confidence(confidence)
+        half = NormalDist().inv_cdf(confidence) * standard_error
+        return cls(estimate, estimate - half, estimate + half, confidence, n)
+
 
 def drop_bound(reference_correct: Sequence[bool], candidate_correct: Sequence[bool], confidence: float = CONFIDENCE) -> Bound:
     """Top-1 drop in points (reference minus candidate) with one-sided bounds, paired per image."""
@@ -62,9 +70,7 @@ def drop_bound(reference_correct: Sequence[bool], candidate_correct: Sequence[bo
         raise ValueError(f"paired correctness needs two equal non-empty 1-D arrays, got {ref.shape} and {cand.shape}")
     diff = (ref - cand) * 100.0
     n = diff.size
-    mean = float(diff.mean())
-    half = NormalDist().inv_cdf(confidence) * (float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf)
-    return Bound(mean, mean - half, mean + half, confidence, n)
+    return Bound.normal(float(diff.mean()), float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf, n, confidence)
 
 
 def ratio_bound(reference_rounds_ms: Sequence[float], candidate_rounds_ms: Sequence[float],

@@ -37,6 +37,18 @@ def test_every_model_gets_one_median_per_round_from_its_own_process(two_models):
     assert all(w.process.poll() is not None for w in timer.workers) or not timer.workers
 
 
+def test_another_runtime_is_timed_through_its_opener(two_models):
+    from edgecnn.measure.interleave import Engine
+
+    engine = Engine("edgecnn.backends.ort:OrtRunner", (("path", str(two_models["small"])),), (1, 3, 32, 32))
+    with Timer(threads=1, rounds=2, iterations=3, warmup_runs=1) as timer:
+        times = timer.time({"onnx": two_models["small"], "engine": engine})
+    assert times["engine"].stats.samples == 6 and times["engine"].median_ms > 0
+    with pytest.raises(UserError, match="cannot open engine"):
+        with Timer() as timer:
+            timer.time({"x": Engine("edgecnn.no_such_module:Runner", (), (1, 3, 8, 8))})
+
+
 def test_a_missing_or_broken_file_is_one_line(tmp_path, two_models):
     with pytest.raises(UserError, match="does not exist"):
         with Timer() as timer:

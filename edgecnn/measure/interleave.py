@@ -35,6 +35,21 @@ ITERATIONS = 20  # timed calls per model per round
 WARMUP_RUNS = 3  # untimed calls per model per round, before its timed calls
 
 
+@dataclass(frozen=True)
+class Engine:
+    """A runtime other than ONNX Runtime on a file (OpenVINO, PyTorch eager): ``opener``
+    ("module:function", importable in the worker after ``sys_path``) called with ``args`` returns
+    an object with ``run(x)``; ``input_shape`` is the batch-1 input."""
+
+    opener: str
+    args: tuple  # (key, value) pairs, hashable
+    input_shape: tuple
+    sys_path: tuple = ()
+
+    def command(self) -> dict:
+        return {"opener": self.opener, "args": dict(self.args), "input_shape": list(self.input_shape), "sys_path": list(self.sys_path)}
+
+
 @dataclass
 class Timing:
     """One model's times from an interleaved run."""
@@ -75,10 +90,14 @@ class _Worker:
             raise UserError(answer["error"])
         return answer
 
-    def load(self, path: str, threads: int, batch: int) -> None:
-        key = (path, threads, batch)
+    def load(self, model: Union[str, Engine], threads: int, batch: int) -> None:
+        key = (model, threads, batch)
         if self.loaded != key:
-            self.call(cmd="load", path=path, threads=threads, batch=batch)
+            self.loaded = None
+            if isinstance(model, Engine):
+                self.call(cmd="load", engine=model.command(), threads=threads, batch=batch)
+            else:
+                self.call(cmd="load", path=model, threads=threads, batch=batch)
             self.loaded = key
 
     def close(self) -> None:
@@ -114,24 +133,29 @@ class Timer:
         while self.workers:
             self.workers.pop().close()
 
-    def time(self, paths: Mapping[str, Union[str, Path]]) -> dict[str, Timing]:
-        """Times of every file in ``paths`` (name -> ONNX), measured in interleaved rounds."""
+    def time(self, paths: Mapping[str, Union[str, Path, Engine]]) -> dict[str, Timing]:
+        """Times of every model in ``paths`` (name -> ONNX file or :class:`Engine`), in interleaved rounds."""
         names = list(paths)
         for name in names:
-            if not Path(paths[name]).is_file():
+            if not isinstance(paths[name], Engine) and not Path(paths[name]).is_file():
                 raise UserError(f"model file '{paths[name]}' does not exist; check the path")
         while len(self.workers) < len(names):
             self.workers.append(_Worker())
         for name, worker in zip(names, self.workers):
-            worker.load(str(paths[name]), self.threads, self.batch)
+            model = paths[name]
+            worker.load(model if isinstance(model, Engine) else str(model), self.threads, self.batch)
         rounds: dict[str, list[list[float]]] = {name: [] for name in names}
         for _ in range(self.rounds):
             for name, worker in zip(names, self.workers):
                 rounds[name].append(worker.call(cmd="time", warmup_runs=self.warmup_runs, iterations=self.iterations)["times_s"])
-        return {name: _timing(rounds[name], self.batch) for name in names}
+        return {name: summarize_rounds(rounds[name], self.batch) for name in names}
 
 
-def _timing(rounds: list[list[float]], batch: int) -> Timing:
+def summarize_rounds(rounds: list[list[float]], batch: int = 1) -> Timing:
+    """The protocol's statistics of per-call seconds grouped by round (every caller uses these)."""
+    rounds = [list(r) for r in rounds if len(r)]
+    if not rounds:
+        raise UserError("no timed rounds")
     medians = [statistics.median(r) * 1e3 for r in rounds]
     samples = [t for r in rounds for t in r]
     return Timing(statistics.median(medians), float(np.percentile(np.asarray(samples) * 1e3, 90)), medians,
@@ -144,6 +168,21 @@ def time_interleaved(paths: Mapping[str, Union[str, Path]], threads: int = 0, **
         return timer.time(paths)
 
 
+def _open_engine(spec: dict, threads: int, batch: int):
+    import importlib
+
+    for folder in spec["sys_path"]:
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    module, _, function = spec["opener"].partition(":")
+    try:
+        runner = getattr(importlib.import_module(module), function)(**spec["args"], threads=threads)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"cannot open engine {spec['opener']}: {exc}") from None
+    shape = (batch, *spec["input_shape"][1:])
+    return runner, np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
 def _serve() -> int:
     """Worker loop: JSON commands on stdin (load, time), one JSON answer per line on stdout."""
     from edgecnn.measure.latency import open_runner, time_runs
@@ -153,9 +192,13 @@ def _serve() -> int:
         command = json.loads(line)
         try:
             if command["cmd"] == "load":
-                runner = None
-                runner = open_runner(command["path"], "ort", command["threads"])
-                run = runner.run_callable(runner.input_for(command["batch"]))
+                runner = run = None
+                if "engine" in command:
+                    runner, x = _open_engine(command["engine"], command["threads"], command["batch"])
+                    run = (lambda r, x: lambda: r.run(x))(runner, x)
+                else:
+                    runner = open_runner(command["path"], "ort", command["threads"])
+                    run = runner.run_callable(runner.input_for(command["batch"]))
                 answer: dict = {"ok": True}
             elif command["cmd"] == "time":
                 if run is None:
