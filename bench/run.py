@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -36,7 +35,7 @@ if str(BENCH_DIR) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from _stats import accuracy, markdown_table, ratio, split_calibration, summarize_rounds, throughput  # noqa: E402
+from _stats import accuracy, markdown_table, ratio, split_calibration  # noqa: E402
 from engines import ENGINES, missing_requirement  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", BENCH_DIR.parent.parent / "shared" / "data"))
@@ -51,8 +50,8 @@ MODELS = {
 
 # Full run vs --quick (development).
 PROFILES = {
-    "full": {"calib": 128, "eval_limit": None, "rounds": 5, "iters_b1": 30, "iters_b8": 6, "warmup": 5, "op_iters": 20, "budget_s": 2.5},
-    "quick": {"calib": 32, "eval_limit": 96, "rounds": 3, "iters_b1": 10, "iters_b8": 3, "warmup": 2, "op_iters": 10, "budget_s": 1.5},
+    "full": {"calib": 128, "eval_limit": None, "rounds": 5, "iters_b1": 30, "iters_b8": 6, "warmup": 5, "op_iters": 20},
+    "quick": {"calib": 32, "eval_limit": 96, "rounds": 3, "iters_b1": 10, "iters_b8": 3, "warmup": 2, "op_iters": 10},
 }
 FP32_REFERENCE_ORDER = ("torch", "ort_fp32", "ov_fp32")  # FP32 agreement is measured against the first present
 
@@ -64,42 +63,11 @@ def say(message: str) -> None:
 # ----------------------------------------------------------------------------- environment
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
-    except OSError:
-        pass
-    return []
-
-
 def machine_name() -> str:
+    from edgecnn.measure.sysinfo import cpu_model
+
     slug = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")
     return f"{slug}-{os.cpu_count()}cpu"
-
-
-def versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for package in ("edgecnn", "numpy", "torch", "onnx", "onnxruntime", "openvino", "nncf"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[package] = None
-    return out
 
 
 def load_average() -> list[float]:
@@ -256,30 +224,37 @@ def run_model(name: str, args, settings: dict, engines: list[str], data, work: P
                 reference_top1 = predictions[reference][:, 0] if reference else None
                 result["engines"][engine_name]["accuracy"] = accuracy(top5, labels, reference_top1)
             result["agreement_reference"] = reference
-        timings = {e: {"b1": [], "b8": []} for e in workers}
-        began = time.perf_counter()
-        for round_index in range(settings["rounds"]):
-            progress(f"{name}: timing round {round_index + 1}/{settings['rounds']} ({len(workers)} engines interleaved)")
-            for batch, iters in ((1, settings["iters_b1"]), (8, settings["iters_b8"])):
-                for engine_name, worker in workers.items():
-                    warmup = settings["warmup"] * (3 if round_index == 0 else 1)
-                    timings[engine_name][f"b{batch}"].append(
-                        worker.call("time", batch=batch, warmup=warmup, iters=iters, budget_s=settings["budget_s"])
-                    )
-        say(f"  timing rounds in {time.perf_counter() - began:.0f} s")
         for engine_name, worker in workers.items():
-            entry = result["engines"][engine_name]
-            entry["latency_b1"] = summarize_rounds(timings[engine_name]["b1"])
-            entry["latency_b8"] = summarize_rounds(timings[engine_name]["b8"])
-            entry["throughput_b8"] = throughput(timings[engine_name]["b8"], 8)
-            entry["info"] = worker.call("info")
+            result["engines"][engine_name]["info"] = worker.call("info")
             if ENGINES[engine_name].open.startswith("engines.ort:") and not args.no_op_profile:
                 progress(f"{name}: ORT op profile of {ENGINES[engine_name].label}")
                 entry["op_profile"] = worker.call("op_profile", iters=settings["op_iters"])
     finally:
         for worker in workers.values():
             worker.close()
+    progress(f"{name}: timing {len(artifacts)} engines interleaved ({settings['rounds']} rounds, batch 1 then batch 8)")
+    time_engines(result, {e: artifacts[e] for e in workers}, job, settings)
     return result
+
+
+def time_engines(result: dict, artifacts: dict, job: dict, settings: dict) -> None:
+    """Batch-1 latency and batch-8 throughput of every engine through edgecnn's one timer
+    (edgecnn.measure.interleave: a process per engine, interleaved rounds, the library's statistics)."""
+    from edgecnn.measure.interleave import Engine as Timed
+    from edgecnn.measure.interleave import Timer
+
+    specs = {e: Timed("engines:timed_runner", (("open_target", ENGINES[e].open), ("job", job), ("artifact", artifact)),
+                      tuple(job["input_shape"]), (str(BENCH_DIR),)) for e, artifact in artifacts.items()}
+    began = time.perf_counter()
+    for batch, iters in ((1, settings["iters_b1"]), (8, settings["iters_b8"])):
+        with Timer(job["threads"], batch=batch, rounds=settings["rounds"], iterations=iters, warmup_runs=settings["warmup"]) as timer:
+            timings = timer.time(specs)
+        for engine_name, timing in timings.items():
+            entry = result["engines"][engine_name]
+            entry[f"latency_b{batch}"] = {**timing.to_dict(), "p90_ms": timing.p90_ms}
+            if batch == 8:
+                entry["throughput_b8"] = 8 * 1000.0 / timing.median_ms
+    say(f"  timing rounds in {time.perf_counter() - began:.0f} s")
 
 
 # ----------------------------------------------------------------------------- report
@@ -392,20 +367,23 @@ def graph_diff_section(model: dict) -> list[str]:
 
 
 def render_markdown(report: dict) -> str:
+    from edgecnn.measure.sysinfo import environment_lines
+
     env, config = report["environment"], report["config"]
     peaks = report.get("peaks") or {}
     lines = [
         f"# edgecnn vs peers: {config['date']} on {env['machine']}",
         "",
-        f"- CPU: {env['cpu']} ({env['cpu_count']} logical CPUs; flags {', '.join(env['cpu_flags'])}); all engines at "
-        f"{config['threads']} threads, 1 stream.",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
+        *(environment_lines(env) if "edgecnn_commit" in env else [
+            f"- CPU: {env['cpu']} ({env['cpu_count']} logical CPUs; flags {', '.join(env['cpu_flags'])})",
+            "- Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)]),
+        f"- All engines at {config['threads']} threads, 1 stream.",
         f"- Load average at start / end: {env['load_start']} / {env.get('load_end')}"
         + (" — above 0.75 x threads at start or end (this run's own engine processes count too): other work may have added noise." if env.get("shared") else ""),
         f"- Run: {'--quick' if config['quick'] else 'full'}, {config['rounds']} interleaved rounds x "
         f"({config['iters_b1']} batch-1 + {config['iters_b8']} batch-8 iterations, warm-up {config['warmup']} "
-        f"(x3 in round 1)); each engine in its own process; latency = median over rounds of each round's median "
-        f"(p90 likewise); took {report.get('elapsed_s', 0) / 60:.1f} min.",
+        f"calls per round); each engine in its own process (edgecnn.measure.interleave); latency = median over rounds "
+        f"of each round's median, p90 over all samples; took {report.get('elapsed_s', 0) / 60:.1f} min.",
         f"- Data: {config['data_note']}",
         f"- Peak MAC rate measured in this run ({config['threads']} threads, best of large GEMMs): "
         + (f"fp32 {peaks['fp32'] / 1e9:.1f} GMAC/s, int8 {peaks['int8'] / 1e9:.1f} GMAC/s "
@@ -463,10 +441,10 @@ def print_tables(report: dict) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    from edgecnn.fileio import write_text_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
+    write_text_atomic(path, text)
 
 
 def _json_default(value):
@@ -556,9 +534,10 @@ def main(argv=None) -> int:
     engines, skipped = select_engines(args.engines)
     for line in skipped:
         say(f"skip {line}")
+    from edgecnn.measure.sysinfo import environment
+
     env = {
-        "machine": machine, "cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(),
-        "platform": platform.platform(), "versions": versions(), "load_start": load_average(),
+        **environment(args.threads), "machine": machine, "cpu_count": os.cpu_count(), "load_start": load_average(),
     }
     say(f"{env['cpu']}, {env['cpu_count']} CPUs, load {env['load_start']}; engines: {', '.join(engines)}")
 

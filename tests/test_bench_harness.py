@@ -34,20 +34,14 @@ def test_calibration_split_edge_cases():
     assert _stats.split_calibration(5, 0) == ([], [0, 1, 2, 3, 4])
 
 
-def test_summarize_rounds_takes_median_over_rounds():
+def test_round_statistics_take_the_median_over_rounds():
+    from edgecnn.measure.interleave import summarize_rounds
+
     # Round 2 is disturbed (a neighbour's burst): the median over rounds ignores it.
-    rounds = [[0.010, 0.011, 0.012], [0.050, 0.060, 0.070], [0.011, 0.012, 0.013]]
-    summary = _stats.summarize_rounds(rounds)
-    assert summary["median_ms"] == pytest.approx(12.0)
-    assert summary["round_medians_ms"] == [11.0, 60.0, 12.0]
-    assert summary["samples"] == 9
-    assert summary["p90_ms"] == pytest.approx(np.percentile([0.010, 0.011, 0.012], 90) * 1e3 + 1.0)
-
-
-def test_summarize_rounds_empty_and_throughput():
-    assert math.isnan(_stats.summarize_rounds([])["median_ms"])
-    assert math.isnan(_stats.throughput([], 8))
-    assert _stats.throughput([[0.1, 0.1], [0.2, 0.1], [0.1, 0.1]], 8) == pytest.approx(8 / 0.1)
+    timing = summarize_rounds([[0.010, 0.011, 0.012], [0.050, 0.060, 0.070], [0.011, 0.012, 0.013]])
+    assert timing.median_ms == pytest.approx(12.0)
+    assert timing.round_medians_ms == pytest.approx([11.0, 60.0, 12.0])
+    assert timing.stats.samples == 9
 
 
 def test_top5_and_accuracy():

@@ -212,6 +212,37 @@ def test_final_choice_pools_same_kernel_artifacts_and_prefers_fp32_agreement():
     assert choose([w8], fp32_ms=3.0) is None
 
 
+def test_the_choice_is_never_beaten_on_both_axes_it_was_made_on():
+    from edgecnn.search import pareto
+    from edgecnn.search.run import choose
+
+    # Within the noise band of each other: "agrees" agrees most with FP32, but "better" is both
+    # faster (pooled) and loses less: choosing "agrees" would draw the chosen point dominated.
+    agrees = _timed("a", "graph-a", [3.05, 3.06, 3.07], agree=98.0, drop=0.8)
+    better = _timed("b", "graph-b", [3.0, 3.0, 3.01], agree=96.0, drop=0.4)
+    chosen = choose([agrees, better], fp32_ms=5.0)
+    assert chosen is better
+    points = [{"label": c.config["name"], "ms": c.info["pooled_ms"], "top1": 70 - c.drop} for c in (agrees, better)]
+    assert chosen.config["name"] in [p["label"] for p in pareto.front(points)]
+
+
+def test_plot_ticks_fall_on_round_values_and_every_point_is_labelled():
+    from edgecnn.search.pareto import nice_ticks, svg
+
+    for low, high in ((12.41, 27.3), (1.71, 1.79), (55.2, 71.9), (0.9, 4.2)):
+        ticks = nice_ticks(low, high)
+        assert len(ticks) >= 3 and all(low <= t <= high for t in ticks)
+        step = ticks[1] - ticks[0]
+        mantissa = step / 10 ** __import__("math").floor(__import__("math").log10(step))
+        assert round(mantissa, 6) in (1, 2, 2.5, 5)
+        assert all(abs(t / step - round(t / step)) < 1e-6 for t in ticks)
+    points = [{"label": f"p{i}", "ms": 1 + i * 0.37, "top1": 60 + i, "kind": kind}
+              for i, kind in enumerate(("fp32", "uniform", "candidate", "rejected", "chosen"))]
+    text = svg(points, "t")
+    assert all(f">p{i}</text>" in text for i in range(5))
+    assert "12.41" not in svg([{"label": "x", "ms": 12.41, "top1": 1}, {"label": "y", "ms": 27.3, "top1": 2}], "t")
+
+
 def test_execution_signature_ignores_weight_values_but_not_types(tmp_path):
     import numpy as np
     import onnx
