@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -269,8 +270,10 @@ def run_model(name: str, data: Path, work: Path, modelopt_python: str) -> list[d
     return rows
 
 
-def write_markdown(rows: list[dict], args, out: Path, seconds: float) -> None:
+def write_markdown(rows: list[dict], args, out: Path, seconds: float, env: Optional[dict] = None) -> None:
+    """``env``: the environment block recorded with ``rows`` (None: this machine, now measuring)."""
     from edgecnn.fileio import write_text_atomic
+    from edgecnn.measure.sysinfo import environment, environment_lines
 
     lines = [
         "# TensorRT target: edgecnn vs NVIDIA Model Optimizer (INT8 Q/DQ ONNX)",
@@ -296,12 +299,15 @@ def write_markdown(rows: list[dict], args, out: Path, seconds: float) -> None:
         lines.append(f"| {r['model']} | {r['tool']} | {acc} | {r['bytes']:,} | {r['int8_weight_bytes']:,} | "
                      f"{r['q']} / {r['dq']} | {quant} | {floats} | {lint} | {r.get('quant_s', '')} |")
     lines += ["", f"Total wall time {seconds / 60:.1f} min on a shared 2-core machine.", ""]
+    recorded = env if env is not None else (None if getattr(args, "from_json", None) else environment())
+    lines += ["## Environment (generated)", "", *(environment_lines(recorded) if recorded else
+                                                  ["- not recorded by this run (it predates the generated block)"]), ""]
     # The findings below the table are written by hand after a run: keep them.
     findings = out.read_text().split("\n## Findings", 1) if out.is_file() else []
     tail = "\n## Findings" + findings[1] if len(findings) == 2 else ""
     write_text_atomic(out, "\n".join(lines) + tail + ("\n" if not tail.endswith("\n") else ""))
     if out.with_suffix(".json") != getattr(args, "from_json", None):
-        write_text_atomic(out.with_suffix(".json"), json.dumps({"rows": rows, "seconds": seconds}, indent=1) + "\n")
+        write_text_atomic(out.with_suffix(".json"), json.dumps({"rows": rows, "seconds": seconds, "environment": recorded}, indent=1) + "\n")
 
 
 def main() -> None:
@@ -317,7 +323,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.from_json:
         run = json.loads(args.from_json.read_text())
-        write_markdown(run["rows"], args, args.out, run["seconds"])
+        write_markdown(run["rows"], args, args.out, run["seconds"], run.get("environment"))
         return
     if args.fixture:
         make_fixture(args.fixture)

@@ -149,3 +149,10 @@ def environment_lines(env: dict) -> list[str]:
             f"logical CPUs{threads}",
             f"- OS: {env.get('os')} {env.get('machine')}, Python {env.get('python')}",
             f"- versions: {versions}; edgecnn commit {env.get('edgecnn_commit') or 'n/a'}"]
+
+
+def environment_markdown(env: Optional[dict] = None, threads: Optional[int] = None) -> str:
+    """The "Environment" section of a results file: ``env`` as recorded with its numbers, or this
+    machine now (for a file written by the run that measured)."""
+    env = env if env is not None else environment(threads)
+    return "\n".join(["## Environment (generated)", "", *environment_lines(env), ""])
