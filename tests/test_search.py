@@ -147,6 +147,13 @@ def test_compress_search_stage_end_to_end(tmp_path):
     assert any("search/evaluation split" in n for n in report["notes"])
     assert (out / "search.svg").read_text().startswith("<svg")
     assert "## Search" in (out / "report.md").read_text()
+    for cand in search["uniform"].values():  # every measured drop carries its one-sided bounds
+        bound = cand["drop_bound"]
+        assert bound["lower"] <= bound["estimate"] <= bound["upper"] and bound["verdict"] in ("met", "not met", "not resolved")
+    table = search["latency_table"]
+    assert table["other_ms"]["int8"] > 0 and set(table["scale"]) <= {"fp32", "w7a8"}
+    if search["chosen"] and "uniform" in search["chosen"]:
+        assert search["note"].startswith("per-layer search:")
 
 
 def test_max_drop_flag_puts_a_search_in_place_of_quantize(capsys):
@@ -270,3 +277,16 @@ def test_execution_signature_ignores_weight_values_but_not_types(tmp_path):
     assert six_bit == seven_bit
     assert unsigned != six_bit
     assert shifted_zero != six_bit
+
+
+def test_a_uniform_answer_says_so_in_one_line():
+    from edgecnn.search.run import uniform_note
+    from edgecnn.search.solve import Candidate, SearchResult
+
+    mixed = Candidate({"q:0": "fp32"}, 2.0, 0.1, drop=0.2, feasible=True)
+    mixed.measured_ms = 3.4
+    uniform = Candidate({"q:0": "w7a8"}, 1.9, 0.1, drop=0.3, feasible=True, info={"uniform": "w7a8"})
+    note = uniform_note(uniform, SearchResult(mixed, [mixed], 1.0))
+    assert note.startswith("per-layer search:") and "uniform W7A8" in note and "1 per-layer" in note and "\n" not in note
+    assert uniform_note(mixed, SearchResult(mixed, [mixed], 1.0)) == ""  # a per-layer answer needs no note
+    assert "no per-layer configuration was within the budget" in uniform_note(uniform, SearchResult(None, [], 1.0))
