@@ -83,23 +83,7 @@ def system_info(threads: Optional[int] = None, jetson: bool = False) -> dict:
 
 # ---------------------------------------------------------------------------- environment block
 
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
 ENVIRONMENT_LIBRARIES = ("onnxruntime", "openvino", "torch", "onnx", "numpy", "nncf")
-
-
-def cpu_flags() -> list[str]:
-    """The instruction-set flags that decide int8 speed (AVX2 / AVX-512 / VNNI / AMX on x86, dot
-    product / i8mm on ARM): a W8A8 artifact is 1.3x on one x86 class and 2.3x on another."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    present = set(value.split())
-                    return [f for f in ISA_FLAGS if f in present]
-    except OSError:
-        pass
-    return []
 
 
 def edgecnn_commit() -> Optional[str]:
@@ -128,7 +112,8 @@ def environment(threads: Optional[int] = None) -> dict:
     versions = library_versions(("edgecnn",) + ENVIRONMENT_LIBRARIES)
     return {
         "cpu": static["cpu"],
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": static["cpu_flags"],  # edgecnn.cpu: AVX2 / AVX-512 / VNNI / AMX, ARM dot product / i8mm
+        "cpu_class": static["cpu_class"],
         "logical_cpus": static["logical_cpus"],
         "usable_cpus": static["usable_cpus"],
         "threads": threads,
@@ -142,7 +127,8 @@ def environment(threads: Optional[int] = None) -> dict:
 
 def environment_lines(env: dict) -> list[str]:
     """Markdown bullet lines of :func:`environment` (the "Environment" section)."""
-    flags = ", ".join(env.get("cpu_flags") or []) or "none of " + "/".join(ISA_FLAGS[:5])
+    flags = ", ".join(env.get("cpu_flags") or []) or "none recorded"
+    flags += f"; class {env['cpu_class']}" if env.get("cpu_class") else ""
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v)
     threads = f", {env['threads']} threads" if env.get("threads") else ""
     return [f"- CPU: {env.get('cpu')} (flags: {flags}); {env.get('usable_cpus')} usable of {env.get('logical_cpus')} "
