@@ -1,3 +1,4 @@
+# long: one results file from three experiments (deploy forms, recovery, sensitivity) that share data and caches
 """Shift convolutions + distillation on real weights; writes bench/results/shift_distill.md.
 
 1. Deploy forms of one shift (1x144x56x56, 3x3 taps) in ONNX Runtime CPU: the numbers behind

@@ -21,10 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgecnn.measure.interleave import Timer
 from edgecnn.search import latency as lat
-from edgecnn.stats import CONFIDENCE, drop_verdict, ratio_bound
 from edgecnn.search import sensitivity
 from edgecnn.search.solve import Candidate, SearchResult, config_key, solve
 from edgecnn.search.space import PRECISIONS, Space, apply_config, build_space, needs_recovery
+from edgecnn.stats import CONFIDENCE, drop_verdict, ratio_bound
 from edgecnn.targets import DEFAULT_TARGET, get_target, resolve_target_name, targets_on_backend
 
 
@@ -220,7 +220,8 @@ def choose(timed: list[Candidate], fp32_ms: float, noise: float = 0.03) -> Optio
     Candidates with one execution signature run the same kernels: their round medians are
     pooled into one time (``pooled_ms``). Among candidates within ``noise`` of the fastest pooled
     time and not beaten by another on both pooled time and drop, the one agreeing most with FP32
-    on the search images wins (then the smaller measured drop): agreement is a paired count over every image, far less noisy than a top-1 difference.
+    on the search images wins (then the smaller measured drop): agreement is a paired count over
+    every image, far less noisy than a top-1 difference.
     """
     pool = [c for c in timed if c.feasible and c.measured_ms is not None]
     signature = lambda c: c.info.get("signature", str(id(c)))  # noqa: E731 (no signature: its own group)
