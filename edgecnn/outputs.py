@@ -1,10 +1,13 @@
 """Output rules shared by every command that writes (compress, export, compile, pack, unpack, finetune).
 
 The promise they keep: nothing the user owns is overwritten without ``--force``; ``--force``
-replaces only a folder that edgecnn made (marked by :data:`MANIFEST` inside it); an output
-that cannot be written is named as the problem before any work starts; a default output path
-follows the same rules as one given with ``-o``. Checks run before the work and again when the
-result is committed, under a lock that keeps two runs from writing the same path.
+replaces only what edgecnn made (a folder marked by :data:`MANIFEST` inside it; a file whose
+own bytes say so, i.e. edgecnn's ONNX metadata or the ``.ecnn`` header, or else whose sidecar
+record ``.<name>.edgecnn.json`` still matches its SHA-256); an output that is one of the
+command's inputs is refused even with ``--force``; an output that cannot be written is named
+as the problem before any work starts; a default output path follows the same rules as one
+given with ``-o``. Checks run before the work and again when the result is committed, under a
+lock that keeps two runs from writing the same path.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 from edgecnn.errors import UserError
 
 MANIFEST = "edgecnn-output.json"  # written into every output folder: marks it as edgecnn's to replace
+RECORD_SUFFIX = ".edgecnn.json"  # ``.<name>.edgecnn.json`` beside a file whose bytes do not name edgecnn
+ECNN_MAGIC = b"ECNN"  # first bytes of every .ecnn file (edgecnn.pack.decoder.MAGIC)
+ONNX_METADATA_PREFIX = "edgecnn."  # edgecnn's ONNX metadata_props keys (edgecnn.export.metadata)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -57,20 +63,138 @@ def _check_parent(path: Path, output: PathLike, create: bool) -> None:
     _probe_writable(existing, output)
 
 
+# --- inputs are never outputs --------------------------------------------------------------
+
+
+def same_file(a: PathLike, b: PathLike) -> bool:
+    """True when ``a`` and ``b`` name one file (links and ``..`` included), existing or not."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(absolute(a)) == os.path.realpath(absolute(b))
+
+
+def check_not_an_input(output: PathLike, inputs: Iterable[Optional[PathLike]], holds: bool = False) -> None:
+    """Refuse an output that is one of the command's inputs (``holds``: or a folder holding one).
+
+    Even ``--force`` never replaces an input: the command would destroy what it reads.
+    """
+    out_real = Path(os.path.realpath(absolute(output)))
+    for item in inputs:
+        if item is None or str(item) == "":
+            continue
+        if same_file(output, item):
+            raise UserError(f"output '{output}' is the input '{item}'; choose another -o path "
+                            "(an input is never replaced, even with --force)")
+        if holds and out_real in Path(os.path.realpath(absolute(item))).parents:
+            raise UserError(f"output folder '{output}' holds the input '{item}', and edgecnn replaces its output "
+                            "folder as a whole; choose another -o (an input is never replaced, even with --force)")
+
+
+def model_input_files(model_ref: str, weights: Optional[str] = None) -> list[str]:
+    """The files a MODEL reference reads (a user's ``file.py``, a weights file): outputs may not be these."""
+    files = []
+    path, sep, attr = str(model_ref).rpartition(":")
+    if sep and path.endswith(".py"):
+        files.append(path)
+    if weights and weights != "imagenet":
+        files.append(weights)
+    return files
+
+
 # --- single files -------------------------------------------------------------------------
 
 
-def check_output_file(path: PathLike, force: bool, create_parent: bool = False) -> Path:
-    """Refuse an output file that exists (without ``force``), is a folder, or cannot be written.
+def record_path(path: PathLike) -> Path:
+    """Where the sidecar record of the output file ``path`` lives."""
+    path = absolute(path)
+    return path.with_name(f".{path.name}{RECORD_SUFFIX}")
 
-    Call it before the work starts, for a path given with ``-o`` and for a default one alike.
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _marked_by_content(path: Path) -> bool:
+    """The file's own bytes say edgecnn made it: the .ecnn header, or edgecnn's ONNX metadata."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(ECNN_MAGIC))
+    except OSError:
+        return False
+    if head == ECNN_MAGIC:
+        return True
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX (protobuf raises DecodeError and friends)
+        return False
+    return bool(model.graph.node) and any(p.key.startswith(ONNX_METADATA_PREFIX) for p in model.metadata_props)
+
+
+def _record_matches(path: Path) -> bool:
+    try:
+        data = json.loads(record_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("tool") == "edgecnn" and data.get("sha256") == _sha256(path)
+
+
+def is_edgecnn_file(path: PathLike) -> bool:
+    """True when edgecnn wrote the file at ``path`` (so --force may replace it)."""
+    path = absolute(path)
+    return path.is_file() and (_marked_by_content(path) or _record_matches(path))
+
+
+def record_output(path: PathLike, command: str) -> None:
+    """Mark a file edgecnn just wrote as its own, for a later ``--force``.
+
+    Files whose bytes already say so (ONNX with edgecnn metadata, .ecnn) need nothing; any other
+    (an engine, a checkpoint, a foreign ONNX unpacked) gets a sidecar record holding its SHA-256,
+    so a file the user later puts in its place is not mistaken for edgecnn's.
+    """
+    from edgecnn import __version__
+    from edgecnn.fileio import write_text_atomic
+
+    path = absolute(path)
+    record = record_path(path)
+    if _marked_by_content(path):
+        with contextlib.suppress(OSError):
+            record.unlink()
+        return
+    text = json.dumps({"tool": "edgecnn", "version": __version__, "command": command, "file": path.name,
+                       "sha256": _sha256(path)}) + "\n"
+    with writing(record):
+        write_text_atomic(record, text)
+
+
+def check_output_file(path: PathLike, force: bool, create_parent: bool = False,
+                      inputs: Iterable[Optional[PathLike]] = ()) -> Path:
+    """Refuse an output file that is an input, exists (without ``force``, or not edgecnn's), is a
+    folder, or cannot be written.
+
+    Call it before the work starts, for a path given with ``-o`` and for a default one alike,
+    and again when the result is put in place.
     """
     shown = path
     path = absolute(path)
     if path.is_dir():
         raise UserError(f"output '{shown}' is a folder; give a file name with -o")
-    if path.exists() and not force:
-        raise UserError(f"output '{shown}' already exists; pass --force to overwrite it or choose another -o path")
+    check_not_an_input(shown, inputs)
+    if path.exists():
+        if not force:
+            raise UserError(f"output '{shown}' already exists; pass --force to overwrite it or choose another -o path")
+        if not is_edgecnn_file(path):
+            raise UserError(f"output '{shown}' was not written by edgecnn (no edgecnn metadata, .ecnn header or "
+                            f"{record_path(path).name} record), so even --force does not replace it; choose another "
+                            "-o path or remove it yourself")
     _check_parent(path, shown, create_parent)
     return path
 
@@ -112,7 +236,7 @@ def _holds_cwd(path: Path) -> bool:
     return cwd == path or path in cwd.parents
 
 
-def check_output_dir(path: PathLike, force: bool) -> Path:
+def check_output_dir(path: PathLike, force: bool, inputs: Iterable[Optional[PathLike]] = ()) -> Path:
     """Refuse an output folder that edgecnn may not replace; returns the absolute path.
 
     An empty folder is used as is. A non-empty one needs ``force`` *and* edgecnn's manifest:
@@ -125,6 +249,7 @@ def check_output_dir(path: PathLike, force: bool) -> Path:
         raise UserError(f"output folder '{shown}' is the file system root; choose a sub-folder with -o")
     if path.exists() and not path.is_dir():
         raise UserError(f"output path '{shown}' is a file; choose another -o folder")
+    check_not_an_input(shown, inputs, holds=True)
     if _holds_cwd(path):
         raise UserError(
             f"output folder '{shown}' is the current folder or holds it, and edgecnn replaces its output folder "

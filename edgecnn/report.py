@@ -14,38 +14,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 from edgecnn.fileio import save_atomic, write_text_atomic
+from edgecnn.records import RESULT_FIELDS, ResultRow
+from edgecnn.recipe.stage_kinds import kinds_where
+
+SEARCHING_KINDS = kinds_where(lambda kind: kind.searches)  # their summary gets a report.md section
 
 SCHEMA_VERSION = 1
 
-RESULT_FIELDS = (
-    "stage",
-    "target",
-    "runtime",
-    "params",
-    "nonzeros",
-    "macs",
-    "onnx_bytes",
-    "shipped_bytes",
-    "latency_ms_median",
-    "latency_ms_p90",
-    "top1",
-    "top5",
-    "agreement",
-    "drop_upper95",
-    "drop_bound",
-    "onnx",
-)
-
-
 def new_result(stage: str, target: str, **values: Any) -> dict:
-    """A result row with every field present (None where not measured)."""
-    row = {k: None for k in RESULT_FIELDS}
-    row.update(stage=stage, target=target)
+    """A result row as report.json holds it, every field present (None where not measured)."""
     unknown = set(values) - set(RESULT_FIELDS)
     if unknown:
         raise KeyError(f"unknown result fields: {sorted(unknown)}")
-    row.update(values)
-    return row
+    return ResultRow(stage, target, **values).to_dict()
 
 
 # ---------------------------------------------------------------------------------------
@@ -105,8 +86,26 @@ def table_rows(report: dict, keys: Optional[tuple] = None) -> tuple[list[str], l
     return header, rows
 
 
+def size_search_section(search: dict) -> list[str]:
+    """report.md lines for a search with the size objective: bits per layer, and what it measured."""
+    chosen = search.get("chosen") or {}
+    lines = ["", "## Search (size)", "", f"Smallest shipped .ecnn within {search.get('max_drop')} points on the search part: "
+             + (f"{chosen['shipped_bytes']:,} B ({chosen['label']}), drop {chosen['drop']:.2f} points" if chosen
+                else "none (float model kept)"), "",
+             "| layer | kind | bits | kept weights | estimated bytes |", "| --- | --- | ---: | ---: | ---: |"]
+    for r in search.get("chosen_layers") or []:
+        lines.append(f"| {r['layer']} | {r['kind']} | {r['bits']} | {r['density']:g} | {r['estimated_bytes']:,} |")
+    lines += ["", "| configuration | estimated bytes | .ecnn bytes | drop (search part) | kept |", "| --- | ---: | ---: | ---: | --- |"]
+    for c in (search.get("uniform") or []) + (search.get("verified") or []):
+        shipped = "-" if c.get("shipped_bytes") is None else f"{c['shipped_bytes']:,}"
+        lines.append(f"| {c['label']} | {c['estimated_bytes']:,} | {shipped} | {c['drop']:.2f} | {'yes' if c['feasible'] else 'rejected'} |")
+    return lines
+
+
 def search_section(search: dict) -> list[str]:
     """report.md lines for a search stage: what it chose per layer, and the configurations it measured."""
+    if search.get("objective") == "size":
+        return size_search_section(search)
     chosen = search.get("chosen") or {}
     bound = chosen.get("drop_bound") or {}
     verdict = (f" (95 % upper bound {bound['upper']:.2f}: {bound['verdict']}; the choice gated on "
@@ -115,6 +114,10 @@ def search_section(search: dict) -> list[str]:
              + (f"{chosen.get('pooled_ms') or chosen.get('measured_ms') or 0:.2f} ms, drop {chosen.get('drop') or 0:.2f} points{verdict}"
                 if chosen else "none (float model kept)")
              + (f" ([front]({search['plot']}))" if search.get("plot") else ""), ""]
+    budget = search.get("time_budget") or {}
+    if budget.get("skipped"):
+        lines += [f"Time budget of {budget['minutes']:g} min spent (during {budget.get('spent_in')}); not done: "
+                  + "; ".join(budget["skipped"]) + ".", ""]
     if search.get("note"):
         lines += [search["note"], ""]
     lines += ["| layer | kind | precision | in kept | out kept | shift |", "| --- | --- | --- | ---: | ---: | --- |"]
@@ -124,7 +127,8 @@ def search_section(search: dict) -> list[str]:
               "| --- | ---: | ---: | ---: | ---: | --- |"]
     for name, c in [(f"uniform {k}", v) for k, v in (search.get("uniform") or {}).items()] + [
             (f"candidate {i}", v) for i, v in enumerate(search.get("verified") or [])]:
-        kept = "" if c.get("feasible") is None else ("yes" if c["feasible"] else "rejected")
+        kept = ("not verified (time budget)" if c.get("not_verified") else
+                "" if c.get("feasible") is None else ("yes" if c["feasible"] else "rejected"))
         drop = "-" if c.get("drop") is None else f"{c['drop']:.2f}"
         upper = "-" if not c.get("drop_bound") else f"{c['drop_bound']['upper']:.2f}"
         lines.append(f"| {name} | {fmt_ms(c.get('predicted_ms'))} | {fmt_ms(c.get('measured_ms'))} | {drop} | {upper} | {kept} |")
@@ -175,7 +179,7 @@ def to_markdown(report: dict) -> str:
     for i, stage in enumerate(report["stages"]):
         lines.append(f"| {i} | {stage['name']} | {stage['seconds']:.1f} | {stage.get('text') or ''} |")
     for stage in report["stages"]:
-        if stage["name"] == "search":
+        if stage["name"] in SEARCHING_KINDS:
             lines += search_section(stage.get("summary") or {})
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]

@@ -50,6 +50,17 @@ def files(tmp_path, weights_file):
     broken.mkdir(parents=True)
     (broken / "a.jpg").write_bytes(b"this is not a jpeg")
     ns["broken"] = broken.parent
+    good = tmp_path / "good" / "cls"
+    good.mkdir(parents=True)
+    from PIL import Image
+
+    for i in range(2):
+        Image.new("RGB", (8, 8), (i * 90, 20, 30)).save(good / f"{i}.png")
+    ns["good"] = good.parent
+    notes = tmp_path / "notes" / "sub"
+    notes.mkdir(parents=True)
+    (notes / "readme.txt").write_text("no photos here")
+    ns["notes"] = notes.parent
     (tmp_path / "garbage.pth").write_bytes(b"\x00not a torch checkpoint")
     ns["garbage"] = tmp_path / "garbage.pth"
     ns["syntax"] = _write(tmp_path / "syntax.yaml", "model: {name: squeezenet\nstages: [export\n")
@@ -67,14 +78,16 @@ def files(tmp_path, weights_file):
     return ns
 
 
+SEARCH = ["squeezenet1_1", "--weights", "{weights}", "--num-classes", "10", "--max-drop", "1", "--calib", "{good}", "--data", "{good}"]
+
 # (id, argv after 'compress' with {placeholders}, uses --force, expected words in the one line)
 CASES = [
     ("output-exists", ["squeezenet", "--bits", "8"], False, "already exists"),
     ("calib-missing", ["squeezenet1_1", "--weights", "{weights}", "--num-classes", "10", "--calib", "{tmp}/nope"], True, "does not exist"),
     ("calib-empty", ["squeezenet1_1", "--weights", "{weights}", "--num-classes", "10", "--calib", "{empty}"], True, "no images"),
     ("unreadable-image", ["squeezenet1_1", "--weights", "{weights}", "--num-classes", "10", "--calib", "{broken}"], True, "a.jpg"),
-    ("weights-garbage", ["squeezenet1_1", "--weights", "{garbage}", "--num-classes", "10", "--calib", "{broken}"], True, "garbage.pth"),
-    ("weights-missing", ["squeezenet1_1", "--weights", "{tmp}/nope.pth", "--calib", "{broken}"], True, "nope.pth"),
+    ("weights-garbage", ["squeezenet1_1", "--weights", "{garbage}", "--num-classes", "10", "--calib", "{good}"], True, "garbage.pth"),
+    ("weights-missing", ["squeezenet1_1", "--weights", "{tmp}/nope.pth", "--calib", "{good}"], True, "nope.pth"),
     ("no-calib-with-weights", ["squeezenet1_1", "--weights", "{weights}", "--num-classes", "10", "--bits", "8"], True, "--calib"),
     ("calib-without-weights", ["squeezenet", "--calib", "{broken}"], True, "--weights"),
     ("recipe-syntax", ["--recipe", "{syntax}"], True, "not valid YAML"),
@@ -93,6 +106,12 @@ CASES = [
     ("prune-mode-alone", ["squeezenet", "--prune-mode", "2:4"], True, "--prune"),
     ("bad-model-option", ["squeezenet", "--groups", "3", "--recipe", "{small}"], True, "groups"),
     ("no-model", [], True, "MODEL"),
+    ("data-empty", ["squeezenet1_1", "--weights", "{weights}", "--num-classes", "10", "--calib", "{good}", "--data", "{empty}"], True, "--data"),
+    ("data-unreadable-image", ["squeezenet1_1", "--weights", "{weights}", "--num-classes", "10", "--calib", "{good}", "--data", "{broken}"], True, "a.jpg"),
+    ("train-empty-search", [*SEARCH, "--train", "{empty}"], True, "--train"),
+    ("train-no-photos-search", [*SEARCH, "--train", "{notes}"], True, "no images"),
+    ("train-broken-search", [*SEARCH, "--train", "{broken}"], True, "a.jpg"),
+    ("calib-list-file-missing-image", ["squeezenet1_1", "--weights", "{weights}", "--num-classes", "10", "--calib", "{notes}/sub/readme.txt"], True, "no photos here"),
 ]
 
 
@@ -122,6 +141,40 @@ def test_bad_input_is_one_line_and_leaves_output_alone(case_id, argv, force, exp
     assert leftovers == []
 
 
+@pytest.mark.parametrize("flag", ["--train", "--data", "--calib"])
+def test_image_folders_are_refused_before_any_work(flag, files, capsys, monkeypatch):
+    """An empty --train used to be refused only after the whole search (minutes)."""
+    import edgecnn.pipeline.runner as runner
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the run started working before refusing its input")
+
+    monkeypatch.setattr(runner, "load", no_work)
+    argv = [a.format(**files) for a in SEARCH]
+    if flag in argv:
+        argv[argv.index(flag) + 1] = str(files["empty"])
+    else:
+        argv += [flag, str(files["empty"])]
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", *argv, "-o", str(files["tmp"] / "new-out"), "--quiet"])
+    assert exc.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root reads folders whatever their permissions")
+def test_unreadable_train_folder_is_one_line(files, capsys):
+    locked = files["tmp"] / "locked"
+    (locked / "sub").mkdir(parents=True)
+    locked.chmod(0)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(["compress", *[a.format(**files) for a in SEARCH], "--train", str(locked), "-o", str(files["tmp"] / "o"), "--quiet"])
+    finally:
+        locked.chmod(0o755)
+    assert exc.value.code == 2 and "permission" in capsys.readouterr().err
+
+
 def test_error_names_file_key_path_and_allowed_keys(files, capsys):
     with pytest.raises(SystemExit):
         main(["compress", "--recipe", str(files["unknown_key"]), "--dry-run"])
@@ -129,3 +182,12 @@ def test_error_names_file_key_path_and_allowed_keys(files, capsys):
     assert str(files["unknown_key"]) in line
     assert "data.calibb" in line
     assert "allowed keys:" in line and "calib" in line and "eval" in line
+
+
+@pytest.mark.parametrize("command", [["eval", "squeezenet", "--data", "{empty}"],
+                                     ["finetune", "squeezenet", "--data", "{empty}", "-o", "{tmp}/student.pth"]])
+def test_eval_and_finetune_refuse_a_folder_without_images(command, files, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([a.format(**files) for a in command])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exc.value.code == 2 and len(lines) == 1 and "--data" in lines[0] and "no images" in lines[0]

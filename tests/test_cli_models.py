@@ -82,6 +82,7 @@ def test_profile_user_model_and_weights(capsys, tmp_path):
     assert code == 0 and data["params"] == 4 * 3 + 4 + 4 * 2 + 2 and data["macs"] == 8 * 8 * 4 * 3 + 4 * 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv,message",
     [

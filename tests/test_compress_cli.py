@@ -48,6 +48,7 @@ def squeezenet_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_main_job_writes_every_output(squeezenet_run, capsys):
     out = squeezenet_run
     names = {p.name for p in out.iterdir()}
@@ -93,6 +94,7 @@ def _initializers(path: Path) -> dict:
     return {t.name: t.raw_data or onnx.numpy_helper.to_array(t).tobytes() for t in onnx.load(str(path)).graph.initializer}
 
 
+@pytest.mark.slow
 def test_resolved_recipe_reproduces_the_run(squeezenet_run, tmp_path):
     """Same baseline, same calibration, same configs: bit-identical Q/DQ weights and scales."""
     import onnx.numpy_helper  # noqa: F401
@@ -112,6 +114,7 @@ def test_resolved_recipe_reproduces_the_run(squeezenet_run, tmp_path):
     assert counts(first) == {k: v for k, v in counts(second).items() if k in counts(first)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model,options",
     [("mobilenet_v2", ["--width-mult", "0.5"]), ("mobilenet_v3_small", []), ("shufflenet_v2_x0_5", [])],

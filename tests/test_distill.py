@@ -48,6 +48,7 @@ def test_kd_loss_is_pure_soft_when_unlabelled():
     assert float(kd_loss(t, t, None, 2.0, 1.0)[0]) == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("labelled", [True, False])
 def test_distillation_reduces_kd_loss(labelled):
     teacher = _net(seed=7).eval()
@@ -58,6 +59,7 @@ def test_distillation_reduces_kd_loss(labelled):
     assert _soft_loss(student, teacher, data) < 0.7 * before
 
 
+@pytest.mark.slow
 def test_resume_reaches_the_same_state(tmp_path):
     teacher = _net(seed=7).eval()
     data = _data()

@@ -161,6 +161,7 @@ def _zoo_models():
     return [name for name in available() if name not in SAME_GRAPH_AS_TESTED]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _zoo_models())
 def test_zoo_model_exports_with_parity(tmp_path, name):
     from edgecnn.models import create
@@ -171,6 +172,7 @@ def test_zoo_model_exports_with_parity(tmp_path, name):
     assert "GlobalAveragePool" in _ops(path)
 
 
+@pytest.mark.slow
 def test_export_cli(tmp_path):
     from edgecnn.cli import cli
 
@@ -185,6 +187,7 @@ def test_export_cli(tmp_path):
     assert isinstance(again.exception, UserError) and "--force" in str(again.exception)
 
 
+@pytest.mark.slow
 def test_export_cli_with_images_records_labels(tmp_path):
     from PIL import Image
 

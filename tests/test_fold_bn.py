@@ -65,6 +65,7 @@ class ToyNet(nn.Module):
         return self.head(torch.relu(self.fc_bn(self.fc(x))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", available())
 def test_fold_is_exact_on_every_zoo_model(name):
     torch.manual_seed(0)

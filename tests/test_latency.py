@@ -105,6 +105,7 @@ def test_measure_tiny_model_in_process(tmp_path):
         measure_latency(path, backend="trt")
 
 
+@pytest.mark.slow
 def test_measure_in_subprocess_returns_json_result(tmp_path):
     path = tiny_onnx(tmp_path / "t.onnx")
     result = measure_in_subprocess(path, batch=3, threads=1, warmup_s=0.05, iterations=20)

@@ -21,8 +21,8 @@ PACKAGE = ROOT / "edgecnn"
 # measuring opens a runtime, never the reverse. The root package ("edgecnn", for
 # __version__) and the single-file modules are the bottom.
 LAYERS: list[tuple[str, ...]] = [
-    ("edgecnn", "errors", "fileio", "imagenet", "lazy", "latency_stats", "outputs", "preprocess", "stats", "targets", "cpu",
-     "devices"),
+    ("edgecnn", "errors", "fileio", "imagenet", "lazy", "latency_stats", "outputs", "preprocess", "records",
+     "stats", "targets", "cpu", "devices"),
     ("models",),
     ("passes", "train", "data"),
     ("export", "pack"),
@@ -89,9 +89,10 @@ def _names_a_module(text: str) -> bool:
     return path.is_dir() or path.with_suffix(".py").is_file()
 
 
-def edgecnn_imports(path: Path, tree: Optional[ast.AST] = None) -> Iterator[tuple[int, str]]:
+def edgecnn_imports(path: Path, tree: Optional[ast.AST] = None, submodules: bool = False) -> Iterator[tuple[int, str]]:
     """(line, module) for every edgecnn import in ``path``: module-level, inside functions,
-    relative, and modules named as strings (importlib / lazy-import tables)."""
+    relative, and modules named as strings (importlib / lazy-import tables). ``submodules``:
+    ``from edgecnn.search import probes`` names ``edgecnn.search.probes``, not the package."""
     tree = tree or ast.parse(path.read_text(), str(path))
     here = module_name(path).split(".")
     is_package = path.name == "__init__.py"
@@ -119,10 +120,10 @@ def edgecnn_imports(path: Path, tree: Optional[ast.AST] = None) -> Iterator[tupl
                 target = node.module or ""
             if target.split(".")[0] != "edgecnn":
                 continue
-            if target == "edgecnn":  # from edgecnn import passes  -> the subpackage, if it is one
+            if target == "edgecnn" or submodules:  # from edgecnn import passes  -> the subpackage, if it is one
                 for alias in node.names:
-                    sub = PACKAGE / alias.name
-                    yield node.lineno, f"edgecnn.{alias.name}" if sub.is_dir() or sub.with_suffix(".py").is_file() else "edgecnn"
+                    sub = PACKAGE.parent.joinpath(*target.split("."), alias.name)
+                    yield node.lineno, f"{target}.{alias.name}" if sub.is_dir() or sub.with_suffix(".py").is_file() else target
             else:
                 yield node.lineno, target
         elif id(node) in handed_on and isinstance(node, ast.Constant) and isinstance(node.value, str) \
@@ -252,3 +253,86 @@ def test_size_check_catches_long_modules_and_functions(fake_root):
                               "edgecnn/e.py": "def f():\n    # long:\n" + "    x = 1\n" * 85})
     flagged = {p.split(":")[0] for p in oversized(paths)}
     assert flagged == {"edgecnn/a.py", "edgecnn/b.py", "edgecnn/e.py"}  # e: a marker needs a reason
+
+
+# --- no import cycles between modules ------------------------------------------------------
+
+# Loops that are the design, as (importing module, imported module): why. Their edges are left
+# out of the cycle check; an entry whose import is gone fails test_no_stale_cycle_exceptions.
+CYCLE_EXCEPTIONS: dict[tuple[str, str], str] = {
+    **{("edgecnn.passes.registry", f"edgecnn.passes.{name}"): "the pass registry loop: on first lookup the registry "
+       "imports the pass modules, which register themselves with it"
+       for name in ("channel_prune", "fold_bn", "prune", "quantize", "shift", "weight_share")},
+    **{("edgecnn.models.registry", f"edgecnn.models.{name}"): "the model registry loop: on first lookup the registry "
+       "imports the family modules, which register their builders with it"
+       for name in ("squeezenet", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "shufflenet_v1", "shufflenet_v2", "resnet")},
+    ("edgecnn.devices.base", "edgecnn.devices.registry"): "the device registry loop: a Device finds its kind's entry "
+    "(Device.entry) in the registry that made it",
+}
+
+
+def import_graph(paths: list[Path]) -> dict[str, set[str]]:
+    """module -> the edgecnn modules it imports (anywhere in the file), submodules resolved."""
+    known = {module_name(p) for p in paths}
+    return {module_name(p): {m for _, m in edgecnn_imports(p, submodules=True) if m in known and m != module_name(p)}
+            for p in paths}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def _without_exceptions(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    return {m: {d for d in deps if (m, d) not in CYCLE_EXCEPTIONS} for m, deps in graph.items()}
+
+
+def test_no_import_cycles():
+    """A module that imports a module that imports it back (at any depth, inside functions too)
+    is one piece split in two: merge them or move the shared part below both."""
+    cycles = import_cycles(_without_exceptions(import_graph(source_files())))
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_no_stale_cycle_exceptions():
+    graph = import_graph(source_files())
+    stale = [f"{a} -> {b}" for a, b in CYCLE_EXCEPTIONS if b not in graph.get(a, ())]
+    assert not stale, "no longer imported, delete from CYCLE_EXCEPTIONS: " + ", ".join(stale)
+
+
+def test_cycle_check_catches_function_level_cycles(fake_root):
+    paths = _tree(fake_root, {"edgecnn/__init__.py": "", "edgecnn/search/__init__.py": "",
+                              "edgecnn/search/run.py": "def f():\n    from edgecnn.search import probes\n",
+                              "edgecnn/search/probes.py": "from edgecnn.search.space import x\n",
+                              "edgecnn/search/space.py": "def g():\n    from .run import f\n"})
+    assert import_cycles(import_graph(paths)) == [["edgecnn.search.probes", "edgecnn.search.run", "edgecnn.search.space"]]

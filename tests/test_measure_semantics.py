@@ -19,6 +19,7 @@ def _run(raw: dict, out, monkeypatch) -> dict:
     return run_recipe(validate(raw, "test"), output=out, console=Console(quiet=True), progress=False)
 
 
+@pytest.mark.slow
 def test_trt_rows_use_reference_semantics_and_no_cpu_latency(tmp_path, monkeypatch):
     from test_golden_artifacts import _inputs
 
@@ -46,6 +47,7 @@ def test_trt_rows_use_reference_semantics_and_no_cpu_latency(tmp_path, monkeypat
     assert "| quantize | trt |" in md and "reference Q/DQ semantics" in md
 
 
+@pytest.mark.slow
 def test_trt_mobilenet_v2_agrees_with_fp32_on_imagenet(shared_data, tmp_path, monkeypatch):
     """MobileNetV2 (TF padding, shared 8-bit-origin weights), 64 sample images: the trt artifact in
     reference semantics agrees with FP32 on top-1; ORT's fused int8 kernels on a CPU without VNNI did not."""
@@ -62,6 +64,7 @@ def test_trt_mobilenet_v2_agrees_with_fp32_on_imagenet(shared_data, tmp_path, mo
     assert trt["agreement"] >= 95.0, trt
 
 
+@pytest.mark.slow
 def test_export_fp16_rest_applies_to_the_trt_file_only(tmp_path, monkeypatch):
     """``export.fp16_rest``: the trt file's float layers run in float16 behind explicit casts; ort-x86 is untouched."""
     import onnx

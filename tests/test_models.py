@@ -48,6 +48,7 @@ def test_builds_and_runs_at_224_and_small(name, torch_one_thread):
     assert out.shape == (2, 1000) and torch.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_torchvision_key_layouts():
     """Spot checks of torchvision module names (full strict loads are in test_shared_weights)."""
     keys = {
@@ -139,6 +140,7 @@ def test_tf_padding_keeps_keys_and_changes_strided_convs_only(torch_one_thread):
     assert sum(isinstance(m, SamePadConv2d) for m in v2.modules()) == 5  # stem + 4 strided depthwise
 
 
+@pytest.mark.slow
 def test_tf_padding_exports_to_onnx_as_pad_and_conv(tmp_path, torch_one_thread):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
@@ -213,6 +215,29 @@ def test_user_factory_is_first_class(user_file):
 def test_user_factory_errors(user_file, suffix, options, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_model(f"{user_file}{suffix}", **options)
+
+
+@pytest.mark.parametrize("exit_line", ["import sys\nsys.exit(3)\n", "raise SystemExit\n", "exit('bye')\n"])
+def test_user_file_that_exits_on_import_is_one_line(tmp_path, capfd, exit_line):
+    """sys.exit at a model file's top level would end edgecnn silently: one line naming the file, exit 2."""
+    from edgecnn.cli import main
+
+    path = tmp_path / "exits.py"
+    path.write_text("import torch.nn as nn\n" + exit_line + "def make():\n    return nn.Conv2d(3, 4, 1)\n")
+    try:
+        code = main(["profile", f"{path}:make"]) or 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capfd.readouterr()
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [err.strip()] and "exits.py' exits when imported" in err
+
+
+def test_user_factory_that_exits_is_a_user_error(tmp_path):
+    path = tmp_path / "quits.py"
+    path.write_text("import sys\n\ndef make():\n    sys.exit(0)\n")
+    with pytest.raises(UserError, match="quits.py:make' exited"):
+        load_model(f"{path}:make")
 
 
 def test_user_factory_missing_file(tmp_path):

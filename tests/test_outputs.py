@@ -1,7 +1,7 @@
 """Nothing lost, nothing silently wrong: the README's reliability promise, case by case.
 
 * Nothing the user owns is overwritten without --force, and --force replaces only a folder
-  edgecnn made (its manifest inside); the rules hold at the start, at commit time, for
+  edgecnn made (its manifest inside) or a file it made (tests/test_file_ownership.py); the rules hold at the start, at commit time, for
   default output paths and against a concurrent run.
 * Bad input is one line on stderr and exit code 2, never a traceback (nor a graph dump).
 * No accuracy figure without labels that map to the model's outputs.
@@ -241,6 +241,11 @@ def test_compile_default_output_follows_the_o_rules(tiny_onnx, tmp_path, capfd):
     assert_one_line_error(code, out, err, "c.ort.onnx", "--force")
     assert default.read_text() == "mine"
     code, out, err = run(["compile", src, "--backend", "ort", "--force"], capfd)
+    assert_one_line_error(code, out, err, "c.ort.onnx", "not written by edgecnn")  # --force spares a user's file
+    assert default.read_text() == "mine"
+    default.unlink()
+    assert run(["compile", src, "--backend", "ort"], capfd)[0] == 0
+    code, out, err = run(["compile", src, "--backend", "ort", "--force"], capfd)  # its own output: replaced
     assert code == 0, err
     assert default.stat().st_size > 100
 
@@ -312,6 +317,7 @@ def test_unsupported_onnx_op_is_one_line_naming_op_and_layer(tmp_path, capfd, mo
     assert out == ""  # no TorchScript graph dump on stdout
 
 
+@pytest.mark.slow
 def test_export_input_size_below_the_models_measured_minimum(tmp_path, capfd):
     from edgecnn.models import create
     from edgecnn.models.input_size import _runs, smallest_input_size
@@ -324,6 +330,7 @@ def test_export_input_size_below_the_models_measured_minimum(tmp_path, capfd):
     assert _runs(module, minimum) and not _runs(module, minimum - 1)
 
 
+@pytest.mark.slow
 def test_export_input_size_that_cannot_fit_in_memory(tmp_path, capfd):
     code, out, err = run(["export", "mobilenet_v2", "--input-size", "100000", "-o", tmp_path / "m.onnx"], capfd)
     assert_one_line_error(code, out, err, "GB", "smaller --input-size")
@@ -405,6 +412,7 @@ def test_eval_refuses_accuracy_when_labels_cannot_be_resolved(tmp_path, capfd, t
     assert json.loads(out)["top1"] is not None
 
 
+@pytest.mark.slow
 def test_eval_synsets_without_classes_file_on_real_weights(shared_data, tmp_path, capfd):
     """21 synset folders spread over ImageNet, no classes.txt: scored in the standard order."""
     sample = shared_data / "imagenet-sample"
@@ -536,6 +544,7 @@ def volume_run(tmp_path_factory, models_py, images):
     return out, out2
 
 
+@pytest.mark.slow
 def test_run_writes_manifest_ecnn_and_names_skipped_layers(volume_run):
     from edgecnn.outputs import is_edgecnn_output
 
@@ -554,6 +563,7 @@ def test_run_writes_manifest_ecnn_and_names_skipped_layers(volume_run):
     assert report["data"]["agreement_on"] == "calibration images"
 
 
+@pytest.mark.slow
 def test_run_with_more_classes_than_outputs_warns_and_reports_no_accuracy(volume_run):
     _, out = volume_run
     report = json.loads((out / "report.json").read_text())
@@ -575,7 +585,8 @@ def test_zoo_imagenet_model_header_names_its_classes():
 def test_readme_states_the_reliability_promise():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Reliability", 1)[1].split("\n## ", 1)[0]
-    for promise in ("--force", "edgecnn's own", "exit code 2", "accuracy", "tests/test_outputs.py"):
+    for promise in ("--force", "only what edgecnn made", "An input is never an output", "exit code 2", "accuracy",
+                    "tests/test_outputs.py", "tests/test_file_ownership.py"):
         assert promise in section, promise
 
 
@@ -637,6 +648,7 @@ def test_macs_count_every_convolution_and_name_what_they_skip():
     assert {"conv3d", "transposed", "linear"} <= set(prof.by_kind)
 
 
+@pytest.mark.slow
 def test_wrote_is_said_only_after_the_commit(tmp_path, monkeypatch):
     """A refusal when the folder is put in place must not follow a 'wrote OUT/' line."""
     import io

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -170,6 +171,7 @@ def test_corrupted_or_truncated_file_is_rejected(tmp_path):
         read_ecnn(path)
 
 
+@pytest.mark.slow
 def test_cli_pack_unpack_and_force(tmp_path, capsys):
     from edgecnn.cli import main
 
@@ -204,6 +206,7 @@ def test_pack_file_api(tmp_path):
         pack_file(tmp_path / "missing.onnx", tmp_path / "o.ecnn")
 
 
+@pytest.mark.slow
 def test_vendored_decoder_needs_no_torch_and_no_edgecnn(tmp_path):
     data, _ = pack_model(_tiny_model())
     (tmp_path / "m.ecnn").write_bytes(data)
@@ -291,3 +294,27 @@ def test_pack_refuses_existing_output_before_encoding(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="already exists"):
         pack_file(src, out)
     assert out.read_bytes() == b"mine"
+
+
+@pytest.mark.slow
+def test_deep_compression_recipe_writes_every_shipped_file_it_reports(tmp_path):
+    """The recipe whose point is the shipped file (its last stage keeps float weights) writes the
+    .ecnn of every row that reports a shipped size, byte for byte the size it reports."""
+    import json
+
+    from edgecnn.cli import main
+
+    recipe = tmp_path / "dc-small.yaml"
+    shipped_recipe = Path(__file__).resolve().parents[1] / "edgecnn" / "recipes" / "squeezenet-deep-compression.yaml"
+    recipe.write_text(f"include: {shipped_recipe}\n"
+                      "data:\n  embedded: {input_size: 48, epochs: 1, max_train_images: 200, max_test_images: 40}\n"
+                      "  calib_images: 16\n")
+    out = tmp_path / "out"
+    main(["compress", "squeezenet1_0", "--recipe", str(recipe), "-o", str(out), "--quiet"])
+    report = json.loads((out / "report.json").read_text())
+    rows = [r for r in report["results"] if r["shipped_bytes"] is not None]
+    assert rows and rows[-1]["stage"] == "weight_share" and rows[-1]["target"] == "fp32"
+    for row in rows:
+        assert row["ecnn"] is not None, row
+        assert (out / row["ecnn"]).stat().st_size == row["shipped_bytes"], row
+    assert any((out / r["ecnn"]).parent.name != "fp32" for r in rows)  # the final model's own .ecnn, not only fp32's

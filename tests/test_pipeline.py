@@ -58,6 +58,7 @@ def test_digits_split_is_fixed_and_stratified():
     assert (again_test == test).all()
 
 
+@pytest.mark.slow
 def test_digits_folders_and_baseline_cache(tmp_path):
     """Materialised once (in the session cache, shared with the CLI tests), read by
     ImageFolder; a second baseline request hits the cache."""
@@ -91,6 +92,7 @@ def test_digits_folders_and_baseline_cache(tmp_path):
 # --- deep compression ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_deep_compression_recipe_gives_421098_nonzeros():
     """The seeds' table on a dense squeezenet1_0: 421,098 non-zero conv weights (within 0.1 %)."""
     import torch.nn as nn

@@ -147,6 +147,7 @@ def test_ort_x86_graph_fuses_every_conv_and_trt_keeps_its_placement(quantized, t
     assert trt.violations == [] and "Pad" not in {n.op_type for n in trt_proto.graph.node}
 
 
+@pytest.mark.slow
 def test_gemm_bias_is_int32_on_the_product_grid(quantized, tmp_path):
     """The classifier bias is stored as int32 with scale = input scale x weight scale (per
     output), and dequantizes to within half a step of the float bias; trt keeps it float."""

@@ -130,6 +130,7 @@ stages:
 """
 
 
+@pytest.mark.slow
 def test_compress_search_stage_end_to_end(tmp_path):
     import json
 
@@ -147,7 +148,9 @@ def test_compress_search_stage_end_to_end(tmp_path):
     assert any("search/evaluation split" in n for n in report["notes"])
     assert (out / "search.svg").read_text().startswith("<svg")
     assert "## Search" in (out / "report.md").read_text()
-    for cand in search["uniform"].values():  # every measured drop carries its one-sided bounds
+    for precision, cand in search["uniform"].items():  # every measured drop carries its one-sided bounds
+        if precision == "fp32":
+            continue  # the reference itself: no drop to bound
         bound = cand["drop_bound"]
         assert bound["lower"] <= bound["estimate"] <= bound["upper"] and bound["verdict"] in ("met", "not met", "not resolved")
     table = search["latency_table"]

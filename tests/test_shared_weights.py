@@ -83,6 +83,7 @@ def _onnx_session(module, size, tmp_path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(REFERENCE))
 def test_shared_weights_reach_reference_top1(shared_data, val_list, preset, tmp_path):
     dataset = ImageFolder(val_list)

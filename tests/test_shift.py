@@ -93,6 +93,7 @@ def test_onehot_form_survives_8bit_per_channel_weight_quantization():
     assert torch.equal(conv(x), Shift(16, 3, even_taps(16, 3))(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,options,expected_kind", [
     ("squeezenet1_1", {}, "conv"),
     ("mobilenet_v2", {"width_mult": 0.35, "tf_padding": True}, "depthwise"),

@@ -6,6 +6,7 @@ onnxruntime, numpy and pillow (small bundle always; the shared ImageNet models w
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,7 @@ def bundle(small_run, tmp_path) -> Path:
 # --- what a bundle holds ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compress_ship_writes_checked_bundles(small_run, capsys):
     from edgecnn.ship import check_bundle
 
@@ -98,7 +100,7 @@ def test_compress_ship_writes_checked_bundles(small_run, capsys):
         assert set(manifest["files"]) == _files(folder) - {"manifest.json"}
         assert (folder / "model.onnx").read_bytes() == (small_run / target / "model.onnx").read_bytes()
         result = check_bundle(folder)
-        assert result.failures == [] and len(result.passed) == 2 + (2 if target == "ort-x86" else 1)
+        assert result.failures == [] and len(result.passed) == 3 + (2 if target == "ort-x86" else 1)
         labels = (folder / "labels.txt").read_text().splitlines()
         assert labels == [f"digit_{d}" for d in range(10)]
         row = next(r for r in report["results"] if r["target"] == target)
@@ -116,6 +118,7 @@ def test_compress_ship_writes_checked_bundles(small_run, capsys):
     assert code == 0 and err == "" and "reproduces the golden top-5 from model.ort" in out
 
 
+@pytest.mark.slow
 def test_trt_bundle_carries_the_trtexec_line_not_an_engine(small_run):
     from edgecnn.backends.tensorrt import config_for_onnx
     from edgecnn.backends.trtexec import format_command, trtexec_command
@@ -131,6 +134,7 @@ def test_trt_bundle_carries_the_trtexec_line_not_an_engine(small_run):
     assert "int8/fp16 kernels round differently" in (folder / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_ort_format_file_gives_the_onnx_output(small_run):
     """The quantized .ort file loads and computes what the .onnx does, within the golden tolerance."""
     import onnxruntime as ort
@@ -150,6 +154,7 @@ def test_ort_format_file_gives_the_onnx_output(small_run):
 # --- ship --check: one line per failure ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tampered_file_fails_with_one_line(bundle, capsys):
     labels = bundle / "labels.txt"
     labels.write_text(labels.read_text().replace("digit_3", "digit_8"))
@@ -159,6 +164,7 @@ def test_tampered_file_fails_with_one_line(bundle, capsys):
                                 "(the file was changed after shipping)"]
 
 
+@pytest.mark.slow
 def test_wrong_label_count_fails_with_one_line(bundle, capsys):
     labels = bundle / "labels.txt"
     labels.write_text("".join(f"{n}\n" for n in labels.read_text().splitlines()[:-1]))
@@ -168,6 +174,7 @@ def test_wrong_label_count_fails_with_one_line(bundle, capsys):
     assert err.splitlines() == ["edgecnn: check failed: labels.txt: 9 class names but model.onnx has 10 outputs"]
 
 
+@pytest.mark.slow
 def test_preprocessing_mismatch_fails_with_one_line(bundle, capsys):
     pre = json.loads((bundle / "preprocess.json").read_text())
     pre["mean"] = [0.5, 0.5, 0.5]
@@ -179,6 +186,7 @@ def test_preprocessing_mismatch_fails_with_one_line(bundle, capsys):
     assert err.startswith("edgecnn: check failed: preprocess.json differs from model.onnx's metadata: mean (0.5, 0.5, 0.5)")
 
 
+@pytest.mark.slow
 def test_golden_output_mismatch_is_caught(bundle, capsys):
     expected = json.loads((bundle / "golden" / "expected.json").read_text())
     expected["top5"][1]["logit"] += 3 * expected["atol"]
@@ -189,6 +197,7 @@ def test_golden_output_mismatch_is_caught(bundle, capsys):
     assert err.splitlines()[0].startswith(f"edgecnn: check failed: model.onnx: logit of class {expected['top5'][1]['index']}")
 
 
+@pytest.mark.slow
 def test_sample_preprocessing_edit_is_caught(bundle, capsys):
     sample = bundle / "classify.py"
     sample.write_text(sample.read_text().replace("Image.BILINEAR", "Image.NEAREST"))
@@ -197,6 +206,7 @@ def test_sample_preprocessing_edit_is_caught(bundle, capsys):
     assert code == 2 and "classify.py preprocesses golden/image.png differently" in err
 
 
+@pytest.mark.slow
 def test_unlisted_file_and_missing_manifest(bundle, capsys):
     (bundle / "extra.bin").write_bytes(b"x")
     code, _, err = _check_cli(bundle, capsys)
@@ -268,6 +278,7 @@ def _red(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_bare_onnx_needs_labels_and_a_golden_image(tmp_path):
     from edgecnn.ship import build_bundle
 
@@ -302,6 +313,7 @@ def test_classes_txt_labels_and_quantized_target_mismatch(tmp_path):
         build_bundle(model, tmp_path / "b", target="ort-x86", golden=_red(tmp_path / "red.png"))
 
 
+@pytest.mark.slow
 def test_force_replaces_only_a_bundle(tmp_path, capsys):
     model = _tiny_onnx(tmp_path / "m.onnx", labels=["red", "green", "blue"])
     red = _red(tmp_path / "red.png")
@@ -322,6 +334,7 @@ def test_force_replaces_only_a_bundle(tmp_path, capsys):
     assert json.loads((out / "manifest.json").read_text())["target"] == "ort-x86"
 
 
+@pytest.mark.slow
 def test_output_folder_target_must_exist(small_run, tmp_path):
     with pytest.raises(UserError, match="has no ort-arm model; it has: ort-x86, trt"):
         _cli("ship", small_run, "-o", tmp_path / "b", "--target", "ort-arm")
@@ -347,6 +360,11 @@ def test_ship_stage_in_recipes():
 # --- a fresh venv holding only onnxruntime, numpy and pillow -------------------------------------
 
 
+def _outside_env() -> dict:
+    """The environment a user's fresh venv sees: no PYTHONPATH pointing into a checkout of edgecnn."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 @pytest.fixture(scope="session")
 def clean_python(tmp_path_factory) -> str:
     """A venv without system site-packages: the installed versions of onnxruntime, numpy and pillow
@@ -362,24 +380,27 @@ def clean_python(tmp_path_factory) -> str:
     if done.returncode != 0:
         pytest.skip(f"pip could not install {' '.join(pins)} into a fresh venv: {done.stderr.strip()[-300:]}")
     probe = subprocess.run([python, "-c", "import importlib.util as u; print([m for m in ('torch', 'edgecnn', 'onnx') "
-                            "if u.find_spec(m)])"], capture_output=True, text=True, check=True, cwd=venv)
+                            "if u.find_spec(m)])"], capture_output=True, text=True, check=True, cwd=venv,
+                           env=_outside_env())
     assert probe.stdout.strip() == "[]"
     return python
 
 
 def _sample_top1(python: str, bundle: Path, *args) -> dict:
     done = subprocess.run([python, str(bundle / "classify.py"), str(bundle / "golden" / "image.png"), "--json", *args],
-                          capture_output=True, text=True, cwd=bundle, timeout=300)
+                          capture_output=True, text=True, cwd=bundle, timeout=300, env=_outside_env())
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)["top5"][0]
 
 
+@pytest.mark.slow
 def test_small_bundle_in_a_fresh_venv(small_run, clean_python, capsys):
     for target in ("ort-x86", "trt"):
         folder = small_run / f"bundle-{target}"
         code, out, err = _check_cli(folder, capsys, "--python", clean_python)
         assert code == 0 and err == "", err
-        selftest = subprocess.run([clean_python, "classify.py", "--selftest"], capture_output=True, text=True, cwd=folder)
+        selftest = subprocess.run([clean_python, "classify.py", "--selftest"], capture_output=True, text=True, cwd=folder,
+                                  env=_outside_env())
         assert selftest.returncode == 0 and "golden test passed" in selftest.stdout
     expected = json.loads((small_run / "bundle-ort-x86" / "golden" / "expected.json").read_text())
     assert _sample_top1(clean_python, small_run / "bundle-ort-x86", "--model", "model.ort")["index"] == expected["top5"][0]["index"]
@@ -393,6 +414,7 @@ def _class_index(shared: Path, synset: str) -> int:
     return ids.index(synset)
 
 
+@pytest.mark.slow
 def test_shared_squeezenet_int8_bundle_classifies_its_golden_image(shared_data, clean_python, tmp_path, capsys):
     """compress squeezenet1_1 int8 on real weights with --ship; golden from the evaluation images."""
     sample = shared_data / "imagenet-sample"
@@ -416,6 +438,7 @@ def test_shared_squeezenet_int8_bundle_classifies_its_golden_image(shared_data, 
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_shared_mobilenet_v2_tf_padding_bundle_classifies_its_golden_image(shared_data, clean_python, tmp_path, capsys):
     """export mobilenet_v2 (TF SAME padding, real weights) to ONNX, ship the file with --golden and
     the standard ImageNet classes.txt as --labels."""
@@ -432,3 +455,62 @@ def test_shared_mobilenet_v2_tf_padding_bundle_classifies_its_golden_image(share
         assert _sample_top1(clean_python, bundle, "--model", name)["index"] == _class_index(shared_data, synset)
     code, _, err = _check_cli(bundle, capsys, "--python", clean_python)
     assert code == 0, err
+
+
+# --- relative paths, and what the labels check compared ---------------------------------------------
+
+
+def test_check_takes_relative_bundle_and_python_paths(bundle, tmp_path, monkeypatch, capsys):
+    """The README's `ship --check bundle/` from the folder above it; --python as venv/bin/python."""
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    wrapper = venv_bin / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _check_cli(Path("bundle/"), capsys)
+    assert code == 0, err
+    code, out, err = _check_cli(Path("bundle"), capsys, "--python", "venv/bin/python")
+    assert code == 0, err
+    assert "reproduces the golden top-5 from model.onnx" in out
+
+
+def _labels_bundle(tmp_path: Path, carry_labels: bool) -> Path:
+    from edgecnn.ship import build_bundle
+
+    names = ["red", "green", "blue"]
+    model = _tiny_onnx(tmp_path / "m.onnx", labels=names if carry_labels else None)
+    (tmp_path / "names.txt").write_text("".join(f"{n}\n" for n in names))
+    labels = None if carry_labels else tmp_path / "names.txt"
+    return build_bundle(model, tmp_path / "b", golden=_red(tmp_path / "red.png"), labels=labels).path
+
+
+def _swap_first_two_labels(bundle: Path) -> None:
+    lines = (bundle / "labels.txt").read_text().splitlines()
+    lines[0], lines[1] = lines[1], lines[0]
+    (bundle / "labels.txt").write_text("".join(f"{n}\n" for n in lines))
+    _rehash(bundle)
+
+
+def test_check_says_labels_could_not_be_checked_when_the_model_carries_none(tmp_path, capsys):
+    bundle = _labels_bundle(tmp_path, carry_labels=False)
+    code, out, err = _check_cli(bundle, capsys)
+    assert code == 0, err
+    assert "agree with model.onnx" not in out
+    assert "could not be checked against the model, which carries no labels (they came from --labels" in out
+    _swap_first_two_labels(bundle)
+    code, out, err = _check_cli(bundle, capsys)
+    assert code == 2
+    assert err.splitlines() == ["edgecnn: check failed: labels.txt line 1 is 'green' but golden/expected.json "
+                                "names output 0 'red'"]
+
+
+def test_swapped_labels_fail_against_a_model_that_carries_labels(tmp_path, capsys):
+    bundle = _labels_bundle(tmp_path, carry_labels=True)
+    code, out, err = _check_cli(bundle, capsys)
+    assert code == 0, err
+    assert "labels.txt (3 names) equals model.onnx's labels, line by line" in out
+    _swap_first_two_labels(bundle)
+    code, out, err = _check_cli(bundle, capsys)
+    assert code == 2
+    assert err.splitlines()[0] == "edgecnn: check failed: labels.txt line 1 is 'green' but model.onnx's metadata says 'red'"

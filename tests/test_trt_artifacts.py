@@ -100,6 +100,7 @@ def quantized_squeezenet(torch_one_thread):
     return quantized
 
 
+@pytest.mark.slow
 def test_fp16_rest_export_has_every_float_op_in_fp16(quantized_squeezenet, tmp_path):
     import onnxruntime as ort
 

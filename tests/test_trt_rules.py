@@ -140,6 +140,7 @@ def test_trt_export_of_a_planted_violation_fails_loudly(tmp_path, monkeypatch):
     assert not (tmp_path / "bad.onnx").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mobilenet_v2", "squeezenet1_1", "shufflenet_v2_x0_5"])
 def test_zoo_trt_exports_are_clean(name, tmp_path):
     import torch
@@ -177,3 +178,36 @@ def test_lint_command_names_rule_nodes_and_source(tmp_path):
     assert ok.exit_code == 0 and "every TensorRT placement rule holds" in ok.output
     unknown = CliRunner().invoke(cli, ["lint", str(clean), "--rule", "pad_conv_separated"])
     assert unknown.exit_code != 0 and "unknown rule" in str(unknown.exception)
+
+
+def _compile_trt(path, capfd):
+    from edgecnn.cli import main
+
+    try:
+        code = main(["compile", str(path), "--backend", "trt", "--print-trtexec", "--trt-version", "10.3"]) or 0
+    except SystemExit as exc:
+        code = exc.code
+    return (code,) + capfd.readouterr()
+
+
+def test_compile_trt_refuses_what_tensorrt_would_reject(tmp_path, capfd):
+    """An ort-x86 style file (uint8 Q/DQ): no trtexec line, one line naming the rule, exit 2."""
+    nodes = qdq("in", "x") + [helper.make_node("Conv", ["in_dq", "w"], ["y"], name="conv")]
+    path = tmp_path / "ort_x86.onnx"
+    onnx.save(_model(nodes, zero_dtype=np.uint8), str(path))
+    code, out, err = _compile_trt(path, capfd)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [err.strip()] and "TensorRT would reject" in err and "[uint8_quantization]" in err
+
+
+def test_compile_trt_warns_on_placement_rules_and_prints_the_line(tmp_path, capfd):
+    nodes = qdq("in", "x") + [
+        helper.make_node("Conv", ["in_dq", "w"], ["c"], name="conv"),
+        helper.make_node("Add", ["x", "c"], ["y"], name="residual_add"),
+    ]
+    path = tmp_path / "placement.onnx"
+    onnx.save(_model(nodes), str(path))
+    code, out, err = _compile_trt(path, capfd)
+    assert code == 0, err
+    assert "trtexec" in out and "--onnx=" in out
+    assert "warning: [residual_add_unquantized] residual_add" in err

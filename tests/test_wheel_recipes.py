@@ -48,6 +48,7 @@ def installed(tmp_path_factory) -> Path:
     return wheel
 
 
+@pytest.mark.slow
 def test_wheel_contains_every_recipe(installed):
     with zipfile.ZipFile(installed) as whl:
         packed = {Path(n).name for n in whl.namelist() if n.startswith("edgecnn/recipes/")}
@@ -56,6 +57,7 @@ def test_wheel_contains_every_recipe(installed):
     assert packed == shipped
 
 
+@pytest.mark.slow
 def test_recipe_names_resolve_from_the_installed_package(installed):
     site = installed.parent.parent / "site"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

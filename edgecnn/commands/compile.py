@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from edgecnn.errors import UserError
-from edgecnn.outputs import check_output_file, writing
+from edgecnn.outputs import check_not_an_input, check_output_file, record_output, writing
 from edgecnn.targets import BACKENDS
 
 
@@ -71,11 +71,10 @@ def _compile_ort(path: Path, output, threads: int, opt_level: str, force: bool, 
     from edgecnn.backends.ort import save_optimized
 
     out = Path(output) if output else path.with_name(f"{path.stem}.ort.onnx")
-    if out.resolve() == path.resolve():
-        raise UserError("-o must differ from the input file")
-    check_output_file(out, force)  # a default output path follows the same rules as -o
+    check_output_file(out, force, inputs=[path])  # a default output path follows the same rules as -o
     with writing(out):
         save_optimized(path, out, threads=threads, opt_level=opt_level)
+        record_output(out, "compile")
     result = {"backend": "ort", "output": str(out), "opt_level": opt_level, "bytes": out.stat().st_size}
     click.echo(json.dumps(result) if as_json else f"wrote {out} (ONNX Runtime graph, optimization level {opt_level})")
 
@@ -89,6 +88,9 @@ def _compile_trt(path: Path, output, options: dict, batch: int, print_trtexec: b
     if installed and trt_version and trt_backend.parse_trt_version(trt_version) != trt_backend.parse_trt_version(installed):
         raise UserError(f"--trt-version {trt_version} differs from the installed TensorRT {installed}; drop it")
     engine = Path(output) if output else path.with_suffix(".engine")
+    inputs = [path, options.get("timing_cache")]
+    check_not_an_input(engine, inputs)  # also for --print-trtexec: its --saveEngine would replace the input
+    _lint_for_tensorrt(path)
     cfg = trt_backend.config_for_onnx(path, version, batch=(1, batch, batch), **options)
     command = format_command(trtexec_command(path, cfg, TrtexecTiming(batch=batch), save_engine=str(engine)))
     if print_trtexec:
@@ -103,9 +105,10 @@ def _compile_trt(path: Path, output, options: dict, batch: int, print_trtexec: b
             return
     if not installed:
         raise UserError(trt_backend.INSTALL_HINT + "; or print the trtexec command with --print-trtexec")
-    check_output_file(engine, force)
+    check_output_file(engine, force, inputs=inputs)
     with writing(engine):
         result = trt_backend.build_engine(path, engine, cfg, overwrite=True)
+        record_output(engine, "compile")
     from edgecnn.backends.jetson import detect
 
     jetson = detect()
@@ -121,3 +124,22 @@ def _compile_trt(path: Path, output, options: dict, batch: int, print_trtexec: b
         click.echo(f"note: {note}")
     for warning in jetson.warnings:
         click.echo(f"warning: {warning}", err=True)
+
+
+def _lint_for_tensorrt(path: Path) -> None:
+    """edgecnn's TensorRT lint before any build line: refuse what TensorRT's parser rejects, warn on the rest."""
+    import onnx
+
+    from edgecnn.export.trt_rules import REJECTED_BY_TENSORRT, lint
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise UserError(f"'{path}' is not an ONNX file ({type(exc).__name__}); pass an exported .onnx model") from None
+    violations = lint(model)
+    fatal = [v for v in violations if v.rule in REJECTED_BY_TENSORRT]
+    if fatal:
+        raise UserError(f"TensorRT would reject '{path}': {fatal[0]}; export it with --target trt "
+                        f"(edgecnn lint {path} lists every rule)")
+    for v in violations:
+        click.echo(f"warning: {v} (edgecnn lint {path.name} gives the source)", err=True)

@@ -67,6 +67,9 @@ def eval_(model, data, reference, limit, batch_size, threads, semantics, as_json
         raise UserError(f"--reference '{reference}' should be an .onnx file (export it with edgecnn export)")
     if reference is not None and not Path(reference).is_file():
         raise UserError(f"--reference '{reference}' does not exist; check the path")
+    from edgecnn.data.images import check_image_source
+
+    check_image_source(data, "--data")
     progress = not as_json
     if _is_onnx(model):
         if not Path(model).is_file():

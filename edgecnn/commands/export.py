@@ -9,7 +9,7 @@ import click
 
 from edgecnn.cli_options import load_model_from_cli, model_options, pop_model_options
 from edgecnn.errors import UserError
-from edgecnn.outputs import check_output_file, writing
+from edgecnn.outputs import check_output_file, model_input_files, writing
 
 
 def _batch(value: str):
@@ -69,7 +69,8 @@ def export(model, output, opset, batch, input_size, precision, data, parity_imag
     from edgecnn.models.input_size import check_input_size
 
     out = Path(output)
-    check_output_file(out, force, create_parent=True)
+    inputs = [recipe_file, data, *model_input_files(model, kwargs.get("weights"))]
+    check_output_file(out, force, create_parent=True, inputs=inputs)
     batch_spec = _batch(batch)
     loaded = load_model_from_cli(model, **pop_model_options(kwargs))
     if input_size is not None:

@@ -16,7 +16,7 @@ import click
 
 from edgecnn.cli_options import config_options, config_values, field_option, load_model_from_cli, model_options, pop_model_options
 from edgecnn.errors import UserError
-from edgecnn.outputs import check_output_file, writing
+from edgecnn.outputs import check_output_file, model_input_files, record_output, writing
 from edgecnn.passes.shift import ShiftConfig
 from edgecnn.train.distill import DistillConfig
 
@@ -57,10 +57,17 @@ def finetune(model, teacher, teacher_weights, data, eval_data, input_size, check
              shift_include, output, force, as_json, **kwargs):
     """Fine-tune a transformed MODEL with knowledge distillation from the original."""
     output = Path(output)
-    check_output_file(output, force, create_parent=True)
+    inputs = [data, eval_data, teacher_weights, *model_input_files(model, kwargs.get("weights")),
+              *(model_input_files(teacher) if teacher else [])]
+    check_output_file(output, force, create_parent=True, inputs=inputs)
     config = config_values(DistillConfig, kwargs, DISTILL_FLAGS, progress=not as_json)
     if config.logit_weight == 0 and not config.feature_layers:
         raise UserError("--logit-weight 0 leaves nothing to train on; add --feature-layers NAME or raise --logit-weight")
+    from edgecnn.data.images import check_image_source
+
+    check_image_source(data, "--data")
+    if eval_data:
+        check_image_source(eval_data, "--eval-data")
 
     import torch
 
@@ -106,7 +113,9 @@ def finetune(model, teacher, teacher_weights, data, eval_data, input_size, check
         meta = {"model": student.name, "options": student.options, "weights": student.weights, "passes": passes,
                 "distill": config.model_dump(exclude={"progress", "device", "num_workers"}), "history": result.history}
         with writing(output):
+            check_output_file(output, force, inputs=inputs)  # again: something may have appeared there meanwhile
             save_student(student.module, output, meta)
+            record_output(output, "finetune")
         summary = {"output": str(output), "steps": result.steps, "epochs": result.epochs_done,
                    "history": result.history, "passes": passes, "seconds": round(result.seconds, 1)}
         if as_json:

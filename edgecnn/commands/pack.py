@@ -26,10 +26,10 @@ def pack(onnx_path, output, force, codec, verbose):
 
     output = output or onnx_path.with_suffix(".ecnn")
     columns = (TextColumn("packing {task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tensors"), TimeElapsedColumn())
+    onnx_bytes = onnx_path.stat().st_size if onnx_path.is_file() else 0  # the input as it was read
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(onnx_path.name, total=None)
         stats = pack_file(onnx_path, output, force=force, codec=codec, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    onnx_bytes = onnx_path.stat().st_size
     click.echo(
         f"{output}: {stats.total:,} B ({_human(stats.total)}) from {onnx_bytes:,} B ONNX "
         f"(x{onnx_bytes / max(1, stats.total):.1f}), codec {stats.codec}"

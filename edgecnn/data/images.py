@@ -12,6 +12,7 @@ Accepted layouts:
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -47,7 +48,7 @@ class ImageFolder:
     """A list of (image path, label or None), plus class ids and names when known."""
 
     def __init__(self, root: Union[str, Path], classes_file: Union[str, Path, None] = None):
-        self.root = Path(root)
+        self.root = Path(root).expanduser()  # as the user gave it, for messages
         self.classes: Optional[list[str]] = None  # class ids (synsets or folder names), index = label
         self.class_names: Optional[list[str]] = None  # readable names, index = label
         self.classes_file: Optional[Path] = None  # the classes.txt the indices come from, if any
@@ -56,14 +57,28 @@ class ImageFolder:
             classes_file = Path(classes_file)
             if not classes_file.is_file():
                 raise UserError(f"classes file '{classes_file}' does not exist")
-        if self.root.is_file():
-            self.items = self._from_list_file(self.root, classes_file)
-        elif self.root.is_dir():
-            self.items = self._from_folder(self.root, classes_file)
-        else:
-            raise UserError(f"image folder or list file '{self.root}' does not exist")
+        # Items are absolute paths: whatever folder a later step works in, they name the same files.
+        where = self.root.absolute()
+        try:
+            if where.is_file():
+                self.items = self._from_list_file(where, classes_file)
+            elif where.is_dir():
+                self.items = self._from_folder(where, classes_file)
+            else:
+                raise UserError(f"image folder or list file '{self.root}' does not exist")
+        except PermissionError as exc:
+            raise UserError(f"cannot read '{exc.filename or self.root}' (permission denied); make it readable") from None
         if not self.items:
             raise UserError(f"'{self.root}' contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+
+    @classmethod
+    def from_items(cls, items: list[tuple[Path, Optional[int]]]) -> "ImageFolder":
+        """A set of given (path, label) items, no folder behind it (e.g. one part of a split)."""
+        folder = cls.__new__(cls)
+        folder.root = Path(os.path.commonpath([str(Path(p).absolute()) for p, _ in items])) if items else Path.cwd()
+        folder.classes = folder.class_names = folder.classes_file = folder.label_source = None
+        folder.items = [(Path(p).absolute(), label) for p, label in items]
+        return folder
 
     # --- layouts -----------------------------------------------------------------------------
 
@@ -164,18 +179,53 @@ def _is_int(text: str) -> bool:
         return False
 
 
+def first_image(root: Path) -> Optional[Path]:
+    """The first image found under ``root`` (any depth), None when there is none; stops at the first."""
+    for folder, dirs, files in os.walk(root, onerror=_raise):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if is_image(Path(name)):
+                return Path(folder) / name
+    return None
+
+
+def _raise(error: OSError) -> None:
+    raise error
+
+
 def open_image(path: Path):
-    """A fully decoded PIL image; UserError naming the file when it cannot be read."""
+    """The RGB pixels of an image file (:func:`edgecnn.data.decode.to_rgb`); UserError naming
+    the file when it cannot be read or its pixels cannot be turned into RGB."""
     from PIL import Image, UnidentifiedImageError
+
+    from edgecnn.data.decode import UnsupportedImage, to_rgb
 
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB") if image.mode != "RGB" else image.copy()
+            return to_rgb(image)
     except FileNotFoundError:
         raise UserError(f"image '{path}' does not exist") from None
+    except UnsupportedImage as exc:
+        raise UserError(f"image '{path}' has {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"cannot read image '{path}' ({type(exc).__name__}: {exc}); fix or remove it") from None
+
+
+def check_image_source(value, what: str, recursive: bool = False) -> None:
+    """Refuse, before any work, a folder or list file that holds no readable image: its first
+    image is decoded, so an unreadable folder or a broken first file is named now, not after a
+    search of many minutes."""
+    path = Path(value).expanduser()
+    try:
+        first = first_image(path) if recursive and path.is_dir() else ImageFolder(path).items[0][0]
+        if first is None:
+            raise UserError(f"'{value}' holds no images (sub-folders searched); give a folder of photos")
+        open_image(first)
+    except PermissionError as exc:
+        raise UserError(f"{what}: cannot read '{exc.filename or value}' (permission denied); make it readable") from None
+    except UserError as exc:
+        raise UserError(f"{what}: {exc}") from None
 
 
 def load_image(path: Path, preprocess) -> np.ndarray:

@@ -221,6 +221,9 @@ RULE_SOURCES = {
                           "points are invalid types",
 }
 
+# Rules whose violation TensorRT's ONNX parser refuses outright (the others cost speed, not the build).
+REJECTED_BY_TENSORRT = frozenset({"nonzero_zero_point", "uint8_quantization"})
+
 TRT_RULES: dict[str, Callable[[_Graph], list[Violation]]] = {
     "weighted_output_qdq": weighted_output_qdq,
     "residual_add_unquantized": residual_add_unquantized,

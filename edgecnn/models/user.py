@@ -44,6 +44,10 @@ def load_factory(ref: str) -> tuple[Callable, object]:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:  # sys.exit()/exit() at the top level would end edgecnn without a word
+        del sys.modules[module_name]
+        raise UserError(f"model file '{path}' exits when imported (SystemExit({exc.code!r})); move that code under "
+                        "if __name__ == '__main__':") from None
     except Exception as exc:
         del sys.modules[module_name]
         raise UserError(f"importing model file '{path}' failed: {type(exc).__name__}: {exc}") from None
@@ -67,6 +71,9 @@ def build_user_model(ref: str, options: dict) -> tuple[nn.Module, Optional[objec
         model = factory(**options)
     except UserError:
         raise
+    except SystemExit as exc:
+        raise UserError(f"model factory '{ref}' exited (SystemExit({exc.code!r})) instead of returning a model; "
+                        "return a torch.nn.Module from it") from None
     except Exception as exc:
         raise UserError(f"model factory '{ref}' failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):

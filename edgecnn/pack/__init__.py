@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 from edgecnn.errors import UserError
 from edgecnn.fileio import write_bytes_atomic
-from edgecnn.outputs import check_output_file, writing
+from edgecnn.outputs import check_output_file, record_output, writing
 from edgecnn.pack.decoder import EcnnError, decode_model  # noqa: F401
 from edgecnn.pack.format import PackStats, encode_model  # noqa: F401
 
@@ -37,12 +37,15 @@ def _load_onnx(path: PathLike):
     return model
 
 
-def write_atomic(path: PathLike, data: bytes, force: bool = False) -> Path:
-    """Write atomically (edgecnn.fileio); refuse to replace an existing file unless ``force``."""
+def write_atomic(path: PathLike, data: bytes, force: bool = False, inputs=(), command: str = "pack") -> Path:
+    """Write atomically (edgecnn.fileio) under the rules of edgecnn.outputs: never over an input,
+    over an existing file only with ``force`` and only when edgecnn made it."""
     path = Path(path)
-    check_output_file(path, force)
+    check_output_file(path, force, inputs=inputs)
     with writing(path):
-        return write_bytes_atomic(path, data)
+        write_bytes_atomic(path, data)
+        record_output(path, command)
+    return path
 
 
 def pack_model(model, codec: str = "auto") -> tuple[bytes, PackStats]:
@@ -55,9 +58,9 @@ def pack_file(onnx_path: PathLike, out_path: PathLike, force: bool = False, code
 
     ``progress(done, total)`` is called after each tensor is planned.
     """
-    check_output_file(out_path, force)  # before the encoding work, not after it
+    check_output_file(out_path, force, inputs=[onnx_path])  # before the encoding work, not after it
     data, stats = encode_model(_load_onnx(onnx_path), codec=codec, progress=progress)
-    write_atomic(out_path, data, force=force)
+    write_atomic(out_path, data, force=force, inputs=[onnx_path])
     return stats
 
 
@@ -71,11 +74,11 @@ def read_ecnn(path: PathLike):
 
 def unpack_file(ecnn_path: PathLike, out_path: PathLike, force: bool = False) -> Path:
     """Decode ``ecnn_path`` and write the ONNX model to ``out_path``."""
-    check_output_file(out_path, force)
+    check_output_file(out_path, force, inputs=[ecnn_path])
     model = read_ecnn(ecnn_path)
     if not model.graph.node:
         raise UserError(f"{ecnn_path} holds no ONNX graph; pack an exported .onnx model again")
-    return write_atomic(out_path, model.SerializeToString(), force=force)
+    return write_atomic(out_path, model.SerializeToString(), force=force, inputs=[ecnn_path], command="unpack")
 
 
 def shipped_size(onnx_path: PathLike, codec: str = "auto") -> int:

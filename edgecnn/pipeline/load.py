@@ -14,26 +14,32 @@ from typing import Optional
 import numpy as np
 
 from edgecnn.data import embedded
-from edgecnn.data.images import ImageFolder, iter_batches
+from edgecnn.data.images import ImageFolder, check_image_source, iter_batches
 from edgecnn.data.labels import drop_labels, resolve_labels
 from edgecnn.errors import UserError
 from edgecnn.models import create, load_model, resolve_name
 from edgecnn.models.input_size import output_classes
 from edgecnn.pipeline.state import RunState, StageOutcome
 from edgecnn.preprocess import Preprocess
-from edgecnn.recipe import Recipe
+from edgecnn.recipe import Recipe, stage_kind
+
+
+def _needing(r: Recipe, need: str) -> list[str]:
+    """The recipe's stages whose kind needs ``need`` (``calib``, ``train``, ``labelled_eval``)."""
+    return [s.name for s in r.stages if need in stage_kind(s.name).needs]
 
 EVAL_IN_MEMORY_BYTES = 512 * 2**20  # above this the evaluation set is streamed from disk
-# Stages that need calibration images when the model has real weights.
-CALIBRATED_STAGES = ("quantize", "shift", "channel_prune", "distill")
 
 
 def check_inputs(r: Recipe) -> None:
     """Cheap checks before any work: folders exist, flags fit together."""
+    flags = {"calib": "--calib", "eval": "--data", "train": "--train"}
     for key in ("calib", "eval", "train"):
         value = getattr(r.data, key)
-        if value is not None and not Path(value).expanduser().exists():
-            raise UserError(f"data.{key}: '{value}' does not exist; give an image folder or a list file")
+        if value is None:
+            continue
+        if not Path(value).expanduser().exists():
+            raise UserError(f"data.{key} ({flags[key]}): '{value}' does not exist; give an image folder or a list file")
     if r.embedded:
         given = [k for k in ("calib", "eval") if getattr(r.data, k)]
         if given:
@@ -49,10 +55,19 @@ def check_inputs(r: Recipe) -> None:
         weights = r.model.weights
         if weights not in ("imagenet",) and not Path(weights).expanduser().is_file():
             raise UserError(f"weights file '{weights}' does not exist; give a .pth file or 'imagenet'")
-        if any(s.name in CALIBRATED_STAGES for s in r.stages) and r.data.calib is None:
+        if _needing(r, "calib") and r.data.calib is None:
             raise UserError("quantization needs calibration images: pass --calib DIR (an image folder or a list file)")
-    if any(s.name == "distill" for s in r.stages) and not r.embedded and r.data.train is None:
-        raise UserError("stage distill needs labelled training images: set data.train in the recipe")
+        if _needing(r, "labelled_eval") and r.data.eval is None:
+            raise UserError(f"stage {_needing(r, 'labelled_eval')[0]} needs labelled images to measure the top-1 drop: "
+                            "pass --data DIR (class sub-folders)")
+    if _needing(r, "train") and not r.embedded and r.data.train is None:
+        raise UserError(f"stage {_needing(r, 'train')[0]} needs labelled training images: set data.train in the recipe")
+    for key in ("calib", "eval", "train"):
+        value = getattr(r.data, key)
+        if value is not None:
+            # A search reads its recovery photos at any folder depth; everything else reads an ImageFolder.
+            recursive = key == "train" and r.stage("search") is not None and r.stage("distill") is None
+            check_image_source(value, f"data.{key} ({flags[key]})", recursive=recursive)
 
 
 def load(state: RunState) -> None:
@@ -139,7 +154,7 @@ def _load_user(state: RunState) -> None:
     state.calib_set = ImageFolder(Path(r.data.calib).expanduser()) if r.data.calib else None
     state.eval_set = ImageFolder(Path(r.data.eval).expanduser()) if r.data.eval else None
     # A search reads its recovery photos itself (any folder depth, no labels); distill wants an ImageFolder.
-    wants_set = r.data.train and (r.stage("distill") is not None or r.stage("search") is None)
+    wants_set = r.data.train and (_needing(r, "train") or not any(stage_kind(s.name).searches for s in r.stages))
     state.train_set = ImageFolder(Path(r.data.train).expanduser()) if wants_set else None
     if state.eval_set is not None and not state.eval_set.labelled:
         state.notes.append(f"{r.data.eval} has no labels: top-1/top-5 not measured, agreement with FP32 only")

@@ -18,15 +18,16 @@ from edgecnn import outputs
 class OutputFolder:
     """An output folder written atomically: build beside it, re-check, then rename."""
 
-    def __init__(self, path: Path, force: bool):
+    def __init__(self, path: Path, force: bool, inputs=()):
         self.path = Path(path)
         self.force = force
+        self.inputs = list(inputs)  # what the run reads: never replaced, even with --force
         self.tmp: Optional[Path] = None
         self._lock: Optional[contextlib.ExitStack] = None
 
     def check(self) -> None:
         """Refuse an existing folder without --force, and one edgecnn did not write even with it."""
-        outputs.check_output_dir(self.path, self.force)
+        outputs.check_output_dir(self.path, self.force, inputs=self.inputs)
 
     def open(self) -> Path:
         """Lock the output path (a second run stops here), check again, make the work folder."""

@@ -27,14 +27,16 @@ from edgecnn.pipeline.load import check_inputs, load
 from edgecnn.pipeline.output import OutputFolder
 from edgecnn.pipeline.stages import stage_for
 from edgecnn.pipeline.state import RunState
-from edgecnn.recipe import Recipe, default_output_dir
-from edgecnn.report import SCHEMA_VERSION, new_result, table_rows, write_report
+from edgecnn.recipe import Recipe, default_output_dir, stage_kind
+from edgecnn.records import ResultRow
+from edgecnn.report import SCHEMA_VERSION, table_rows, write_report
 from edgecnn.targets import get_target
 
 # The console table keeps what fits in 100 columns; report.md has every column.
 CONSOLE_COLUMNS = ("stage", "target", "nonzeros", "macs", "shipped_bytes", "latency_ms_median", "top1", "drop_upper95",
                    "agreement")
-OUTPUT_FILES = "report.json, report.md, accuracy.png, recipe.resolved.yaml, log.txt, <target>/model.onnx, <target>/model.ecnn"
+OUTPUT_FILES = ("report.json, report.md, accuracy.png, recipe.resolved.yaml, log.txt, <target>/model.onnx, <target>/model.ecnn, "
+                "fp32/model.onnx + .ecnn, checkpoints/<stage>-<target>.ecnn")
 
 
 def configured_torch_threads() -> int:
@@ -94,8 +96,18 @@ class Pipeline:
         lines.append(f"output: {self.output} ({OUTPUT_FILES})")
         return lines
 
+    def input_files(self) -> list[str]:
+        """What the run reads (model file, weights, image folders, recipe): its output never replaces them."""
+        from edgecnn.outputs import model_input_files
+
+        r = self.recipe
+        ship = r.stage("ship")
+        found = [*model_input_files(r.model.name, r.model.weights), r.data.calib, r.data.train, r.data.eval, r.source,
+                 getattr(ship.config, "labels", None) if ship else None]
+        return [f for f in found if f and os.path.exists(os.path.expanduser(str(f)))]
+
     def run(self) -> dict:
-        out = OutputFolder(self.output, self.force)
+        out = OutputFolder(self.output, self.force, inputs=self.input_files())
         out.check()
         check_inputs(self.recipe)
         start = time.perf_counter()
@@ -124,9 +136,9 @@ class Pipeline:
         if not after_report:
             load(state)
         for spec in self.recipe.stages:
-            stage = stage_for(spec.name)
-            if getattr(stage, "after_report", False) != after_report:
+            if stage_kind(spec.name).after_report != after_report:
                 continue
+            stage = stage_for(spec.name)
             t0 = time.perf_counter()
             if stage.own_progress:
                 outcome = stage.run(state, spec)
@@ -136,7 +148,7 @@ class Pipeline:
             state.stage_done(spec.name, time.perf_counter() - t0, outcome)
         if not after_report and self.recipe.stage("measure") is None:  # the numbers that need no ONNX
             for ck in state.checkpoints:
-                state.results.append(new_result(ck.stage, "fp32" if not ck.quantized else self.recipe.targets[0], **ck.stats))
+                state.results.append(ResultRow(ck.stage, "fp32" if not ck.quantized else self.recipe.targets[0], **ck.stats))
 
     def _write(self, state: RunState, report: dict) -> None:
         work = state.work
@@ -149,7 +161,8 @@ class Pipeline:
 
 
 def build_report(state: RunState, seconds: float) -> dict:
-    """report.json (docs/report-schema.md) from the state of a finished run."""
+    """report.json (docs/report-schema.md) from the state of a finished run: the one place the
+    typed artifacts and result rows become dicts."""
     recipe = state.recipe
     measure = recipe.stage("measure")
     threads = measure.config.threads if measure else None
@@ -168,8 +181,8 @@ def build_report(state: RunState, seconds: float) -> dict:
         "recipe": "recipe.resolved.yaml",
         "latency_note": latency_note,
         "stages": state.stage_log,
-        "results": state.results,
-        "artifacts": state.artifacts,
+        "results": [row.to_dict() for row in state.results],
+        "artifacts": {target: artifact.to_dict() for target, artifact in state.artifacts.items()},
         "notes": state.notes,
         "warnings": state.warnings,
         "skipped_layers": state.skipped,

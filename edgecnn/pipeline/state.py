@@ -17,6 +17,7 @@ from edgecnn.data.images import ImageFolder
 from edgecnn.pipeline.checkpoint import Checkpoint, make_checkpoint
 from edgecnn.pipeline.console import RunConsole
 from edgecnn.preprocess import Preprocess
+from edgecnn.records import Artifact, ResultRow
 from edgecnn.recipe import Recipe
 
 
@@ -60,8 +61,8 @@ class RunState:
     eval_stream: Optional[ImageFolder] = None  # an evaluation set too big to keep in memory
     # What the stages produce.
     checkpoints: list[Checkpoint] = field(default_factory=list)
-    artifacts: dict[str, dict] = field(default_factory=dict)  # target -> report.json "artifacts" entry
-    results: list[dict] = field(default_factory=list)  # report.json "results" rows
+    artifacts: dict[str, Artifact] = field(default_factory=dict)  # target -> its exported files
+    results: list[ResultRow] = field(default_factory=list)  # one per measured checkpoint and target
     stage_log: list[dict] = field(default_factory=list)  # report.json "stages"
     notes: list[str] = field(default_factory=list)
     latency_warnings: list[str] = field(default_factory=list)

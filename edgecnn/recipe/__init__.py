@@ -19,7 +19,6 @@ from edgecnn.recipe.load import (
     validate,
 )
 from edgecnn.recipe.schema import (
-    PIPELINE_CONFIGS,
     PIPELINE_STAGES,
     RECIPE_SCHEMA_VERSION,
     SHIPPED_RECIPES,
@@ -37,12 +36,14 @@ from edgecnn.recipe.schema import (
     default_output_dir,
     stage_config_class,
 )
+from edgecnn.recipe.stage_kinds import STAGE_KINDS, StageKind, insert_before, kinds_where, stage_kind
 
 __all__ = [
     "DEFAULT_STAGES", "Flags", "apply_flags", "recipe_from_flags",
     "TOP_LEVEL_KEYS", "deep_merge", "format_validation_error", "load_raw", "load_recipe", "resolve_recipe_path",
     "shipped_recipe_names", "validate",
-    "PIPELINE_CONFIGS", "PIPELINE_STAGES", "RECIPE_SCHEMA_VERSION", "SHIPPED_RECIPES", "CompileConfig", "DataSpec",
+    "PIPELINE_STAGES", "RECIPE_SCHEMA_VERSION", "SHIPPED_RECIPES", "CompileConfig", "DataSpec",
     "EmbeddedSpec", "ExportConfig", "MeasureConfig", "ModelSpec", "Recipe", "ShipConfig", "Stage", "allowed_stages",
     "available_targets", "default_output_dir", "stage_config_class",
+    "STAGE_KINDS", "StageKind", "insert_before", "kinds_where", "stage_kind",
 ]

@@ -14,13 +14,10 @@ from typing import Optional
 
 from edgecnn.errors import UserError
 from edgecnn.recipe.load import stage_entry
+from edgecnn.recipe.stage_kinds import insert_before, kinds_where
 from edgecnn.targets import DEFAULT_TARGET
 
 DEFAULT_STAGES = ["fold_bn", "quantize", "export", "measure"]
-# A stage added by a flag goes before the first of these stages (or last).
-_PRUNE_BEFORE = ("shift", "quantize", "weight_share", "distill", "export", "compile", "measure")
-_SHIFT_BEFORE = ("quantize", "weight_share", "distill", "export", "compile", "measure")
-_QUANTIZE_BEFORE = ("distill", "export", "compile", "measure")
 
 
 @dataclass
@@ -43,11 +40,12 @@ class Flags:
     search_time: Optional[float] = None
     confidence: Optional[float] = None
     train: Optional[str] = None
+    objective: Optional[str] = None
 
     def given(self) -> bool:
         """True when a flag other than the model options (always present on the command line) is set."""
         values = (self.model, self.bits, self.prune, self.prune_mode, self.shift, self.calib, self.data, self.targets, self.output,
-                  self.ship, self.max_drop, self.search_time, self.confidence, self.train)
+                  self.ship, self.max_drop, self.search_time, self.confidence, self.train, self.objective)
         return any(v not in (None, False, (), []) for v in values)
 
 
@@ -63,9 +61,10 @@ def _override(stages: list, name: str, fields: dict) -> None:
         stages[index] = {name: {**cfg, **fields}}
 
 
-def _insert(stages: list, name: str, cfg: dict, before: tuple[str, ...]) -> None:
-    names = _names(stages)
-    pos = next((i for i, n in enumerate(names) if n in before), len(stages))
+def _insert(stages: list, name: str, cfg: dict) -> None:
+    """A stage added by a flag goes before the first stage of a later kind (its rank), else last."""
+    before = insert_before(name)
+    pos = next((i for i, n in enumerate(_names(stages)) if n in before), len(stages))
     stages.insert(pos, {name: cfg})
 
 
@@ -80,7 +79,7 @@ def _apply_bits(stages: list, bits: int, notes: list[str]) -> None:
         notes.append(f"--bits {bits} sets weight_share.bits: this recipe stores its weights as a weight_share "
                      f"codebook ({2 ** bits} shared values per layer), so no quantize stage is added")
     else:
-        _insert(stages, "quantize", {"bits": bits}, _QUANTIZE_BEFORE)
+        _insert(stages, "quantize", {"bits": bits})
         notes.append(f"--bits {bits} adds a quantize stage (bits {bits}): the recipe has none")
 
 
@@ -92,7 +91,7 @@ def _apply_prune(stages: list, density: Optional[float], mode: Optional[str], no
         if density is None:
             raise UserError("--prune-mode needs --prune D (the density to keep, e.g. --prune 0.5)")
         cfg = {"density": density} if wanted == "channel_prune" else {"density": density, "mode": mode or "unstructured"}
-        _insert(stages, wanted, cfg, _PRUNE_BEFORE)
+        _insert(stages, wanted, cfg)
         notes.append(f"--prune {density} adds a {wanted} stage: the recipe has none")
         return
     if mode is not None and wanted != existing:
@@ -115,7 +114,7 @@ def _apply_shift(stages: list, notes: list[str]) -> None:
     if "shift" in _names(stages):
         notes.append("--shift: the recipe already has a shift stage; its config is kept")
     else:
-        _insert(stages, "shift", {}, _SHIFT_BEFORE)
+        _insert(stages, "shift", {})
         notes.append("--shift adds a shift stage: the recipe has none")
 
 
@@ -125,21 +124,28 @@ def _apply_search(stages: list, flags: Flags, notes: list[str]) -> None:
     cfg: dict = {"max_drop": flags.max_drop}
     if flags.search_time is not None:
         cfg["search_time"] = flags.search_time
+    if flags.objective is not None:
+        cfg["objective"] = flags.objective
     if flags.confidence is not None:
         cfg["confidence"] = flags.confidence
     if flags.shift:
         cfg["shift"] = True
-    if flags.prune is not None:
+    if flags.prune is not None and flags.objective == "size":  # the size search prunes single weights by magnitude
+        if flags.prune_mode not in (None, "unstructured"):
+            raise UserError("--objective size prunes single weights: use --prune D (--prune-mode unstructured) or leave --prune out")
+        cfg["prune_densities"] = [flags.prune]
+    elif flags.prune is not None:
         if flags.prune_mode != "channel":
             raise UserError("--max-drop searches channel pruning only: use --prune D --prune-mode channel (or leave --prune out)")
         cfg["prune_densities"] = [flags.prune]
-    removed = [n for n in _names(stages) if n in ("quantize", "channel_prune", "shift", "weight_share")]
+    searched = kinds_where(lambda kind: kind.searched)
+    removed = [n for n in _names(stages) if n in searched]
     stages[:] = [e for e in stages if stage_entry(e)[0] not in removed]
     if "search" in _names(stages):
         _override(stages, "search", cfg)
         notes.append("--max-drop sets the recipe's search stage")
     else:
-        _insert(stages, "search", cfg, _QUANTIZE_BEFORE)
+        _insert(stages, "search", cfg)
         notes.append(f"--max-drop {flags.max_drop} adds a search stage" + (f" in place of {', '.join(removed)}: the search "
                      "chooses precision, channel pruning and shift per layer" if removed else ""))
 
@@ -166,10 +172,11 @@ def _apply_stages(raw: dict, flags: Flags) -> list[str]:
     if not isinstance(stages, list):  # left for validate() to report
         return notes
     stages = list(stages)
-    if flags.max_drop is not None or flags.search_time is not None or flags.confidence is not None:
+    if flags.max_drop is not None or flags.search_time is not None or flags.objective is not None or flags.confidence is not None:
         if flags.max_drop is None:
-            flag = "--search-time" if flags.search_time is not None else "--confidence"
-            raise UserError(f"{flag} needs --max-drop PTS (the top-1 drop the search may spend)")
+            what = ("--search-time" if flags.search_time is not None else "--objective" if flags.objective is not None
+                    else "--confidence")
+            raise UserError(f"{what} needs --max-drop PTS (the top-1 drop the search may spend)")
         if flags.bits is not None:
             raise UserError("--bits and --max-drop do not go together: the search chooses the bits per layer")
         _apply_search(stages, flags, notes)
@@ -185,7 +192,7 @@ def _apply_stages(raw: dict, flags: Flags) -> list[str]:
         if "ship" in _names(stages):
             notes.append("--ship: the recipe already has a ship stage; its config is kept")
         else:
-            stages.append("ship")
+            stages.append("ship")  # after the report: last
             notes.append("--ship adds a ship stage at the end")
     raw["stages"] = stages
     return notes

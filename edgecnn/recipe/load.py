@@ -18,7 +18,6 @@ from pydantic import BaseModel, ValidationError
 from edgecnn.errors import UserError
 from edgecnn.targets import DEFAULT_TARGET, check_targets, resolve_target_name
 from edgecnn.recipe.schema import (
-    PIPELINE_STAGES,
     RECIPE_SCHEMA_VERSION,
     SHIPPED_RECIPES,
     DataSpec,
@@ -29,6 +28,7 @@ from edgecnn.recipe.schema import (
     available_targets,
     stage_config_class,
 )
+from edgecnn.recipe.stage_kinds import kinds_where, stage_kind
 
 TOP_LEVEL_KEYS = ("include", "recipe_version", "name", "model", "data", "stages", "targets", "output")
 
@@ -182,34 +182,37 @@ def _parse_stage(entry: Any, index: int, prefix: str) -> Stage:
     return Stage(name, config)
 
 
-# What a search stage decides per layer: a recipe has either these stages or a search.
-SEARCHED_STAGES = ("quantize", "channel_prune", "shift", "weight_share")
-
-
 def _check_stage_order(stages: list[Stage], prefix: str) -> None:
-    """Passes in an order the registry accepts; export before compile, measure last; no repeats of those."""
+    """Passes in an order the registry accepts, the other kinds where their entries in
+    :mod:`edgecnn.recipe.stage_kinds` put them; no repeats of kinds that run once."""
     from edgecnn.passes.registry import check_order
 
     names = [s.name for s in stages]
-    for fixed in PIPELINE_STAGES:
-        if names.count(fixed) > 1 and fixed != "distill":
-            raise UserError(f"{prefix}stages: '{fixed}' appears {names.count(fixed)} times; keep one")
-    model_changing = [i for i, s in enumerate(stages) if s.is_pass or s.name in ("distill", "search")]
-    chosen_by_search = [n for n in names if n in SEARCHED_STAGES]
-    if "search" in names and chosen_by_search:
-        raise UserError(f"{prefix}stages: 'search' chooses precision, channel pruning and shift per layer itself; "
+    kinds = [stage_kind(n) for n in names]
+    for kind in dict.fromkeys(kinds):
+        if names.count(kind.name) > 1 and not kind.repeatable:
+            raise UserError(f"{prefix}stages: '{kind.name}' appears {names.count(kind.name)} times; keep one")
+    model_changing = [i for i, k in enumerate(kinds) if k.changes_model]
+    searching = [k.name for k in kinds if k.searches]
+    chosen_by_search = [k.name for k in kinds if k.searched]
+    if searching and chosen_by_search:
+        raise UserError(f"{prefix}stages: '{searching[0]}' chooses precision, channel pruning and shift per layer itself; "
                         f"remove '{chosen_by_search[0]}' (or the search stage)")
-    for later in ("export", "compile", "measure"):
-        if later in names and model_changing and names.index(later) < model_changing[-1]:
-            raise UserError(f"{prefix}stages: '{later}' must come after every transform; '{names[model_changing[-1]]}' follows it")
-    if "compile" in names and "export" not in names:
-        raise UserError(f"{prefix}stages: 'compile' needs an 'export' stage before it")
-    if "compile" in names and names.index("compile") < names.index("export"):
-        raise UserError(f"{prefix}stages: 'compile' must come after 'export'")
-    if "ship" in names and (names.index("ship") != len(names) - 1 or "export" not in names):
-        raise UserError(f"{prefix}stages: 'ship' must be the last stage, after 'export'")
-    if "measure" in names and names.index("measure") != len(names) - 1 - ("ship" in names):
-        raise UserError(f"{prefix}stages: 'measure' must be the last stage (only 'ship' may follow it)")
+    for i, kind in enumerate(kinds):
+        if not kind.changes_model and not kind.after_report and model_changing and i < model_changing[-1]:
+            raise UserError(f"{prefix}stages: '{kind.name}' must come after every transform; '{names[model_changing[-1]]}' follows it")
+    after_report = kinds_where(lambda k: k.after_report)
+    for i, kind in enumerate(kinds):
+        if kind.after_report and (i != len(names) - 1 or any(r not in names[:i] for r in kind.requires)):
+            raise UserError(f"{prefix}stages: '{kind.name}' must be the last stage, after '{', '.join(kind.requires)}'")
+        for required in () if kind.after_report else kind.requires:
+            if required not in names:
+                raise UserError(f"{prefix}stages: '{kind.name}' needs an '{required}' stage before it")
+            if names.index(required) > i:
+                raise UserError(f"{prefix}stages: '{kind.name}' must come after '{required}'")
+        followers = [n for n in names[i + 1:] if n not in after_report]
+        if kind.last and not kind.after_report and followers:
+            raise UserError(f"{prefix}stages: '{kind.name}' must be the last stage (only '{', '.join(after_report)}' may follow it)")
     try:
         check_order([s.name for s in stages if s.is_pass])
     except UserError as exc:

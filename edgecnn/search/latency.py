@@ -36,6 +36,7 @@ class LatencyTable:
     probes: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> probe variant -> raw isolated ms
     # layer -> its int8 time when the next layer is FP32 / when it is int8 (no quantized output, no fused int8 conv)
     float_consumer_factor: dict[str, float] = field(default_factory=dict)
+    estimated: list[str] = field(default_factory=list)  # layers not probed (time budget): estimated from MACs
     scale: dict[str, float] = field(default_factory=dict)  # precision -> factor fitting its uniform config to its whole-model time
 
     def layer_cost(self, space, config: dict, layer: str) -> float:
@@ -67,7 +68,7 @@ class LatencyTable:
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("layer_ms", "other_ms", "boundary_ms", "prune_efficiency", "shift_ms", "measured", "probes",
-                                             "float_consumer_factor", "scale")}
+                                             "float_consumer_factor", "estimated", "scale")}
 
 
 def check(table: LatencyTable, space, configs: dict[str, dict], measured_ms: dict[str, float]) -> list[dict]:

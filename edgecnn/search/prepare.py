@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -17,18 +16,16 @@ from edgecnn.search.run import SearchConfig, SearchData
 from edgecnn.train.cached_teacher import RecoveryConfig, TeacherCache, distill_cached, image_key, matching_layers
 
 
-def arrays(items: list, preprocess, limit: Optional[int] = None, work: Optional[Path] = None) -> tuple[np.ndarray, np.ndarray]:
-    """(N x 3 x H x W float32, labels) of (path, label) items, spread evenly when ``limit`` is set."""
+def arrays(items: list, preprocess, limit: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N x 3 x H x W float32, labels) of (path, label) items, spread evenly when ``limit`` is set.
+
+    The items are read as given (no list file in a work folder), so relative paths mean
+    what they meant where the user typed them."""
     if limit is not None and limit < len(items):
         step = len(items) / limit
         items = [items[int(i * step)] for i in range(limit)]
-    if work is None:
-        raise UserError("internal: arrays() needs a work folder for its list file")
-    work.mkdir(parents=True, exist_ok=True)
-    listing = work / f"list-{hashlib.sha256(repr(items).encode()).hexdigest()[:10]}.txt"
-    listing.write_text("".join(f"{p} {-1 if label is None else label}\n" for p, label in items))
     xs, ys = [], []
-    for x, y in iter_batches(ImageFolder(listing), preprocess, 32, workers=2):
+    for x, y in iter_batches(ImageFolder.from_items(items), preprocess, 32, workers=2):
         xs.append(x)
         ys.append(y if y is not None else np.full(len(x), -1))
     return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
@@ -55,7 +52,7 @@ class RecoveryImages(torch.utils.data.Dataset):
 
 def recovery_images(root: Path, limit: Optional[int] = None) -> list[Path]:
     """Images of a folder (recursively, sorted), every k-th one when ``limit`` is set."""
-    paths = sorted(p for p in Path(root).rglob("*") if p.is_file() and is_image(p))
+    paths = sorted(p for p in Path(root).expanduser().absolute().rglob("*") if p.is_file() and is_image(p))
     if not paths:
         raise UserError(f"'{root}' holds no images; give --train a folder of photos (sub-folders are searched)")
     if limit is not None and limit < len(paths):
@@ -91,8 +88,8 @@ def make_recovery(teacher, paths: list[Path], preprocess, config: SearchConfig, 
     return recover
 
 
-def search_data(items: list, preprocess, calib_images: int, work: Path, limit: Optional[int] = None) -> SearchData:
-    images, labels = arrays(items, preprocess, limit, work)
+def search_data(items: list, preprocess, calib_images: int, limit: Optional[int] = None) -> SearchData:
+    images, labels = arrays(items, preprocess, limit)
     if (labels < 0).all():
         raise UserError("the search images carry no labels; give a labelled folder (class sub-folders) to --data")
     step = max(1, len(images) // calib_images)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -74,12 +75,22 @@ def _resized(layer: nn.Module, fin: float, fout: float) -> nn.Module:
     return new
 
 
+def export(model: nn.Module, path: Path, size: int, target: str, channels: int = 3, height: Optional[int] = None) -> Path:
+    """Q/DQ ONNX when ``model`` has quantized layers, else FP32; dynamic batch."""
+    from edgecnn.export.onnx_export import export_onnx
+    from edgecnn.export.qdq import export_qdq_report
+    from edgecnn.passes.quant.quantizers import quant_layers
+
+    shape = (1, channels, height or size, size)
+    if quant_layers(model):
+        return export_qdq_report(model, path, target=target, input_shape=shape, batch="dynamic", parity=False).path
+    return export_onnx(model, path, input_shape=shape, batch="dynamic", parity=False)
+
+
 def _export_probe(layer: nn.Module, x: torch.Tensor, precision: str, path: Path, target: str, float_follower: bool = False) -> Path:
     """``float_follower``: the consumer stays float, so the layer's output is not quantized (in
     ORT an int8 conv then runs as DequantizeLinear + float conv: what an int8 layer costs
     before an FP32 one)."""
-    from edgecnn.search.run import export
-
     probe = _Probe(copy.deepcopy(layer)).eval()
     bits = BITS[precision]
     if bits:
@@ -144,9 +155,13 @@ def time_layer(name: str, layer: nn.Module, x: torch.Tensor, variants: dict, wor
 
 
 def build_table(model: nn.Module, space: Space, images: torch.Tensor, precisions, whole_ms: dict[str, float],
-                work: Path, timer, target: str = DEFAULT_TARGET, progress: bool = False) -> lat.LatencyTable:
+                work: Path, timer, target: str = DEFAULT_TARGET, progress: bool = False, budget=None) -> lat.LatencyTable:
     """Probe every layer (through ``timer``, an :class:`edgecnn.measure.interleave.Timer`), then
-    calibrate the table on the measured whole-model ``whole_ms`` (:func:`calibrate`)."""
+    calibrate the table on the measured whole-model ``whole_ms`` (:func:`calibrate`).
+
+    Past the time ``budget`` (:class:`edgecnn.search.budget.Budget`) no further layer is probed:
+    the rest are estimated from their MACs (ms per MAC of the probed layers, else the
+    whole-model time shared by MACs) and listed in ``table.estimated``."""
     work.mkdir(parents=True, exist_ok=True)
     inputs = layer_inputs(model, space.layers, images)
     modules = dict(model.named_modules())
@@ -157,9 +172,23 @@ def build_table(model: nn.Module, space: Space, images: torch.Tensor, precisions
         from rich.progress import track
 
         layers = track(layers, description="latency probes", transient=True)
-    for name in layers:
+    for index, name in enumerate(layers):
+        if budget is not None:
+            if budget.spent():
+                break
+            budget.phase = f"latency probes, layer {index + 1} of {len(space.layers)}"
         raw[name] = time_layer(name, modules[name], inputs[name], _variants(space, name, precisions, pruned), work, target, timer)
-    return calibrate(space, raw, precisions, whole_ms)
+    estimated = [n for n in space.layers if n not in raw]
+    if estimated:
+        _estimate_by_macs(raw, estimated, space, precisions, whole_ms)
+        budget.skip(f"latency probes of {len(estimated)} of {len(space.layers)} layers (estimated from MACs)")
+    table = calibrate(space, raw, precisions, whole_ms)
+    for name in estimated:  # no shift probe: a shifted layer is assumed to cost what it did
+        if any(u.kind == "shift" and u.layer == name for u in space.units):
+            table.shift_ms[name] = {"fp32": table.layer_ms[name]["fp32"], "int8": table.layer_ms[name].get("w7a8", table.layer_ms[name]["fp32"])}
+    table.estimated = estimated
+    table.probes = {n: v for n, v in raw.items() if n not in estimated}
+    return table
 
 
 def net_times(raw: dict[str, float]) -> dict[str, float]:
@@ -225,3 +254,15 @@ def calibrate(space: Space, raw: dict[str, dict[str, float]], precisions, whole_
     table.measured = dict(whole_ms)
     table.probes = raw
     return table
+
+
+def _estimate_by_macs(raw: dict, layers: list[str], space: Space, precisions, whole_ms: dict[str, float]) -> None:
+    probed = [n for n in raw]
+    for precision in precisions:
+        probed_macs = sum(space.layer_macs[n] for n in probed)
+        if probed and probed_macs > 0:
+            per_mac = sum(raw[n][precision] for n in probed) / probed_macs
+        else:
+            per_mac = whole_ms.get(precision, whole_ms.get("fp32", 1.0)) / max(1, sum(space.layer_macs.values()))
+        for name in layers:
+            raw.setdefault(name, {})[precision] = per_mac * max(1, space.layer_macs[name])

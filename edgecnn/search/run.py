@@ -12,7 +12,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -21,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgecnn.measure.interleave import Timer
 from edgecnn.search import latency as lat
+from edgecnn.search.budget import Budget
 from edgecnn.search import sensitivity
+from edgecnn.search.probes import export
 from edgecnn.search.solve import Candidate, SearchResult, config_key, solve
 from edgecnn.search.space import PRECISIONS, Space, apply_config, build_space, needs_recovery
 from edgecnn.stats import CONFIDENCE, drop_verdict, ratio_bound
@@ -35,16 +37,18 @@ class SearchConfig(BaseModel):
     max_drop: float = Field(1.0, ge=0, description="Largest top-1 drop in points (measured on held-out labelled images) the fastest artifact may have.")
     target: str = Field(DEFAULT_TARGET, description="target whose runtime the layers are timed in (an ONNX Runtime target)")
     precisions: list[str] = Field(default_factory=lambda: list(PRECISIONS))
-    prune_densities: list[float] = Field(default_factory=lambda: [0.75], description="channel fractions a group may keep (with recovery images only)")
+    prune_densities: list[float] = Field(default_factory=lambda: [0.75], description="channel fractions a group may keep (with recovery images only); objective size: fractions of each layer's weights kept by magnitude")
     shift: bool = Field(False, description="also try shift substitution of spatial convs (with recovery images only)")
     sensitivity_images: int = Field(64, ge=1)
     max_verify: int = Field(6, ge=1, description="configurations built and measured at most")
-    search_time: Optional[float] = Field(None, gt=0, description="Minutes after which the search starts no new verification.")
+    search_time: Optional[float] = Field(None, gt=0, description="Minutes of search: past them no new probe, sensitivity step or candidate starts (docs/search.md: the overshoot).")
     confidence: Optional[float] = Field(None, ge=0.5, lt=1, description="Keep a configuration only when the one-sided upper bound of its drop at this confidence (e.g. 0.95) is within --max-drop (default: the measured drop; the bound is shown either way).")
     threads: int = Field(2, ge=1)
     recovery_steps: int = Field(200, ge=1, description="distillation steps of a candidate needing recovery")
     recovery_size: int = Field(128, ge=32, description="training resolution of the recovery")
     recovery_lr: float = Field(1e-4, gt=0)
+    objective: Literal["latency", "size"] = Field("latency", description="latency: the fastest artifact; size: the smallest shipped .ecnn (edgecnn.search.size)")
+    bit_choices: list[int] = Field(default_factory=lambda: [2, 3, 4, 5, 6, 7, 8], description="objective size: weight-sharing bits a layer may take")
 
     @field_validator("target")
     @classmethod
@@ -67,6 +71,13 @@ class SearchConfig(BaseModel):
         if unknown or "fp32" not in value:
             raise ValueError(f"precisions must include fp32 and come from {', '.join(PRECISIONS)}")
         return value
+
+    @field_validator("bit_choices")
+    @classmethod
+    def _bit_choices(cls, value: list[int]) -> list[int]:
+        if not value or any(not 2 <= b <= 8 for b in value):
+            raise ValueError(f"bit_choices are weight-sharing bits between 2 and 8, e.g. [3, 4, 5, 6, 8]; got {value}")
+        return sorted(set(value))
 
     @field_validator("prune_densities")
     @classmethod
@@ -98,6 +109,7 @@ class Outcome:
     seconds: dict[str, float] = field(default_factory=dict)
     table_check: list = field(default_factory=list)
     fp32_top1: float = 0.0  # on the search part
+    budget: dict = field(default_factory=dict)  # Budget.summary(): the time budget and what it cut
     note: str = ""  # one line when the answer is a uniform setting (no per-layer mix measured faster)
     confidence: Optional[float] = None  # the feasibility gate's confidence (None: the measured drop)
 
@@ -110,23 +122,12 @@ def top1_of(path: Path, images: np.ndarray, threads: int = 2, batch: int = 32) -
     return np.concatenate([runner.run(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
 
 
-def export(model: nn.Module, path: Path, size: int, target: str, channels: int = 3, height: Optional[int] = None) -> Path:
-    """Q/DQ ONNX when ``model`` has quantized layers, else FP32; dynamic batch."""
-    from edgecnn.export.onnx_export import export_onnx
-    from edgecnn.export.qdq import export_qdq_report
-    from edgecnn.passes.quant.quantizers import quant_layers
-
-    shape = (1, channels, height or size, size)
-    if quant_layers(model):
-        return export_qdq_report(model, path, target=target, input_shape=shape, batch="dynamic", parity=False).path
-    return export_onnx(model, path, input_shape=shape, batch="dynamic", parity=False)
-
-
 class _Builder:
     """Builds, measures and remembers configurations (one ONNX each)."""
 
-    def __init__(self, model, space, data: SearchData, config: SearchConfig, work: Path, log):
+    def __init__(self, model, space, data: SearchData, config: SearchConfig, work: Path, log, budget: Budget):
         self.model, self.space, self.data, self.config, self.work, self.log = model, space, data, config, work, log
+        self.budget = budget
         self.size = data.images.shape[-1]
         self.paths: dict[str, Path] = {}
         self.models: dict[Path, nn.Module] = {}
@@ -134,8 +135,9 @@ class _Builder:
         self.fp32_pred = top1_of(self.fp32_path, data.images, config.threads)
         self.fp32_top1 = float((self.fp32_pred == data.labels).mean() * 100)
         self.agreement: dict[str, float] = {}  # artifact -> % of search images on FP32's class
+        self.uniform_drop: dict[str, float] = {"fp32": 0.0}  # precision -> measured drop of its uniform setting
+        self.agreement[str(self.fp32_path)] = 100.0
         self.bounds: dict[str, dict] = {}  # artifact -> drop with its one-sided bounds and verdict (edgecnn.stats)
-        self.started = time.perf_counter()
         self.timer = Timer(config.threads)  # every timing of the search: one protocol, one process per model
 
     def build(self, config: dict, name: str) -> Path:
@@ -169,8 +171,7 @@ class _Builder:
         return times["cand"].median_ms / times["fp32"].median_ms
 
     def out_of_time(self) -> bool:
-        limit = self.config.search_time
-        return limit is not None and time.perf_counter() - self.started > limit * 60
+        return self.budget.spent()
 
 
 def measure_table(builder: _Builder, space: Space, log) -> lat.LatencyTable:
@@ -178,12 +179,23 @@ def measure_table(builder: _Builder, space: Space, log) -> lat.LatencyTable:
     from edgecnn.search import probes
 
     cfg = builder.config
-    paths = {p: str(builder.fp32_path if p == "fp32" else builder.build(space.uniform(p), f"uniform-{p}")) for p in cfg.precisions}
+    paths = {"fp32": str(builder.fp32_path)}
+    for precision in [p for p in cfg.precisions if p != "fp32"]:
+        if builder.budget.spent():
+            builder.budget.skip(f"uniform {precision}")
+            continue
+        builder.budget.phase = f"building and checking uniform {precision}"
+        path = builder.build(space.uniform(precision), f"uniform-{precision}")
+        builder.uniform_drop[precision] = builder.drop(path)  # part of the unit: a built setting is a checked one
+        paths[precision] = str(path)
+    builder.budget.phase = "timing the uniform precisions"
     whole = builder.timer.time(paths)
     log("  uniform: " + ", ".join(f"{p} {v.median_ms:.2f} ms" for p, v in whole.items()))
     images = torch.from_numpy(builder.data.images[:4])
     table = probes.build_table(builder.model, space, images, cfg.precisions, {p: v.median_ms for p, v in whole.items()},
-                               builder.work / "probes", builder.timer, cfg.target)
+                               builder.work / "probes", builder.timer, cfg.target, budget=builder.budget)
+    if table.estimated:
+        log(f"  latency probes stopped (time budget): {len(table.estimated)} of {len(space.layers)} layers estimated from MACs")
     return table
 
 
@@ -194,6 +206,7 @@ def final_timing(result: SearchResult, uniform: dict, artifacts: dict, builder: 
     measurement decides between what the table proposed and the uniform settings."""
     timed = [c for c in result.verified if c.feasible] + [c for p, c in uniform.items() if p != "fp32"]
     paths = {"fp32": str(builder.fp32_path), **{f"c{i}": str(artifacts[id(c)]) for i, c in enumerate(timed) if id(c) in artifacts}}
+    builder.budget.phase = f"final timing of {len(paths)} artifacts"
     times = builder.timer.time(paths)
     fp32_ms = times["fp32"].median_ms
     if "fp32" in uniform:
@@ -240,53 +253,73 @@ def choose(timed: list[Candidate], fp32_ms: float, noise: float = 0.03) -> Optio
     return chosen if chosen.info["pooled_ms"] < fp32_ms else None
 
 
-def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path, log=print) -> Outcome:
-    """Run the search; the artifacts land in ``work``."""
+def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path, log=print,
+           budget: Optional[Budget] = None) -> Outcome:
+    """Run the search; the artifacts land in ``work``. ``budget`` (default: ``config.search_time``
+    from now) bounds what it starts (:mod:`edgecnn.search.budget`)."""
+    budget = budget or Budget(config.search_time)
     work.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).eval()
     seconds, t0 = {}, time.perf_counter()
     example = torch.from_numpy(data.images[:1])
     space = build_space(model, example, tuple(config.precisions), tuple(config.prune_densities), config.shift)
-    builder = _Builder(model, space, data, config, work, log)
-    try:
-        log(f"search space: {len(space.units)} units; FP32 top-1 on the search part {builder.fp32_top1:.2f} %")
-        table = measure_table(builder, space, log)
-        seconds["latency_table_s"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        images = torch.from_numpy(data.images[: config.sensitivity_images])
-        scores = sensitivity.measure(model, space, images, data.calib, config.target)
-        seconds["sensitivity_s"] = time.perf_counter() - t1
-        fp32_ms = table.measured["fp32"] if "fp32" in table.measured else builder.timer.time({"fp32": builder.fp32_path})["fp32"].median_ms
-        built: dict[tuple, Path] = {}
+    budget.phase = "exporting FP32"
+    builder = _Builder(model, space, data, config, work, log, budget)
+    log(f"search space: {len(space.units)} units; FP32 top-1 on the search part {builder.fp32_top1:.2f} %")
+    table = measure_table(builder, space, log)
+    seconds["latency_table_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    images = torch.from_numpy(data.images[: config.sensitivity_images])
+    if budget.spent():  # no candidate could be verified: measuring sensitivities would only spend more time
+        budget.skip("sensitivities and the candidate search (only the uniform precisions were compared)")
+        scores = {}
+    else:
+        budget.phase = "sensitivity"
+        scores = sensitivity.measure(model, space, images, data.calib, config.target, budget=budget)
+    seconds["sensitivity_s"] = time.perf_counter() - t1
+    built: dict[tuple, Path] = {}
+    fp32_ms: list[float] = []  # timed at the first verification (none when the time is spent before)
 
-        def verify(cfg: dict):
-            if builder.out_of_time():
-                return float("inf"), None
-            path = builder.build(cfg, f"candidate-{len(built)}")
-            built[config_key(cfg)] = path
-            drop = builder.drop(path)
-            return drop, builder.timed(path) * fp32_ms, {"gate": builder.gate(path, drop), "drop_bound": builder.bounds[str(path)]}
+    def verify(cfg: dict):
+        if not fp32_ms:
+            budget.phase = "timing FP32"
+            fp32_ms.append(table.measured.get("fp32") or builder.timer.time({"fp32": builder.fp32_path})["fp32"].median_ms)
+        budget.phase = f"building and checking candidate {len(built)}"
+        path = builder.build(cfg, f"candidate-{len(built)}")
+        built[config_key(cfg)] = path
+        drop = builder.drop(path)
+        return drop, builder.timed(path) * fp32_ms[0], {"gate": builder.gate(path, drop), "drop_bound": builder.bounds[str(path)]}
 
-        t2 = time.perf_counter()
-        # Deltas around the fastest uniform setting: a layer is judged in the int8 chain it would sit in.
-        reference = min((space.uniform(p) for p in config.precisions), key=lambda c: table.predict(space, c))
+    t2 = time.perf_counter()
+    # Deltas around the fastest uniform setting: a layer is judged in the int8 chain it would sit in.
+    reference = min((space.uniform(p) for p in config.precisions), key=lambda c: table.predict(space, c))
+    if scores:
         result = solve(space, lambda c: table.predict(space, c), lambda u, o: scores[(u, o)].kl, verify, config.max_drop,
-                       reference=reference, max_verify=config.max_verify, log=log)
-        seconds["solve_s"] = time.perf_counter() - t2
-        artifacts = {id(c): built[config_key(c.config)] for c in result.verified if config_key(c.config) in built}
-        uniform = {}
-        for precision in config.precisions:
-            cfg = space.uniform(precision)
-            path = builder.paths.get(f"uniform-{precision}", builder.fp32_path)
-            cand = Candidate(cfg, table.predict(space, cfg), sensitivity.proxy(space, cfg, scores))
-            cand.drop = builder.drop(path)
-            cand.feasible = builder.gate(path, cand.drop) <= config.max_drop
-            cand.info["drop_bound"] = builder.bounds[str(path)]
-            artifacts[id(cand)] = path
-            uniform[precision] = cand
-        chosen = final_timing(result, uniform, artifacts, builder, config)
-    finally:
-        builder.timer.close()
+                       reference=reference, max_verify=config.max_verify, log=log, out_of_time=budget.spent)
+    else:
+        result = SearchResult(None, [], config.max_drop)
+    unverified = sum(1 for c in result.verified if c.info.get("not_verified"))
+    if unverified:
+        budget.skip(f"verification of {unverified} candidate{'s' if unverified > 1 else ''}")
+    seconds["solve_s"] = time.perf_counter() - t2
+    budget.phase = "collecting the uniform settings"
+    artifacts = {id(c): built[config_key(c.config)] for c in result.verified if config_key(c.config) in built}
+    uniform = {}
+    for precision in config.precisions:
+        if precision != "fp32" and f"uniform-{precision}" not in builder.paths:
+            continue  # not built (time budget)
+        cfg = space.uniform(precision)
+        path = builder.paths.get(f"uniform-{precision}", builder.fp32_path)
+        cand = Candidate(cfg, table.predict(space, cfg), sensitivity.proxy(space, cfg, scores) if scores else float("nan"))
+        cand.drop = builder.uniform_drop[precision]
+        bound = builder.bounds.get(str(path))
+        cand.feasible = (builder.gate(path, cand.drop) if bound else cand.drop) <= config.max_drop
+        if bound:
+            cand.info["drop_bound"] = bound
+        artifacts[id(cand)] = path
+        uniform[precision] = cand
+    chosen = final_timing(result, uniform, artifacts, builder, config)
+    builder.timer.close()  # the workers also exit on their own when this process ends
     chosen_path = artifacts.get(id(chosen)) if chosen else builder.fp32_path
     chosen_model = copy.deepcopy(model).eval() if chosen_path == builder.fp32_path else builder.models.get(chosen_path)
     measured = {f"candidate {i}": c.measured_ms for i, c in enumerate(result.verified) if c.measured_ms}
@@ -296,8 +329,8 @@ def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path,
     if note:
         log(note)
     return Outcome(space, table, scores, result, uniform, builder.fp32_path, chosen_path, chosen_model,
-                   artifacts, {k: round(v, 1) for k, v in seconds.items()}, check, builder.fp32_top1, note,
-                   config.confidence)
+                   artifacts, {k: round(v, 1) for k, v in seconds.items()}, check, builder.fp32_top1, budget.summary(),
+                   note, config.confidence)
 
 
 def uniform_note(chosen: Optional[Candidate], result: SearchResult) -> str:
@@ -321,6 +354,7 @@ def summary(outcome: Outcome, names: Optional[dict] = None) -> dict:
         "units": len(outcome.space.units),
         "fp32_top1_search_part": outcome.fp32_top1,
         "seconds": outcome.seconds,
+        "time_budget": outcome.budget,
         "latency_table_check": outcome.table_check,
         "uniform": {p: c.to_dict() for p, c in outcome.uniform.items()},
         "verified": [{**c.to_dict(), "artifact": str(outcome.artifacts.get(id(c), ""))} for c in result.verified],
@@ -329,5 +363,6 @@ def summary(outcome: Outcome, names: Optional[dict] = None) -> dict:
         "latency_table": {"scale": outcome.table.scale, "boundary_ms": outcome.table.boundary_ms, "other_ms": outcome.table.other_ms},
         "chosen_artifact": str(outcome.chosen_path) if outcome.chosen_path else None,
         "chosen_layers": outcome.space.describe(chosen.config if chosen else outcome.space.base()),
-        "sensitivity": {f"{u}={o}": round(s.kl, 6) for (u, o), s in outcome.scores.items()},
+        # None: not scored (time budget)
+        "sensitivity": {f"{u}={o}": round(s.kl, 6) if np.isfinite(s.kl) else None for (u, o), s in outcome.scores.items()},
     }

@@ -58,7 +58,7 @@ def _capture(model: nn.Module, names: list[str]):
     return inputs, outputs, handles
 
 
-def _precision_scores(model, space: Space, images, calib_batches, target, progress, chunk: int = 8) -> dict:
+def _precision_scores(model, space: Space, images, calib_batches, target, progress, chunk: int = 8, budget=None) -> dict:
     """Expected KL increase of quantizing each layer alone, AutoQuantize's second-order estimate:
     1/2 sum (dlogp/dy)^2 (y_q - y)^2 over the layer's output, with labels sampled from the
     FP32 model's own softmax (so the squared gradient estimates the Fisher diagonal)."""
@@ -72,8 +72,15 @@ def _precision_scores(model, space: Space, images, calib_batches, target, progre
     qlayers = dict(quant_layers(prepared))
     sums: dict[tuple, float] = {(u.name, o): 0.0 for u in units.values() for o in u.options}
     generator = torch.Generator().manual_seed(0)
+    seen = 0
     for start in _track(range(0, len(images), chunk), "sensitivity: precision", progress):
+        if budget is not None:
+            if seen and budget.spent():  # the first chunk always: a score needs some images
+                budget.skip(f"precision sensitivity on {len(images) - seen} of {len(images)} images")
+                break
+            budget.phase = f"precision sensitivity, image {start + 1} of {len(images)}"
         x = images[start:start + chunk]
+        seen += len(x)
         inputs, outputs, handles = _capture(model, list(units))
         logits = model(x)
         sampled = torch.multinomial(F.softmax(logits.detach(), 1), 1, generator=generator).squeeze(1)
@@ -95,7 +102,7 @@ def _precision_scores(model, space: Space, images, calib_batches, target, progre
             wq.num_bits = saved[0]
             wq.set_amax(saved[1])
         model.zero_grad(set_to_none=True)
-    return {key: Score(value / len(images), float("nan")) for key, value in sums.items()}
+    return {key: Score(value / max(1, seen), float("nan")) for key, value in sums.items()}
 
 
 def quantize_per_layer_unbaked(model, names, calib_batches, target):
@@ -116,18 +123,31 @@ def _track(items, label, progress):
 
 
 def measure(model: nn.Module, space: Space, images: torch.Tensor, calib_batches: list, target: str = DEFAULT_TARGET,
-            progress: bool = False) -> dict[tuple, Score]:
-    """{(unit name, option): Score} for every option of every unit (first options score 0)."""
+            progress: bool = False, budget=None) -> dict[tuple, Score]:
+    """{(unit name, option): Score} for every option of every unit (first options score 0).
+
+    Past the time ``budget`` a pruning / shift unit is not scored: its other options get an
+    infinite score, so the search keeps that unit as it is."""
     model = copy.deepcopy(model).eval()
-    out = _precision_scores(model, space, images, calib_batches, target, progress)
+    out = _precision_scores(model, space, images, calib_batches, target, progress, budget=budget)
     reference = _forward(model, images)
     others = [u for u in space.units if u.kind != "precision"]
-    for unit in _track(others, "sensitivity: pruning / shift", progress):
+    unscored = 0
+    for index, unit in enumerate(_track(others, "sensitivity: pruning / shift", progress)):
         out[(unit.name, unit.options[0])] = Score(0.0, 1.0)
+        if budget is not None:
+            if budget.spent():
+                unscored += 1
+                for option in unit.options[1:]:
+                    out[(unit.name, option)] = Score(float("inf"), float("nan"))
+                continue
+            budget.phase = f"pruning / shift sensitivity, unit {index + 1} of {len(others)}"
         for option in unit.options[1:]:
             config = {unit.name: option}
             candidate = apply_config(model, space, config, calib_batches, images[:1], target, quantize=False)
             out[(unit.name, option)] = score(_forward(candidate, images), reference)
+    if unscored:
+        budget.skip(f"sensitivity of {unscored} of {len(others)} pruning / shift units (kept as they are)")
     return out
 
 

@@ -35,7 +35,7 @@ class Candidate:
         return self.measured_ms if self.measured_ms is not None else self.predicted_ms
 
     def to_dict(self) -> dict:
-        return {"predicted_ms": round(self.predicted_ms, 3), "measured_ms": self.measured_ms, "proxy": round(self.proxy, 5),
+        return {"predicted_ms": round(self.predicted_ms, 3), "measured_ms": self.measured_ms, "proxy": round(self.proxy, 5) if math.isfinite(self.proxy) else None,
                 "budget": self.budget, "drop": self.drop, "feasible": self.feasible, **self.info}
 
 
@@ -105,7 +105,10 @@ def _choices(space, latency_fn: Callable[[dict], float], cost_fn: Callable[[str,
         for option in unit.options:
             trial = dict(reference)
             trial[unit.name] = option
-            row.append((option, latency_fn(trial) - base, cost_fn(unit.name, option)))
+            cost = cost_fn(unit.name, option)
+            if not math.isfinite(cost) and option != reference[unit.name]:
+                continue  # not scored (time budget): never chosen
+            row.append((option, latency_fn(trial) - base, cost))
         choices.append(row)
     return choices
 
@@ -117,9 +120,14 @@ def config_for_budget(space, choices, budget: float, bins: int = 2000) -> dict:
 
 def solve(space, latency_fn: Callable[[dict], float], cost_fn: Callable[[str, Any], float],
           verify: Callable[[dict], tuple[float, Optional[float]]], max_drop: float, reference: Optional[dict] = None,
-          max_verify: int = 8, bins: int = 2000, log: Callable[[str], None] = lambda s: None) -> SearchResult:
+          max_verify: int = 8, bins: int = 2000, log: Callable[[str], None] = lambda s: None,
+          out_of_time: Callable[[], bool] = lambda: False) -> SearchResult:
     """Fastest configuration whose measured drop (``verify(config) -> (drop points, measured ms)``,
-    or ``(drop, ms, info)`` where ``info["gate"]`` replaces the drop in the test) is at most ``max_drop``: budget bisection, at most ``max_verify`` measurements."""
+    or ``(drop, ms, info)`` where ``info["gate"]`` replaces the drop in the test) is at most
+    ``max_drop``: budget bisection, at most ``max_verify`` measurements.
+
+    Once ``out_of_time()`` says so, the next candidate is not verified: it is kept with
+    ``feasible`` None and ``info["not_verified"]`` = "time budget", and the bisection ends."""
     reference = reference or space.base()
     choices = _choices(space, latency_fn, cost_fn, reference)
     total = sum(max(c for _, _, c in row) for row in choices)
@@ -137,8 +145,16 @@ def solve(space, latency_fn: Callable[[dict], float], cost_fn: Callable[[str, An
             best = Candidate(dict(reference), ref_ms, ref_proxy, budget)
         return best
 
+    stopped: list[Candidate] = []
+
     def check(cand: Candidate) -> bool:
         key = config_key(cand.config)
+        if key not in verified and out_of_time():
+            cand.info["not_verified"] = "time budget"
+            stopped.append(cand)
+            log(f"budget {cand.budget:.4g}: predicted {cand.predicted_ms:.2f} ms, proxy {cand.proxy:.4g}, "
+                "not verified (time budget)")
+            return False
         if key not in verified:
             cand.drop, cand.measured_ms, *extra = verify(cand.config)
             info = dict(extra[0]) if extra else {}
@@ -151,23 +167,26 @@ def solve(space, latency_fn: Callable[[dict], float], cost_fn: Callable[[str, An
 
     low, high = 0.0, total
     fastest = candidate(high)
-    if total <= 0 or check(fastest):
-        return _result(verified, max_drop)
+    if total <= 0 or check(fastest) or stopped:
+        return _result(verified, max_drop, stopped)
     budget = total / 16
     while len(verified) < max_verify and high - low > 1e-6 * max(total, 1e-12):
         budget = math.sqrt(low * high) if low > 0 else min(budget, high / 4)
         probe = candidate(budget)
         if check(probe):
             low = budget
+        elif stopped:
+            break
         else:
             high = budget
             if low == 0:
                 budget = budget / 4
-    return _result(verified, max_drop)
+    return _result(verified, max_drop, stopped)
 
 
-def _result(verified: dict, max_drop: float) -> SearchResult:
+def _result(verified: dict, max_drop: float, not_verified: Optional[list] = None) -> SearchResult:
+    """Verified candidates by measured time, then those left unverified (no drop, never chosen)."""
     found = list(verified.values())
     feasible = [c for c in found if c.feasible]
     chosen = min(feasible, key=lambda c: c.ms) if feasible else None
-    return SearchResult(chosen, sorted(found, key=lambda c: c.ms), max_drop)
+    return SearchResult(chosen, sorted(found, key=lambda c: c.ms) + list(not_verified or []), max_drop)

@@ -17,6 +17,7 @@ from typing import Optional
 import torch.nn as nn
 
 from edgecnn.search import pareto
+from edgecnn.search.budget import Budget
 from edgecnn.search.run import SearchConfig, search, summary
 
 
@@ -40,9 +41,12 @@ def collapse_warning(prune: bool, shift: bool, recovered: bool) -> Optional[str]
 
 
 def run_search_stage(module: nn.Module, preprocess, labelled, config: SearchConfig, work: Path,
-                     train: Optional[str] = None, cache_root: Optional[Path] = None, log=print) -> StageResult:
+                     train: Optional[str] = None, cache_root: Optional[Path] = None, log=print,
+                     budget: Optional[Budget] = None) -> StageResult:
     """Search ``module`` for the fastest configuration within ``config.max_drop`` on the search part
-    of ``labelled`` (an ImageFolder with labels)."""
+    of ``labelled`` (an ImageFolder with labels). The time ``budget`` (default: ``config.search_time``
+    from now) counts from here: reading the images is part of the search."""
+    budget = budget or Budget(config.search_time)
     from edgecnn.data.split import split_items
     from edgecnn.search.prepare import make_recovery, recovery_images, search_data
 
@@ -54,11 +58,17 @@ def run_search_stage(module: nn.Module, preprocess, labelled, config: SearchConf
     if (config.prune_densities or config.shift) and not train:
         notes.append("pruning and shift left out of the search: no recovery images (--train)")
         config = config.model_copy(update={"prune_densities": [], "shift": False})
-    data = search_data(split.search, preprocess, 32, work / "data")
+    budget.phase = f"reading {len(split.search)} search images"
+    data = search_data(split.search, preprocess, 32)
+    if config.objective == "size":
+        return _size_stage(module, preprocess, data, config, work, split, notes, train, cache_root, log)
     if train:
         data.recovery = make_recovery(module, recovery_images(Path(train), 4000), preprocess, config,
                                       cache_root or work / "teacher-cache", work, log)
-    outcome = search(copy.deepcopy(module), data, config, work, log)
+    outcome = search(copy.deepcopy(module), data, config, work, log, budget=budget)
+    if budget.skipped:
+        notes.append(f"search time budget ({config.search_time:g} min) spent during {budget.spent_in}; not done: "
+                     + "; ".join(budget.skipped))
     info = summary(outcome)
     info["front_search_part"] = _front(outcome)
     chosen = outcome.chosen_model if outcome.chosen_model is not None else copy.deepcopy(module).eval()
@@ -67,6 +77,25 @@ def run_search_stage(module: nn.Module, preprocess, labelled, config: SearchConf
     if outcome.chosen_model is None:
         notes.append(f"no configuration kept the top-1 drop within {config.max_drop} points: the float model is kept")
     return StageResult(chosen, info, info["chosen_layers"], split.evaluation, notes)
+
+
+def _size_stage(module, preprocess, data, config: SearchConfig, work: Path, split, notes: list, train, cache_root, log) -> StageResult:
+    """The size objective (edgecnn.search.size): the smallest shipped .ecnn within the budget."""
+    from edgecnn.search.prepare import make_recovery, recovery_images
+    from edgecnn.search.size import size_search, summary as size_summary
+
+    if config.shift:
+        notes.append("shift left out of the size search: it does not make the shipped file smaller")
+    recovery = None
+    if train and config.prune_densities:
+        recovery = make_recovery(module, recovery_images(Path(train), 4000), preprocess, config,
+                                 cache_root or work / "teacher-cache", work, log)
+    outcome = size_search(copy.deepcopy(module), data.images, data.labels, config, work / "size", recovery, log)
+    info = size_summary(outcome, config.max_drop)
+    if outcome.chosen_model is None:
+        notes.append(f"no weight-sharing configuration kept the top-1 drop within {config.max_drop} points: the float model is kept")
+    chosen = outcome.chosen_model if outcome.chosen_model is not None else copy.deepcopy(module).eval()
+    return StageResult(chosen, info, outcome.layers, split.evaluation, notes + outcome.notes)
 
 
 def _decision_ms(cand) -> float:
@@ -84,6 +113,8 @@ def _front(outcome) -> dict:
         label = f"chosen: {precision.upper()}" if kind == "chosen" else precision.upper()
         points.append({"label": label, "ms": _decision_ms(cand), "top1": base - (cand.drop or 0.0), "kind": kind})
     for i, cand in enumerate(outcome.result.verified):
+        if cand.drop is None:  # not verified (time budget): no measured point to plot
+            continue
         kind = "chosen" if cand is outcome.result.chosen else ("rejected" if cand.feasible is False else "candidate")
         points.append({"label": "chosen" if kind == "chosen" else f"candidate {i}", "ms": _decision_ms(cand),
                        "top1": base - (cand.drop if cand.drop is not None and cand.drop != float("inf") else 100.0), "kind": kind})

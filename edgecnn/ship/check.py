@@ -12,6 +12,7 @@ Three steps, each only when the one before passed, so one broken thing is one li
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,10 @@ class CheckResult:
 
 def run_sample(bundle: Path, args: list[str], python: Optional[str] = None, timeout: float = 300):
     """Run the bundle's classify.py isolated (``python -I``, torch/edgecnn blocked); CompletedProcess."""
+    # The sample runs with cwd=bundle: every path given relative to the caller's folder is made absolute first.
+    bundle = Path(os.path.abspath(bundle))
+    if python is not None and os.sep in python:  # a bare name ("python3") is looked up on PATH as usual
+        python = os.path.abspath(os.path.expanduser(python))
     cmd = [python or sys.executable, "-I", "-c", RUNNER, str(bundle / "classify.py"), *args]
     try:
         return subprocess.run(cmd, capture_output=True, text=True, cwd=bundle, timeout=timeout)
@@ -64,7 +69,7 @@ def check_bundle(bundle, python: Optional[str] = None) -> CheckResult:
     if not bundle.is_dir():
         raise UserError(f"bundle folder '{bundle}' does not exist; write one with: edgecnn ship MODEL -o {bundle}")
     result = CheckResult(bundle)
-    from edgecnn.ship.bundle import read_manifest, refuse_saturating_host
+    from edgecnn.ship.manifest import read_manifest, refuse_saturating_host
 
     refuse_saturating_host(str((read_manifest(bundle) or {}).get("target", "")), "check this bundle's golden output")
     for step in (_hashes, _agreement, _golden):
@@ -75,7 +80,7 @@ def check_bundle(bundle, python: Optional[str] = None) -> CheckResult:
 
 
 def _hashes(bundle: Path, result: CheckResult, python) -> None:
-    from edgecnn.ship.bundle import MANIFEST, read_manifest, sha256
+    from edgecnn.ship.manifest import MANIFEST, read_manifest, sha256
 
     manifest = read_manifest(bundle)
     if manifest is None:
@@ -102,7 +107,7 @@ def _hashes(bundle: Path, result: CheckResult, python) -> None:
 def _agreement(bundle: Path, result: CheckResult, python) -> None:
     from edgecnn.export.metadata import labels_from_metadata, read_metadata
     from edgecnn.preprocess import Preprocess
-    from edgecnn.ship.bundle import onnx_io
+    from edgecnn.ship.manifest import onnx_io
 
     metadata = read_metadata(bundle / "model.onnx")
     dims, outputs = onnx_io(bundle / "model.onnx")
@@ -110,9 +115,16 @@ def _agreement(bundle: Path, result: CheckResult, python) -> None:
     if outputs is not None and len(labels) != outputs:
         result.failures.append(f"labels.txt: {len(labels)} class names but model.onnx has {outputs} outputs")
     meta_labels = labels_from_metadata(metadata)
-    if meta_labels is not None and len(labels) == len(meta_labels) and labels != meta_labels:
+    if meta_labels is not None and len(labels) != len(meta_labels):
+        if not result.failures:  # a count that differs from the outputs' is reported once, above
+            result.failures.append(f"labels.txt: {len(labels)} class names but model.onnx's metadata has "
+                                   f"{len(meta_labels)}")
+    elif meta_labels is not None and labels != meta_labels:
         i = next(i for i, (a, b) in enumerate(zip(labels, meta_labels)) if a != b)
         result.failures.append(f"labels.txt line {i + 1} is {labels[i]!r} but model.onnx's metadata says {meta_labels[i]!r}")
+    golden_names = _golden_label_problem(bundle, labels)
+    if golden_names:
+        result.failures.append(golden_names)
     try:
         raw = json.loads((bundle / "preprocess.json").read_text(encoding="utf-8"))
         shipped = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
@@ -129,11 +141,37 @@ def _agreement(bundle: Path, result: CheckResult, python) -> None:
     if len(dims) == 4 and dims[2:] != [shipped.input_size] * 2:
         result.failures.append(f"preprocess.json: input_size {shipped.input_size} but model.onnx takes {dims}")
     if not result.failures:
-        result.passed.append(f"labels.txt ({len(labels)} names) and preprocess.json agree with model.onnx")
+        result.passed.append("preprocess.json agrees with model.onnx's metadata and input size")
+        if meta_labels is not None:
+            result.passed.append(f"labels.txt ({len(labels)} names) equals model.onnx's labels, line by line")
+        else:
+            from edgecnn.ship.manifest import read_manifest
+
+            origin = (read_manifest(bundle) or {}).get("labels_from") or "elsewhere"
+            count = "one per output of model.onnx" if outputs is not None else "(model.onnx's output count is dynamic)"
+            result.passed.append(
+                f"labels.txt has {len(labels)} names, {count}; their order could not be checked "
+                f"against the model, which carries no labels (they came from {origin}): only the golden top-5 names "
+                "in golden/expected.json were compared")
+
+
+def _golden_label_problem(bundle: Path, labels: list[str]) -> Optional[str]:
+    """The golden top-5 names (written at ship time) against labels.txt: catches reordered lines
+    even when the model carries no labels of its own."""
+    try:
+        expected = json.loads((bundle / "golden" / "expected.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # the golden step reports it
+    for entry in expected.get("top5") or []:
+        index, name = entry.get("index"), entry.get("label")
+        if isinstance(index, int) and 0 <= index < len(labels) and labels[index] != name:
+            return (f"labels.txt line {index + 1} is {labels[index]!r} but golden/expected.json names output {index} "
+                    f"{name!r}")
+    return None
 
 
 def _golden(bundle: Path, result: CheckResult, python) -> None:
-    from edgecnn.ship.bundle import read_manifest
+    from edgecnn.ship.manifest import read_manifest
 
     expected = json.loads((bundle / "golden" / "expected.json").read_text(encoding="utf-8"))
     reference = np.load(bundle / expected["input"])

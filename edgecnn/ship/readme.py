@@ -10,15 +10,14 @@ USAGE = '''```python
 import json
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
-from classify import load_labels, load_preprocess, preprocess  # classify.py of this bundle
+from classify import load_labels, load_preprocess, open_rgb, preprocess  # classify.py of this bundle
 
 session = ort.InferenceSession("{model}", providers=["CPUExecutionProvider"])
 name, labels, config = session.get_inputs()[0].name, load_labels(), load_preprocess()
 
 def top5(path):
-    x = preprocess(Image.open(path), config)  # float32 (1, 3, {size}, {size})
+    x = preprocess(open_rgb(path), config)  # float32 (1, 3, {size}, {size}); open_rgb: EXIF, alpha, 16-bit
     logits = session.run(None, {{name: x}})[0][0]
     return [(labels[i], float(logits[i])) for i in np.argsort(-logits)[:5]]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
+from PIL import Image, ImageOps
 
 HERE = Path(__file__).resolve().parent
 
@@ -29,6 +29,43 @@ def load_preprocess(path=HERE / "preprocess.json"):
 
 def load_labels(path=HERE / "labels.txt"):
     return Path(path).read_text(encoding="utf-8").splitlines()
+
+
+# A copy of edgecnn.data.decode (this file runs without edgecnn): 16-bit samples scaled to
+# 8 bits, transparency composited onto white, EXIF orientation applied, unknown modes refused.
+class UnsupportedImage(ValueError):
+    """An image whose pixels cannot be turned into RGB without guessing."""
+
+
+def to_rgb(image):
+    """An opened PIL image -> an RGB PIL image of the pixels a viewer shows (rules above)."""
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode.startswith("I;16"):
+        wide = np.asarray(image).astype(np.uint32)
+        image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+        mode = "L"
+    if "transparency" in image.info or mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        if mode not in ("1", "L", "P", "RGB", "RGBA", "RGBa", "LA", "La", "PA"):
+            raise UnsupportedImage(f"transparency in {mode} pixels is not supported")
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode == "RGB":
+        return image.copy()
+    if mode in ("1", "L", "P", "CMYK", "YCbCr", "RGBX", "HSV"):
+        return image.convert("RGB")
+    raise UnsupportedImage(f"{mode} pixels (range unknown); convert it to 8- or 16-bit RGB or grayscale")
+
+
+def open_rgb(path):
+    """The RGB pixels of an image file; one line naming the file when they cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise SystemExit(f"classify.py: cannot read image '{path}': {exc}") from None
 
 
 def preprocess(image, p):
@@ -84,7 +121,7 @@ class Classifier:
 def selftest(classifier):
     """The golden test: golden/image.png must give golden/expected.json's top-5 within its tolerance."""
     expected = json.loads((HERE / "golden" / "expected.json").read_text(encoding="utf-8"))
-    image = preprocess(Image.open(HERE / expected["image"]), classifier.preprocess)
+    image = preprocess(open_rgb(HERE / expected["image"]), classifier.preprocess)
     if not np.allclose(image, np.load(HERE / expected["input"]), rtol=0, atol=expected["input_atol"]):
         return "the preprocessed golden image differs from golden/input.npy"
     logits = classifier.logits(image)
@@ -112,7 +149,7 @@ def main(argv=None):
         return 1 if problem else 0
     if (args.image is None) == (args.tensor is None):
         parser.error("give an IMAGE or --tensor FILE.npy")
-    tensor = np.load(args.tensor) if args.tensor else preprocess(Image.open(args.image), classifier.preprocess)
+    tensor = np.load(args.tensor) if args.tensor else preprocess(open_rgb(args.image), classifier.preprocess)
     if args.save_input:
         np.save(args.save_input, tensor)
     logits = classifier.logits(tensor)

@@ -184,10 +184,6 @@ def candidates(source: Source, golden=None) -> Iterator[Candidate]:
 
 
 def _open(path: Path):
-    from PIL import Image, UnidentifiedImageError
+    from edgecnn.data.images import open_image
 
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError):
-        raise UserError(f"'{path}' is not an image pillow can read; give a JPEG or PNG") from None
+    return open_image(path)

@@ -9,8 +9,8 @@ from edgecnn.recipe import Stage as RecipeStage
 
 
 class Stage(Protocol):
-    """A kind of stage. ``own_progress``: it shows its own progress (no spinner around it);
-    ``after_report`` (optional, default False): it runs once report.json is written."""
+    """A stage runner. ``own_progress``: it shows its own progress (no spinner around it). When it
+    runs (and what it needs) is its kind's entry in :mod:`edgecnn.recipe.stage_kinds`."""
 
     kind: str
     own_progress: bool

@@ -53,15 +53,15 @@ class CompileStage:
     def run(self, state: RunState, spec: RecipeStage) -> StageOutcome:
         config = spec.config
         parts = []
-        for name, entry in state.artifacts.items():
+        for name, artifact in state.artifacts.items():
             target = get_target(name)
-            engine, note = compile_target(state.work / entry["onnx"], target, state.work / name, config.fp16)
+            engine, note = compile_target(state.work / artifact.onnx, target, state.work / name, config.fp16)
             if engine is None and target.engine is not None and config.require:
                 raise UserError(f"compile: {ENGINES[target.engine].label} is not installed; install it or set compile.require: false")
-            entry["engine"] = os.path.relpath(engine, state.work) if engine else None
+            artifact.engine = os.path.relpath(engine, state.work) if engine else None
             if note:
-                entry["compile_note"] = note
+                artifact.compile_note = note
                 if target.engine is not None:
                     state.notes.append(note)
-            parts.append(f"{name}: {'engine ' + entry['engine'] if entry['engine'] else 'no engine'}")
+            parts.append(f"{name}: {'engine ' + artifact.engine if artifact.engine else 'no engine'}")
         return StageOutcome("; ".join(parts))

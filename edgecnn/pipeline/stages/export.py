@@ -13,6 +13,7 @@ from edgecnn.models import LoadedModel
 from edgecnn.pipeline.checkpoint import Checkpoint
 from edgecnn.pipeline.state import ExportedFile, RunState, StageOutcome
 from edgecnn.recipe import Stage as RecipeStage
+from edgecnn.records import Artifact
 from edgecnn.targets import get_target
 
 
@@ -61,11 +62,7 @@ class ExportStage:
         for target in state.recipe.targets:
             done = export_checkpoint(state, final, state.work / target / "model.onnx", target, config.opset, config.batch,
                                      config.parity, config.fp16_rest)
-            entry = {"onnx": f"{target}/model.onnx", "precision": "qdq" if final.quantized else "fp32", "stage": final.stage}
-            if done.parity:
-                entry["parity"] = done.parity
-            if done.lint:
-                entry["lint"] = done.lint
-            state.artifacts[target] = entry
+            state.artifacts[target] = Artifact(f"{target}/model.onnx", "qdq" if final.quantized else "fp32", final.stage,
+                                               parity=done.parity, lint=done.lint)
             parts.append(f"{target} {done.path.stat().st_size / 1e3:,.0f} kB")
         return StageOutcome("ONNX " + ", ".join(parts) + (" (parity checked)" if config.parity else ""))

@@ -21,12 +21,13 @@ from edgecnn import cpu
 from edgecnn.data.images import iter_batches
 from edgecnn.export.parity import run_onnx
 from edgecnn.measure.latency import measure_in_subprocess
-from edgecnn.pack import pack_file, shipped_size
+from edgecnn.pack import pack_file
 from edgecnn.pipeline.checkpoint import Checkpoint
 from edgecnn.pipeline.stages.export import export_checkpoint
 from edgecnn.pipeline.state import RunState, StageOutcome
 from edgecnn.recipe import Stage as RecipeStage
-from edgecnn.report import accuracy_drops, new_result
+from edgecnn.records import ResultRow
+from edgecnn.report import accuracy_drops
 from edgecnn.stats import drop_bound
 from edgecnn.targets import get_target
 
@@ -106,31 +107,30 @@ class _Rows:
         key = (ck.fingerprint, target)
         if key not in self.seen:
             path = self._onnx(ck, target)
-            shipped = ck is self.state.final and target in self.state.artifacts  # the .ecnn the column measures
-            values = self._measure(path, target, path.with_suffix(".ecnn") if shipped else None)
+            ecnn = path.with_suffix(".ecnn")  # every row's shipped column measures a real file beside its ONNX
+            values = self._measure(path, target, ecnn)
             values["onnx"] = os.path.relpath(path, self.state.work)
-            if shipped:
-                self.state.artifacts[target]["ecnn"] = os.path.relpath(path.with_suffix(".ecnn"), self.state.work)
+            values["ecnn"] = os.path.relpath(ecnn, self.state.work)
+            for artifact in self.state.artifacts.values():  # e.g. the fp32 row of a float final stage
+                if ck is self.state.final and artifact.onnx == values["onnx"]:
+                    artifact.ecnn = values["ecnn"]
             self.seen[key] = values
         return dict(self.seen[key])
 
     def _onnx(self, ck: Checkpoint, target: str) -> Path:
         state = self.state
         if ck is state.final and target in state.artifacts:
-            return state.work / state.artifacts[target]["onnx"]
+            return state.work / state.artifacts[target].onnx
         if ck is state.final and target == FP32 and state.artifacts:
-            return state.work / next(iter(state.artifacts.values()))["onnx"]
+            return state.work / next(iter(state.artifacts.values())).onnx
         rel = "fp32/model.onnx" if ck is state.baseline else f"checkpoints/{ck.stage.replace('#', '-')}-{target}.onnx"
         export_target = target if target != FP32 else state.recipe.targets[0]
         return export_checkpoint(state, ck, state.work / rel, export_target, self.opset, 1, parity=True).path
 
-    def _measure(self, path: Path, target: str, ecnn: Optional[Path] = None) -> dict:
+    def _measure(self, path: Path, target: str, ecnn: Path) -> dict:
         config, state = self.config, self.state
-        if ecnn is not None:  # written into the output folder: the shipped column measures a real file
-            pack_file(path, ecnn, force=True)
-            shipped = ecnn.stat().st_size
-        else:
-            shipped = int(shipped_size(path))
+        pack_file(path, ecnn, force=True)  # written into the output folder: the shipped column measures a real file
+        shipped = ecnn.stat().st_size
         values: dict = {"onnx_bytes": path.stat().st_size, "shipped_bytes": shipped}
         if cpu_latency_meaningful(target):
             lat = measure_in_subprocess(path, backend="ort", threads=config.threads or 0, warmup_s=config.warmup_seconds,
@@ -170,9 +170,9 @@ class MeasureStage:
         with state.console.bar("measuring", len(todo)) as step:
             for n, (ck, target) in enumerate(todo):
                 step(n, len(todo), f"{ck.stage} {target}")
-                state.results.append(new_result(ck.stage, target, **ck.stats, **rows.values(ck, target)))
+                state.results.append(ResultRow(ck.stage, target, **ck.stats, **rows.values(ck, target)))
             step(len(todo), len(todo))
-        measured_targets = [t for t in state.recipe.targets if any(row["target"] == t for row in state.results)]
+        measured_targets = [t for t in state.recipe.targets if any(row.target == t for row in state.results)]
         state.notes.extend(measurement_notes(measured_targets))
         if state.latency_warnings:
             state.notes.append(
@@ -182,20 +182,23 @@ class MeasureStage:
         _drop_intermediate_files(state)
         # Without an evaluation set agreement is measured on calibration images: the report says so.
         state.data_info["agreement_on"] = "evaluation images" if state.eval_set is not None else "calibration images"
-        metric = "top1" if any(r.get("top1") is not None for r in state.results) else "agreement"
-        for warning in accuracy_drops(state.results, config.warn_drop, metric):
+        metric = "top1" if any(r.top1 is not None for r in state.results) else "agreement"
+        for warning in accuracy_drops([r.to_dict() for r in state.results], config.warn_drop, metric):
             state.warn(warning)
         last, base = state.results[-1], state.results[0]
-        acc = f", top-1 {last['top1']:.1f} % (baseline {base['top1']:.1f} %)" if last.get("top1") is not None else ""
-        lat = f"{last['latency_ms_median']:.3f} ms" if last.get("latency_ms_median") is not None else "-"
-        return StageOutcome(f"{len(state.results)} rows; final {last['target']}: {lat}{acc}")
+        acc = f", top-1 {last.top1:.1f} % (baseline {base.top1:.1f} %)" if last.top1 is not None else ""
+        lat = f"{last.latency_ms_median:.3f} ms" if last.latency_ms_median is not None else "-"
+        return StageOutcome(f"{len(state.results)} rows; final {last.target}: {lat}{acc}")
 
 
 def _drop_intermediate_files(state: RunState) -> None:
-    """Checkpoint exports served their purpose: ship only the artifacts."""
+    """Checkpoint ONNX exports served their purpose; their packed .ecnn files stay, because each
+    row's shipped column names a file that exists (and ``edgecnn unpack`` gives the ONNX back)."""
     checkpoints_dir = state.work / "checkpoints"
     if checkpoints_dir.is_dir():
-        shutil.rmtree(checkpoints_dir)
+        for path in checkpoints_dir.iterdir():
+            if path.suffix != ".ecnn":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         for row in state.results:
-            if row["onnx"] and row["onnx"].startswith("checkpoints/"):
-                row["onnx"] = None
+            if row.onnx and row.onnx.startswith("checkpoints/"):
+                row.onnx = None

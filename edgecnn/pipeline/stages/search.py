@@ -5,6 +5,7 @@ part of the labelled images only (the search never saw it)."""
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ from edgecnn.pipeline.load import subset
 from edgecnn.pipeline.stages.transform import finish_transform
 from edgecnn.pipeline.state import RunState, StageOutcome
 from edgecnn.recipe import Stage as RecipeStage
+from edgecnn.search.budget import Budget, Heartbeat
+
+HEARTBEAT_SECONDS = 30.0  # the longest silence of a running search (piped output included)
 
 
 def _use_evaluation_part(state: RunState, items: list) -> None:
@@ -43,12 +47,21 @@ class SearchStage:
         if state.eval_set is None or not state.eval_set.labelled:
             raise UserError("stage search needs labelled images to measure the top-1 drop: pass --data DIR (class sub-folders)")
         train = state.recipe.data.train
-        with tempfile.TemporaryDirectory(prefix="edgecnn-search-") as tmp:
+        budget = Budget(spec.config.search_time)
+        console = state.console
+        heartbeat = Heartbeat(budget, lambda line: console.screen.print(f"[dim]{line}[/]"), every=HEARTBEAT_SECONDS)
+
+        def log(*objects, **kwargs):
+            console.print(*objects, **kwargs)
+            heartbeat.printed()
+
+        with tempfile.TemporaryDirectory(prefix="edgecnn-search-") as tmp, (heartbeat if console.progress else nullcontext()):
             result = run_search_stage(state.module, state.preprocess, state.eval_set, spec.config, Path(tmp), train=train,
-                                      cache_root=cache_dir() / "teacher-logits", log=state.console.print)
+                                      cache_root=cache_dir() / "teacher-logits", log=log, budget=budget)
         state.notes.extend(result.notes)
         _use_evaluation_part(state, result.evaluation)
-        front = result.summary["front_search_part"]
-        write_text_atomic(state.work / "search.svg", pareto.svg(front["points"], "search: top-1 (search part) vs measured latency"))
-        result.summary["plot"] = "search.svg"
+        front = result.summary.get("front_search_part")  # the size objective has no latency front
+        if front is not None:
+            write_text_atomic(state.work / "search.svg", pareto.svg(front["points"], "search: top-1 (search part) vs measured latency"))
+            result.summary["plot"] = "search.svg"
         return finish_transform(state, spec.name, result.model, result.summary, result.layers)

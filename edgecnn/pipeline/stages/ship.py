@@ -1,5 +1,5 @@
 """The ship stage: an app-ready bundle per target (:mod:`edgecnn.ship`), made from the finished
-output folder, so it runs after report.json is written (``after_report``)."""
+output folder, so it runs after report.json is written (``after_report`` in its stage kind)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from edgecnn.recipe import Stage as RecipeStage
 class ShipStage:
     kind = "ship"
     own_progress = False
-    after_report = True  # the bundle's README quotes the report
 
     def run(self, state: RunState, spec: RecipeStage) -> StageOutcome:
         from edgecnn.ship import build_bundle

@@ -1,0 +1,241 @@
+"""The size objective against uniform bits: SqueezeNet 1.1 and MobileNetV2, real weights.
+
+For each model (BN folded, as the pipeline's fold_bn stage leaves it), the labelled sample
+is split by edgecnn's search/evaluation rule (``edgecnn.data.split``). On the search part only,
+:func:`edgecnn.search.size.size_search` measures uniform weight sharing (8 bit down to the
+first width over the budget) and bisects the Fisher per-layer allocation's byte budget. Two
+artifacts are chosen there: the smallest uniform-bits one within the budget and the
+smallest overall. Both are packed as .ecnn, decoded, and evaluated in ONNX Runtime on the
+evaluation part, which no choice saw.
+
+Goal (issue 23): the smallest artifact within 1.0 point is >= 30 % smaller than the best
+uniform-bits artifact within the same budget. Verdict from a one-sided 95 % bound on the
+chosen artifact's drop on the evaluation part (paired per image against FP32):
+met = size goal reached and upper bound <= budget; not met = size goal missed (sizes are
+exact) or lower bound > budget; otherwise not resolved.
+
+Run: python bench/size_search.py [--images N] [--models squeezenet1_1 mobilenet_v2]
+         --output bench/results/size_search.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = {
+    "squeezenet1_1": dict(weights="squeezenet1_1.pth", preprocess="torchvision", options={}),
+    "mobilenet_v2": dict(weights="mobilenet_v2.pth", preprocess="tf", options={"tf_padding": True}),
+}
+GOAL_SMALLER = 0.30
+BUDGET = 1.0
+CONFIDENCE = 0.95
+
+
+def environment(threads: int) -> dict:
+    """Generated environment block: edgecnn.measure.sysinfo plus CPU flags, torch and the commit."""
+    import torch
+
+    from edgecnn.measure.sysinfo import system_info
+
+    info = system_info(threads)
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    info.setdefault("cpu_flags", {f: f in flags for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni")})
+    info["libraries"] = {**info.get("libraries", {}), "torch": torch.__version__}
+    try:
+        info["edgecnn_commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["edgecnn_commit"] = None
+    return info
+
+
+def load(name: str, data: Path):
+    from edgecnn.models import load_model
+    from edgecnn.passes.registry import run_pass
+
+    spec = MODELS[name]
+    loaded = load_model(name, weights=str(data / "weights" / spec["weights"]), preprocess=spec["preprocess"], **spec["options"])
+    loaded.module = run_pass("fold_bn", loaded.module).eval()
+    return loaded
+
+
+def split_arrays(data: Path, preprocess, limit: int | None, work: Path):
+    """(search images, labels), (evaluation images, labels): edgecnn's split rule, ``limit`` per part."""
+    from edgecnn.data.images import ImageFolder
+    from edgecnn.data.split import split_items
+    from edgecnn.search.prepare import arrays
+
+    root = data / "imagenet-sample"
+    split = split_items(list(ImageFolder(root).items), root)
+    return arrays(split.search, preprocess, limit), arrays(split.evaluation, preprocess, limit), split.rule
+
+
+def decoded_predictions(model, path: Path, size: int, images: np.ndarray, threads: int) -> tuple[np.ndarray, int]:
+    """(top-1 class per image from the decoded .ecnn in ONNX Runtime, .ecnn bytes)."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgecnn.pack import decode_model, pack_model
+    from edgecnn.search.run import export
+
+    data, _ = pack_model(onnx.load(str(export(model, path, size, "ort-x86"))))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(decode_model(data).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    pred = np.concatenate([session.run(None, {name: images[i:i + 32]})[0].argmax(1) for i in range(0, len(images), 32)])
+    return pred, len(data)
+
+
+def bound(base_correct: np.ndarray, correct: np.ndarray) -> dict:
+    diff = (base_correct.astype(np.float64) - correct.astype(np.float64)) * 100
+    se = float(diff.std(ddof=1) / math.sqrt(diff.size))
+    z = NormalDist().inv_cdf(CONFIDENCE)
+    return {"drop": float(diff.mean()), "upper": float(diff.mean() + z * se), "lower": float(diff.mean() - z * se),
+            "images": int(diff.size)}
+
+
+def verdict(smaller: float, drop: dict) -> str:
+    if smaller < GOAL_SMALLER or drop["lower"] > BUDGET:
+        return "not met"
+    if drop["upper"] <= BUDGET:
+        return "met"
+    return "not resolved"
+
+
+def run_model(name: str, data: Path, limit: int | None, threads: int, max_verify: int, prune: list[float]) -> dict:
+    import torch
+
+    from edgecnn.search.run import SearchConfig
+    from edgecnn.search.size import size_search
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    loaded = load(name, data)
+    with tempfile.TemporaryDirectory(prefix="edgecnn-size-") as tmp:
+        work = Path(tmp)
+        (xs, ys), (xe, ye), rule = split_arrays(data, loaded.preprocess, limit, work)
+        config = SearchConfig(max_drop=BUDGET, prune_densities=prune, sensitivity_images=64, max_verify=max_verify)
+        outcome = size_search(loaded.module, xs, ys, config, work / "search", log=lambda m: print(f"[{name}] {m}", flush=True))
+        size = xs.shape[-1]
+        fp32_pred, fp32_bytes = decoded_predictions(loaded.module, work / "fp32.onnx", size, xe, threads)
+        base_correct = fp32_pred == ye
+        rows = {"fp32": {"bytes": fp32_bytes, "top1": float(base_correct.mean() * 100)}}
+        feasible_uniform = [c for c in outcome.uniform if c.feasible and c.shipped_bytes is not None]
+        best_uniform = min(feasible_uniform, key=lambda c: c.shipped_bytes) if feasible_uniform else None
+        picks = {"best uniform": best_uniform, "smallest (chosen)": outcome.chosen}
+        for key, cand in picks.items():
+            if cand is None:
+                continue
+            pred, nbytes = decoded_predictions(cand.model, work / f"{key.split()[0]}.onnx", size, xe, threads)
+            rows[key] = {"label": cand.label, "bytes": nbytes, "top1": float((pred == ye).mean() * 100),
+                         "search_drop": cand.drop, **bound(base_correct, pred == ye)}
+    result = {"model": name, "split": rule, "search_images": int(len(xs)), "evaluation_images": int(len(xe)),
+              "fp32_top1_search": outcome.fp32_top1, "uniform": [c.to_dict() for c in outcome.uniform],
+              "searched": [c.to_dict() for c in outcome.searched], "rows": rows, "chosen_layers": outcome.layers,
+              "seconds": round(time.perf_counter() - started, 1), "search_seconds": {k: round(v, 1) for k, v in outcome.seconds.items()}}
+    if best_uniform is not None and outcome.chosen is not None:
+        smaller = 1 - rows["smallest (chosen)"]["bytes"] / rows["best uniform"]["bytes"]
+        result["smaller"] = smaller
+        result["verdict"] = verdict(smaller, rows["smallest (chosen)"])
+    else:
+        result["verdict"] = "not resolved"
+    return result
+
+
+def markdown(results: list[dict], env: dict, limit: int | None, total: float) -> str:
+    lines = ["# Size objective: smallest shipped .ecnn within 1.0 point vs uniform bits", "",
+             "Generated by `python bench/size_search.py`. Weight sharing per layer (2-8 bit codebooks, entropy-coded "
+             "indices) chosen by the Fisher allocation with its byte budget bisected on the measured top-1 drop "
+             "(`edgecnn/search/size.py`); no pruning, no training (`--train` not used). Real weights from the shared data "
+             "(SqueezeNet 1.1 from fp16, MobileNetV2 from 8-bit TFLite; BN folded).", "",
+             "Protocol: the labelled sample is split by edgecnn's rule; every choice (uniform widths, budgets, the "
+             "final artifact) is made on the **search part**; the table reports the **evaluation part**, which no choice "
+             "saw, through the decoded .ecnn in ONNX Runtime. Drop bounds: one-sided 95 %, paired per image against FP32 "
+             "(normal approximation)." + (f" Images limited to {limit} per part (spread evenly) to keep the run short." if limit else ""),
+             "", "## Environment", "", "```", json.dumps(env, indent=1, sort_keys=True), "```", ""]
+    for r in results:
+        lines += [f"## {r['model']}", "",
+                  f"Split: {r['split']}; {r['search_images']} search images, {r['evaluation_images']} evaluation images. "
+                  f"FP32 top-1 on the search part {r['fp32_top1_search']:.1f} %. Run time {r['seconds'] / 60:.1f} min.", "",
+                  "| artifact (chosen on the search part) | .ecnn bytes | top-1 % (eval part) | drop (eval) | 95 % upper bound | drop (search part) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for key, row in r["rows"].items():
+            if key == "fp32":
+                lines.append(f"| FP32 | {row['bytes']:,} | {row['top1']:.1f} | | | |")
+            else:
+                lines.append(f"| {key}: {row['label']} | {row['bytes']:,} | {row['top1']:.1f} | {row['drop']:+.2f} | "
+                             f"{row['upper']:+.2f} | {row['search_drop']:+.2f} |")
+        lines += ["", "Everything measured on the search part:", "", "| configuration | estimated bytes | .ecnn bytes | drop (search part) | bits (layers) | within budget |",
+                  "| --- | ---: | ---: | ---: | --- | --- |"]
+        for c in r["uniform"] + r["searched"]:
+            bits = ", ".join(f"{b}: {n}" for b, n in c["bits"].items())
+            lines.append(f"| {c['label']} | {c['estimated_bytes']:,} | {c['shipped_bytes'] if c['shipped_bytes'] is not None else '-'} | "
+                         f"{c['drop']:+.2f} | {bits} | {'yes' if c['feasible'] else 'no'} |")
+        if "smaller" in r:
+            lines += ["", f"Size goal (>= {GOAL_SMALLER:.0%} smaller than the best uniform artifact within {BUDGET} point): "
+                      f"{r['smaller']:.1%} smaller; **{r['verdict']}**."]
+        else:
+            lines += ["", f"Size goal: **{r['verdict']}** (no artifact within the budget on the search part)."]
+        lines.append("")
+    lines.append(f"Total bench time {total / 60:.1f} min: the sum of the per-model runs (one process per model, run side by side "
+                 f"on the shared cores; load average in the environment block).")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--images", type=int, default=None, help="images per split part (default: all)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-verify", type=int, default=6)
+    parser.add_argument("--prune", type=float, nargs="*", default=[],
+                        help="kept-weight densities a layer may also be magnitude-pruned to (no recovery training here)")
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--merge", type=Path, nargs="*", default=None,
+                        help="write --output from the .json files of earlier runs (e.g. one per model) instead of running")
+    args = parser.parse_args()
+    if args.merge:
+        results = [r for path in args.merge for r in json.loads(path.read_text())["results"]]
+        total = sum(json.loads(path.read_text())["total_seconds"] for path in args.merge)
+        _write(args.output, markdown(results, environment(args.threads), args.images, total), results, total)
+        return
+    if not (args.data / "weights").is_dir():
+        sys.exit(f"no shared data at {args.data}; pass --data DIR (weights/ and imagenet-sample/)")
+    started = time.perf_counter()
+    results = [run_model(m, args.data, args.images, args.threads, args.max_verify, args.prune) for m in args.models]
+    total = time.perf_counter() - started
+    _write(args.output, markdown(results, environment(args.threads), args.images, total), results, total)
+
+
+def _write(output: Path | None, text: str, results: list, total: float) -> None:
+    print(text)
+    if output:
+        from edgecnn.fileio import write_text_atomic
+
+        write_text_atomic(output, text)
+        write_text_atomic(output.with_suffix(".json"), json.dumps({"results": results, "total_seconds": total}, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

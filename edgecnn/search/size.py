@@ -1,0 +1,318 @@
+"""The size objective: the smallest shipped ``.ecnn`` whose top-1 drop stays within a budget.
+
+The shipped file stores each conv / linear weight as a codebook of at most ``2**bits`` shared
+values and entropy-coded indices (:mod:`edgecnn.pack`), so the bits can differ per layer and
+what a layer costs is its coded index stream, not its parameter count. Per-layer choice pays
+here (unlike latency on a CPU whose int8 kernels do not care about 6 vs 7 bits): a layer whose
+weights barely move the output can take 3 bits while a sensitive one keeps 8.
+
+Method: the weight_share pass's Fisher estimate (:mod:`edgecnn.passes.share_alloc`) scores
+every layer at every bit width (and, with recovery images, every kept-weight density of
+magnitude pruning); its knapsack (:func:`allocate_bits`) gives the least damaging choice for a
+byte budget. The budget is bisected on the top-1 drop *measured* on the search part of the
+labelled images: the smallest budget whose measured drop is within ``max_drop`` wins. Uniform
+bit widths are measured the same way, and the final answer is the feasible artifact with the
+fewest shipped bytes (packed for real, not estimated). The evaluation part is never seen here.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgecnn.models.layer_select import layer_kind, select_layers
+from edgecnn.passes.share_alloc import CODEBOOK_ENTRY_BYTES, allocate_bits, fisher_diagonal
+from edgecnn.passes.weight_share import cluster_weights, share_layer, tie_to_centroids
+
+Choice = tuple[int, float]  # (bits, kept-weight density) of one layer
+CHANNEL_SPREAD = 8.0  # a conv whose output channels' largest |weight| differ more than this is stored channel-scaled
+
+
+class ChannelScaled(nn.Module):
+    """A conv stored as weights divided by a per-output-channel scale, the scale applied after it.
+
+    Folding BatchNorm multiplies each output channel by its own factor: in MobileNetV2 the
+    largest weight of one depthwise channel is 0.08 and of another 56. One codebook per tensor
+    then maps whole small channels to a single value and the network collapses (top-1 near 0
+    at 8 bit). Scaled back to a common range, the channels share the codebook; the scales cost
+    4 bytes per channel (the same layout per-channel int8 quantization uses).
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        weight = conv.weight.detach()
+        scale = weight.reshape(weight.shape[0], -1).abs().amax(1)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        self.conv = copy.deepcopy(conv)
+        self.conv.bias = None
+        with torch.no_grad():
+            self.conv.weight.copy_(weight / scale.view(-1, *([1] * (weight.dim() - 1))))
+        self.register_buffer("scale", scale.view(1, -1, 1, 1).clone())
+        self.register_buffer("shift", (conv.bias.detach() if conv.bias is not None else torch.zeros_like(scale)).view(1, -1, 1, 1).clone())
+
+    def forward(self, x):
+        return self.conv(x) * self.scale + self.shift
+
+
+def channel_spread(weight: torch.Tensor) -> float:
+    """Largest over smallest per-output-channel max |weight| (channels that are all zero left out)."""
+    peaks = weight.detach().reshape(weight.shape[0], -1).abs().amax(1)
+    peaks = peaks[peaks > 0]
+    return float(peaks.max() / peaks.min()) if peaks.numel() else 1.0
+
+
+def scale_channels(model: nn.Module, spread: float = CHANNEL_SPREAD) -> list[str]:
+    """Wrap (in place) every conv whose :func:`channel_spread` exceeds ``spread`` in :class:`ChannelScaled`; returns their names."""
+    wrapped = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Conv2d) and channel_spread(module.weight) > spread:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, ChannelScaled(module))
+            wrapped.append(name)
+    return wrapped
+
+
+@dataclass
+class SizeCandidate:
+    label: str
+    choice: dict[str, Choice]
+    estimated_bytes: float
+    drop: Optional[float] = None  # top-1 points below FP32 on the search part
+    agree: Optional[float] = None  # % of search images on FP32's class
+    feasible: Optional[bool] = None
+    shipped_bytes: Optional[int] = None
+    correct: Optional[np.ndarray] = field(default=None, repr=False)  # per search image
+    model: Optional[nn.Module] = field(default=None, repr=False)  # the shared (and pruned) model
+
+    def to_dict(self) -> dict:
+        bits = [b for b, _ in self.choice.values()]
+        return {"label": self.label, "estimated_bytes": round(self.estimated_bytes), "shipped_bytes": self.shipped_bytes,
+                "drop": self.drop, "agree": self.agree, "feasible": self.feasible,
+                "bits": {str(b): bits.count(b) for b in sorted(set(bits))},
+                "pruned_layers": sum(1 for _, d in self.choice.values() if d < 1)}
+
+
+@dataclass
+class SizeOutcome:
+    fp32_top1: float  # on the search part
+    uniform: list[SizeCandidate]
+    searched: list[SizeCandidate]
+    chosen: Optional[SizeCandidate]
+    chosen_model: Optional[nn.Module]
+    layers: list[dict]  # per-layer rows of the chosen configuration
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def coded_bytes(assign: np.ndarray, clusters: int, zeros: int = 0) -> float:
+    """Estimated shipped bytes of one layer: order-0 entropy of its index stream (zeros as one
+    more symbol) plus the codebook. The packer codes runs of zeros, so pruned layers cost less
+    than this; the final choice is made on packed bytes."""
+    counts = np.bincount(assign, minlength=clusters).astype(np.float64)
+    used = int((counts > 0).sum())
+    counts = np.append(counts[counts > 0], zeros)
+    counts = counts[counts > 0]
+    if counts.size == 0:
+        return 0.0
+    p = counts / counts.sum()
+    return float(-(counts * np.log2(p)).sum() / 8 + CODEBOOK_ENTRY_BYTES * used)
+
+
+def magnitude_mask(weight: torch.Tensor, density: float) -> np.ndarray:
+    """Flat boolean mask keeping the ``density`` fraction of weights largest in magnitude."""
+    flat = np.abs(weight.detach().reshape(-1).cpu().numpy())
+    keep = max(1, int(round(density * flat.size)))
+    if keep >= flat.size:
+        return np.ones(flat.size, bool)
+    threshold = np.partition(flat, flat.size - keep)[flat.size - keep]
+    return flat >= threshold
+
+
+def layer_options(layers: list, fisher: dict, bit_choices: list[int], densities: list[float], iterations: int = 30):
+    """Per layer and (bits, density): (estimated bytes, Fisher-weighted error) and the clustering.
+
+    Plain k-means (Fisher-weighted k-means was no better in bench/results/deep_compression_distill.md);
+    the Fisher diagonal prices the error, including that of the pruned weights."""
+    options: dict[str, dict[Choice, tuple[float, float]]] = {}
+    clusterings: dict = {}
+    for name, module in layers:
+        weight = module.weight.detach()
+        flat = weight.reshape(-1).cpu().numpy().astype(np.float64)
+        imp = fisher[name].reshape(-1).cpu().numpy().astype(np.float64)
+        options[name] = {}
+        for density in densities:
+            masked = weight
+            if density < 1:
+                mask = magnitude_mask(weight, density)
+                masked = torch.from_numpy(np.where(mask, flat, 0.0).astype(np.float32)).reshape(weight.shape)
+            for bits in bit_choices:
+                centroids, assign, nonzero = cluster_weights(masked, bits, iterations)
+                shared = np.zeros_like(flat)
+                shared[nonzero] = centroids[assign]
+                error = float((imp * (shared - flat) ** 2).sum())
+                options[name][(bits, density)] = (coded_bytes(assign, len(centroids), int((~nonzero).sum())), error)
+                clusterings[(name, bits, density)] = (centroids, assign, nonzero)
+    return options, clusterings
+
+
+def apply_choice(model: nn.Module, choice: dict[str, Choice], clusterings: dict) -> nn.Module:
+    """A copy of ``model`` with each chosen layer pruned and shared as chosen (tied weights)."""
+    out = copy.deepcopy(model)
+    modules = dict(out.named_modules())
+    for name, (bits, density) in choice.items():
+        share_layer(modules[name], bits, clustered=clusterings[(name, bits, density)])
+    return out
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, images: np.ndarray, batch: int = 50) -> np.ndarray:
+    model.eval()
+    return np.concatenate([model(torch.from_numpy(images[i:i + batch])).argmax(1).numpy() for i in range(0, len(images), batch)])
+
+
+def drop_upper_bound(base_correct: np.ndarray, cand_correct: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """(drop in points, one-sided upper bound) from per-image paired differences (normal approximation)."""
+    from statistics import NormalDist
+
+    diff = base_correct.astype(np.float64) - cand_correct.astype(np.float64)
+    n = diff.size
+    mean = float(diff.mean() * 100)
+    se = float(diff.std(ddof=1) / math.sqrt(n) * 100) if n > 1 else float("inf")
+    return mean, mean + NormalDist().inv_cdf(confidence) * se
+
+
+def shipped_bytes(model: nn.Module, path: Path, size: int) -> int:
+    """Bytes of the .ecnn the model ships as (FP32 ONNX with shared weights, packed)."""
+    from edgecnn.pack import shipped_size
+    from edgecnn.search.run import export
+
+    return shipped_size(export(model, path, size, "ort-x86"))
+
+
+def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, config, work: Path,
+                recovery: Optional[Callable] = None, log=print) -> SizeOutcome:
+    """The smallest shipped artifact within ``config.max_drop`` points on ``images`` (the search part).
+
+    ``config``: a SearchConfig (fields max_drop, bit_choices, prune_densities, sensitivity_images,
+    max_verify, search_time, recovery_steps). Layers may also be magnitude-pruned to each of
+    ``prune_densities`` (the search stage empties it when no recovery images are given);
+    ``recovery(student, steps)``, when given, trains each pruned candidate back (weights stay
+    tied to their centroids) before its drop is measured.
+    """
+    started = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    base = copy.deepcopy(module).eval()
+    scaled = scale_channels(base)
+    layers = select_layers(base)
+    size = images.shape[-1]
+    fp32_pred = predictions(base, images)
+    fp32_correct = fp32_pred == labels
+    fp32_top1 = float(fp32_correct.mean() * 100)
+    step = max(1, len(images) // config.sensitivity_images)
+    fisher_set = images[::step][:config.sensitivity_images]
+    fisher = fisher_diagonal(base, layers, [torch.from_numpy(fisher_set[i:i + 16]) for i in range(0, len(fisher_set), 16)],
+                             len(fisher_set))
+    densities = [1.0] + sorted(config.prune_densities, reverse=True)
+    options, clusterings = layer_options(layers, fisher, list(config.bit_choices), densities)
+    seconds = {"sensitivity": time.perf_counter() - started}
+    log(f"  size: {len(layers)} layers scored at {len(config.bit_choices)} bit widths x {len(densities)} densities "
+        f"({seconds['sensitivity']:.0f} s)")
+
+    def measure(label: str, choice: dict[str, Choice]) -> SizeCandidate:
+        model = apply_choice(base, choice, clusterings)
+        if recovery is not None and any(d < 1 for _, d in choice.values()):
+            recovery(model, config.recovery_steps)
+            tie_to_centroids(model)
+        pred = predictions(model, images)
+        cand = SizeCandidate(label, choice, sum(options[n][c][0] for n, c in choice.items()))
+        cand.correct = pred == labels
+        cand.drop = fp32_top1 - float(cand.correct.mean() * 100)
+        cand.agree = float((pred == fp32_pred).mean() * 100)
+        cand.feasible = cand.drop <= config.max_drop
+        log(f"  {label}: ~{cand.estimated_bytes / 1e3:.0f} kB, drop {cand.drop:.2f} points"
+            f" ({'kept' if cand.feasible else 'over the budget'})")
+        cand.model = model
+        return cand
+
+    uniform: list[SizeCandidate] = []
+    for bits in sorted(config.bit_choices, reverse=True):  # stop at the first infeasible width: fewer bits lose more
+        cand = measure(f"uniform {bits} bit", {name: (bits, 1.0) for name, _ in layers})
+        uniform.append(cand)
+        if not cand.feasible:
+            break
+    seconds["uniform"] = time.perf_counter() - started - seconds["sensitivity"]
+
+    searched = bisect_budget(options, measure, [c for c in uniform if c.feasible], config, started)
+    seconds["search"] = time.perf_counter() - started - seconds["sensitivity"] - seconds["uniform"]
+
+    feasible = [c for c in uniform + searched if c.feasible]
+    pack_finalists(feasible, uniform, work, size)
+    sized = [c for c in feasible if c.shipped_bytes is not None]
+    chosen = min(sized, key=lambda c: (c.shipped_bytes, c.drop)) if sized else None
+    seconds["ship"] = time.perf_counter() - started - sum(seconds.values())
+    rows = []
+    if chosen is not None:
+        modules = dict(base.named_modules())
+        for name, (bits, density) in chosen.choice.items():
+            rows.append({"layer": name, "kind": layer_kind(modules[name]), "bits": bits, "density": density,
+                         "params": modules[name].weight.numel(), "estimated_bytes": round(options[name][(bits, density)][0])})
+    notes = [f"{len(scaled)} conv layers stored channel-scaled (their channels' weight ranges differ more than "
+             f"{CHANNEL_SPREAD:g}x, e.g. after BN folding): {', '.join(scaled[:4])}{', ...' if len(scaled) > 4 else ''}"] if scaled else []
+    return SizeOutcome(fp32_top1, uniform, searched, chosen, chosen.model if chosen else None, rows, seconds, notes)
+
+
+def bisect_budget(options: dict, measure: Callable, feasible_uniform: list, config, started: float) -> list[SizeCandidate]:
+    """Per-layer candidates: the first at the smallest feasible uniform size, then the byte budget
+    bisected (geometrically) below it on the measured drop."""
+    searched: list[SizeCandidate] = []
+    high = min((c.estimated_bytes for c in feasible_uniform), default=sum(max(o.values())[0] for o in options.values()))
+    low = sum(min(v[0] for v in o.values()) for o in options.values())
+    for _ in range(config.max_verify):
+        if config.search_time is not None and time.perf_counter() - started > config.search_time * 60:
+            break
+        if searched and (high / low < 1.02 or not any(c.feasible for c in searched)):
+            break
+        budget = math.sqrt(low * high) if searched else high
+        try:
+            choice = allocate_bits(options, budget)
+        except ValueError:
+            low = budget
+            continue
+        cand = measure(f"per-layer, budget {budget / 1e3:.0f} kB", choice)
+        searched.append(cand)
+        if cand.feasible:
+            high = budget
+        else:
+            low = budget
+    return searched
+
+
+def pack_finalists(feasible: list[SizeCandidate], uniform: list[SizeCandidate], work: Path, size: int) -> None:
+    """Packing is slow on large models: the two smallest feasible by estimate (the estimate ranks
+    within a few %) and the smallest feasible uniform width are packed for real."""
+    to_pack = sorted(feasible, key=lambda c: c.estimated_bytes)[:2]
+    to_pack += [c for c in sorted((c for c in feasible if c in uniform), key=lambda c: c.estimated_bytes)[:1] if c not in to_pack]
+    for i, cand in enumerate(to_pack):
+        cand.shipped_bytes = shipped_bytes(cand.model, work / f"candidate-{i}.onnx", size)
+
+
+def summary(outcome: SizeOutcome, max_drop: float) -> dict:
+    """report.json ``search`` section of a size search."""
+    chosen = outcome.chosen
+    return {
+        "objective": "size", "max_drop": max_drop, "fp32_top1_search_part": outcome.fp32_top1,
+        "chosen": chosen.to_dict() if chosen else None,
+        "uniform": [c.to_dict() for c in outcome.uniform],
+        "verified": [c.to_dict() for c in outcome.searched],
+        "chosen_layers": outcome.layers,
+        "seconds": {k: round(v, 1) for k, v in outcome.seconds.items()},
+    }
