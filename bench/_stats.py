@@ -38,33 +38,6 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def summarize_rounds(rounds: Sequence[Sequence[float]]) -> dict:
-    """Per-iteration seconds grouped by round -> median/p90 in milliseconds.
-
-    Each round gives its own median and p90; the reported value is the median over rounds,
-    so one round slowed by a neighbour's burst does not move the result.
-    """
-    rounds = [list(r) for r in rounds if len(r)]
-    if not rounds:
-        return {"median_ms": math.nan, "p90_ms": math.nan, "round_medians_ms": [], "samples": 0}
-    medians = [percentile(r, 50) * 1e3 for r in rounds]
-    p90s = [percentile(r, 90) * 1e3 for r in rounds]
-    return {
-        "median_ms": float(np.median(medians)),
-        "p90_ms": float(np.median(p90s)),
-        "round_medians_ms": [round(m, 4) for m in medians],
-        "samples": sum(len(r) for r in rounds),
-    }
-
-
-def throughput(rounds: Sequence[Sequence[float]], batch: int) -> float:
-    """Images per second at ``batch`` from per-iteration seconds (median of round medians)."""
-    summary = summarize_rounds(rounds)
-    if not summary["samples"] or not summary["median_ms"] > 0:
-        return math.nan
-    return batch / (summary["median_ms"] / 1e3)
-
-
 def accuracy(top5: np.ndarray, labels: np.ndarray, reference_top1: Optional[np.ndarray] = None) -> dict:
     """top-1 / top-5 in percent, and the share of top-1 predictions equal to the reference's."""
     top5 = np.asarray(top5)

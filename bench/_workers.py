@@ -1,5 +1,6 @@
 """Engine processes: a fresh process per build (calibration time/memory measured there) and
-one long-lived worker per engine, driven one command at a time so engines never overlap.
+one long-lived worker per engine for accuracy, op profiles and runtime facts, driven one command
+at a time so engines never overlap. Timing is not here: it goes through edgecnn.measure.interleave.
 
 Sessions sharing one process slowed each other 2-4x on a 2-core machine, hence processes.
 """
@@ -7,7 +8,6 @@ Sessions sharing one process slowed each other 2-4x on a 2-core machine, hence p
 from __future__ import annotations
 
 import multiprocessing
-import time
 import traceback
 from typing import Optional
 
@@ -80,22 +80,7 @@ def _serve(conn, open_target: str, job: dict, artifact: dict) -> None:
             if command == "close":
                 conn.send(("ok", None))
                 return
-            if command == "time":
-                x = batch_input(args["batch"])
-                warm_until = time.perf_counter() + args.get("budget_s", float("inf")) / 2
-                for done in range(args["warmup"]):
-                    runner.run(x)
-                    if done and time.perf_counter() > warm_until:
-                        break
-                samples = []
-                deadline = time.perf_counter() + args.get("budget_s", float("inf"))
-                # At least 3 samples; stop early past the budget so a slow engine cannot stall the run.
-                while len(samples) < args["iters"] and (len(samples) < 3 or time.perf_counter() < deadline):
-                    start = time.perf_counter()
-                    runner.run(x)
-                    samples.append(time.perf_counter() - start)
-                conn.send(("ok", samples))
-            elif command == "eval":
+            if command == "eval":
                 from _stats import padded_batches, top5_of
 
                 batch = args["batch"]

@@ -22,7 +22,7 @@ import torch
 
 import onnxruntime as ort
 
-from deep_compression import distill, distill_subset, load_batches, mib, ship, subset
+from _deep_compression_parts import distill, distill_subset, load_batches, mib, ship, subset
 from edgecnn.data.images import iter_batches
 from edgecnn.models import create
 from edgecnn.passes import PassContext, run_pass

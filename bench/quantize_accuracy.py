@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -223,10 +222,11 @@ def write_markdown(rows: list[dict], cost: dict | None, args, out: Path) -> None
             f"peak RSS {cost['peak_rss_mb']:.0f} MB for the whole process "
             f"({cost['rss_before_mb']:.0f} MB before calibration: Python, torch, model and the images).",
         ]
+    from edgecnn.fileio import write_text_atomic
+    from edgecnn.measure.sysinfo import environment_markdown
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(out, "\n".join(lines) + "\n\n" + environment_markdown(threads=2))
 
 
 def main() -> None:
@@ -251,9 +251,9 @@ def main() -> None:
         write_markdown([], cost, args, args.out.with_suffix(".cost.tmp"))
         tail = args.out.with_suffix(".cost.tmp").read_text().split("\n## Calibration cost")[1]
         args.out.with_suffix(".cost.tmp").unlink()
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(head + "\n\n## Calibration cost" + tail)
-        os.replace(tmp, args.out)
+        from edgecnn.fileio import write_text_atomic
+
+        write_text_atomic(args.out, head + "\n\n## Calibration cost" + tail)
         print(args.out.read_text())
         return
     rows = []

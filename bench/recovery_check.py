@@ -82,8 +82,9 @@ def main(argv=None) -> int:
     print(text)
     if not args.no_write:
         from edgecnn.fileio import write_text_atomic
+        from edgecnn.measure.sysinfo import environment_markdown
 
-        write_text_atomic(RESULTS, text)
+        write_text_atomic(RESULTS, text.rstrip("\n") + "\n\n" + environment_markdown(threads=args.threads))
     return 0
 
 

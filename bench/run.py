@@ -1,3 +1,4 @@
+# long: the driver of a multi-engine, multi-process run (data, builds, workers, timing, writing); its report is in run_report.py
 """edgecnn against what users would pick instead, side by side in one run.
 
 For each model: PyTorch eager FP32, ONNX Runtime FP32, edgecnn's INT8 and W6A8 Q/DQ
@@ -20,9 +21,7 @@ import argparse
 import csv
 import datetime as dt
 import json
-import math
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -36,8 +35,9 @@ if str(BENCH_DIR) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from _stats import accuracy, markdown_table, ratio, split_calibration, summarize_rounds, throughput  # noqa: E402
+from _stats import accuracy, markdown_table, ratio, split_calibration  # noqa: E402
 from engines import ENGINES, missing_requirement  # noqa: E402
+from run_report import derived_columns, goal_lines, print_tables, render_markdown, table_rows  # noqa: E402,F401
 
 DEFAULT_DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", BENCH_DIR.parent.parent / "shared" / "data"))
 
@@ -51,8 +51,8 @@ MODELS = {
 
 # Full run vs --quick (development).
 PROFILES = {
-    "full": {"calib": 128, "eval_limit": None, "rounds": 5, "iters_b1": 30, "iters_b8": 6, "warmup": 5, "op_iters": 20, "budget_s": 2.5},
-    "quick": {"calib": 32, "eval_limit": 96, "rounds": 3, "iters_b1": 10, "iters_b8": 3, "warmup": 2, "op_iters": 10, "budget_s": 1.5},
+    "full": {"calib": 128, "eval_limit": None, "rounds": 5, "iters_b1": 30, "iters_b8": 6, "warmup": 5, "op_iters": 20},
+    "quick": {"calib": 32, "eval_limit": 96, "rounds": 3, "iters_b1": 10, "iters_b8": 3, "warmup": 2, "op_iters": 10},
 }
 FP32_REFERENCE_ORDER = ("torch", "ort_fp32", "ov_fp32")  # FP32 agreement is measured against the first present
 
@@ -64,42 +64,11 @@ def say(message: str) -> None:
 # ----------------------------------------------------------------------------- environment
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
-    except OSError:
-        pass
-    return []
-
-
 def machine_name() -> str:
+    from edgecnn.measure.sysinfo import cpu_model
+
     slug = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")
     return f"{slug}-{os.cpu_count()}cpu"
-
-
-def versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for package in ("edgecnn", "numpy", "torch", "onnx", "onnxruntime", "openvino", "nncf"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[package] = None
-    return out
 
 
 def load_average() -> list[float]:
@@ -256,217 +225,44 @@ def run_model(name: str, args, settings: dict, engines: list[str], data, work: P
                 reference_top1 = predictions[reference][:, 0] if reference else None
                 result["engines"][engine_name]["accuracy"] = accuracy(top5, labels, reference_top1)
             result["agreement_reference"] = reference
-        timings = {e: {"b1": [], "b8": []} for e in workers}
-        began = time.perf_counter()
-        for round_index in range(settings["rounds"]):
-            progress(f"{name}: timing round {round_index + 1}/{settings['rounds']} ({len(workers)} engines interleaved)")
-            for batch, iters in ((1, settings["iters_b1"]), (8, settings["iters_b8"])):
-                for engine_name, worker in workers.items():
-                    warmup = settings["warmup"] * (3 if round_index == 0 else 1)
-                    timings[engine_name][f"b{batch}"].append(
-                        worker.call("time", batch=batch, warmup=warmup, iters=iters, budget_s=settings["budget_s"])
-                    )
-        say(f"  timing rounds in {time.perf_counter() - began:.0f} s")
         for engine_name, worker in workers.items():
-            entry = result["engines"][engine_name]
-            entry["latency_b1"] = summarize_rounds(timings[engine_name]["b1"])
-            entry["latency_b8"] = summarize_rounds(timings[engine_name]["b8"])
-            entry["throughput_b8"] = throughput(timings[engine_name]["b8"], 8)
-            entry["info"] = worker.call("info")
+            result["engines"][engine_name]["info"] = worker.call("info")
             if ENGINES[engine_name].open.startswith("engines.ort:") and not args.no_op_profile:
                 progress(f"{name}: ORT op profile of {ENGINES[engine_name].label}")
                 entry["op_profile"] = worker.call("op_profile", iters=settings["op_iters"])
     finally:
         for worker in workers.values():
             worker.close()
+    progress(f"{name}: timing {len(artifacts)} engines interleaved ({settings['rounds']} rounds, batch 1 then batch 8)")
+    time_engines(result, {e: artifacts[e] for e in workers}, job, settings)
     return result
 
 
-# ----------------------------------------------------------------------------- report
+def time_engines(result: dict, artifacts: dict, job: dict, settings: dict) -> None:
+    """Batch-1 latency and batch-8 throughput of every engine through edgecnn's one timer
+    (edgecnn.measure.interleave: a process per engine, interleaved rounds, the library's statistics)."""
+    from edgecnn.measure.interleave import Engine as Timed
+    from edgecnn.measure.interleave import Timer
 
-
-def derived_columns(model: dict, peaks: dict) -> None:
-    """Speed-up vs ORT FP32 and the fraction of the measured peak MAC rate, per engine."""
-    base = model["engines"].get("ort_fp32", {}).get("latency_b1", {}).get("median_ms")
-    for entry in model["engines"].values():
-        if "latency_b1" not in entry:
-            continue
-        median_s = entry["latency_b1"]["median_ms"] / 1e3
-        peak = peaks.get(entry["precision"]) if peaks else None
-        entry["speedup_vs_ort_fp32"] = ratio(base, entry["latency_b1"]["median_ms"])
-        entry["macs_per_s_b1"] = model["macs"] / median_s if median_s > 0 else math.nan
-        entry["macs_per_s_b8"] = model["macs"] * entry["throughput_b8"]
-        entry["peak_fraction_b1"] = ratio(entry["macs_per_s_b1"], peak)
-        entry["peak_fraction_b8"] = ratio(entry["macs_per_s_b8"], peak)
-    if peaks and peaks.get("fp32") and peaks.get("int8"):
-        model["peak_ratio_int8_fp32"] = peaks["int8"] / peaks["fp32"]
-
-
-HEADERS = [
-    "engine", "b1 median ms", "b1 p90 ms", "x ORT FP32", "b8 img/s", "model bytes", "shipped bytes",
-    "top-1 %", "top-5 %", "FP32 agree %", "calib s", "calib peak MB", "% peak b1", "% peak b8",
-]
-
-
-def table_rows(model: dict) -> list[list]:
-    rows = []
-    for engine_name, entry in model["engines"].items():
-        if "latency_b1" not in entry:
-            continue
-        art = entry.get("artifact", {})
-        acc = entry.get("accuracy", {})
-        shipped = art.get("shipped_bytes")
-        percent = lambda v: v * 100 if isinstance(v, float) and not math.isnan(v) else None  # noqa: E731
-        rows.append([
-            entry["label"],
-            entry["latency_b1"]["median_ms"], entry["latency_b1"]["p90_ms"], entry.get("speedup_vs_ort_fp32"),
-            entry["throughput_b8"], art.get("onnx_bytes"), shipped if isinstance(shipped, int) else None,
-            acc.get("top1"), acc.get("top5"), acc.get("agreement"),
-            art.get("calib_seconds"), art.get("calib_peak_rss_mb"),
-            percent(entry.get("peak_fraction_b1")), percent(entry.get("peak_fraction_b8")),
-        ])
-    return rows
-
-
-def goal_lines(model: dict) -> list[str]:
-    """The goal: edgecnn INT8 at least as accurate as quantize_static and NNCF, >= 2.5x ORT FP32
-    (MobileNetV2), no slower than OpenVINO INT8."""
-    engines = model["engines"]
-    ours = engines.get("edgecnn_int8", {})
-    if "latency_b1" not in ours:
-        return ["- edgecnn INT8 not measured in this run: goal not checked."]
-    lines = []
-    top1 = ours.get("accuracy", {}).get("top1")
-    for peer in ("ort_qstatic", "ov_int8"):
-        other = engines.get(peer, {}).get("accuracy", {}).get("top1")
-        if top1 is not None and other is not None:
-            verdict = "met" if top1 >= other else "NOT met"
-            lines.append(f"- top-1 vs {engines[peer]['label']}: {top1:.1f} vs {other:.1f} -> {verdict}")
-    speedup = ours.get("speedup_vs_ort_fp32")
-    if speedup is not None and not math.isnan(speedup):
-        lines.append(f"- speed-up vs ORT FP32 (b1): {speedup:.2f}x (goal 2.5x) -> {'met' if speedup >= 2.5 else 'NOT met'}")
-    fastest = min((e for k, e in engines.items() if k.startswith("edgecnn_") and "latency_b1" in e),
-                  key=lambda e: e["latency_b1"]["median_ms"], default=None)
-    if fastest is not None and fastest is not ours and fastest.get("speedup_vs_ort_fp32"):
-        lines.append(f"- fastest edgecnn artifact: {fastest['label']} at {fastest['speedup_vs_ort_fp32']:.2f}x ORT FP32")
-    peak_ratio = model.get("peak_ratio_int8_fp32")
-    fp32_fraction = engines.get("ort_fp32", {}).get("peak_fraction_b1")
-    if peak_ratio and fp32_fraction and not math.isnan(fp32_fraction):
-        # speed-up = (int8 peak x int8 fraction) / (fp32 peak x fp32 fraction): what 2.5x asks of the int8 kernels
-        needed = 2.5 * fp32_fraction / peak_ratio
-        lines.append(
-            f"- ceiling on this CPU: int8 peak MAC rate is {peak_ratio:.2f}x the fp32 peak; ORT FP32 runs at "
-            f"{fp32_fraction * 100:.0f} % of fp32 peak, so 2.5x needs the int8 graph at {needed * 100:.0f} % of int8 peak "
-            f"(edgecnn INT8: {ours.get('peak_fraction_b1', math.nan) * 100:.0f} %)")
-    ov = engines.get("ov_int8", {}).get("latency_b1", {}).get("median_ms")
-    if ov:
-        mine = ours["latency_b1"]["median_ms"]
-        lines.append(f"- latency vs OpenVINO INT8 (b1): {mine:.2f} ms vs {ov:.2f} ms -> {'met' if mine <= ov else f'NOT met ({mine / ov:.2f}x slower)'}")
-    return lines
-
-
-def op_profile_section(model: dict) -> list[str]:
-    lines = []
-    for entry in model["engines"].values():
-        profile = entry.get("op_profile")
-        if not profile:
-            continue
-        total = sum(v["ms"] for v in profile["ops"].values()) or math.nan
-        rows = [[op, v["nodes"], v["ms"], v["ms"] / total * 100] for op, v in list(profile["ops"].items())[:10]]
-        lines += [f"**{entry['label']}** (ORT profiler, batch 1: {total:.2f} ms in kernels, {profile['wall_ms']:.2f} ms per run with profiling on)", ""]
-        lines += [markdown_table(["op type (after ORT fusion)", "nodes", "ms", "% of kernel time"], rows), ""]
-    return lines
-
-
-def graph_diff_section(model: dict) -> list[str]:
-    """Node types of the int8 ONNX files as written (before ORT fusion): where ours differs from quantize_static."""
-    ours = model["engines"].get("edgecnn_int8", {}).get("artifact", {}).get("graph_ops")
-    theirs = model["engines"].get("ort_qstatic", {}).get("artifact", {}).get("graph_ops")
-    if not ours or not theirs:
-        return []
-    ops = sorted(set(ours) | set(theirs))
-    rows = [[op, ours.get(op, 0), theirs.get(op, 0)] for op in ops if ours.get(op, 0) != theirs.get(op, 0)]
-    if not rows:
-        return ["Node types of the two Q/DQ files are identical in count.", ""]
-    return [markdown_table(["op type (ONNX file)", "edgecnn INT8", "quantize_static"], rows), ""]
-
-
-def render_markdown(report: dict) -> str:
-    env, config = report["environment"], report["config"]
-    peaks = report.get("peaks") or {}
-    lines = [
-        f"# edgecnn vs peers: {config['date']} on {env['machine']}",
-        "",
-        f"- CPU: {env['cpu']} ({env['cpu_count']} logical CPUs; flags {', '.join(env['cpu_flags'])}); all engines at "
-        f"{config['threads']} threads, 1 stream.",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
-        f"- Load average at start / end: {env['load_start']} / {env.get('load_end')}"
-        + (" — above 0.75 x threads at start or end (this run's own engine processes count too): other work may have added noise." if env.get("shared") else ""),
-        f"- Run: {'--quick' if config['quick'] else 'full'}, {config['rounds']} interleaved rounds x "
-        f"({config['iters_b1']} batch-1 + {config['iters_b8']} batch-8 iterations, warm-up {config['warmup']} "
-        f"(x3 in round 1)); each engine in its own process; latency = median over rounds of each round's median "
-        f"(p90 likewise); took {report.get('elapsed_s', 0) / 60:.1f} min.",
-        f"- Data: {config['data_note']}",
-        f"- Peak MAC rate measured in this run ({config['threads']} threads, best of large GEMMs): "
-        + (f"fp32 {peaks['fp32'] / 1e9:.1f} GMAC/s, int8 {peaks['int8'] / 1e9:.1f} GMAC/s "
-           f"({', '.join(f'{k} {v / 1e9:.1f}' for k, v in peaks['kernels'].items())}); "
-           "% peak = model MACs x inferences/s / peak of the engine's precision." if peaks else "not measured."),
-        "- model bytes: the ONNX file (OpenVINO INT8: IR xml+bin; PyTorch: n/a); shipped bytes: "
-        "`edgecnn.pack.shipped_size` of that ONNX. calib peak MB: peak RSS of the process that calibrated "
-        "(imports and model included).",
-        "",
-    ]
-    for skipped in report.get("skipped", []):
-        lines.append(f"- skipped: {skipped}")
-    if report.get("skipped"):
-        lines.append("")
-    for model in report["models"]:
-        lines += [
-            f"## {model['model']}",
-            "",
-            f"{model['macs'] / 1e6:.1f} M MACs, {model['params'] / 1e6:.2f} M params, input {model['input_size']}, "
-            f"preprocess `{model['preprocess']['name']}`, options {model['options']}, weights: {model['weights']}.",
-            "",
-            markdown_table(HEADERS, table_rows(model)),
-            "",
-        ]
-        notes = [f"- {e['label']}: {e['skipped']}" for e in model["engines"].values() if e.get("skipped")]
-        if not model.get("real_weights"):
-            notes.append("- no real weights for this model here: accuracy columns are n/a.")
-        if model.get("agreement_reference"):
-            notes.append(f"- FP32 agreement = same top-1 as {ENGINES[model['agreement_reference']].label}.")
-        for e in model["engines"].values():
-            if e.get("info", {}).get("runtime_precision"):
-                notes.append(f"- {e['label']}: runtime inference precision {e['info']['runtime_precision']}.")
-            if e.get("artifact", {}).get("config"):
-                notes.append(f"- {e['label']}: {e['artifact']['config']}.")
-        lines += notes + [""]
-        goals = goal_lines(model)
-        lines += ["Goal check (edgecnn INT8):", ""] + goals + [""]
-        diff = graph_diff_section(model)
-        if diff:
-            lines += ["Q/DQ graph difference (node counts that differ):", ""] + diff
-        profile = op_profile_section(model)
-        if profile:
-            lines += ["<details><summary>ORT per-op-type profile</summary>", ""] + profile + ["</details>", ""]
-    if report.get("findings"):
-        lines += ["## Findings", "", report["findings"], ""]
-    return "\n".join(lines)
-
-
-def print_tables(report: dict) -> None:
-    for model in report["models"]:
-        say(f"\n{model['model']} ({model['macs'] / 1e6:.1f} M MACs)")
-        say(markdown_table(HEADERS, table_rows(model)))
-        for line in goal_lines(model):
-            say(line)
+    specs = {e: Timed("engines:timed_runner", (("open_target", ENGINES[e].open), ("job", job), ("artifact", artifact)),
+                      tuple(job["input_shape"]), (str(BENCH_DIR),)) for e, artifact in artifacts.items()}
+    began = time.perf_counter()
+    for batch, iters in ((1, settings["iters_b1"]), (8, settings["iters_b8"])):
+        with Timer(job["threads"], batch=batch, rounds=settings["rounds"], iterations=iters, warmup_runs=settings["warmup"]) as timer:
+            timings = timer.time(specs)
+        for engine_name, timing in timings.items():
+            entry = result["engines"][engine_name]
+            entry[f"latency_b{batch}"] = {**timing.to_dict(), "p90_ms": timing.p90_ms}
+            if batch == 8:
+                entry["throughput_b8"] = 8 * 1000.0 / timing.median_ms
+    say(f"  timing rounds in {time.perf_counter() - began:.0f} s")
 
 
 def write_atomic(path: Path, text: str) -> None:
+    from edgecnn.fileio import write_text_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(text)
-    os.replace(temp, path)
+    write_text_atomic(path, text)
 
 
 def _json_default(value):
@@ -556,9 +352,10 @@ def main(argv=None) -> int:
     engines, skipped = select_engines(args.engines)
     for line in skipped:
         say(f"skip {line}")
+    from edgecnn.measure.sysinfo import environment
+
     env = {
-        "machine": machine, "cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(),
-        "platform": platform.platform(), "versions": versions(), "load_start": load_average(),
+        **environment(args.threads), "machine": machine, "cpu_count": os.cpu_count(), "load_start": load_average(),
     }
     say(f"{env['cpu']}, {env['cpu_count']} CPUs, load {env['load_start']}; engines: {', '.join(engines)}")
 

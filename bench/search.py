@@ -5,8 +5,9 @@ Per model: the search (and, for configurations that prune, recovery by cached-te
 distillation on ../shared/data/distill) runs in a fresh process (wall time, peak memory);
 it sees only the *search* part of imagenet-sample (edgecnn.data.split, salt
 ``edgecnn-split-1``). Then every artifact is evaluated on the *evaluation* part (paired
-top-1 drop vs ORT FP32 with its 95 % interval, FP32 agreement) and timed at batch 1 with 2
-threads in interleaved rounds by bench/run.py's engine workers.
+top-1 drop vs ORT FP32 with its one-sided 95 % bounds, FP32 agreement) and timed at batch 1
+with 2 threads through edgecnn's one timer (edgecnn.measure.interleave: a process per model,
+interleaved rounds), the timer the search itself uses.
 
     python bench/search.py                       # writes bench/results/search.md / .json / *.svg
     python bench/search.py --models squeezenet1_1 --max-verify 3 --recovery-steps 60
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -31,7 +31,6 @@ if str(BENCH_DIR.parent) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from _stats import markdown_table, summarize_rounds  # noqa: E402
 
 DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", BENCH_DIR.parent.parent / "shared" / "data"))
 MODELS = {
@@ -82,18 +81,11 @@ def search_job(job: dict) -> dict:
 # ----------------------------------------------------------------------------- evaluation and timing
 
 
-def paired_drop(reference_correct: np.ndarray, correct: np.ndarray) -> dict:
-    """Top-1 drop in points on the same images, with its 95 % interval (normal approximation)."""
-    d = reference_correct.astype(float) - correct.astype(float)
-    n = len(d)
-    se = float(d.std(ddof=1) / math.sqrt(n) * 100) if n > 1 else math.nan
-    return {"drop": float(d.mean() * 100), "ci95": 1.96 * se, "n": n}
-
-
 def evaluate_and_time(model: str, found: dict, args, work: Path) -> dict:
     """Eval-part cache, engine workers (ORT for every artifact, OpenVINO INT8 when installed), accuracy, timing."""
     from _workers import EngineError, EngineWorker, run_build
 
+    from edgecnn.measure.interleave import Engine, time_interleaved
     from edgecnn.preprocess import Preprocess
     from edgecnn.search.prepare import arrays
 
@@ -126,29 +118,36 @@ def evaluate_and_time(model: str, found: dict, args, work: Path) -> dict:
             workers["OpenVINO INT8 (NNCF PTQ)"] = EngineWorker("engines.openvino_engines:open_ir", job, ov)
     except (EngineError, ImportError, ModuleNotFoundError) as exc:
         say(f"  OpenVINO INT8 skipped: {str(exc).splitlines()[0]}")
-    rows = {}
+    rows, timed = {}, {label: path for label, path in artifacts.items() if label not in same_as}
     try:
         for label, worker in workers.items():
             top1 = worker.call("eval", indices=job["eval_indices"], batch=8)[:, 0]
             rows[label] = {"correct": top1 == labels, "top1_pred": top1}
-        timings = {label: [] for label in workers}
-        for round_index in range(args.rounds):
-            for label, worker in workers.items():
-                timings[label].append(worker.call("time", batch=1, warmup=5 if round_index else 15, iters=args.iters, budget_s=3.0))
+        if "OpenVINO INT8 (NNCF PTQ)" in workers:
+            timed["OpenVINO INT8 (NNCF PTQ)"] = Engine("engines.openvino_engines:OpenVinoRunner", (("path", ov["path"]),),
+                                                       tuple(job["input_shape"]), (str(BENCH_DIR),))
     finally:
         for worker in workers.values():
             worker.close()
+    timings = time_interleaved(timed, args.threads)  # engines never compute at the same time
     for label, first in same_as.items():
         rows[label], timings[label] = {**rows[first], "same_file_as": first}, timings[first]
-    base = rows["ORT FP32"]
+    return finish_rows(rows, timings)
+
+
+def finish_rows(rows: dict, timings: dict) -> dict:
+    """Accuracy, paired drop bounds (edgecnn.stats), latency and per-round paired speed-up bounds."""
+    from edgecnn.stats import drop_bound, ratio_bound
+
+    base, fp32 = rows["ORT FP32"], timings["ORT FP32"]
     for label, row in rows.items():
-        row["latency"] = summarize_rounds(timings[label])
+        row["latency"] = timings[label].to_dict()
         row["top1"] = float(row["correct"].mean() * 100)
         row["agreement"] = float((row["top1_pred"] == base["top1_pred"]).mean() * 100)
-        row.update(paired_drop(base["correct"], row["correct"]))
-    fp32_ms = base["latency"]["median_ms"]
-    for row in rows.values():
-        row["speedup"] = fp32_ms / row["latency"]["median_ms"]
+        bound = drop_bound(base["correct"], row["correct"]) if label != "ORT FP32" else None
+        row.update(drop=bound.estimate if bound else 0.0, drop_bound=bound.to_dict() if bound else None, n=len(row["correct"]))
+        row["speedup"] = fp32.median_ms / timings[label].median_ms
+        row["speedup_bound"] = ratio_bound(fp32.round_medians_ms, timings[label].round_medians_ms).to_dict()
         row.pop("correct"), row.pop("top1_pred")
     return rows
 
@@ -162,8 +161,6 @@ def main(argv=None) -> int:
     parser.add_argument("--recovery-steps", type=int, default=100)
     parser.add_argument("--recovery-images", type=int, default=3200)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--eval-limit", type=int, default=None)
     parser.add_argument("--work", default=None)
     parser.add_argument("--out", default=str(BENCH_DIR / "results" / "search"))
@@ -175,17 +172,25 @@ def main(argv=None) -> int:
         for path in args.render:
             part = json.loads(Path(path).read_text())
             merged["models"].update(part["models"])
+            merged.setdefault("environment", part.get("environment"))
+            merged["findings"] = part.get("findings") or merged.get("findings")
+            per_model = all(isinstance(v, dict) for v in part["settings"].values())  # an already merged file
             for model in part["models"]:
-                merged["settings"][model] = part["settings"]
+                settings = part["settings"][model] if per_model else part["settings"]
+                merged["settings"][model] = {k: v for k, v in settings.items() if k not in ("work", "out", "render", "findings")}
         if args.findings:
             merged["findings"] = Path(args.findings).read_text()
+        merged = {k: v for k, v in merged.items() if v is not None}
         write(merged, Path(args.out))
         return 0
     from _workers import run_build
 
     work = Path(args.work or tempfile.mkdtemp(prefix="edgecnn-search-bench-"))
     cache = Path(os.environ.get("EDGECNN_CACHE", Path.home() / ".cache" / "edgecnn")) / "teacher-logits"
-    results = {"settings": vars(args), "models": {}}
+    from edgecnn.measure.sysinfo import environment
+
+    settings = {k: v for k, v in vars(args).items() if k not in ("work", "out", "render", "findings")}  # no machine paths
+    results = {"settings": settings, "environment": environment(args.threads), "models": {}}
     for model in args.models.split(","):
         say(f"== {model}: search")
         search = {"max_drop": args.max_drop, "max_verify": args.max_verify, "threads": args.threads,
@@ -206,8 +211,10 @@ def main(argv=None) -> int:
 def write(results: dict, out: Path) -> None:
     from search_report import render
 
+    from edgecnn.fileio import write_text_atomic
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
+    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=1, default=str))
     render(results, out)
 
 

@@ -1,3 +1,4 @@
+# long: one results file from three experiments (deploy forms, recovery, sensitivity) that share data and caches
 """Shift convolutions + distillation on real weights; writes bench/results/shift_distill.md.
 
 1. Deploy forms of one shift (1x144x56x56, 3x3 taps) in ONNX Runtime CPU: the numbers behind
@@ -56,46 +57,12 @@ MODELS = [
 SHIFT_CONFIG = {"kind": "grouped", "assign": "dominant", "calib_images": 16}
 
 
-def ort_median_ms(onnx_path: Path, shape, runs: int = 200) -> float:
-    import onnxruntime as ort
+def interleaved_ms(paths: dict, shape=None) -> dict:
+    """Median ms of each ONNX file through edgecnn's one timer (edgecnn.measure.interleave: a
+    process per model, interleaved rounds), ORT CPU, 1 thread."""
+    from edgecnn.measure.interleave import time_interleaved
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    for _ in range(10):
-        session.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {name: x})
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
-
-
-def interleaved_ms(paths: dict, shape, rounds: int = 7, runs: int = 30) -> dict:
-    """Median over rounds of each model's median ms, the models taking turns in every round, so
-    that a busy machine's drift hits them alike (ORT CPU, 1 thread)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    medians = {k: [] for k in paths}
-    for _ in range(rounds):
-        for key, session in sessions.items():
-            feed = {session.get_inputs()[0].name: x}
-            for _ in range(3):
-                session.run(None, feed)
-            times = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                session.run(None, feed)
-                times.append(time.perf_counter() - start)
-            medians[key].append(1000 * float(np.median(times)))
-    return {k: float(np.median(v)) for k, v in medians.items()}
+    return {k: t.median_ms for k, t in time_interleaved({str(k): p for k, p in paths.items()}, threads=1).items()}
 
 
 def export(module, path: Path, shape) -> None:
@@ -116,7 +83,7 @@ def deploy_forms(tmp: Path) -> list[dict]:
         ("pad_slice, contiguous groups (assign=even)", Shift(channels, 3, even_taps(channels, 3), deploy="pad_slice")),
         ("pad_slice, scattered groups (assign=balanced)", Shift(channels, 3, balanced_taps(energy, 3), deploy="pad_slice")),
     ]
-    rows = []
+    rows, paths = [], {}
     x = torch.randn(shape)
     for label, module in cases:
         path = tmp / f"form{len(rows)}.onnx"
@@ -127,8 +94,12 @@ def deploy_forms(tmp: Path) -> list[dict]:
 
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             exact = bool(np.array_equal(session.run(None, {"input": x.numpy()})[0], module(x).detach().numpy()))
-        rows.append({"form": label, "ms": ort_median_ms(path, shape), "exact": exact})
-        print(f"  {label}: {rows[-1]['ms']:.3f} ms exact={exact}", flush=True)
+        rows.append({"form": label, "exact": exact})
+        paths[str(len(paths))] = path
+    times = interleaved_ms(paths)
+    for i, row in enumerate(rows):
+        row["ms"] = times[str(i)]
+        print(f"  {row['form']}: {row['ms']:.3f} ms exact={row['exact']}", flush=True)
     return rows
 
 
@@ -417,9 +388,9 @@ def main(argv=None) -> int:
     def on_row(row):  # the file is rewritten after every row: a run stopped early keeps what it measured
         if row is None:
             rows = [r for r in results if "ms_after" not in r]
-            times = interleaved_ms({"fp32": rows[0]["onnx"], **{i: r["onnx_after"] for i, r in enumerate(rows)}}, (1, 3, 224, 224))
+            times = interleaved_ms({"fp32": rows[0]["onnx"], **{i: r["onnx_after"] for i, r in enumerate(rows)}})
             for i, r in enumerate(rows):
-                r["ms_before"], r["ms_after"] = times["fp32"], times[i]
+                r["ms_before"], r["ms_after"] = times["fp32"], times[str(i)]
         else:
             results.append(row)
         text = render(forms, results, data.label, len(eval_items), argv, args.threads, time.perf_counter() - started)
@@ -459,8 +430,11 @@ def render(forms, results, train_label, n_eval, argv, threads, total_s) -> str:
     lines = ["# Shift convolutions + knowledge distillation (real weights)", "",
              f"Produced by `{' '.join(['python bench/shift_distill.py', *argv])}` in {total_s / 60:.1f} min on "
              f"{platform.machine()} CPU ({os.cpu_count()} cores, shared; torch threads {threads}, ORT 1 thread).", "",
-             "## Deploy forms of one shift (ORT CPU, 1x144x56x56, median of 200 runs)", "",
+             "## Deploy forms of one shift (ORT CPU, 1x144x56x56, 1 thread, edgecnn.measure.interleave: median of round medians)", "",
              "| form | ms | bit-exact vs PyTorch |", "| --- | --- | --- |"]
+    from edgecnn.measure.sysinfo import environment_markdown
+
+    lines[3:3] = [environment_markdown(threads=threads)]
     for f in forms:
         lines.append(f"| {f['form']} | {f['ms']:.3f} | {'' if f['exact'] is None else ('yes' if f['exact'] else 'NO')} |")
     lines += ["", "## Models", "",

@@ -58,6 +58,8 @@ class ResultRow:
     top1: Optional[float] = None
     top5: Optional[float] = None
     agreement: Optional[float] = None
+    drop_upper95: Optional[float] = None  # one-sided 95 % upper bound of the top-1 drop from the baseline (edgecnn.stats)
+    drop_bound: Optional[dict] = None  # that drop with both bounds, paired per image
     onnx: Optional[str] = None  # the ONNX file measured; None once an intermediate file is dropped
     ecnn: Optional[str] = None  # the packed .ecnn the shipped column measures
 

@@ -72,6 +72,7 @@ COLUMNS = (
     ("latency_ms_median", "latency ms", fmt_ms),
     ("latency_ms_p90", "p90", fmt_ms),
     ("top1", "top-1 %", fmt_pct),
+    ("drop_upper95", "drop ≤ (95 %)", lambda v: f"{v:.2f}"),
     ("top5", "top-5 %", fmt_pct),
     ("agreement", "agree %", fmt_pct),
 )
@@ -106,23 +107,31 @@ def search_section(search: dict) -> list[str]:
     if search.get("objective") == "size":
         return size_search_section(search)
     chosen = search.get("chosen") or {}
+    bound = chosen.get("drop_bound") or {}
+    verdict = (f" (95 % upper bound {bound['upper']:.2f}: {bound['verdict']}; the choice gated on "
+               f"{'this bound' if search.get('confidence') else 'the measured drop'})" if bound else "")
     lines = ["", "## Search", "", f"Fastest configuration within {search.get('max_drop')} points on the search part: "
-             + (f"{chosen.get('measured_ms') or 0:.2f} ms, drop {chosen.get('drop') or 0:.2f} points" if chosen else "none (float model kept)")
+             + (f"{chosen.get('pooled_ms') or chosen.get('measured_ms') or 0:.2f} ms, drop {chosen.get('drop') or 0:.2f} points{verdict}"
+                if chosen else "none (float model kept)")
              + (f" ([front]({search['plot']}))" if search.get("plot") else ""), ""]
     budget = search.get("time_budget") or {}
     if budget.get("skipped"):
         lines += [f"Time budget of {budget['minutes']:g} min spent (during {budget.get('spent_in')}); not done: "
                   + "; ".join(budget["skipped"]) + ".", ""]
+    if search.get("note"):
+        lines += [search["note"], ""]
     lines += ["| layer | kind | precision | in kept | out kept | shift |", "| --- | --- | --- | ---: | ---: | --- |"]
     for r in search.get("chosen_layers") or []:
         lines.append(f"| {r['layer']} | {r['kind']} | {r['precision']} | {r['in_kept']:g} | {r['out_kept']:g} | {'yes' if r['shift'] else ''} |")
-    lines += ["", "| configuration | predicted ms | measured ms | drop (search part) | kept |", "| --- | ---: | ---: | ---: | --- |"]
+    lines += ["", "| configuration | predicted ms | measured ms | drop (search part) | 95 % upper | kept |",
+              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for name, c in [(f"uniform {k}", v) for k, v in (search.get("uniform") or {}).items()] + [
             (f"candidate {i}", v) for i, v in enumerate(search.get("verified") or [])]:
         kept = ("not verified (time budget)" if c.get("not_verified") else
                 "" if c.get("feasible") is None else ("yes" if c["feasible"] else "rejected"))
         drop = "-" if c.get("drop") is None else f"{c['drop']:.2f}"
-        lines.append(f"| {name} | {fmt_ms(c.get('predicted_ms'))} | {fmt_ms(c.get('measured_ms'))} | {drop} | {kept} |")
+        upper = "-" if not c.get("drop_bound") else f"{c['drop_bound']['upper']:.2f}"
+        lines.append(f"| {name} | {fmt_ms(c.get('predicted_ms'))} | {fmt_ms(c.get('measured_ms'))} | {drop} | {upper} | {kept} |")
     return lines
 
 
@@ -142,6 +151,10 @@ def to_markdown(report: dict) -> str:
     )
     lines.append(f"- targets: {', '.join(report['targets'])}; latency: {report.get('latency_note') or '-'}")
     lines.append(f"- edgecnn {report['tool']['version']}, {report['created_utc']}, total {report['total_seconds']:.1f} s")
+    if report.get("environment"):
+        from edgecnn.measure.sysinfo import environment_lines
+
+        lines += ["", "## Environment", ""] + environment_lines(report["environment"])
     if report.get("warnings"):
         lines += ["", "## Warnings", ""] + [f"- **{w}**" for w in report["warnings"]]
     lines += ["", "## Results", ""]
@@ -153,7 +166,8 @@ def to_markdown(report: dict) -> str:
     lines += [
         "",
         "non-zeros: parameters not exactly zero; MACs: conv + linear at batch 1; shipped: the packed .ecnn file; "
-        "latency: batch 1, median and p90 in ms; "
+        "latency: batch 1, median and p90 in ms; drop ≤ (95 %): one-sided 95 % upper bound of the top-1 drop from "
+        "the FP32 baseline, paired per image (edgecnn.stats); "
         + (
             "agree % (calib): calibration images (no evaluation set was given) with the same top-1 class as the FP32 "
             "baseline, not an accuracy figure."

@@ -34,20 +34,14 @@ def test_calibration_split_edge_cases():
     assert _stats.split_calibration(5, 0) == ([], [0, 1, 2, 3, 4])
 
 
-def test_summarize_rounds_takes_median_over_rounds():
+def test_round_statistics_take_the_median_over_rounds():
+    from edgecnn.measure.interleave import summarize_rounds
+
     # Round 2 is disturbed (a neighbour's burst): the median over rounds ignores it.
-    rounds = [[0.010, 0.011, 0.012], [0.050, 0.060, 0.070], [0.011, 0.012, 0.013]]
-    summary = _stats.summarize_rounds(rounds)
-    assert summary["median_ms"] == pytest.approx(12.0)
-    assert summary["round_medians_ms"] == [11.0, 60.0, 12.0]
-    assert summary["samples"] == 9
-    assert summary["p90_ms"] == pytest.approx(np.percentile([0.010, 0.011, 0.012], 90) * 1e3 + 1.0)
-
-
-def test_summarize_rounds_empty_and_throughput():
-    assert math.isnan(_stats.summarize_rounds([])["median_ms"])
-    assert math.isnan(_stats.throughput([], 8))
-    assert _stats.throughput([[0.1, 0.1], [0.2, 0.1], [0.1, 0.1]], 8) == pytest.approx(8 / 0.1)
+    timing = summarize_rounds([[0.010, 0.011, 0.012], [0.050, 0.060, 0.070], [0.011, 0.012, 0.013]])
+    assert timing.median_ms == pytest.approx(12.0)
+    assert timing.round_medians_ms == pytest.approx([11.0, 60.0, 12.0])
+    assert timing.stats.samples == 9
 
 
 def test_top5_and_accuracy():
@@ -100,9 +94,10 @@ def _model_entry():
     def engine(label, precision, ms, top1=None):
         return {
             "label": label, "precision": precision,
-            "latency_b1": {"median_ms": ms, "p90_ms": ms * 1.1}, "throughput_b8": 8000 / (ms * 6),
+            "latency_b1": {"median_ms": ms, "p90_ms": ms * 1.1, "round_medians_ms": [ms * f for f in (1.0, 1.1, 0.95, 1.02, 0.99)]},
+            "throughput_b8": 8000 / (ms * 6),
             "artifact": {"onnx_bytes": 1000, "shipped_bytes": 800},
-            "accuracy": {"top1": top1, "top5": 90.0, "agreement": 99.0} if top1 is not None else {},
+            "accuracy": {"top1": top1, "top5": 90.0, "agreement": 99.0, "n": 1000} if top1 is not None else {},
         }
 
     return {
@@ -127,10 +122,10 @@ def test_derived_columns_and_goal_check():
     assert ours["peak_fraction_b1"] == pytest.approx(300e6 / 1e-3 / 40e9)
     assert model["engines"]["ort_fp32"]["peak_fraction_b1"] == pytest.approx(300e6 / 3e-3 / 20e9)
     goals = "\n".join(run.goal_lines(model))
-    assert "ORT quantize_static INT8: 79.5 vs 79.0 -> met" in goals
-    assert "OpenVINO INT8 (NNCF PTQ): 79.5 vs 79.8 -> NOT met" in goals
-    assert "3.00x (goal 2.5x) -> met" in goals
-    assert "1.00 ms vs 0.90 ms -> NOT met (1.11x slower)" in goals
+    # Verdicts from one-sided bounds: half a point on 1000 images is not resolved either way.
+    assert "ORT quantize_static INT8's: 79.5 vs 79.0" in goals and goals.count("-> not resolved") == 2
+    assert "lower bound 3.00x; goal 2.5x) -> met" in goals  # every round 3x: the ratio is exact
+    assert "1.00 ms vs 0.90 ms (ratio 0.90, 95 % bounds 0.90 / 0.90) -> not met" in goals
     assert "fastest edgecnn artifact: edgecnn W7A8 (ORT, reduce-range) at 3.75x ORT FP32" in goals
     # (toy numbers) fp32 at 300e6/3e-3/20e9 = 5x its peak, int8 peak 2x fp32: 2.5x needs 2.5 * 5 / 2 = 6.25x int8 peak
     assert "int8 peak MAC rate is 2.00x the fp32 peak" in goals and "at 625 % of int8 peak (edgecnn INT8: 750 %)" in goals
@@ -157,3 +152,18 @@ def test_render_markdown_names_skips_and_shared_machine():
     assert "skipped: ov_int8 (OpenVINO INT8): needs 'nncf'" in text
     assert "- Broken: build failed: X" in text
     assert "## mobilenet_v2" in text and "| ORT FP32 |" in text
+
+
+def test_search_results_render_verdicts_from_stored_bounds(tmp_path):
+    """A committed results file re-renders with verdicts from its stored drops and round medians."""
+    import json
+
+    import search_report
+
+    results = json.loads((BENCH / "results" / "search.json").read_text())
+    out = tmp_path / "search"
+    search_report.render(results, out)
+    text = out.with_suffix(".md").read_text()
+    assert "**not resolved**" in text and "95 % lower bound" in text
+    assert "Environment" in text and "/tmp/" not in text
+    assert (tmp_path / "search-mobilenet_v2.svg").is_file()

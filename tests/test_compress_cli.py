@@ -69,6 +69,12 @@ def test_main_job_writes_every_output(squeezenet_run, capsys):
         assert 0 <= row["top1"] <= row["top5"] <= 100 and 0 <= row["agreement"] <= 100
         assert row["params"] == base["params"] and row["macs"] == base["macs"] > 0
     assert base["agreement"] == 100.0
+    bound = x86["drop_bound"]  # paired on the baseline's images: the drop and its one-sided bounds
+    assert bound["lower"] <= bound["estimate"] <= bound["upper"]
+    assert bound["estimate"] == pytest.approx(base["top1"] - x86["top1"], abs=1e-3)
+    assert bound["upper"] == pytest.approx(x86["drop_upper95"], abs=1e-3)
+    env = report["environment"]
+    assert env["cpu"] and env["usable_cpus"] >= 1 and "onnxruntime" in env["versions"] and isinstance(env["cpu_flags"], list)
     assert x86["onnx_bytes"] < base["onnx_bytes"] / 2  # int8 initializers
     assert x86["shipped_bytes"] < x86["onnx_bytes"]
     assert [s["name"] for s in report["stages"]] == ["baseline", "fold_bn", "quantize", "export", "measure"]
@@ -80,6 +86,7 @@ def test_main_job_writes_every_output(squeezenet_run, capsys):
     assert meta["edgecnn.precision"] == "w6a8" and meta["edgecnn.quant_target"] == "ort-x86"
     md = (out / "report.md").read_text()
     assert "| quantize | trt |" in md and "accuracy is on digits, not ImageNet" in md
+    assert "## Environment" in md and "- CPU: " in md and "drop ≤ (95 %)" in md
     assert "✓ quantize" in (out / "log.txt").read_text()
 
 

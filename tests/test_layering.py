@@ -22,7 +22,7 @@ PACKAGE = ROOT / "edgecnn"
 # __version__) and the single-file modules are the bottom.
 LAYERS: list[tuple[str, ...]] = [
     ("edgecnn", "errors", "fileio", "imagenet", "lazy", "latency_stats", "outputs", "preprocess", "records",
-     "targets", "cpu", "devices"),
+     "stats", "targets", "cpu", "devices"),
     ("models",),
     ("passes", "train", "data"),
     ("export", "pack"),

@@ -23,6 +23,7 @@ SCRIPT = textwrap.dedent(
     import edgecnn.backends.jetson
     import edgecnn.commands.ship, edgecnn.ship, edgecnn.ship.source, edgecnn.ship.golden, edgecnn.ship.runtime
     import edgecnn.measure.latency, edgecnn.measure.size, edgecnn.measure.accuracy, edgecnn.measure.sysinfo
+    import edgecnn.measure.interleave, edgecnn.stats
     imported = "torch" in sys.modules
 
     # Use them on a real file: measure, size, evaluate an ONNX model, plan a TensorRT build.

@@ -148,16 +148,28 @@ def test_compress_search_stage_end_to_end(tmp_path):
     assert any("search/evaluation split" in n for n in report["notes"])
     assert (out / "search.svg").read_text().startswith("<svg")
     assert "## Search" in (out / "report.md").read_text()
+    for precision, cand in search["uniform"].items():  # every measured drop carries its one-sided bounds
+        if precision == "fp32":
+            continue  # the reference itself: no drop to bound
+        bound = cand["drop_bound"]
+        assert bound["lower"] <= bound["estimate"] <= bound["upper"] and bound["verdict"] in ("met", "not met", "not resolved")
+    table = search["latency_table"]
+    assert table["other_ms"]["int8"] > 0 and set(table["scale"]) <= {"fp32", "w7a8"}
+    if search["chosen"] and "uniform" in search["chosen"]:
+        assert search["note"].startswith("per-layer search:")
 
 
 def test_max_drop_flag_puts_a_search_in_place_of_quantize(capsys):
     from edgecnn.cli import main
 
-    main(["compress", "squeezenet", "--max-drop", "0.5", "--search-time", "20", "--train", ".", "--print-recipe"])
+    main(["compress", "squeezenet", "--max-drop", "0.5", "--search-time", "20", "--confidence", "0.95", "--train", ".", "--print-recipe"])
     text = capsys.readouterr().out
     assert "search:" in text and "max_drop: 0.5" in text and "search_time: 20.0" in text and "quantize" not in text
+    assert "confidence: 0.95" in text
     for args, message in ((["--max-drop", "0.5", "--bits", "6"], "--bits and --max-drop"),
-                          (["--search-time", "5"], "--search-time needs --max-drop")):
+                          (["--search-time", "5"], "--search-time needs --max-drop"),
+                          (["--confidence", "0.95"], "--confidence needs --max-drop"),
+                          (["--max-drop", "1", "--confidence", "1.5"], "confidence")):
         with pytest.raises(SystemExit) as exit_info:
             main(["compress", "squeezenet", *args, "--print-recipe"])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
@@ -210,6 +222,37 @@ def test_final_choice_pools_same_kernel_artifacts_and_prefers_fp32_agreement():
     assert choose([w8], fp32_ms=3.0) is None
 
 
+def test_the_choice_is_never_beaten_on_both_axes_it_was_made_on():
+    from edgecnn.search import pareto
+    from edgecnn.search.run import choose
+
+    # Within the noise band of each other: "agrees" agrees most with FP32, but "better" is both
+    # faster (pooled) and loses less: choosing "agrees" would draw the chosen point dominated.
+    agrees = _timed("a", "graph-a", [3.05, 3.06, 3.07], agree=98.0, drop=0.8)
+    better = _timed("b", "graph-b", [3.0, 3.0, 3.01], agree=96.0, drop=0.4)
+    chosen = choose([agrees, better], fp32_ms=5.0)
+    assert chosen is better
+    points = [{"label": c.config["name"], "ms": c.info["pooled_ms"], "top1": 70 - c.drop} for c in (agrees, better)]
+    assert chosen.config["name"] in [p["label"] for p in pareto.front(points)]
+
+
+def test_plot_ticks_fall_on_round_values_and_every_point_is_labelled():
+    from edgecnn.search.pareto import nice_ticks, svg
+
+    for low, high in ((12.41, 27.3), (1.71, 1.79), (55.2, 71.9), (0.9, 4.2)):
+        ticks = nice_ticks(low, high)
+        assert len(ticks) >= 3 and all(low <= t <= high for t in ticks)
+        step = ticks[1] - ticks[0]
+        mantissa = step / 10 ** __import__("math").floor(__import__("math").log10(step))
+        assert round(mantissa, 6) in (1, 2, 2.5, 5)
+        assert all(abs(t / step - round(t / step)) < 1e-6 for t in ticks)
+    points = [{"label": f"p{i}", "ms": 1 + i * 0.37, "top1": 60 + i, "kind": kind}
+              for i, kind in enumerate(("fp32", "uniform", "candidate", "rejected", "chosen"))]
+    text = svg(points, "t")
+    assert all(f">p{i}</text>" in text for i in range(5))
+    assert "12.41" not in svg([{"label": "x", "ms": 12.41, "top1": 1}, {"label": "y", "ms": 27.3, "top1": 2}], "t")
+
+
 def test_execution_signature_ignores_weight_values_but_not_types(tmp_path):
     import numpy as np
     import onnx
@@ -237,3 +280,16 @@ def test_execution_signature_ignores_weight_values_but_not_types(tmp_path):
     assert six_bit == seven_bit
     assert unsigned != six_bit
     assert shifted_zero != six_bit
+
+
+def test_a_uniform_answer_says_so_in_one_line():
+    from edgecnn.search.run import uniform_note
+    from edgecnn.search.solve import Candidate, SearchResult
+
+    mixed = Candidate({"q:0": "fp32"}, 2.0, 0.1, drop=0.2, feasible=True)
+    mixed.measured_ms = 3.4
+    uniform = Candidate({"q:0": "w7a8"}, 1.9, 0.1, drop=0.3, feasible=True, info={"uniform": "w7a8"})
+    note = uniform_note(uniform, SearchResult(mixed, [mixed], 1.0))
+    assert note.startswith("per-layer search:") and "uniform W7A8" in note and "1 per-layer" in note and "\n" not in note
+    assert uniform_note(mixed, SearchResult(mixed, [mixed], 1.0)) == ""  # a per-layer answer needs no note
+    assert "no per-layer configuration was within the budget" in uniform_note(uniform, SearchResult(None, [], 1.0))

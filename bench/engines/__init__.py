@@ -68,3 +68,8 @@ def resolve(target: str):
 
     module, _, function = target.partition(":")
     return getattr(importlib.import_module(module), function)
+
+
+def timed_runner(open_target: str, job: dict, artifact: dict, threads: int):
+    """The engine's runner opened inside edgecnn's timing worker (edgecnn.measure.interleave.Engine)."""
+    return resolve(open_target)({**job, "threads": threads}, artifact)

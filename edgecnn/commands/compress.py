@@ -75,6 +75,7 @@ def _collapse_warning(recipe):
 @field_option(SearchConfig, "max_drop", help="Search per layer for the fastest artifact whose top-1 drop is at most PTS points (needs --data).")
 @field_option(SearchConfig, "search_time")
 @field_option(SearchConfig, "objective", help="With --max-drop: what the search minimises, latency (default) or size (the shipped .ecnn).")
+@field_option(SearchConfig, "confidence")
 @click.option("--train", type=str, default=None, metavar="DIR", help="Photos for recovery by distillation after pruning / shift (labels optional, sub-folders searched).")
 @click.option("--calib", type=str, default=None, metavar="DIR", help="Calibration images: a folder or a list file.")
 @click.option("--data", type=str, default=None, metavar="DIR", help="Labelled evaluation images (class sub-folders or a labelled list file).")
@@ -86,7 +87,7 @@ def _collapse_warning(recipe):
 @click.option("--print-recipe", is_flag=True, help="Print the resolved recipe and exit.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def compress(model, bits, prune, prune_mode, shift, max_drop, search_time, objective, train, calib, data, targets, recipe_path, output, ship,
+def compress(model, bits, prune, prune_mode, shift, max_drop, search_time, objective, confidence, train, calib, data, targets, recipe_path, output, ship,
              force, print_recipe, dry_run, quiet, **kwargs):
     """Compress MODEL (zoo name or path/to/file.py:factory) and measure every stage.
 
@@ -114,7 +115,7 @@ def compress(model, bits, prune, prune_mode, shift, max_drop, search_time, objec
     flags = recipes.Flags(
         model=model, options=section["options"], weights=model_opts.get("weights"), bits=bits, prune=prune,
         prune_mode=prune_mode, shift=shift, calib=calib, data=data, targets=list(targets) or None, output=output, ship=ship,
-        max_drop=max_drop, search_time=search_time, objective=objective, train=train,
+        max_drop=max_drop, search_time=search_time, objective=objective, confidence=confidence, train=train,
     )
     raw, notes = recipes.apply_flags(base, flags)
     if "preprocess" in section:

@@ -79,3 +79,66 @@ def system_info(threads: Optional[int] = None, jetson: bool = False) -> dict:
         if state.is_jetson:
             info["jetson"] = state.to_dict()
     return info
+
+
+# ---------------------------------------------------------------------------- environment block
+
+ENVIRONMENT_LIBRARIES = ("onnxruntime", "openvino", "torch", "onnx", "numpy", "nncf")
+
+
+def edgecnn_commit() -> Optional[str]:
+    """The git commit of the edgecnn source tree in use (``+dirty`` with uncommitted changes); None
+    for an installed wheel."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
+
+
+def environment(threads: Optional[int] = None) -> dict:
+    """The generated block every report and results file carries: CPU model and its int8 flags,
+    cores, OS, versions of the runtimes and of edgecnn (commit)."""
+    static = _static_info()
+    versions = library_versions(("edgecnn",) + ENVIRONMENT_LIBRARIES)
+    return {
+        "cpu": static["cpu"],
+        "cpu_flags": static["cpu_flags"],  # edgecnn.cpu: AVX2 / AVX-512 / VNNI / AMX, ARM dot product / i8mm
+        "cpu_class": static["cpu_class"],
+        "logical_cpus": static["logical_cpus"],
+        "usable_cpus": static["usable_cpus"],
+        "threads": threads,
+        "os": static["os"],
+        "machine": static["machine"],
+        "python": static["python"],
+        "versions": versions,
+        "edgecnn_commit": edgecnn_commit(),
+    }
+
+
+def environment_lines(env: dict) -> list[str]:
+    """Markdown bullet lines of :func:`environment` (the "Environment" section)."""
+    flags = ", ".join(env.get("cpu_flags") or []) or "none recorded"
+    flags += f"; class {env['cpu_class']}" if env.get("cpu_class") else ""
+    versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v)
+    threads = f", {env['threads']} threads" if env.get("threads") else ""
+    return [f"- CPU: {env.get('cpu')} (flags: {flags}); {env.get('usable_cpus')} usable of {env.get('logical_cpus')} "
+            f"logical CPUs{threads}",
+            f"- OS: {env.get('os')} {env.get('machine')}, Python {env.get('python')}",
+            f"- versions: {versions}; edgecnn commit {env.get('edgecnn_commit') or 'n/a'}"]
+
+
+def environment_markdown(env: Optional[dict] = None, threads: Optional[int] = None) -> str:
+    """The "Environment" section of a results file: ``env`` as recorded with its numbers, or this
+    machine now (for a file written by the run that measured)."""
+    env = env if env is not None else environment(threads)
+    return "\n".join(["## Environment (generated)", "", *environment_lines(env), ""])

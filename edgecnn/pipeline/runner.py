@@ -21,6 +21,7 @@ import torch
 from edgecnn import __version__, cpu
 from edgecnn.errors import UserError
 from edgecnn.fileio import write_text_atomic
+from edgecnn.measure.sysinfo import environment
 from edgecnn.pipeline.console import RunConsole
 from edgecnn.pipeline.load import check_inputs, load
 from edgecnn.pipeline.output import OutputFolder
@@ -32,7 +33,8 @@ from edgecnn.report import SCHEMA_VERSION, table_rows, write_report
 from edgecnn.targets import get_target
 
 # The console table keeps what fits in 100 columns; report.md has every column.
-CONSOLE_COLUMNS = ("stage", "target", "nonzeros", "macs", "shipped_bytes", "latency_ms_median", "top1", "agreement")
+CONSOLE_COLUMNS = ("stage", "target", "nonzeros", "macs", "shipped_bytes", "latency_ms_median", "top1", "drop_upper95",
+                   "agreement")
 OUTPUT_FILES = ("report.json, report.md, accuracy.png, recipe.resolved.yaml, log.txt, <target>/model.onnx, <target>/model.ecnn, "
                 "fp32/model.onnx + .ecnn, checkpoints/<stage>-<target>.ecnn")
 
@@ -185,6 +187,7 @@ def build_report(state: RunState, seconds: float) -> dict:
         "warnings": state.warnings,
         "skipped_layers": state.skipped,
         "warn_drop": measure.config.warn_drop if measure else None,
+        "environment": environment(threads),
     }
 
 

@@ -38,13 +38,14 @@ class Flags:
     ship: bool = False
     max_drop: Optional[float] = None
     search_time: Optional[float] = None
+    confidence: Optional[float] = None
     train: Optional[str] = None
     objective: Optional[str] = None
 
     def given(self) -> bool:
         """True when a flag other than the model options (always present on the command line) is set."""
         values = (self.model, self.bits, self.prune, self.prune_mode, self.shift, self.calib, self.data, self.targets, self.output,
-                  self.ship, self.max_drop, self.search_time, self.train, self.objective)
+                  self.ship, self.max_drop, self.search_time, self.confidence, self.train, self.objective)
         return any(v not in (None, False, (), []) for v in values)
 
 
@@ -125,6 +126,8 @@ def _apply_search(stages: list, flags: Flags, notes: list[str]) -> None:
         cfg["search_time"] = flags.search_time
     if flags.objective is not None:
         cfg["objective"] = flags.objective
+    if flags.confidence is not None:
+        cfg["confidence"] = flags.confidence
     if flags.shift:
         cfg["shift"] = True
     if flags.prune is not None and flags.objective == "size":  # the size search prunes single weights by magnitude
@@ -169,9 +172,10 @@ def _apply_stages(raw: dict, flags: Flags) -> list[str]:
     if not isinstance(stages, list):  # left for validate() to report
         return notes
     stages = list(stages)
-    if flags.max_drop is not None or flags.search_time is not None or flags.objective is not None:
+    if flags.max_drop is not None or flags.search_time is not None or flags.objective is not None or flags.confidence is not None:
         if flags.max_drop is None:
-            what = "--search-time" if flags.search_time is not None else "--objective"
+            what = ("--search-time" if flags.search_time is not None else "--objective" if flags.objective is not None
+                    else "--confidence")
             raise UserError(f"{what} needs --max-drop PTS (the top-1 drop the search may spend)")
         if flags.bits is not None:
             raise UserError("--bits and --max-drop do not go together: the search chooses the bits per layer")

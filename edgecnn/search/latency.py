@@ -1,8 +1,10 @@
 """Cost from measurement: a per-layer latency table and whole-model timing on the target.
 
 The table (built by :mod:`edgecnn.search.probes`: every layer timed in isolation in ORT at
-each precision, then scaled so that each uniform configuration matches its whole-model
-timing) predicts a mixed configuration as the sum of its layers' times at their precision,
+each precision, less the session call and the input quantization every probe pays, then
+scaled so that each uniform configuration matches its whole-model timing) predicts a mixed
+configuration as one session call plus the sum of its layers' times at their precision, plus
+the measured cost of quantizing a layer's input where the precision changes from float to int8,
 scaled for kept channels by MACs times the efficiency measured on pruned shapes; an int8
 layer followed by an FP32 one costs what its probe with a float consumer measured (ORT
 fuses a conv into QLinearConv only when its output is quantized).
@@ -12,11 +14,7 @@ fuses a conv into QLinearConv only when its output is quantized).
 from __future__ import annotations
 
 import hashlib
-import statistics
-import time
 from dataclasses import dataclass, field
-
-import numpy as np
 
 INT8 = ("w8a8", "w7a8", "w6a8")
 
@@ -31,7 +29,7 @@ class LatencyTable:
 
     layer_ms: dict[str, dict[str, float]]  # layer -> precision -> ms
     other_ms: dict[str, float] = field(default_factory=dict)  # precision class -> ms outside layers
-    boundary_ms: dict[str, float] = field(default_factory=dict)  # layer -> cost of a class change at its input
+    boundary_ms: dict[str, float] = field(default_factory=dict)  # layer -> cost of a float -> int8 change at its input
     prune_efficiency: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> class -> measured/MAC ratio
     shift_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # layer -> class -> ms once shifted
     measured: dict[str, float] = field(default_factory=dict)  # uniform configuration -> whole-model ms
@@ -39,6 +37,7 @@ class LatencyTable:
     # layer -> its int8 time when the next layer is FP32 / when it is int8 (no quantized output, no fused int8 conv)
     float_consumer_factor: dict[str, float] = field(default_factory=dict)
     estimated: list[str] = field(default_factory=list)  # layers not probed (time budget): estimated from MACs
+    scale: dict[str, float] = field(default_factory=dict)  # precision -> factor fitting its uniform config to its whole-model time
 
     def layer_cost(self, space, config: dict, layer: str) -> float:
         precision = space.precision_of(config, layer)
@@ -57,7 +56,7 @@ class LatencyTable:
         total, previous = 0.0, "fp32"
         classes = [precision_class(space.precision_of(config, layer)) for layer in space.layers]
         for i, (layer, cls) in enumerate(zip(space.layers, classes)):
-            if cls != previous:
+            if cls == "int8" and previous == "fp32":  # int8 -> fp32 is in float_consumer_factor
                 total += self.boundary_ms.get(layer, 0.0)
             previous = cls
             cost = self.layer_cost(space, config, layer)
@@ -69,36 +68,7 @@ class LatencyTable:
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("layer_ms", "other_ms", "boundary_ms", "prune_efficiency", "shift_ms", "measured", "probes",
-                                             "float_consumer_factor", "estimated")}
-
-
-# ---------------------------------------------------------------------------- whole-model timing
-
-
-def time_interleaved(paths: dict[str, str], threads: int = 2, rounds: int = 5, iters: int = 20, warmup: int = 3) -> dict[str, dict]:
-    """Whole-model batch-1 ms of several ONNX files, rounds interleaved (A, B, C, A, B, C, ...).
-
-    Median over rounds of each round's median, and p90 over all samples, as bench/run.py does.
-    """
-    from edgecnn.backends.ort import OrtRunner
-
-    runners = {name: OrtRunner(path, threads=threads) for name, path in paths.items()}
-    inputs = {name: r.input_for(1) for name, r in runners.items()}
-    medians: dict[str, list] = {name: [] for name in paths}
-    samples: dict[str, list] = {name: [] for name in paths}
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            for _ in range(warmup):
-                runner.run(inputs[name])
-            times = []
-            for _ in range(iters):
-                start = time.perf_counter()
-                runner.run(inputs[name])
-                times.append((time.perf_counter() - start) * 1e3)
-            medians[name].append(statistics.median(times))
-            samples[name] += times
-    return {name: {"median_ms": statistics.median(medians[name]), "p90_ms": float(np.percentile(samples[name], 90)),
-                   "round_medians_ms": medians[name]} for name in paths}
+                                             "float_consumer_factor", "estimated", "scale")}
 
 
 def check(table: LatencyTable, space, configs: dict[str, dict], measured_ms: dict[str, float]) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from html import escape
 from typing import Optional
 
@@ -32,6 +33,26 @@ def _scale(values, low: float, high: float):
     return (lambda v: low + (v - lo) / (hi - lo) * (high - low)), lo, hi
 
 
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Ticks on round values (a step of 1, 2, 2.5 or 5 times a power of ten) inside [low, high]."""
+    span = (high - low) or abs(high) or 1.0
+    raw = span / max(1, count - 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    first = math.ceil(low / step - 1e-9) * step
+    ticks, value = [], first
+    while value <= high + step * 1e-9:
+        ticks.append(round(value, 10))
+        value += step
+    return ticks
+
+
+def _tick_label(value: float, ticks: list[float]) -> str:
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) + (1 if round(step / 10 ** math.floor(math.log10(step)), 6) == 2.5 else 0)
+    return f"{value:.{decimals}f}"
+
+
 def svg(points: list[dict], title: str, width: int = 640, height: int = 420) -> str:
     """A scatter of every point (label, colour by kind) with the front drawn as a line."""
     usable = [p for p in points if p.get("ms") is not None and p.get("top1") is not None]
@@ -45,13 +66,13 @@ def svg(points: list[dict], title: str, width: int = 640, height: int = 420) -> 
              f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="13">{escape(title)}</text>',
              f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="black"/>',
              f'<line x1="{left}" y1="{bottom}" x2="{left}" y2="{top}" stroke="black"/>',
-             f'<text x="{(left + right) / 2}" y="{height - 12}" text-anchor="middle">batch-1 latency (ms, measured)</text>',
+             f'<text x="{(left + right) / 2}" y="{height - 12}" text-anchor="middle">batch-1 latency (ms, measured; the timing the choice was made with)</text>',
              f'<text x="16" y="{(top + bottom) / 2}" text-anchor="middle" transform="rotate(-90 16 {(top + bottom) / 2})">top-1 (%)</text>']
-    for i in range(5):
-        xv = xlo + (xhi - xlo) * i / 4
-        yv = ylo + (yhi - ylo) * i / 4
-        parts.append(f'<text x="{sx(xv):.1f}" y="{bottom + 16}" text-anchor="middle">{xv:.2f}</text>')
-        parts.append(f'<text x="{left - 6}" y="{sy(yv) + 4:.1f}" text-anchor="end">{yv:.1f}</text>')
+    xticks, yticks = nice_ticks(xlo, xhi), nice_ticks(ylo, yhi)
+    for xv in xticks:
+        parts.append(f'<text x="{sx(xv):.1f}" y="{bottom + 16}" text-anchor="middle">{_tick_label(xv, xticks)}</text>')
+    for yv in yticks:
+        parts.append(f'<text x="{left - 6}" y="{sy(yv) + 4:.1f}" text-anchor="end">{_tick_label(yv, yticks)}</text>')
     line = " ".join(f"{sx(p['ms']):.1f},{sy(p['top1']):.1f}" for p in front(usable))
     parts.append(f'<polyline points="{line}" fill="none" stroke="#2ca02c" stroke-dasharray="4 3"/>')
     for p in usable:
@@ -59,8 +80,7 @@ def svg(points: list[dict], title: str, width: int = 640, height: int = 420) -> 
         x, y = sx(p["ms"]), sy(p["top1"])
         radius = 6 if p.get("kind") == "chosen" else 4
         parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{radius}" fill="{colour}"/>')
-        if p.get("kind") != "candidate":
-            parts.append(f'<text x="{x + 7:.1f}" y="{y - 6:.1f}">{escape(str(p.get("label", "")))}</text>')
+        parts.append(f'<text x="{x + 7:.1f}" y="{y - 6:.1f}">{escape(str(p.get("label", "")))}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 

@@ -19,12 +19,14 @@ import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgecnn.measure.interleave import Timer
 from edgecnn.search import latency as lat
 from edgecnn.search.budget import Budget
 from edgecnn.search import sensitivity
 from edgecnn.search.probes import export
 from edgecnn.search.solve import Candidate, SearchResult, config_key, solve
 from edgecnn.search.space import PRECISIONS, Space, apply_config, build_space, needs_recovery
+from edgecnn.stats import CONFIDENCE, drop_verdict, ratio_bound
 from edgecnn.targets import DEFAULT_TARGET, get_target, resolve_target_name, targets_on_backend
 
 
@@ -40,6 +42,7 @@ class SearchConfig(BaseModel):
     sensitivity_images: int = Field(64, ge=1)
     max_verify: int = Field(6, ge=1, description="configurations built and measured at most")
     search_time: Optional[float] = Field(None, gt=0, description="Minutes of search: past them no new probe, sensitivity step or candidate starts (docs/search.md: the overshoot).")
+    confidence: Optional[float] = Field(None, ge=0.5, lt=1, description="Keep a configuration only when the one-sided upper bound of its drop at this confidence (e.g. 0.95) is within --max-drop (default: the measured drop; the bound is shown either way).")
     threads: int = Field(2, ge=1)
     recovery_steps: int = Field(200, ge=1, description="distillation steps of a candidate needing recovery")
     recovery_size: int = Field(128, ge=32, description="training resolution of the recovery")
@@ -107,6 +110,8 @@ class Outcome:
     table_check: list = field(default_factory=list)
     fp32_top1: float = 0.0  # on the search part
     budget: dict = field(default_factory=dict)  # Budget.summary(): the time budget and what it cut
+    note: str = ""  # one line when the answer is a uniform setting (no per-layer mix measured faster)
+    confidence: Optional[float] = None  # the feasibility gate's confidence (None: the measured drop)
 
 
 def top1_of(path: Path, images: np.ndarray, threads: int = 2, batch: int = 32) -> np.ndarray:
@@ -132,6 +137,8 @@ class _Builder:
         self.agreement: dict[str, float] = {}  # artifact -> % of search images on FP32's class
         self.uniform_drop: dict[str, float] = {"fp32": 0.0}  # precision -> measured drop of its uniform setting
         self.agreement[str(self.fp32_path)] = 100.0
+        self.bounds: dict[str, dict] = {}  # artifact -> drop with its one-sided bounds and verdict (edgecnn.stats)
+        self.timer = Timer(config.threads)  # every timing of the search: one protocol, one process per model
 
     def build(self, config: dict, name: str) -> Path:
         model = apply_config(self.model, self.space, config, self.data.calib, quantize=False)
@@ -149,12 +156,19 @@ class _Builder:
     def drop(self, path: Path) -> float:
         pred = top1_of(path, self.data.images, self.config.threads)
         self.agreement[str(path)] = float((pred == self.fp32_pred).mean() * 100)
+        self.bounds[str(path)] = drop_verdict(self.fp32_pred == self.data.labels, pred == self.data.labels, self.config.max_drop,
+                                              self.config.confidence or CONFIDENCE)
         return self.fp32_top1 - float((pred == self.data.labels).mean() * 100)
+
+    def gate(self, path: Path, drop: float) -> float:
+        """What the feasibility test compares with ``max_drop``: the measured drop, or its upper
+        bound when ``confidence`` is set."""
+        return self.bounds[str(path)]["upper"] if self.config.confidence else drop
 
     def timed(self, path: Path) -> float:
         """Whole-model ms, interleaved with FP32 and scaled to the FP32 reference of the table."""
-        times = lat.time_interleaved({"fp32": str(self.fp32_path), "cand": str(path)}, self.config.threads, rounds=3, iters=10)
-        return times["cand"]["median_ms"] / times["fp32"]["median_ms"]
+        times = self.timer.time({"fp32": self.fp32_path, "cand": path})
+        return times["cand"].median_ms / times["fp32"].median_ms
 
     def out_of_time(self) -> bool:
         return self.budget.spent()
@@ -175,11 +189,11 @@ def measure_table(builder: _Builder, space: Space, log) -> lat.LatencyTable:
         builder.uniform_drop[precision] = builder.drop(path)  # part of the unit: a built setting is a checked one
         paths[precision] = str(path)
     builder.budget.phase = "timing the uniform precisions"
-    whole = lat.time_interleaved(paths, cfg.threads, rounds=3 if builder.budget.spent() else 5, iters=15)
-    log("  uniform: " + ", ".join(f"{p} {v['median_ms']:.2f} ms" for p, v in whole.items()))
+    whole = builder.timer.time(paths)
+    log("  uniform: " + ", ".join(f"{p} {v.median_ms:.2f} ms" for p, v in whole.items()))
     images = torch.from_numpy(builder.data.images[:4])
-    table = probes.build_table(builder.model, space, images, cfg.precisions, {p: v["median_ms"] for p, v in whole.items()},
-                               builder.work / "probes", cfg.target, cfg.threads, budget=builder.budget)
+    table = probes.build_table(builder.model, space, images, cfg.precisions, {p: v.median_ms for p, v in whole.items()},
+                               builder.work / "probes", builder.timer, cfg.target, budget=builder.budget)
     if table.estimated:
         log(f"  latency probes stopped (time budget): {len(table.estimated)} of {len(space.layers)} layers estimated from MACs")
     return table
@@ -193,17 +207,19 @@ def final_timing(result: SearchResult, uniform: dict, artifacts: dict, builder: 
     timed = [c for c in result.verified if c.feasible] + [c for p, c in uniform.items() if p != "fp32"]
     paths = {"fp32": str(builder.fp32_path), **{f"c{i}": str(artifacts[id(c)]) for i, c in enumerate(timed) if id(c) in artifacts}}
     builder.budget.phase = f"final timing of {len(paths)} artifacts"
-    times = lat.time_interleaved(paths, config.threads, rounds=2 if builder.budget.spent() else 5, iters=15)
-    fp32_ms = times["fp32"]["median_ms"]
+    times = builder.timer.time(paths)
+    fp32_ms = times["fp32"].median_ms
     if "fp32" in uniform:
         uniform["fp32"].measured_ms = fp32_ms
+        uniform["fp32"].info["round_medians_ms"] = times["fp32"].round_medians_ms
     for i, cand in enumerate(timed):
         if f"c{i}" in times:
-            cand.measured_ms = times[f"c{i}"]["median_ms"]
+            cand.measured_ms = times[f"c{i}"].median_ms
             cand.info["final_timing"] = True
             cand.info["fp32_agree"] = builder.agreement.get(paths[f"c{i}"])
             cand.info["signature"] = lat.execution_signature(paths[f"c{i}"])
-            cand.info["round_medians_ms"] = times[f"c{i}"]["round_medians_ms"]
+            cand.info["round_medians_ms"] = times[f"c{i}"].round_medians_ms
+            cand.info["speedup_bound"] = ratio_bound(times["fp32"].round_medians_ms, times[f"c{i}"].round_medians_ms).to_dict()
     chosen = choose(timed, fp32_ms)
     result.chosen = chosen
     for precision, cand in uniform.items():
@@ -216,8 +232,9 @@ def choose(timed: list[Candidate], fp32_ms: float, noise: float = 0.03) -> Optio
 
     Candidates with one execution signature run the same kernels: their round medians are
     pooled into one time (``pooled_ms``). Among candidates within ``noise`` of the fastest pooled
-    time, the one agreeing most with FP32 on the search images wins (then the smaller measured
-    drop): agreement is a paired count over every image, far less noisy than a top-1 difference.
+    time and not beaten by another on both pooled time and drop, the one agreeing most with FP32
+    on the search images wins (then the smaller measured drop): agreement is a paired count over
+    every image, far less noisy than a top-1 difference.
     """
     pool = [c for c in timed if c.feasible and c.measured_ms is not None]
     signature = lambda c: c.info.get("signature", str(id(c)))  # noqa: E731 (no signature: its own group)
@@ -230,6 +247,8 @@ def choose(timed: list[Candidate], fp32_ms: float, noise: float = 0.03) -> Optio
         return None
     fastest = min(c.info["pooled_ms"] for c in pool)
     close = [c for c in pool if c.info["pooled_ms"] <= fastest * (1 + noise)]
+    # Never one that another beats on both axes the choice is made on (pooled time, measured drop).
+    close = [c for c in close if not any(o.info["pooled_ms"] < c.info["pooled_ms"] and o.drop < c.drop for o in close)]
     chosen = max(close, key=lambda c: (c.info.get("fp32_agree") or 0.0, -c.drop, -c.info["pooled_ms"]))
     return chosen if chosen.info["pooled_ms"] < fp32_ms else None
 
@@ -264,11 +283,12 @@ def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path,
     def verify(cfg: dict):
         if not fp32_ms:
             budget.phase = "timing FP32"
-            fp32_ms.append(lat.time_interleaved({"fp32": str(builder.fp32_path)}, config.threads, rounds=3, iters=10)["fp32"]["median_ms"])
+            fp32_ms.append(table.measured.get("fp32") or builder.timer.time({"fp32": builder.fp32_path})["fp32"].median_ms)
         budget.phase = f"building and checking candidate {len(built)}"
         path = builder.build(cfg, f"candidate-{len(built)}")
         built[config_key(cfg)] = path
-        return builder.drop(path), builder.timed(path) * fp32_ms[0]
+        drop = builder.drop(path)
+        return drop, builder.timed(path) * fp32_ms[0], {"gate": builder.gate(path, drop), "drop_bound": builder.bounds[str(path)]}
 
     t2 = time.perf_counter()
     # Deltas around the fastest uniform setting: a layer is judged in the int8 chain it would sit in.
@@ -292,17 +312,36 @@ def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path,
         path = builder.paths.get(f"uniform-{precision}", builder.fp32_path)
         cand = Candidate(cfg, table.predict(space, cfg), sensitivity.proxy(space, cfg, scores) if scores else float("nan"))
         cand.drop = builder.uniform_drop[precision]
-        cand.feasible = cand.drop <= config.max_drop
+        bound = builder.bounds.get(str(path))
+        cand.feasible = (builder.gate(path, cand.drop) if bound else cand.drop) <= config.max_drop
+        if bound:
+            cand.info["drop_bound"] = bound
         artifacts[id(cand)] = path
         uniform[precision] = cand
     chosen = final_timing(result, uniform, artifacts, builder, config)
+    builder.timer.close()  # the workers also exit on their own when this process ends
     chosen_path = artifacts.get(id(chosen)) if chosen else builder.fp32_path
     chosen_model = copy.deepcopy(model).eval() if chosen_path == builder.fp32_path else builder.models.get(chosen_path)
     measured = {f"candidate {i}": c.measured_ms for i, c in enumerate(result.verified) if c.measured_ms}
     check = lat.check(table, space, {f"candidate {i}": c.config for i, c in enumerate(result.verified)}, measured)
     seconds["total_s"] = time.perf_counter() - t0
+    note = uniform_note(chosen, result)
+    if note:
+        log(note)
     return Outcome(space, table, scores, result, uniform, builder.fp32_path, chosen_path, chosen_model,
-                   artifacts, {k: round(v, 1) for k, v in seconds.items()}, check, builder.fp32_top1, budget.summary())
+                   artifacts, {k: round(v, 1) for k, v in seconds.items()}, check, builder.fp32_top1, budget.summary(),
+                   note, config.confidence)
+
+
+def uniform_note(chosen: Optional[Candidate], result: SearchResult) -> str:
+    """The one line saying that the answer is a uniform setting, not a per-layer one."""
+    if chosen is None or "uniform" not in chosen.info:
+        return ""
+    mixed = [c for c in result.verified if c.feasible and c.measured_ms is not None]
+    why = (f"the {len(mixed)} per-layer configuration(s) within the budget measured no faster" if mixed
+           else "no per-layer configuration was within the budget")
+    return (f"per-layer search: {why}; the answer is uniform {chosen.info['uniform'].upper()} "
+            f"(why a mix rarely pays on this runtime: docs/search.md)")
 
 
 def summary(outcome: Outcome, names: Optional[dict] = None) -> dict:
@@ -311,6 +350,7 @@ def summary(outcome: Outcome, names: Optional[dict] = None) -> dict:
     chosen = result.chosen
     return {
         "max_drop": result.max_drop,
+        "confidence": outcome.confidence,
         "units": len(outcome.space.units),
         "fp32_top1_search_part": outcome.fp32_top1,
         "seconds": outcome.seconds,
@@ -319,6 +359,8 @@ def summary(outcome: Outcome, names: Optional[dict] = None) -> dict:
         "uniform": {p: c.to_dict() for p, c in outcome.uniform.items()},
         "verified": [{**c.to_dict(), "artifact": str(outcome.artifacts.get(id(c), ""))} for c in result.verified],
         "chosen": chosen.to_dict() if chosen else None,
+        "note": outcome.note,
+        "latency_table": {"scale": outcome.table.scale, "boundary_ms": outcome.table.boundary_ms, "other_ms": outcome.table.other_ms},
         "chosen_artifact": str(outcome.chosen_path) if outcome.chosen_path else None,
         "chosen_layers": outcome.space.describe(chosen.config if chosen else outcome.space.base()),
         # None: not scored (time budget)

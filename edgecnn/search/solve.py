@@ -122,8 +122,9 @@ def solve(space, latency_fn: Callable[[dict], float], cost_fn: Callable[[str, An
           verify: Callable[[dict], tuple[float, Optional[float]]], max_drop: float, reference: Optional[dict] = None,
           max_verify: int = 8, bins: int = 2000, log: Callable[[str], None] = lambda s: None,
           out_of_time: Callable[[], bool] = lambda: False) -> SearchResult:
-    """Fastest configuration whose measured drop (``verify(config) -> (drop points, measured ms)``)
-    is at most ``max_drop``: budget bisection, at most ``max_verify`` measurements.
+    """Fastest configuration whose measured drop (``verify(config) -> (drop points, measured ms)``,
+    or ``(drop, ms, info)`` where ``info["gate"]`` replaces the drop in the test) is at most
+    ``max_drop``: budget bisection, at most ``max_verify`` measurements.
 
     Once ``out_of_time()`` says so, the next candidate is not verified: it is kept with
     ``feasible`` None and ``info["not_verified"]`` = "time budget", and the bisection ends."""
@@ -155,8 +156,10 @@ def solve(space, latency_fn: Callable[[dict], float], cost_fn: Callable[[str, An
                 "not verified (time budget)")
             return False
         if key not in verified:
-            cand.drop, cand.measured_ms = verify(cand.config)
-            cand.feasible = cand.drop <= max_drop
+            cand.drop, cand.measured_ms, *extra = verify(cand.config)
+            info = dict(extra[0]) if extra else {}
+            cand.feasible = info.pop("gate", cand.drop) <= max_drop
+            cand.info.update(info)
             verified[key] = cand
             log(f"budget {cand.budget:.4g}: predicted {cand.predicted_ms:.2f} ms, proxy {cand.proxy:.4g}, "
                 f"drop {cand.drop:.2f} -> {'ok' if cand.feasible else 'rejected'}")

@@ -28,6 +28,7 @@ from edgecnn.pipeline.state import RunState, StageOutcome
 from edgecnn.recipe import Stage as RecipeStage
 from edgecnn.records import ResultRow
 from edgecnn.report import accuracy_drops
+from edgecnn.stats import drop_bound
 from edgecnn.targets import get_target
 
 FP32 = "fp32"  # the row target of a checkpoint that is not quantized
@@ -96,6 +97,7 @@ class _Rows:
         self.state, self.config, self.opset = state, config, opset
         self.seen: dict[tuple[str, str], dict] = {}
         self.baseline_pred: Optional[np.ndarray] = None
+        self.baseline_correct: Optional[np.ndarray] = None
 
     @property
     def latency_measurements(self) -> int:
@@ -142,6 +144,13 @@ class _Rows:
                 top5 = np.argsort(-logits, axis=1)[:, :5]
                 values["top1"] = float((top5[:, 0] == labels).mean() * 100.0)
                 values["top5"] = float((top5 == labels[:, None]).any(axis=1).mean() * 100.0)
+                correct = top5[:, 0] == labels
+                if self.baseline_correct is None:
+                    self.baseline_correct = correct
+                elif len(correct) > 1:  # paired on the same images: the drop and its one-sided 95 % bounds
+                    bound = drop_bound(self.baseline_correct, correct)
+                    values["drop_upper95"] = bound.upper
+                    values["drop_bound"] = bound.to_dict()
             if self.baseline_pred is None:
                 self.baseline_pred = logits.argmax(1)
             values["agreement"] = float((logits.argmax(1) == self.baseline_pred).mean() * 100.0)
