@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecnn.errors import UserError
+from edgecnn.fileio import atomic_dir
 
 QEMU = "qemu-aarch64"
 PYTHON = "python3.11"  # the Debian bookworm interpreter: the wheels are cp311
@@ -145,14 +146,10 @@ def ensure_env(cache: Path | None = None) -> QemuEnv:
         return env
     check_host()
     final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".build-", dir=final.parent) as tmp:
-        staging = QemuEnv(Path(tmp) / "env")
-        _build(staging, versions, Path(tmp))
-        try:
-            os.replace(staging.root, final)
-        except OSError:  # built meanwhile by another process: keep theirs
-            if not (final / "complete").is_file():
-                raise
+    # Downloads go to a scratch folder; the environment appears whole or not at all (another
+    # process that built it meanwhile wins).
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=final.parent) as tmp, atomic_dir(final) as staging:
+        _build(QemuEnv(staging), versions, Path(tmp))
     return env
 
 
