@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from edgecnn.cli_options import device_option
 from edgecnn.errors import UserError
 from edgecnn.targets import BACKENDS
 
@@ -44,10 +45,12 @@ def _refuse_foreign_kernels(path: Path) -> None:
               help="Run each measurement in a fresh process (default; sessions in one process slow each other).")
 @click.option("--trtexec", "use_trtexec", is_flag=True,
               help="Engines: also time with trtexec (every timing flag pinned) and report its GPU compute time.")
+@device_option(multiple=True)
+@click.option("--clean", is_flag=True, help="With --device: afterwards remove edgecnn's cache folder on the device(s).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(model_file, backend, threads, batches, warmup, duration, iterations, opt_level, providers, profile_ops,
-          with_size, isolate, use_trtexec, as_json):
-    """Measure MODEL_FILE: median/p90/p99 latency, throughput, and size."""
+          with_size, isolate, use_trtexec, devices, clean, as_json):
+    """Measure MODEL_FILE: median/p90/p99 latency, throughput, and size (here, or on --device)."""
     from edgecnn.measure.latency import ENGINE_SUFFIXES, measure_in_subprocess, measure_latency
 
     path = Path(model_file)
@@ -63,6 +66,17 @@ def bench(model_file, backend, threads, batches, warmup, duration, iterations, o
         raise UserError("--batch values must be positive integers")
     if backend == "ort" and path.suffix.lower() == ".onnx":
         _refuse_foreign_kernels(path)
+    if devices:
+        if profile_ops or use_trtexec or providers:
+            raise UserError("--profile, --trtexec and --providers run here only; drop them with --device")
+        from edgecnn.measure.latency import LatencySettings
+
+        settings = LatencySettings(backend=backend, threads=threads, warmup_s=warmup, duration_s=duration,
+                                   iterations=iterations, opt_level=opt_level)
+        _bench_on_devices(path, devices, batches, settings, with_size, clean, as_json)
+        return
+    if clean:
+        raise UserError("--clean removes the cache folder on a device; give --device")
     results = []
     status = _status(not as_json)
     try:
@@ -106,6 +120,62 @@ def bench(model_file, backend, threads, batches, warmup, duration, iterations, o
                    f"p99 {trtexec['p99_ms']} ms ({trtexec['command']})")
 
 
+def _bench_on_devices(path: Path, specs, batches, settings, with_size: bool, clean: bool, as_json: bool) -> None:
+    """One row per device and batch, measured in parallel across devices, with each device's identity."""
+    from edgecnn.devices import parse_device
+    from edgecnn.measure.on_device import identity, measure_on_devices
+
+    devices = [parse_device(spec) for spec in specs]
+    status = _status(not as_json)
+    status.update(f"measuring {path.name} on {', '.join(d.name for d in devices)}")
+    try:
+        runs = measure_on_devices(devices, path, batches, settings)
+    finally:
+        status.stop()
+    cleaned = [device.clean() for device in devices] if clean else []
+    size = None
+    if with_size and path.suffix.lower() == ".onnx":
+        from edgecnn.measure.size import size_report
+
+        size = size_report(path)
+    if as_json:
+        click.echo(json.dumps({"devices": [r.to_dict() for r in runs], "size": size.to_dict() if size else None,
+                               "cleaned": cleaned}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    first = runs[0].results[0]
+    table = Table(title=f"{path.name}: {first.backend}, threads {first.threads or 'default'}")
+    for col in ("device", "batch", "median ms", "p90 ms", "p99 ms", "mean ± std ms", "cv %", "images/s", "runs"):
+        table.add_column(col, justify="left" if col == "device" else "right")
+    for run in runs:
+        for r in run.results:
+            s = r.stats
+            table.add_row(run.device, str(s.batch), f"{s.median_ms:.3f}", f"{s.p90_ms:.3f}", f"{s.p99_ms:.3f}",
+                          f"{s.mean_ms:.3f} ± {s.std_ms:.3f}", f"{s.cv * 100:.1f}", f"{s.throughput_ips:.1f}",
+                          str(s.samples))
+    console.print(table)
+    for run in runs:
+        console.print(f"[dim]{identity(run.probe)}[/dim]", soft_wrap=True)
+        for warning in sorted({*run.warnings, *(w for r in run.results for w in r.warnings)}):
+            console.print(f"[yellow]warning:[/yellow] {run.device}: {warning}", soft_wrap=True)
+    if size:
+        _print_tables_size(console, size)
+    for line in cleaned:
+        console.print(line, soft_wrap=True)
+
+
+def _print_tables_size(console, size) -> None:
+    from edgecnn.measure.size import human_bytes
+
+    codecs = ", ".join(f"{k} {human_bytes(v)}" for k, v in size.compressed.items())
+    console.print(f"size: {human_bytes(size.onnx_bytes)} ({codecs}); {size.params:,} params, "
+                  f"{size.sparsity * 100:.1f}% zeros, {size.stored_bits_per_weight:.1f} stored / "
+                  f"{size.distinct_bits_per_weight:.1f} distinct bits per weight")
+
+
 def _trtexec(path: Path, batch: int, warmup: float, duration, iterations) -> dict:
     """Time the engine with trtexec; its output is kept next to the engine."""
     from edgecnn.backends.tensorrt import TrtBuildConfig, engine_input, tensorrt_version
@@ -139,12 +209,7 @@ def _print_tables(path, results, size, ops):
     for warning in sorted({w for r in results for w in r.warnings}):
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if size:
-        from edgecnn.measure.size import human_bytes
-
-        codecs = ", ".join(f"{k} {human_bytes(v)}" for k, v in size.compressed.items())
-        console.print(f"size: {human_bytes(size.onnx_bytes)} ({codecs}); {size.params:,} params, "
-                      f"{size.sparsity * 100:.1f}% zeros, {size.stored_bits_per_weight:.1f} stored / "
-                      f"{size.distinct_bits_per_weight:.1f} distinct bits per weight")
+        _print_tables_size(console, size)
     if ops:
         op_table = Table(title="time per op type (ORT profiler)")
         for col, justify in (("op", "left"), ("calls", "right"), ("total ms", "right"), ("share %", "right")):

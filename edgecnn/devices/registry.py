@@ -88,4 +88,4 @@ register_device_kind(DeviceKind(
 ))
 
 # Kinds living in their own modules register themselves when imported here.
-BUILTIN_KIND_MODULES: tuple[str, ...] = ("edgecnn.devices.qemu",)
+BUILTIN_KIND_MODULES: tuple[str, ...] = ("edgecnn.devices.qemu", "edgecnn.devices.ssh")

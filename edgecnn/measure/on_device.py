@@ -1,0 +1,114 @@
+"""Measurements on a device (edgecnn.devices): latency through the device's agent, the
+device's identity for reports, and batches streamed through a model there.
+
+The device runs the same library timer as a local ``edgecnn bench`` (the agent's ``latency``
+job), so a row measured there and a row measured here mean the same thing. Several devices
+are measured in parallel, one thread each: they are different machines, so they do not
+compete for cores (two specs naming the same machine are measured one after the other).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from edgecnn.devices import Device
+from edgecnn.errors import UserError
+from edgecnn.measure.latency import LatencyResult, LatencySettings
+
+
+@dataclass
+class DeviceRun:
+    """What one device measured, with its probe (identity) and the warnings about it."""
+
+    device: str
+    probe: dict
+    results: list[LatencyResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "probe": self.probe, "results": [r.to_dict() for r in self.results],
+                "warnings": self.warnings}
+
+
+def probe_device(device: Device, backend: str = "ort") -> dict:
+    """The device's probe; a missing runtime there is one line saying what to install."""
+    info = device.probe()
+    require = getattr(device, "require_runtime", None)
+    if require is not None:
+        require(info, backend)
+    return info
+
+
+def busy_warning(device: Device, info: dict) -> Optional[str]:
+    """A device already loaded before the run times slower and noisier: say so, as locally."""
+    load, cpus = (info.get("load_average") or [None])[0], info.get("usable_cpus") or 1
+    if load is not None and load > 0.5 * cpus:
+        return (f"{device.name} was busy before measuring (load {load:g} on {cpus} CPUs): "
+                "its timings may be slow and noisy; quote the medians or rerun when it is idle")
+    return None
+
+
+def identity(info: dict) -> str:
+    """One line naming the machine a number came from (for consoles and reports)."""
+    runtimes = ", ".join(f"{k} {v}" for k, v in sorted(info.get("runtimes", {}).items()))
+    flags = "/".join(info.get("cpu_flags") or []) or "no listed flags"
+    free = info.get("free_disk_bytes")
+    disk = f", {free / 2**30:.1f} GiB free" if free else ""
+    return (f"{info.get('device', 'local')}: {info.get('cpu')} ({info.get('machine')}, {flags}, "
+            f"{info.get('usable_cpus')} CPUs), {info.get('os')}, Python {info.get('python')}; {runtimes}{disk}")
+
+
+def measure_on(device: Device, model: Path, batches: Sequence[int], settings: LatencySettings) -> DeviceRun:
+    """Stage ``model`` on ``device`` and time it there once per batch size (each in its own agent process)."""
+    device.require_latency()
+    info = probe_device(device, settings.backend)
+    run = DeviceRun(device.name, info, warnings=[w for w in [busy_warning(device, info)] if w])
+    remote = device.put(Path(model))
+    timeout = 180.0 + settings.warmup_s + (settings.duration_s or 5.0) * 2
+    for batch in batches:
+        options = LatencySettings(**{**settings.__dict__, "batch": batch})
+        data = device.run_agent(["latency", remote, *options.argv()], timeout=timeout)
+        result = LatencyResult.from_dict(data)
+        result.model = str(model)
+        run.results.append(result)
+    return run
+
+
+def measure_on_devices(devices: Sequence[Device], model: Path, batches: Sequence[int],
+                       settings: LatencySettings) -> list[DeviceRun]:
+    """:func:`measure_on` for each device, in parallel across different machines; order kept."""
+    by_machine: dict[str, list[int]] = {}
+    for i, device in enumerate(devices):
+        by_machine.setdefault(getattr(device, "host", None) or device.kind, []).append(i)
+    runs: list[Optional[DeviceRun]] = [None] * len(devices)
+
+    def one_machine(indices: list[int]) -> None:
+        for i in indices:
+            runs[i] = measure_on(devices[i], model, batches, settings)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(by_machine))) as pool:
+        for future in [pool.submit(one_machine, ix) for ix in by_machine.values()]:
+            future.result()  # the first failure is raised as its own one line
+    return [r for r in runs if r is not None]
+
+
+def time_on_device(device: Device, model: Path, settings: LatencySettings) -> LatencyResult:
+    """One latency measurement on ``device`` (what the search's table and final timing use there)."""
+    return measure_on(device, model, [settings.batch], settings).results[0]
+
+
+def device_predictor(device: Device, model_path: Path, threads: int = 0, opt_level: str = "all"):
+    """``(predict, stream)``: ``predict(batch) -> logits`` computed on the device; close ``stream`` after use."""
+    probe_device(device, "ort")
+    remote = device.put(Path(model_path))
+    stream = device.stream(remote, threads=threads, opt_level=opt_level)
+    return stream.send, stream
+
+
+def require_single(devices: Sequence[Device], what: str) -> Device:
+    if len(devices) != 1:
+        raise UserError(f"{what} runs on one device; give --device once")
+    return devices[0]

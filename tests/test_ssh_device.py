@@ -1,0 +1,238 @@
+"""The ssh:// device against a real OpenSSH server on 127.0.0.1 (tests/sshd_server.py), whose
+"device Python" is a separate virtual environment with numpy and onnxruntime only (no torch,
+no edgecnn): the happy path and every named fault. Skips with a reason when sshd is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from edgecnn.devices import parse_device
+from edgecnn.errors import UserError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sshd_server import SshServer, find_sshd  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    sshd = find_sshd()
+    if sshd is None or subprocess.run(["sh", "-c", "command -v ssh && command -v ssh-keygen"],
+                                      capture_output=True).returncode != 0:
+        pytest.skip("OpenSSH server/client not installed (apt-get install -y openssh-server openssh-client)")
+    server = SshServer(tmp_path_factory.mktemp("sshd"), sshd).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def device_python(tmp_path_factory) -> str:
+    """A venv without torch or edgecnn, numpy + onnxruntime at this environment's versions."""
+    root = tmp_path_factory.mktemp("device-venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    pins = [f"{name}=={importlib.metadata.version(name)}" for name in ("numpy", "onnxruntime")]
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(root / "bin" / "python"), "install", "-q",
+                           *pins], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot build the device's virtual environment: {done.stderr.strip().splitlines()[-1:]}")
+    return str(root / "bin" / "python")
+
+
+@pytest.fixture()
+def ssh_env(sshd, monkeypatch):
+    monkeypatch.setenv("EDGECNN_SSH_CONFIG", str(sshd.root / "ssh_config"))
+    return sshd
+
+
+@pytest.fixture()
+def device_spec(ssh_env, device_python, tmp_path):
+    return ssh_env.spec(device_python, dir=str(tmp_path / "device-cache"))
+
+
+def _edgecnn(*args: str) -> subprocess.CompletedProcess:
+    """The command line as a user types it (a fresh process; the device tests' ssh config inherited)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "edgecnn", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def _model(path: Path, ops: int = 1) -> Path:
+    """A small ONNX model: a chain of ``ops`` MatMuls on a 1x64 input (more ops: slower)."""
+    rng = np.random.default_rng(0)
+    nodes, inits, name = [], [], "x"
+    for i in range(ops):
+        inits.append(helper.make_tensor(f"W{i}", TensorProto.FLOAT, [64, 64],
+                                        (rng.standard_normal((64, 64)) / 8).astype(np.float32).ravel()))
+        nodes.append(helper.make_node("MatMul", [name, f"W{i}"], [f"y{i}"]))
+        name = f"y{i}"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 64])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_specs_are_checked_and_quoted():
+    device = parse_device("ssh://nvidia@orin.local:2222?python=/opt/py;rm -rf ~/bin/python3")
+    assert (device.user, device.host, device.port) == ("nvidia", "orin.local", 2222)
+    argv = device.ssh_argv(device._in_folder([device.python, "-V"]))
+    assert argv[:1] == ["ssh"] and "BatchMode=yes" in argv and "StrictHostKeyChecking=no" not in " ".join(argv)
+    assert argv[-2] == "orin.local" and "'/opt/py;rm -rf ~/bin/python3'" in argv[-1]
+    for bad in ("ssh://-oProxyCommand=x", "ssh://a@b@c", "ssh://u:pw@host", "ssh://host:99999", "ssh://host?x=1"):
+        with pytest.raises(UserError):
+            parse_device(bad)
+
+
+def test_probe_stage_bench_and_clean(device_spec, tmp_path):
+    device = parse_device(device_spec)
+    info = device.probe()
+    assert info["device_kind"] == "ssh" and "onnxruntime" in info["runtimes"] and "torch" not in info["runtimes"]
+    model = _model(tmp_path / "m.onnx")
+    remote = device.put(model)
+    folder = Path(device.folder)
+    assert (folder / Path(remote).name).read_bytes() == model.read_bytes()
+    device._present.clear()
+    stamp = (folder / Path(remote).name).stat().st_mtime_ns
+    assert device.put(model) == remote and (folder / Path(remote).name).stat().st_mtime_ns == stamp  # not re-copied
+
+    result = _edgecnn("bench", str(model), "--device", device_spec, "--iterations", "50", "--warmup", "0.1", "--json")
+    assert result.returncode == 0, result.stderr
+    run = json.loads(result.stdout)["devices"][0]
+    assert run["device"] == device_spec and run["results"][0]["stats"]["samples"] == 50
+    assert run["probe"]["runtimes"]["onnxruntime"] == importlib.metadata.version("onnxruntime")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["device-cache", "m.onnx"]  # nothing written beside
+    assert "removed" in device.clean() and not folder.exists()
+    assert "nothing to clean" in device.clean()
+
+
+def test_bench_several_devices_prints_one_table(device_spec, tmp_path):
+    model = _model(tmp_path / "m.onnx")
+    result = _edgecnn("bench", str(model), "--device", device_spec, "--device", "local", "--iterations", "30",
+                      "--warmup", "0.1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("m.onnx: ort") == 1, result.stdout
+    assert "127.0.0.1" in result.stdout and "│ local" in result.stdout and "Python 3" in result.stdout
+
+
+def test_eval_streams_batches_through_the_device(device_spec, tmp_path):
+    from edgecnn.measure.on_device import device_predictor
+
+    model = _model(tmp_path / "m.onnx")
+    x = np.random.default_rng(1).standard_normal((6, 64)).astype(np.float32)
+    import onnxruntime as ort
+
+    expected = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    predict, stream = device_predictor(parse_device(device_spec), model)
+    with stream:
+        got = np.concatenate([predict(x[:4]), predict(x[4:])])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def _one_line_failure(args) -> str:
+    result = _edgecnn(*args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_unreachable_host_is_one_line(ssh_env, device_python, tmp_path):
+    spec = f"ssh://{ssh_env.user}@127.0.0.1:1?python={device_python}"
+    line = _one_line_failure(["bench", str(_model(tmp_path / "m.onnx")), "--device", spec])
+    assert "cannot reach 127.0.0.1:1" in line
+
+
+def test_auth_failure_is_one_line(ssh_env, device_python, tmp_path, monkeypatch):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")], check=True)
+    monkeypatch.setenv("EDGECNN_SSH_CONFIG", str(ssh_env.write_client_config(tmp_path / "cfg", tmp_path / "stranger")))
+    line = _one_line_failure(["bench", str(_model(tmp_path / "m.onnx")), "--device", ssh_env.spec(device_python)])
+    assert "refused the login" in line and "ssh-copy-id" in line
+
+
+def test_unknown_host_key_is_not_accepted(ssh_env, device_python, tmp_path, monkeypatch):
+    config = ssh_env.write_client_config(tmp_path / "cfg", ssh_env.root / "user_key")
+    (tmp_path / "empty_known_hosts").write_text("")
+    config.write_text(config.read_text().replace(str(ssh_env.root / "known_hosts"), str(tmp_path / "empty_known_hosts")))
+    monkeypatch.setenv("EDGECNN_SSH_CONFIG", str(config))
+    line = _one_line_failure(["bench", str(_model(tmp_path / "m.onnx")), "--device", ssh_env.spec(device_python)])
+    assert "host key" in line and (tmp_path / "empty_known_hosts").read_text() == ""
+
+
+def test_missing_onnxruntime_says_what_to_install(ssh_env, tmp_path):
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    spec = ssh_env.spec(str(bare / "bin" / "python"), dir=str(tmp_path / "c"))
+    line = _one_line_failure(["bench", str(_model(tmp_path / "m.onnx")), "--device", spec])
+    assert "is missing from the device's Python" in line and "-m pip install" in line
+
+
+def test_read_only_cache_folder_is_one_line(ssh_env, device_python, tmp_path):
+    import os
+
+    if os.geteuid() == 0:  # root writes through permissions: a folder even root cannot create
+        folder = "/sys/edgecnn-device-cache"
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        folder = str(tmp_path / "ro" / "cache")
+    line = _one_line_failure(["bench", str(_model(tmp_path / "m.onnx")), "--device",
+                              ssh_env.spec(device_python, dir=folder)])
+    assert "cannot write the cache folder" in line
+
+
+def test_full_disk_is_one_line_and_leaves_no_partial_file(device_spec, tmp_path):
+    import hashlib
+
+    model = _model(tmp_path / "m.onnx")
+    device = parse_device(device_spec)
+    device.probe()  # stages the agent
+    part = Path(device.folder) / f"{hashlib.sha256(model.read_bytes()).hexdigest()[:32]}.onnx.part"
+    part.symlink_to("/dev/full")  # every write there fails with ENOSPC, as on a full disk
+    with pytest.raises(UserError, match="disk is full"):
+        device.put(model)
+    assert not part.exists() and not part.is_symlink()
+    assert not list(Path(device.folder).glob("*.onnx"))
+
+
+def test_dropped_connection_is_retried_once(device_spec, ssh_env, tmp_path):
+    model = _model(tmp_path / "m.onnx")
+    restarted = threading.Event()
+
+    def drop_then_restart():
+        time.sleep(2.0)
+        ssh_env.stop()
+        ssh_env.start()
+        restarted.set()
+
+    threading.Thread(target=drop_then_restart, daemon=True).start()
+    result = _edgecnn("bench", str(model), "--device", device_spec, "--duration", "4", "--warmup", "0.1", "--json")
+    assert restarted.wait(15)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["devices"][0]["results"][0]["stats"]["samples"] > 10
+
+
+def test_lost_connection_is_one_line_and_writes_nothing_here(device_spec, ssh_env, tmp_path):
+    model = _model(tmp_path / "m.onnx")
+    device = parse_device(device_spec)
+    remote = device.put(model)
+    threading.Timer(2.0, ssh_env.stop).start()
+    try:
+        with pytest.raises(UserError, match="connection dropped .* retry failed .*cannot reach"):
+            device.run_agent(["latency", remote, "--duration", "5", "--warmup", "0.1"])
+        with pytest.raises(UserError, match="cannot reach"):
+            device.fetch(remote, tmp_path / "back.onnx")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["device-cache", "m.onnx"]
+    finally:
+        ssh_env.start()
