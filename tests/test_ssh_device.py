@@ -236,3 +236,30 @@ def test_lost_connection_is_one_line_and_writes_nothing_here(device_spec, ssh_en
         assert sorted(p.name for p in tmp_path.iterdir()) == ["device-cache", "m.onnx"]
     finally:
         ssh_env.start()
+
+
+def _fake_trtexec(folder: Path, python: str) -> Path:
+    """A stand-in for trtexec on the device: saves an engine and prints a real 10.3 timing summary."""
+    summary = (Path(__file__).parent / "data" / "trtexec" / "trtexec-10.3.0.txt").read_text()
+    script = folder / "trtexec"
+    script.write_text(f"#!{python}\nimport sys\nSUMMARY = {summary!r}\n"
+                      "engine = [a.split('=', 1)[1] for a in sys.argv if a.startswith('--saveEngine=')][0]\n"
+                      "open(engine, 'wb').write(b'engine:' + ' '.join(sys.argv[1:]).encode())\n"
+                      "sys.stdout.write(SUMMARY)\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_compile_trt_builds_on_the_device_and_brings_back_engine_log_and_timing(ssh_env, device_python, tmp_path):
+    model = _model(tmp_path / "m.onnx")
+    spec = ssh_env.spec(device_python, dir=str(tmp_path / "device-cache"))
+    line = _one_line_failure(["compile", str(model), "--backend", "trt", "--device", spec])
+    assert "trtexec is not on the device" in line and "TensorRT" in line
+    fake = _fake_trtexec(tmp_path, device_python)
+    result = _edgecnn("compile", str(model), "--backend", "trt", "--device", f"{spec}&trtexec={fake}", "--json")
+    assert result.returncode == 0, result.stderr
+    build = json.loads(result.stdout)
+    assert Path(build["engine"]).read_bytes().startswith(b"engine:--onnx=")
+    assert "--useSpinWait" in Path(build["engine"]).read_text()  # the pinned timing policy ran there
+    assert build["timing"]["median_ms"] == 0.95 and build["device"] == f"{spec}&trtexec={fake}"
+    assert Path(build["log"]).is_file() and json.loads(Path(build["timing_file"]).read_text())["engine"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from edgecnn.cli_options import device_option
 from edgecnn.errors import UserError
 from edgecnn.outputs import check_not_an_input, check_output_file, record_output, writing
 from edgecnn.targets import BACKENDS
@@ -45,9 +46,11 @@ from edgecnn.targets import BACKENDS
               help="TensorRT release for --print-trtexec when TensorRT is not installed: 8.5, 8.6, 10.x or 11.x "
                    "(default 10.3).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def compile_(onnx_file, backend, output, fp16, int8, strongly_typed, sparse, dla_core, no_gpu_fallback, workspace_mb,
-             timing_cache, builder_opt_level, batch, threads, opt_level, print_trtexec, trt_version, force, as_json):
+             timing_cache, builder_opt_level, batch, threads, opt_level, print_trtexec, trt_version, force, device,
+             as_json):
     """Build a runtime artifact from ONNX_FILE."""
     path = Path(onnx_file)
     if not path.is_file():
@@ -58,13 +61,36 @@ def compile_(onnx_file, backend, output, fp16, int8, strongly_typed, sparse, dla
         if any([fp16, int8, sparse, dla_core is not None, workspace_mb, timing_cache, print_trtexec]):
             raise UserError("--fp16/--int8/--sparse/--dla/--workspace/--timing-cache/--print-trtexec are TensorRT "
                             "options; add --backend trt")
+        if device not in (None, "local"):
+            raise UserError("--device builds TensorRT engines (--backend trt); an ORT graph is optimised when loaded there")
         _compile_ort(path, output, threads, opt_level, force, as_json)
         return
-    _compile_trt(path, output, dict(
-        fp16=fp16, int8=int8, strongly_typed=strongly_typed, sparse=sparse, dla_core=dla_core,
-        gpu_fallback=not no_gpu_fallback, workspace_mb=workspace_mb, timing_cache=timing_cache,
-        optimization_level=builder_opt_level,
-    ), batch, print_trtexec, trt_version, force, as_json)
+    options = dict(fp16=fp16, int8=int8, strongly_typed=strongly_typed, sparse=sparse, dla_core=dla_core,
+                   gpu_fallback=not no_gpu_fallback, workspace_mb=workspace_mb, timing_cache=timing_cache,
+                   optimization_level=builder_opt_level)
+    if device is not None and device != "local":
+        if timing_cache or print_trtexec:
+            raise UserError("--timing-cache and --print-trtexec work here only; drop them with --device")
+        _compile_trt_on_device(path, output, options, batch, trt_version, force, device, as_json)
+        return
+    _compile_trt(path, output, options, batch, print_trtexec, trt_version, force, as_json)
+
+
+def _compile_trt_on_device(path: Path, output, options: dict, batch: int, trt_version, force: bool, spec: str,
+                           as_json: bool):
+    """Build and time the engine where TensorRT is; bring back the engine, build log and timing."""
+    from edgecnn.devices import parse_device
+    from edgecnn.measure.on_device import build_engine_on
+
+    engine = Path(output) if output else path.with_suffix(".engine")
+    check_output_file(engine, force)
+    build = build_engine_on(parse_device(spec), path, engine, options, batch, trt_version)
+    if as_json:
+        click.echo(json.dumps(build.to_dict()))
+        return
+    click.echo(f"wrote {build.engine} (built on {build.device}, TensorRT {build.trt_version}); GPU compute time "
+               f"median {build.timing['median_ms']} ms, p90 {build.timing['p90_ms']} ms, measured on that device")
+    click.echo(f"build log {build.log}; timing {build.timing_file}")
 
 
 def _compile_ort(path: Path, output, threads: int, opt_level: str, force: bool, as_json: bool):

@@ -37,7 +37,8 @@ MARKER = ".edgecnn-device-cache"  # written in the cache folder: clean() removes
 SSH_CONFIG_ENV = "EDGECNN_SSH_CONFIG"  # an ssh_config file to use instead of ~/.ssh/config (ssh -F)
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9._-]*)$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
-_OPTIONS = {"python": "the device's Python (default python3)", "dir": f"the cache folder (default ~/{DEFAULT_DIR})"}
+_OPTIONS = {"python": "the device's Python (default python3)", "dir": f"the cache folder (default ~/{DEFAULT_DIR})",
+            "trtexec": "TensorRT's trtexec where it is not on PATH"}
 
 _UNREACHABLE = ("Could not resolve hostname", "Connection refused", "No route to host", "Connection timed out",
                 "Network is unreachable", "Name or service not known", "port 22: Operation timed out")
@@ -73,6 +74,7 @@ class SshDevice(Device):
         self.python = options.get("python") or "python3"
         folder = options.get("dir") or DEFAULT_DIR
         self.folder = folder[2:] if folder.startswith("~/") else folder
+        self.trtexec = options.get("trtexec")
         self._present: set[str] = set()
         self._agent: Optional[str] = None
 
@@ -190,6 +192,8 @@ class SshDevice(Device):
         if backend == "ort" and not ({"onnxruntime", "onnxruntime-gpu"} & set(runtimes)):
             raise UserError(f"{self.name}: onnxruntime is missing from the device's Python ({self.python}): "
                             f"install it there with '{self.python} -m pip install onnxruntime'")
+        if self.trtexec:
+            info["trtexec"] = self.trtexec
         if backend == "trt" and not info.get("trtexec"):
             raise UserError(f"{self.name}: TensorRT's trtexec is not on the device: install TensorRT there "
                             "(on a Jetson: sudo apt install nvidia-jetpack)")
@@ -258,5 +262,5 @@ def _local_cache() -> Path:
 
 register_device_kind(DeviceKind(
     "ssh", SshDevice, lambda spec: spec.startswith("ssh://"), measures_latency=True,
-    spec_help="ssh://user@host[:port] (a board over SSH; ?python=PATH&dir=PATH optional)",
+    spec_help="ssh://user@host[:port] (a board over SSH; ?python=PATH&dir=PATH&trtexec=PATH optional)",
 ))

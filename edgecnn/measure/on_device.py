@@ -112,3 +112,56 @@ def require_single(devices: Sequence[Device], what: str) -> Device:
     if len(devices) != 1:
         raise UserError(f"{what} runs on one device; give --device once")
     return devices[0]
+
+
+@dataclass
+class DeviceBuild:
+    """An engine built and timed where TensorRT is: the files brought back and the timing."""
+
+    device: str
+    engine: str
+    log: str
+    timing_file: str
+    timing: dict
+    trt_version: str
+    command: str
+    probe: dict
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def build_engine_on(device: Device, onnx_path: Path, engine: Path, options: dict, batch: int,
+                    trt_version: Optional[str] = None) -> DeviceBuild:
+    """Run the pinned trtexec line on ``device`` (build + timing policy), then bring back the engine,
+    its build log and the timing; every local file appears whole or not at all."""
+    import hashlib
+    import json
+
+    from edgecnn.backends import tensorrt as trt_backend
+    from edgecnn.backends.trtexec import TrtexecTiming, format_command, parse_trtexec_output, trtexec_command
+    from edgecnn.fileio import write_text_atomic
+
+    device.require_latency()
+    info = probe_device(device, "trt")
+    version = info.get("runtimes", {}).get("tensorrt") or trt_version or "10.3"
+    cfg = trt_backend.config_for_onnx(onnx_path, version, batch=(1, batch, batch), **options)
+    remote_onnx = device.put(onnx_path)
+    remote_engine = f"{remote_onnx}.b{batch}-{hashlib.sha256(repr(sorted(options.items())).encode()).hexdigest()[:12]}.engine"
+    args = trtexec_command(remote_onnx, cfg, TrtexecTiming(batch=batch), save_engine=remote_engine,
+                           trtexec=info["trtexec"])
+    done = device.run(args, "building the TensorRT engine", timeout=3600.0)
+    text = done.stdout.decode("utf-8", "replace") + done.stderr.decode("utf-8", "replace")
+    log = engine.with_suffix(engine.suffix + ".log")
+    write_text_atomic(log, text)  # kept even when the build failed: it says why
+    if done.returncode != 0:
+        last = next((line for line in reversed(text.splitlines()) if "[E]" in line), None)
+        raise UserError(f"{device.name}: trtexec failed (exit {done.returncode}): "
+                        f"{(last or device.failure_line(done.returncode, text))[:300]}; build log {log}")
+    timing = parse_trtexec_output(text)
+    timing_file = engine.with_suffix(engine.suffix + ".timing.json")
+    device.fetch(remote_engine, engine)
+    build = DeviceBuild(device.name, str(engine), str(log), str(timing_file), timing,
+                        timing.get("trt_version") or version, format_command(args), info)
+    write_text_atomic(timing_file, json.dumps(build.to_dict(), indent=2) + "\n")
+    return build
