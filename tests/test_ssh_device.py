@@ -263,3 +263,64 @@ def test_compile_trt_builds_on_the_device_and_brings_back_engine_log_and_timing(
     assert "--useSpinWait" in Path(build["engine"]).read_text()  # the pinned timing policy ran there
     assert build["timing"]["median_ms"] == 0.95 and build["device"] == f"{spec}&trtexec={fake}"
     assert Path(build["log"]).is_file() and json.loads(Path(build["timing_file"]).read_text())["engine"]
+
+
+SEARCH_RECIPE = """
+stages:
+  - fold_bn
+  - search: {max_drop: 100.0, precisions: [fp32, w7a8], max_verify: 1, sensitivity_images: 8, threads: 1}
+  - export
+  - measure: {latency_runs: 10, warmup: 1, warmup_seconds: 0.0}
+"""
+TINY_MODEL = """
+import torch.nn as nn
+
+
+def tiny(num_classes=10, **_):
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+"""
+
+
+def _tiny_search_inputs(folder: Path) -> tuple[Path, Path, Path]:
+    """A two-conv model, its weights and 40 labelled 40x40 images: a search small enough to run in seconds."""
+    import torch
+    from PIL import Image
+
+    (folder / "tiny.py").write_text(TINY_MODEL)
+    sys.path.insert(0, str(folder))
+    try:
+        from tiny import tiny
+    finally:
+        sys.path.remove(str(folder))
+    torch.manual_seed(0)
+    torch.save(tiny().state_dict(), folder / "tiny.pth")
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        (folder / "data" / f"c{c}").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / "data" / f"c{c}" / f"{i}.png")
+    (folder / "data" / "classes.txt").write_text("".join(f"c{c} class{c}\n" for c in range(10)))
+    return folder / "tiny.py", folder / "tiny.pth", folder / "data"
+
+
+def test_compress_search_measures_on_the_device(device_spec, tmp_path, monkeypatch):
+    """--measure-on: the search's latency table and the final timing come from the device's agent."""
+    from edgecnn.devices.ssh import SshDevice
+
+    calls = []
+    original = SshDevice.run_agent
+    monkeypatch.setattr(SshDevice, "run_agent", lambda self, args, timeout=600.0: calls.append(args[0]) or
+                        original(self, args, timeout))
+    from edgecnn.cli import main
+
+    model, weights, data = _tiny_search_inputs(tmp_path)
+    (tmp_path / "search.yaml").write_text(SEARCH_RECIPE)
+    out = tmp_path / "out"
+    main(["compress", f"{model}:tiny", "--weights", str(weights), "--num-classes", "10", "--recipe",
+          str(tmp_path / "search.yaml"), "--data", str(data), "--calib", str(data), "-o", str(out), "--quiet",
+          "--measure-on", device_spec])
+    assert calls[0] == "probe" and calls.count("interleave") >= 2 and "latency" in calls
+    report = json.loads((out / "report.json").read_text())
+    assert any(n.startswith(f"latency measured on {device_spec}") for n in report["notes"])
+    assert "latency measured on ssh://" in (out / "report.md").read_text()

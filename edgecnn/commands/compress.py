@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from edgecnn.cli_options import field_option, model_options, pop_model_options
+from edgecnn.cli_options import device_option, field_option, model_options, pop_model_options
 from edgecnn.errors import UserError
 from edgecnn.passes.prune import PruneConfig
 from edgecnn.passes.quantize import QuantConfig
@@ -87,8 +87,9 @@ def _collapse_warning(recipe):
 @click.option("--print-recipe", is_flag=True, help="Print the resolved recipe and exit.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@device_option(flag="--measure-on")
 def compress(model, bits, prune, prune_mode, shift, max_drop, search_time, objective, confidence, train, calib, data, targets, recipe_path, output, ship,
-             force, print_recipe, dry_run, quiet, **kwargs):
+             force, print_recipe, dry_run, quiet, device, **kwargs):
     """Compress MODEL (zoo name or path/to/file.py:factory) and measure every stage.
 
     \b
@@ -141,5 +142,8 @@ def compress(model, bits, prune, prune_mode, shift, max_drop, search_time, objec
         for line in [f"note: {n}" for n in notes] + pipeline.plan():
             click.echo(line)
         return
-    pipeline.run()
+    from edgecnn.measure.on_device import measuring_on, timing_device
+
+    with measuring_on(timing_device(device)):
+        pipeline.run()
 

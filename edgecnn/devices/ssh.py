@@ -42,7 +42,7 @@ _OPTIONS = {"python": "the device's Python (default python3)", "dir": f"the cach
 
 _UNREACHABLE = ("Could not resolve hostname", "Connection refused", "No route to host", "Connection timed out",
                 "Network is unreachable", "Name or service not known", "port 22: Operation timed out")
-_DROPPED = ("closed by remote host", "Connection reset", "Broken pipe", "Timeout, server", "client_loop:",
+_DROPPED = ("closed by remote host", "read from master failed", "mux_client", "Connection reset", "Broken pipe", "Timeout, server", "client_loop:",
             "Connection closed by", "packet_write_wait", "Connection to ")
 _CANNOT_WRITE = ("Read-only file system", "Permission denied", "Operation not permitted", "cannot create directory",
                  "Not a directory")
@@ -89,6 +89,7 @@ class SshDevice(Device):
                    "-o", "ServerAliveCountMax=3"]
         if os.environ.get(SSH_CONFIG_ENV):
             options = ["-F", os.environ[SSH_CONFIG_ENV], *options]
+        options += ["-o", "ControlMaster=auto", "-o", f"ControlPath={_control_folder()}/%C", "-o", "ControlPersist=30"]
         if self.port:
             options += ["-p", str(self.port)]
         if self.user:
@@ -245,6 +246,29 @@ class SshDevice(Device):
         if done.stdout.decode().strip() == "removed":
             return f"{self.name}: removed {self.shown_folder}"
         return f"{self.name}: nothing to clean (no edgecnn cache folder {self.shown_folder})"
+
+
+_CONTROL: list[str] = []
+
+
+def _control_folder() -> str:
+    """A private folder for this process's shared connections: one TCP + key exchange per device,
+    not per command (slow boards spend most of a short job in the handshake). Closed at exit."""
+    if not _CONTROL:
+        import atexit
+        import shutil
+        import tempfile
+
+        _CONTROL.append(tempfile.mkdtemp(prefix="edgecnn-ssh-"))
+        atexit.register(_close_connections, _CONTROL[0])
+        atexit.register(shutil.rmtree, _CONTROL[0], True)
+    return _CONTROL[0]
+
+
+def _close_connections(folder: str) -> None:
+    for socket in Path(folder).glob("*"):
+        subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "edgecnn-device"], capture_output=True,
+                       timeout=10, stdin=subprocess.DEVNULL)
 
 
 def _sha256(path: Path) -> str:

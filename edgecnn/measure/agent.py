@@ -7,6 +7,8 @@
   runtime versions, free disk);
 * ``latency MODEL [options]``: the library's timer (:mod:`edgecnn.measure.latency`), one JSON
   result, exactly as a local ``edgecnn bench`` measures;
+* ``interleave NAME=MODEL ...``: whole-model timings of several files, rounds interleaved (the
+  search's latency table, measured on the device);
 * ``infer MODEL``: reads length-prefixed ``.npy`` batches on stdin and answers each with the
   model's first output, until an empty frame: evaluation images travel as preprocessed tensors,
   so the device needs no image library.
@@ -59,6 +61,20 @@ def infer(model: str, threads: int, opt_level: str, stdin, stdout) -> None:
         stdout.flush()
 
 
+def interleave(models: dict[str, str], threads: int, batch: int, rounds: int, iters: int, warmup: int) -> dict:
+    """Per-call seconds by round of several files, rounds interleaved (A, B, A, B, ...), each call
+    timed by the library timer: what :class:`edgecnn.measure.interleave.Timer` measures, on this machine."""
+    from edgecnn.measure.latency import open_runner, time_runs
+
+    runners = {name: open_runner(path, "ort", threads) for name, path in models.items()}
+    calls = {name: r.run_callable(r.input_for(batch)) for name, r in runners.items()}
+    times: dict[str, list] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            times[name].append(time_runs(call, 0.0, iterations=iters, warmup_runs=warmup))
+    return times
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="edgecnn-agent", description="edgecnn's device agent (no torch)")
     jobs = parser.add_subparsers(dest="job", required=True)
@@ -69,6 +85,13 @@ def main(argv=None) -> int:
     p.add_argument("model")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--opt-level", default="all")
+    p = jobs.add_parser("interleave")
+    p.add_argument("models", nargs="+", metavar="NAME=PATH")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["latency"]:
         from edgecnn.measure.latency import main as latency_main
@@ -78,6 +101,10 @@ def main(argv=None) -> int:
     try:
         if args.job == "probe":
             json.dump(probe(args.cache_dir), sys.stdout)
+            sys.stdout.write("\n")
+        elif args.job == "interleave":
+            models = dict(item.split("=", 1) for item in args.models)
+            json.dump(interleave(models, args.threads, args.batch, args.rounds, args.iters, args.warmup), sys.stdout)
             sys.stdout.write("\n")
         elif args.job == "infer":
             infer(args.model, args.threads, args.opt_level, sys.stdin.buffer, sys.stdout.buffer)

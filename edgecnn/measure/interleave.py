@@ -139,6 +139,13 @@ class Timer:
         for name in names:
             if not isinstance(paths[name], Engine) and not Path(paths[name]).is_file():
                 raise UserError(f"model file '{paths[name]}' does not exist; check the path")
+        from edgecnn.measure.on_device import interleave_on, measuring_device
+
+        device = measuring_device()  # compress --measure-on: the device's agent runs the same rounds there
+        if device is not None and not any(isinstance(p, Engine) for p in paths.values()):
+            rounds_there = interleave_on(device, paths, self.threads, self.batch, self.rounds, self.iterations,
+                                         self.warmup_runs)
+            return {name: summarize_rounds(rounds_there[name], self.batch) for name in names}
         while len(self.workers) < len(names):
             self.workers.append(_Worker())
         for name, worker in zip(names, self.workers):

@@ -9,10 +9,11 @@ compete for cores (two specs naming the same machine are measured one after the 
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from edgecnn.devices import Device
 from edgecnn.errors import UserError
@@ -34,8 +35,9 @@ class DeviceRun:
 
 
 def probe_device(device: Device, backend: str = "ort") -> dict:
-    """The device's probe; a missing runtime there is one line saying what to install."""
-    info = device.probe()
+    """The device's probe (once per device object); a missing runtime there is one line saying what to install."""
+    info = getattr(device, "_probe_info", None) or device.probe()
+    device._probe_info = info
     require = getattr(device, "require_runtime", None)
     if require is not None:
         require(info, backend)
@@ -165,3 +167,45 @@ def build_engine_on(device: Device, onnx_path: Path, engine: Path, options: dict
                         timing.get("trt_version") or version, format_command(args), info)
     write_text_atomic(timing_file, json.dumps(build.to_dict(), indent=2) + "\n")
     return build
+
+
+# -- where the search and the measure stage time (compress --measure-on) ----------------------
+_MEASURING_ON: Optional[Device] = None
+
+
+@contextlib.contextmanager
+def measuring_on(device: Optional[Device]) -> Iterator[Optional[Device]]:
+    """Within this block the search's latency table and the final timing are measured on ``device``."""
+    global _MEASURING_ON
+    previous, _MEASURING_ON = _MEASURING_ON, device
+    try:
+        yield device
+    finally:
+        _MEASURING_ON = previous
+
+
+def measuring_device() -> Optional[Device]:
+    """The device set by :func:`measuring_on`, or None (time here)."""
+    return _MEASURING_ON
+
+
+def interleave_on(device: Device, paths: dict, threads: int, batch: int, rounds: int, iterations: int,
+                  warmup_runs: int) -> dict[str, list[list[float]]]:
+    """Per-call seconds by round of every model, timed interleaved by the device's agent (what
+    :class:`edgecnn.measure.interleave.Timer` measures here)."""
+    staged = [f"{name}={device.put(Path(path))}" for name, path in paths.items()]
+    args = ["interleave", *staged, "--threads", str(threads), "--batch", str(batch), "--rounds", str(rounds),
+            "--iters", str(iterations), "--warmup", str(warmup_runs)]
+    return device.run_agent(args, timeout=600.0)
+
+
+def timing_device(spec: Optional[str]) -> Optional[Device]:
+    """The device ``compress --measure-on SPEC`` times on (None: here), checked before any work."""
+    if spec is None or spec.strip() == "local":
+        return None
+    from edgecnn.devices import parse_device
+
+    device = parse_device(spec)
+    device.require_latency()
+    probe_device(device, "ort")
+    return device

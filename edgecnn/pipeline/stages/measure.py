@@ -133,8 +133,8 @@ class _Rows:
         shipped = ecnn.stat().st_size
         values: dict = {"onnx_bytes": path.stat().st_size, "shipped_bytes": shipped}
         if cpu_latency_meaningful(target):
-            lat = measure_in_subprocess(path, backend="ort", threads=config.threads or 0, warmup_s=config.warmup_seconds,
-                                        iterations=config.latency_runs, warmup=config.warmup)
+            lat = _time(path, backend="ort", threads=config.threads or 0, warmup_s=config.warmup_seconds,
+                        iterations=config.latency_runs, warmup=config.warmup)
             values.update(latency_ms_median=float(lat.median_ms), latency_ms_p90=float(lat.p90_ms), runtime=lat.runtime)
             state.latency_warnings.extend(f"{path.name}: {w}" for w in lat.warnings)
         logits = _predict(state, path, config.threads or 0, optimize=cpu_accuracy(target) == "optimized")
@@ -157,6 +157,18 @@ class _Rows:
         return values
 
 
+def _time(path: Path, **settings):
+    """Here, or on the device of ``compress --measure-on`` (the same library timer, run by its agent)."""
+    from edgecnn.measure.on_device import measuring_device, time_on_device
+
+    device = measuring_device()
+    if device is None:
+        return measure_in_subprocess(path, **settings)
+    from edgecnn.measure.latency import LatencySettings
+
+    return time_on_device(device, path, LatencySettings(**settings))
+
+
 class MeasureStage:
     kind = "measure"
     own_progress = True  # its own progress bar (one live display at a time)
@@ -172,6 +184,7 @@ class MeasureStage:
                 step(n, len(todo), f"{ck.stage} {target}")
                 state.results.append(ResultRow(ck.stage, target, **ck.stats, **rows.values(ck, target)))
             step(len(todo), len(todo))
+        _note_device(state)
         measured_targets = [t for t in state.recipe.targets if any(row.target == t for row in state.results)]
         state.notes.extend(measurement_notes(measured_targets))
         if state.latency_warnings:
@@ -202,3 +215,11 @@ def _drop_intermediate_files(state: RunState) -> None:
         for row in state.results:
             if row.onnx and row.onnx.startswith("checkpoints/"):
                 row.onnx = None
+
+
+def _note_device(state: RunState) -> None:
+    from edgecnn.measure.on_device import identity, measuring_device, probe_device
+
+    device = measuring_device()
+    if device is not None:
+        state.notes.append(f"latency measured on {identity(probe_device(device))}")
