@@ -324,3 +324,39 @@ def test_compress_search_measures_on_the_device(device_spec, tmp_path, monkeypat
     report = json.loads((out / "report.json").read_text())
     assert any(n.startswith(f"latency measured on {device_spec}") for n in report["notes"])
     assert "latency measured on ssh://" in (out / "report.md").read_text()
+
+
+def _bundle(tmp_path: Path) -> Path:
+    """A bundle of a 3-class model on 8x8 images (edgecnn ship, as a user writes one)."""
+    from onnx import numpy_helper
+    from PIL import Image
+
+    from edgecnn.export.metadata import write_metadata
+    from edgecnn.preprocess import Preprocess
+
+    w = numpy_helper.from_array(np.eye(3, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+         helper.make_node("Gemm", ["f", "w"], ["logits"], transB=1)], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    write_metadata(model, Preprocess(input_size=8, resize=8, crop=8).to_metadata())
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(tmp_path / "red.png")
+    (tmp_path / "labels.txt").write_text("red\ngreen\nblue\n")
+    done = _edgecnn("ship", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "bundle"), "--golden",
+                    str(tmp_path / "red.png"), "--labels", str(tmp_path / "labels.txt"))
+    assert done.returncode == 0, done.stderr
+    return tmp_path / "bundle"
+
+
+def test_ship_check_runs_the_golden_test_on_the_device(device_spec, device_python, tmp_path):
+    bundle = _bundle(tmp_path)
+    done = _edgecnn("ship", "--check", str(bundle), "--device", device_spec)
+    assert done.returncode == 2 and "pillow is missing from the device's Python" in done.stderr, done.stderr
+    pin = f"pillow=={importlib.metadata.version('pillow')}"
+    subprocess.run([sys.executable, "-m", "pip", "--python", device_python, "install", "-q", pin], check=True)
+    done = _edgecnn("ship", "--check", str(bundle), "--device", device_spec)
+    assert done.returncode == 0, done.stderr
+    assert "reproduces the golden top-5 from model.onnx" in done.stdout and f"checked on {device_spec}" in done.stdout

@@ -72,7 +72,8 @@ def _check(folder: str, python, as_json: bool, device=None) -> None:
         for line in result.passed:
             click.echo(f"ok: {line}")
         if result.versions and not result.failures:
-            click.echo("checked with " + ", ".join(f"{k} {v}" for k, v in result.versions.items()))
+            where = f" on {device.name}" if device is not None else ""
+            click.echo(f"checked{where} with " + ", ".join(f"{k} {v}" for k, v in result.versions.items()))
     for line in result.failures:
         click.echo(f"edgecnn: check failed: {line}", err=True)
     if result.failures:

@@ -176,7 +176,7 @@ class SshDevice(Device):
             return f"cannot write the cache folder {self.shown_folder} on the device; give a writable one with ?dir=PATH"
         missing = re.search(r"No module named '([\w.]+)'", stderr)
         if missing:
-            package = missing.group(1).split(".")[0]
+            package = {"PIL": "pillow"}.get(missing.group(1).split(".")[0], missing.group(1).split(".")[0])
             return (f"{package} is missing from the device's Python ({self.python}): install it there with "
                     f"'{self.python} -m pip install {package}'")
         if returncode == 127 or "python" in stderr and "not found" in stderr:
@@ -223,6 +223,33 @@ class SshDevice(Device):
                 raise UserError(f"{self.name}: copying {path.name} failed: {self.failure_line(done.returncode, stderr)}")
         self._present.add(remote)
         return remote
+
+    def put_folder(self, folder: Path) -> str:
+        """Copy a folder (same relative names) into the cache folder, each file content-addressed;
+        returns its path there, named by the hash of its listing."""
+        folder = Path(folder)
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        blobs = {p.relative_to(folder).as_posix(): self.put(p) for p in files}
+        listing = "\n".join(f"{name} {blob}" for name, blob in blobs.items())
+        tree = f"{self.folder}/trees/{hashlib.sha256(listing.encode()).hexdigest()[:24]}"
+        if tree in self._present:
+            return tree
+        subfolders = sorted({f"{tree}/{Path(name).parent.as_posix()}" for name in blobs})
+        line = " && ".join([shlex.join(["mkdir", "-p", *subfolders])] +
+                           [shlex.join(["cp", "-f", blob, f"{tree}/{name}"]) for name, blob in blobs.items()])
+        done = self.run(line, f"staging {folder.name}/")
+        if done.returncode != 0:
+            raise UserError(f"{self.name}: staging {folder.name}/ failed: "
+                            f"{self.failure_line(done.returncode, done.stderr.decode('utf-8', 'replace'))}")
+        self._present.add(tree)
+        return tree
+
+    def run_python(self, args: Sequence[str], cwd: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
+        """The device's Python with ``args``, in ``cwd`` (a folder on the device); text output."""
+        done = self.run(f"cd {shlex.quote(cwd)} && exec {shlex.join([self.python, *args])}", "running Python",
+                        timeout)
+        return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode("utf-8", "replace"),
+                                           done.stderr.decode("utf-8", "replace"))
 
     def fetch(self, remote: str, local: Path) -> Path:
         """Bring a device file back; ``local`` appears whole or not at all."""

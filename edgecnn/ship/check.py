@@ -54,7 +54,10 @@ class CheckResult:
 def run_sample(bundle: Path, args: list[str], python: Optional[str] = None, timeout: float = 300, device=None):
     """Run the bundle's classify.py isolated (``python -I``, torch/edgecnn blocked); CompletedProcess.
 
-    ``device``: run it with that device's Python (e.g. on an emulated ARM CPU's kernels)."""
+    ``device``: run it with that device's Python (e.g. on an emulated ARM CPU's kernels); a remote
+    device (ssh) gets the bundle staged in its cache folder first."""
+    if device is not None and hasattr(device, "run_python"):
+        return device.run_python(["-I", "-c", RUNNER, "classify.py", *args], device.put_folder(bundle), timeout)
     # The sample runs with cwd=bundle: every path given relative to the caller's folder is made absolute first.
     bundle = Path(os.path.abspath(bundle))
     if python is not None and os.sep in python:  # a bare name ("python3") is looked up on PATH as usual
@@ -186,11 +189,18 @@ def _golden(bundle: Path, result: CheckResult, runner) -> None:
     with tempfile.TemporaryDirectory(prefix="edgecnn-check-") as tmp:
         for model in models:
             saved = Path(tmp) / f"{model}.input.npy"
-            python, device = (None, runner) if hasattr(runner, "python_command") else (runner, None)
-            done = run_sample(bundle, [expected["image"], "--model", model, "--json", "--save-input", str(saved)],
+            python, device = (None, runner) if hasattr(runner, "python_command") or hasattr(runner, "run_python") \
+                else (runner, None)
+            remote = device is not None and hasattr(device, "put_folder")  # the sample writes its input there
+            target = f"golden/{model}.input.npy" if remote else str(saved)
+            done = run_sample(bundle, [expected["image"], "--model", model, "--json", "--save-input", target],
                               python, device=device)
+            if remote and done.returncode == 0:
+                device.fetch(f"{device.put_folder(bundle)}/{target}", saved)
             if done.returncode != 0:
                 last = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+                if device is not None:  # a missing package there is named with what to install
+                    last = [device.failure_line(done.returncode, done.stderr)]
                 result.failures.append(f"classify.py --model {model} failed (exit {done.returncode}): {last[-1][:300]}")
                 continue
             out = json.loads(done.stdout.strip().splitlines()[-1])
