@@ -360,3 +360,35 @@ def test_ship_check_runs_the_golden_test_on_the_device(device_spec, device_pytho
     done = _edgecnn("ship", "--check", str(bundle), "--device", device_spec)
     assert done.returncode == 0, done.stderr
     assert "reproduces the golden top-5 from model.onnx" in done.stdout and f"checked on {device_spec}" in done.stdout
+
+
+def test_eval_on_the_device_matches_eval_here(device_spec, shared_data, tmp_path):
+    """Real weights and images: the device computes what this machine computes."""
+    onnx_file = tmp_path / "sq.onnx"
+    done = _edgecnn("export", "squeezenet1_1", "--weights", str(shared_data / "weights" / "squeezenet1_1.pth"),
+                    "--batch", "dynamic", "-o", str(onnx_file))
+    assert done.returncode == 0, done.stderr
+    args = ["eval", str(onnx_file), "--data", str(shared_data / "imagenet-sample"), "--limit", "16", "--batch", "8",
+            "--json"]
+    here = _edgecnn(*args)
+    there = _edgecnn(*args, "--device", device_spec, "--reference", str(onnx_file))  # the reference runs here
+    assert here.returncode == 0 and there.returncode == 0, there.stderr
+    here, there = json.loads(here.stdout), json.loads(there.stdout)
+    assert there["samples"] == here["samples"] == 16 and there["top1"] == here["top1"] and there["agreement"] == 1.0
+    assert there["model"].endswith(f"on {device_spec}")
+
+
+def test_devices_file_names_an_ssh_device(tmp_path, monkeypatch):
+    (tmp_path / "devices.yaml").write_text("jetson: ssh://nvidia@orin.local?python=/usr/bin/python3.10\n")
+    monkeypatch.setenv("EDGECNN_DEVICES", str(tmp_path / "devices.yaml"))
+    device = parse_device("jetson")
+    assert device.kind == "ssh" and device.host == "orin.local" and device.python == "/usr/bin/python3.10"
+    assert device.name.startswith("jetson (ssh://nvidia@orin.local")
+
+
+def test_a_busy_device_is_flagged():
+    from edgecnn.measure.on_device import busy_warning
+
+    device = parse_device("ssh://pi@board")
+    assert busy_warning(device, {"load_average": [3.5, 1, 1], "usable_cpus": 4}) is not None
+    assert busy_warning(device, {"load_average": [0.2, 1, 1], "usable_cpus": 4}) is None
