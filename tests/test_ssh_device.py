@@ -49,7 +49,32 @@ def device_python(tmp_path_factory) -> str:
                            *pins], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot build the device's virtual environment: {done.stderr.strip().splitlines()[-1:]}")
+    site = next((root / "lib").glob("python3*/site-packages"))
+    (site / "sitecustomize.py").write_text(SLOW_FLOAT_DEVICE)
     return str(root / "bin" / "python")
+
+
+# A device whose ONNX Runtime runs float models slowly: active only where the agent works in a
+# cache folder holding the marker file, so the other tests see an ordinary device.
+SLOW_FLOAT_DEVICE = """
+import os
+if os.path.exists("slow-float-models"):
+    import time
+    import onnxruntime
+    _init, _run = onnxruntime.InferenceSession.__init__, onnxruntime.InferenceSession.run
+
+    def __init__(self, model, *args, **kwargs):
+        data = open(model, "rb").read() if isinstance(model, str) else bytes(model)
+        self._slow = b"QuantizeLinear" not in data
+        _init(self, model, *args, **kwargs)
+
+    def run(self, *args, **kwargs):
+        if self._slow:
+            time.sleep(0.003)
+        return _run(self, *args, **kwargs)
+
+    onnxruntime.InferenceSession.__init__, onnxruntime.InferenceSession.run = __init__, run
+"""
 
 
 @pytest.fixture()
@@ -305,7 +330,8 @@ def _tiny_search_inputs(folder: Path) -> tuple[Path, Path, Path]:
 
 
 def test_compress_search_measures_on_the_device(device_spec, tmp_path, monkeypatch):
-    """--measure-on: the search's latency table and the final timing come from the device's agent."""
+    """--measure-on: the search's latency table and the final timing come from the device's agent,
+    and they decide: on a device where float models are slow the search picks int8 layers."""
     from edgecnn.devices.ssh import SshDevice
 
     calls = []
@@ -315,6 +341,8 @@ def test_compress_search_measures_on_the_device(device_spec, tmp_path, monkeypat
     from edgecnn.cli import main
 
     model, weights, data = _tiny_search_inputs(tmp_path)
+    (tmp_path / "device-cache").mkdir()
+    (tmp_path / "device-cache" / "slow-float-models").write_text("")
     (tmp_path / "search.yaml").write_text(SEARCH_RECIPE)
     out = tmp_path / "out"
     main(["compress", f"{model}:tiny", "--weights", str(weights), "--num-classes", "10", "--recipe",
@@ -324,6 +352,8 @@ def test_compress_search_measures_on_the_device(device_spec, tmp_path, monkeypat
     report = json.loads((out / "report.json").read_text())
     assert any(n.startswith(f"latency measured on {device_spec}") for n in report["notes"])
     assert "latency measured on ssh://" in (out / "report.md").read_text()
+    search = next(s for s in report["stages"] if s["name"] == "search")["summary"]
+    assert "w7a8" in {r["precision"] for r in search["chosen_layers"]}
 
 
 def _bundle(tmp_path: Path) -> Path:
