@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-LIFETIME_S = 600
+LIFETIME_S = 1800  # longer than a slow session: the server outlives every test that uses it
 
 
 def find_sshd() -> Optional[str]:

@@ -42,8 +42,8 @@ _OPTIONS = {"python": "the device's Python (default python3)", "dir": f"the cach
 
 _UNREACHABLE = ("Could not resolve hostname", "Connection refused", "No route to host", "Connection timed out",
                 "Network is unreachable", "Name or service not known", "port 22: Operation timed out")
-_DROPPED = ("closed by remote host", "read from master failed", "mux_client", "Connection reset", "Broken pipe", "Timeout, server", "client_loop:",
-            "Connection closed by", "packet_write_wait", "Connection to ")
+_DROPPED = ("closed by remote host", "read from master failed", "mux_client", "Connection reset", "Broken pipe",
+            "Timeout, server", "client_loop:", "Connection closed by", "packet_write_wait", "Connection to ")
 _CANNOT_WRITE = ("Read-only file system", "Permission denied", "Operation not permitted", "cannot create directory",
                  "Not a directory")
 _HOST_KEY = ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED", "host key is known")
