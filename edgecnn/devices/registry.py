@@ -65,7 +65,9 @@ def _load_kinds() -> None:
     import importlib
 
     for module in BUILTIN_KIND_MODULES:
-        importlib.import_module(module)
+        kind = getattr(importlib.import_module(module), "DEVICE_KIND", None)  # a module may also register itself
+        if kind is not None and kind.name not in DEVICE_KINDS:
+            register_device_kind(kind)
 
 
 class LocalDevice(Device):

@@ -28,7 +28,6 @@ from typing import Optional, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
 from edgecnn.devices.base import Device, DeviceKind, _last_line
-from edgecnn.devices.registry import register_device_kind
 from edgecnn.errors import UserError
 from edgecnn.fileio import atomic_path
 
@@ -311,7 +310,8 @@ def _local_cache() -> Path:
     return Path(os.environ.get("EDGECNN_CACHE") or Path.home() / ".cache" / "edgecnn")
 
 
-register_device_kind(DeviceKind(
+# Registered by edgecnn.devices.registry when it loads this module (no import back: no cycle).
+DEVICE_KIND = DeviceKind(
     "ssh", SshDevice, lambda spec: spec.startswith("ssh://"), measures_latency=True,
     spec_help="ssh://user@host[:port] (a board over SSH; ?python=PATH&dir=PATH&trtexec=PATH optional)",
-))
+)
