@@ -85,9 +85,9 @@ def check_on_levels(onnx_path: Path, data: Path, levels, images: int) -> dict:
 
 def environment(levels) -> dict:
     from edgecnn.devices import parse_device
-    from edgecnn.measure.sysinfo import system_info
+    from edgecnn.measure.sysinfo import environment as library_environment
 
-    host = system_info()
+    host = library_environment()
     emulated = {}
     for level in levels:
         probe = parse_device(f"qemu-arm:{level}").probe()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,28 +42,12 @@ CONFIDENCE = 0.95
 
 
 def environment(threads: int) -> dict:
-    """Generated environment block: edgecnn.measure.sysinfo plus CPU flags, torch and the commit."""
-    import torch
-
+    """Generated environment block: the library's (CPU model, flags and class, versions, commit)
+    plus the machine's load at the time (edgecnn.measure.sysinfo)."""
+    from edgecnn.measure.sysinfo import environment as library_environment
     from edgecnn.measure.sysinfo import system_info
 
-    info = system_info(threads)
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    info.setdefault("cpu_flags", {f: f in flags for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni")})
-    info["libraries"] = {**info.get("libraries", {}), "torch": torch.__version__}
-    try:
-        info["edgecnn_commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        info["edgecnn_commit"] = None
-    return info
+    return {**system_info(threads), **library_environment(threads)}
 
 
 def load(name: str, data: Path):
