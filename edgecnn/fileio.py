@@ -87,3 +87,9 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def private_temp_dir(prefix: str) -> str:
+    """A new folder only this user can enter (mode 0700), for scratch state such as sockets; the
+    caller removes it."""
+    return tempfile.mkdtemp(prefix=prefix)

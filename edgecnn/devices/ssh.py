@@ -283,9 +283,10 @@ def _control_folder() -> str:
     if not _CONTROL:
         import atexit
         import shutil
-        import tempfile
 
-        _CONTROL.append(tempfile.mkdtemp(prefix="edgecnn-ssh-"))
+        from edgecnn.fileio import private_temp_dir
+
+        _CONTROL.append(private_temp_dir("edgecnn-ssh-"))
         atexit.register(_close_connections, _CONTROL[0])
         atexit.register(shutil.rmtree, _CONTROL[0], True)
     return _CONTROL[0]
