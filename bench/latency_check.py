@@ -59,6 +59,7 @@ def check_model(name: str, args, work: Path) -> dict:
     from edgecnn.data.split import split_folder
     from edgecnn.measure.interleave import Timer
     from edgecnn.models import load_model
+    from edgecnn.search.budget import Budget
     from edgecnn.search.prepare import search_data
     from edgecnn.search.run import SearchConfig, _Builder, measure_table
     from edgecnn.search.space import build_space
@@ -67,10 +68,10 @@ def check_model(name: str, args, work: Path) -> dict:
     spec = MODELS[name]
     loaded = load_model(name, weights=str(DATA / spec["weights"]), preprocess=spec["preprocess"], **spec["options"])
     model = loaded.module.eval()
-    data = search_data(split_folder(DATA / "imagenet-sample").search, loaded.preprocess, 32, work / name / "data", limit=args.images)
+    data = search_data(split_folder(DATA / "imagenet-sample").search, loaded.preprocess, 32, limit=args.images)
     config = SearchConfig(threads=args.threads, prune_densities=[])
     space = build_space(model, torch.from_numpy(data.images[:1]), tuple(config.precisions))
-    builder = _Builder(model, space, data, config, work / name, print)
+    builder = _Builder(model, space, data, config, work / name, print, Budget(None))  # no time limit
     try:
         table = measure_table(builder, space, print)
         configs = {f"uniform {p.upper()}": space.uniform(p) for p in config.precisions}

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     loaded = load_model("squeezenet1_1", weights=str(DATA / "weights" / "squeezenet1_1.pth"), preprocess="torchvision")
     teacher = loaded.module.eval()
     work = Path(tempfile.mkdtemp(prefix="edgecnn-recovery-check-"))
-    data = search_data(split_folder(DATA / "imagenet-sample").search, loaded.preprocess, 32, work / "data")
+    data = search_data(split_folder(DATA / "imagenet-sample").search, loaded.preprocess, 32)
     reference = predictions(teacher, data.images)
     base_top1 = float((reference == data.labels).mean() * 100)
     space = build_space(teacher, torch.from_numpy(data.images[:1]), ("fp32",), (0.75,), False)

@@ -62,7 +62,8 @@ def search_job(job: dict) -> dict:
     loaded = load_model(job["model"], weights=str(DATA / spec["weights"]), preprocess=spec["preprocess"], **spec["options"])
     work = Path(job["work"]) / job["model"]
     split = split_folder(DATA / "imagenet-sample")
-    data = search_data(split.search, loaded.preprocess, 32, work / "data")
+    data = search_data(split.search, loaded.preprocess, 32)
+    (work / "data").mkdir(parents=True, exist_ok=True)
     np.save(work / "data" / "calib.npy", torch.cat(data.calib).numpy())
     config = SearchConfig(**job["search"])
     lines = []
@@ -93,7 +94,7 @@ def evaluate_and_time(model: str, found: dict, args, work: Path) -> dict:
     items = [(Path(p), label) for p, label in found["evaluation"]]
     if args.eval_limit:
         items = items[: args.eval_limit]
-    images, labels = arrays(items, pre, None, work / "eval")
+    images, labels = arrays(items, pre)
     cache = work / f"{model}.eval.npy"
     np.save(cache, images)
     job = {"model": model, "threads": args.threads, "cache": str(cache), "work_dir": str(work), "fp32_onnx": found["fp32"],
