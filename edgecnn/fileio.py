@@ -93,3 +93,14 @@ def private_temp_dir(prefix: str) -> str:
     """A new folder only this user can enter (mode 0700), for scratch state such as sockets; the
     caller removes it."""
     return tempfile.mkdtemp(prefix=prefix)
+
+
+def file_sha256(path: PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (artifacts can be large)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
 from edgecnn.errors import UserError
+from edgecnn.fileio import file_sha256
 
 MANIFEST = "edgecnn-output.json"  # written into every output folder: marks it as edgecnn's to replace
 RECORD_SUFFIX = ".edgecnn.json"  # ``.<name>.edgecnn.json`` beside a file whose bytes do not name edgecnn
@@ -111,16 +112,6 @@ def record_path(path: PathLike) -> Path:
     return path.with_name(f".{path.name}{RECORD_SUFFIX}")
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _marked_by_content(path: Path) -> bool:
     """The file's own bytes say edgecnn made it: the .ecnn header, or edgecnn's ONNX metadata."""
     try:
@@ -144,7 +135,7 @@ def _record_matches(path: Path) -> bool:
         data = json.loads(record_path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and data.get("tool") == "edgecnn" and data.get("sha256") == _sha256(path)
+    return isinstance(data, dict) and data.get("tool") == "edgecnn" and data.get("sha256") == file_sha256(path)
 
 
 def is_edgecnn_file(path: PathLike) -> bool:
@@ -170,7 +161,7 @@ def record_output(path: PathLike, command: str) -> None:
             record.unlink()
         return
     text = json.dumps({"tool": "edgecnn", "version": __version__, "command": command, "file": path.name,
-                       "sha256": _sha256(path)}) + "\n"
+                       "sha256": file_sha256(path)}) + "\n"
     with writing(record):
         write_text_atomic(record, text)
 

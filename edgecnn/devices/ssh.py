@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from edgecnn.devices.base import Device, DeviceKind, _last_line
 from edgecnn.errors import UserError
-from edgecnn.fileio import atomic_path
+from edgecnn.fileio import atomic_path, file_sha256
 
 DEFAULT_DIR = ".cache/edgecnn-device"  # relative to the login's home folder
 MARKER = ".edgecnn-device-cache"  # written in the cache folder: clean() removes only a marked folder
@@ -202,7 +202,7 @@ class SshDevice(Device):
     def put(self, path: Path) -> str:
         """Copy ``path`` into the cache folder under its SHA-256 unless it is already there."""
         path = Path(path)
-        digest = _sha256(path)
+        digest = file_sha256(path)
         remote = f"{self.folder}/{digest[:32]}{''.join(path.suffixes[-1:])}"
         if remote in self._present:
             return remote
@@ -296,14 +296,6 @@ def _close_connections(folder: str) -> None:
     for socket in Path(folder).glob("*"):
         subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "edgecnn-device"], capture_output=True,
                        timeout=10, stdin=subprocess.DEVNULL)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _local_cache() -> Path:

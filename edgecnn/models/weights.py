@@ -7,7 +7,6 @@ Files are read with ``torch.load(weights_only=True)``, which refuses pickled cod
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.request
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from edgecnn.errors import UserError
-from edgecnn.fileio import atomic_path
+from edgecnn.fileio import atomic_path, file_sha256
 
 
 def cache_dir() -> Path:
@@ -122,14 +121,6 @@ def download(url: str, dest: Path) -> None:
                 progress.advance(task, len(chunk))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def published_checkpoint(model_name: str) -> Path:
     """Path of the published ImageNet checkpoint of a zoo model, downloaded once into the cache."""
     from edgecnn.models.registry import get_spec
@@ -149,7 +140,7 @@ def published_checkpoint(model_name: str) -> Path:
                 f"cannot download the ImageNet weights of '{spec.name}' from {url} ({exc}); "
                 f"download it elsewhere and pass --weights PATH"
             ) from None
-        if not _sha256(dest).startswith(spec.imagenet.sha256_prefix):
+        if not file_sha256(dest).startswith(spec.imagenet.sha256_prefix):
             dest.unlink()
             raise UserError(
                 f"the downloaded ImageNet weights of '{spec.name}' fail their hash check (expected sha256 "

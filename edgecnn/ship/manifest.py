@@ -4,23 +4,15 @@ CPU computes a target's golden output correctly."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Optional
 
 from edgecnn.errors import UserError
+from edgecnn.fileio import file_sha256 as sha256  # noqa: F401 (this module's API: bundle and check use it)
 
 BUNDLE_FORMAT = "edgecnn-bundle"
 MANIFEST = "manifest.json"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(folder: Path) -> Optional[dict]:
