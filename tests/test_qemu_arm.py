@@ -109,6 +109,40 @@ def test_ship_check_on_a_device_refuses_python_too(tmp_path, capsys):
 # --- on the emulated kernels (slow) ----------------------------------------------------------------
 
 
+def _tiny(path: Path, integer: bool) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Relu", ["input"], ["logits"])]
+    inits = []
+    if integer:
+        inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+        nodes = [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"]),
+                 helper.make_node("DequantizeLinear", ["q", "s", "z"], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_golden_kernels_are_the_targets_own_where_the_host_differs(tmp_path, monkeypatch):
+    from edgecnn import cpu
+    from edgecnn.ship.golden import target_kernels
+    from edgecnn.targets import TARGETS
+
+    monkeypatch.setattr(cpu, "host_class", lambda: "x86-avx2")
+    int8, fp32 = _tiny(tmp_path / "q.onnx", True), _tiny(tmp_path / "f.onnx", False)
+    assert [d.name for d in target_kernels("ort-arm", int8)] == ["qemu-arm:rpi4", "qemu-arm:rpi5", "qemu-arm:max"]
+    assert target_kernels("ort-arm", fp32) is None  # float kernels: the host's answer is the app's within tolerance
+    assert target_kernels("ort-x86", int8) is None  # the host is of the target's class
+    assert target_kernels("trt", int8) is None  # TensorRT goldens stay reference semantics
+    monkeypatch.setattr(cpu, "host_class", lambda: "arm64-dot")
+    assert target_kernels("ort-arm", int8) is None
+    monkeypatch.setitem(TARGETS, "ort-x86-vnni", TARGETS["ort-x86-vnni"])
+    with pytest.raises(UserError, match="must come from x86-vnni kernels, which this arm64-dot CPU does not run"):
+        target_kernels("ort-x86-vnni", int8)
+
+
 @pytest.fixture(scope="session")
 def emulation():
     """The emulated environment, built once per test session in the test cache."""
@@ -179,24 +213,44 @@ def test_eval_cli_reports_agreement_on_the_emulated_cpu(arm_artifacts, shared_da
     assert report["agreement"] == 1.0 and report["semantics"] == "runtime"
 
 
-@pytest.mark.slow
-def test_ort_arm_bundle_sample_reproduces_its_golden_output_on_arm_kernels(emulation, shared_data, tmp_path, capsys):
-    """The bundle's classify.py (pillow + onnxruntime + numpy, isolated) on the aarch64 runtime.
+SMALL_INT8 = """
+data:
+  embedded: {input_size: 32, epochs: 2, max_train_images: 300, max_test_images: 60}
+  calib_images: 16
+  batch_size: 16
+stages:
+  - fold_bn
+  - quantize: {bits: 8, calibrator: max}
+  - export
+"""
 
-    An FP32 model: the golden tolerance of an int8 ort-arm bundle is measured on this machine's
-    x86 kernels, whose S8S8 path differs from reference semantics by more than any top-1 margin
-    (docs/arm.md), so ship refuses every golden image for it here."""
-    model, bundle = tmp_path / "squeezenet.onnx", tmp_path / "bundle"
-    image = shared_data / "imagenet-sample" / "n01440764" / "n01440764_tench.JPEG"
-    code, _, err = _edgecnn(capsys, "export", "squeezenet1_1", "--weights", shared_data / "weights" / "squeezenet1_1.pth",
-                            "-o", model)
+
+@pytest.mark.slow
+def test_int8_ort_arm_bundle_golden_comes_from_arm_kernels_and_reproduces_on_each_level(emulation, tmp_path, capsys):
+    """An int8 ort-arm bundle shipped from an x86 host: its golden logits are computed on the
+    emulated ARM kernels (this host's S8S8 path differs by more than any top-1 margin), and the
+    bundle's classify.py (pillow + onnxruntime + numpy, isolated) reproduces them at every level."""
+    from edgecnn import cpu
+
+    if cpu.host_class().startswith("arm64"):
+        pytest.skip("on an ARM host the golden output comes from this machine's own kernels")
+    recipe, out, bundle = tmp_path / "small.yaml", tmp_path / "out", tmp_path / "bundle"
+    recipe.write_text(SMALL_INT8)
+    code, _, err = _edgecnn(capsys, "compress", "squeezenet", "--recipe", recipe, "--target", "ort-arm", "-o", out,
+                            "--quiet")
     assert code == 0, err
-    code, _, err = _edgecnn(capsys, "ship", model, "-o", bundle, "--target", "ort-arm", "--golden", image,
-                            "--labels", shared_data / "classes.txt")
+    code, stdout, err = _edgecnn(capsys, "ship", out, "-o", bundle)
     assert code == 0 and (bundle / "model.ort").is_file(), err
+    expected = json.loads((bundle / "golden" / "expected.json").read_text())
+    assert expected["kernels"] == "qemu-arm:rpi4, qemu-arm:rpi5, qemu-arm:max" and "logits from qemu-arm" in stdout
+    assert "onnx-disable on qemu-arm:rpi4" in expected["measured_max_difference"]
     for level in LEVELS:
         code, stdout, err = _edgecnn(capsys, "ship", "--check", bundle, "--device", f"qemu-arm:{level}", "--json")
-        out = json.loads(stdout.strip().splitlines()[0])
-        assert code == 0 and out["ok"], (level, stdout, err)
-        assert any(f"from model.ort on qemu-arm:{level}" in line for line in out["passed"])
-        assert out["versions"]  # the sample says which runtime answered
+        result = json.loads(stdout.strip().splitlines()[0])
+        assert code == 0 and result["ok"], (level, stdout, err)
+        assert any(f"from model.ort on qemu-arm:{level}" in line for line in result["passed"])
+        assert result["versions"]  # the sample says which runtime answered
+    code, stdout, err = _edgecnn(capsys, "ship", "--check", bundle)  # no device: the ARM kernels, emulated
+    assert code == 0 and "from model.onnx on qemu-arm:rpi4" in stdout, err
+    code, _, err = _edgecnn(capsys, "ship", "--check", bundle, "--python", sys.executable)
+    assert code == 2 and "check it with --device qemu-arm:rpi4" in err and len(err.strip().splitlines()) == 1

@@ -48,14 +48,16 @@ def ship(source, output, target, golden, labels, force, check_dir, python, devic
         raise UserError("give what to ship and where: edgecnn ship OUTPUT_FOLDER|model.onnx -o BUNDLE")
     from edgecnn.ship import build_bundle
 
-    bundle = build_bundle(source, output, target=target, golden=golden, labels=labels, force=force)
+    bundle = build_bundle(source, output, target=target, golden=golden, labels=labels, force=force,
+                          log=lambda line: click.echo(line, err=True))
     top = bundle.golden["top5"][0]
     if as_json:
         click.echo(json.dumps({"bundle": str(bundle.path), "target": bundle.target, "files": bundle.files,
                                "golden": bundle.golden}))
         return
     click.echo(f"wrote {bundle.path}/ ({bundle.target}: {', '.join(sorted(bundle.files))}); checked")
-    click.echo(f"golden image: {bundle.golden['origin']} -> {top['label']} (tolerance {bundle.golden['atol']:.3g})")
+    click.echo(f"golden image: {bundle.golden['origin']} -> {top['label']} (tolerance {bundle.golden['atol']:.3g}; "
+               f"logits from {bundle.golden['kernels']})")
 
 
 def _check(folder: str, python, as_json: bool, device=None) -> None:

@@ -28,6 +28,9 @@ class DeviceKind:
     measures_latency: bool  # a latency measured there predicts the deployed latency
     spec_help: str  # how the spec is written, for error messages
     why_no_latency: str = ""
+    # cpu class -> the spec of a device of this kind whose kernels are that class's (an emulator),
+    # or None: how edgecnn runs a target's own kernels on a host of another class
+    emulates: Optional[Callable[[str], Optional[str]]] = None
 
 
 DEVICE_KINDS: dict[str, DeviceKind] = {}

@@ -68,9 +68,21 @@ class QemuArmDevice(Device):
         return line or f"the emulated agent exited with code {returncode}"
 
 
+def _level_for_class(cpu_class: str) -> Optional[str]:
+    """The first level (default first) whose emulated instructions make the kernels of ``cpu_class``."""
+    from edgecnn import cpu
+    from edgecnn.devices.qemu_env import ARM_LEVELS
+
+    names = [DEFAULT_LEVEL] + [n for n in ARM_LEVELS if n != DEFAULT_LEVEL]
+    for name in names:
+        if cpu.classify("aarch64", ARM_LEVELS[name].features.split()) == cpu_class:
+            return f"{PREFIX}:{name}"
+    return None
+
+
 register_device_kind(DeviceKind(
     PREFIX, QemuArmDevice, lambda spec: spec == PREFIX or spec.startswith(PREFIX + ":"), measures_latency=False,
-    spec_help="qemu-arm[:rpi4|rpi5|orin|max] (emulated ARM CPU, numerics only)",
+    spec_help="qemu-arm[:rpi4|rpi5|orin|max] (emulated ARM CPU, numerics only)", emulates=_level_for_class,
     why_no_latency="an emulated ARM CPU runs 50-150x slower than the board, with other timing; its numbers "
                    "say nothing about the board's latency",
 ))

@@ -52,6 +52,17 @@ def parse_device(spec: Optional[str]) -> Device:
     return _by_kind(spec, f"--device {spec!r}")
 
 
+def emulator_for(cpu_class: str) -> Optional[Device]:
+    """A device that runs ``cpu_class``'s kernels on this machine (``qemu-arm:rpi5`` for
+    ``arm64-dot``), or None where no registered kind emulates that class."""
+    _load_kinds()
+    for kind in DEVICE_KINDS.values():
+        spec = kind.emulates(cpu_class) if kind.emulates is not None else None
+        if spec is not None:
+            return kind.factory(spec)
+    return None
+
+
 def _by_kind(spec: str, where: str) -> Device:
     for kind in DEVICE_KINDS.values():
         if kind.matches(spec):

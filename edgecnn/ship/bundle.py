@@ -16,7 +16,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -62,12 +62,13 @@ def _check_destination(out: Path, force: bool) -> None:
 
 
 def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, labels=None, force: bool = False,
-                 check: bool = True, origin: Optional[str] = None) -> Bundle:
+                 check: bool = True, origin: Optional[str] = None, log: Optional[Callable[[str], None]] = None) -> Bundle:
     """Write the bundle for ``source`` (output folder or .onnx) into ``out_dir``; see the module docstring.
 
     ``golden``: an image to use as the golden input (default: one of the run's own images, or
     an embedded digit for a digits model); ``labels``: a class-names file when the model carries none;
-    ``origin``: the source's name in README.md and manifest.json (default: its path).
+    ``origin``: the source's name in README.md and manifest.json (default: its path); ``log``:
+    where to say what takes long (the golden output computed on emulated kernels).
     """
     from edgecnn.lazy import require
     from edgecnn.preprocess import Preprocess
@@ -106,7 +107,12 @@ def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, lab
             trt_lines = runtime.trt_build_lines(tmp / "model.onnx")
             write_text_atomic(tmp / "build_engine.sh", _build_script(trt_lines))
             os.chmod(tmp / "build_engine.sh", 0o777 & ~current_umask())
-        gold = golden_mod.choose(tmp / "model.onnx", ort_path, preprocess, candidates(src, golden), golden is not None)
+        kernels = golden_mod.target_kernels(src.target, tmp / "model.onnx")
+        if kernels and log is not None:
+            log(f"computing the golden output on {src.target}'s own kernels, emulated: "
+                f"{', '.join(d.name for d in kernels)} (numerics only; about a minute)")
+        gold = golden_mod.choose(tmp / "model.onnx", ort_path, preprocess, candidates(src, golden), golden is not None,
+                                 devices=kernels)
         expected = _write_golden(tmp, gold, names, preprocess)
         write_text_atomic(tmp / "labels.txt", "".join(f"{n}\n" for n in names))
         write_text_atomic(tmp / "preprocess.json", json.dumps(preprocess.to_dict(), indent=2) + "\n")
@@ -122,7 +128,7 @@ def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, lab
         if check:
             from edgecnn.ship.check import check_bundle
 
-            result = check_bundle(tmp)
+            result = check_bundle(tmp, device=kernels[0] if kernels else None)
             if result.failures:
                 raise UserError(f"the new bundle failed its own check: {result.failures[0]}")
         _check_destination(out, force)  # again: something may have appeared there meanwhile
@@ -157,9 +163,10 @@ def _write_golden(folder: Path, gold, names: list[str], preprocess) -> dict:
         "input_atol": input_atol(preprocess),
         "top1_margin": gold.margin,
         "tolerance_rule": (f"{MARGIN_FACTOR:g} x the largest logit difference measured between ONNX Runtime "
-                           f"optimization levels, one thread and the .ort file, plus {RELATIVE_FLOOR:g} x the "
+                           f"optimization levels, one thread, CPU levels and the .ort file, plus {RELATIVE_FLOOR:g} x the "
                            f"largest |logit|; the top-1 logit exceeds the top-2 by more than {MARGIN_FACTOR:g} x atol"),
         "measured_max_difference": gold.spread_by_variant,
+        "kernels": gold.kernels or "this machine's ONNX Runtime CPU kernels",
         "input_atol_rule": "half of one 8-bit pixel level after normalisation (value_scale / std / 2)",
     }
     if gold.label is not None and int(order[0]) != gold.label:

@@ -79,13 +79,28 @@ def check_bundle(bundle, python: Optional[str] = None, device=None) -> CheckResu
     result = CheckResult(bundle)
     from edgecnn.ship.manifest import read_manifest, refuse_saturating_host
 
+    target = str((read_manifest(bundle) or {}).get("target", ""))
     if device is None or device.kind == "local":  # a device runs its own kernels
-        refuse_saturating_host(str((read_manifest(bundle) or {}).get("target", "")), "check this bundle's golden output")
+        refuse_saturating_host(target, "check this bundle's golden output")
+        device = _target_kernels(bundle, target, python) or device
     for step in (_hashes, _agreement, _golden):
         step(bundle, result, device if step is _golden and device is not None else python)
         if result.failures:
             break
     return result
+
+
+def _target_kernels(bundle: Path, target: str, python: Optional[str]):
+    """The emulated device whose kernels the golden output came from, where this host's differ."""
+    from edgecnn.ship.golden import target_kernels
+
+    if not (bundle / "model.onnx").is_file():
+        return None  # the hashes step says what is missing
+    kernels = target_kernels(target, bundle / "model.onnx")
+    if kernels and python is not None:
+        raise UserError(f"this {target} bundle's golden output comes from its own CPUs' kernels, which --python "
+                        f"{python} on this CPU does not run; check it with --device {kernels[0].name}")
+    return kernels[0] if kernels else None
 
 
 def _hashes(bundle: Path, result: CheckResult, python) -> None:
