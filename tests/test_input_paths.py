@@ -79,3 +79,25 @@ def test_search_with_relative_data_folder_end_to_end(shared_data, in_tmp, capsys
     report = json.loads((in_tmp / "out" / "report.json").read_text())
     search = next(s for s in report["stages"] if s["name"] == "search")["summary"]
     assert search["chosen_layers"] and report["data"]["eval_images"] > 0
+    assert report["data"]["from_output"] == {"calib": os.path.join("..", "sample"), "eval": os.path.join("..", "sample")}
+
+
+def test_ship_finds_the_runs_images_from_another_working_folder(in_tmp, monkeypatch):
+    """The report keeps --data as typed (relative to where compress ran) and relative to the
+    output folder; ship, run from elsewhere, finds the golden candidates by the second."""
+    from edgecnn.pipeline.runner import _paths_from_output
+    from edgecnn.ship.source import Source, _data_folder
+
+    _labelled_folder(in_tmp / "work" / "sample")
+    monkeypatch.chdir(in_tmp / "work")
+    data = {"source": "user", "calib": None, "eval": "sample", "train": "missing"}
+    data.update(_paths_from_output(data, "out"))
+    assert data["from_output"] == {"eval": os.path.join("..", "sample")}
+    (in_tmp / "work" / "out").mkdir()
+    source = Source(onnx=Path("out/m.onnx"), target="ort-x86", metadata={}, folder=Path("out"), report={"data": data})
+    assert len(_data_folder(source).items) == 6
+    monkeypatch.chdir(in_tmp)  # "sample" means nothing here
+    source.folder = Path("work/out")
+    assert len(_data_folder(source).items) == 6
+    data.pop("from_output")
+    assert _data_folder(source) is None

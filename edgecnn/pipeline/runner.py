@@ -119,6 +119,7 @@ class Pipeline:
             state = RunState(self.recipe, self.console, work)
             self._run_stages(state)
             report = build_report(state, time.perf_counter() - start)
+            report["data"].update(_paths_from_output(report["data"], self.output))
             self._write(state, report)
             out.commit()
         except BaseException:
@@ -158,6 +159,17 @@ class Pipeline:
         self._run_stages(state, after_report=True)  # e.g. ship: it reads the written report
         print_table(self.console, report)
         write_text_atomic(work / "log.txt", self.console.log_text())
+
+
+def _paths_from_output(data: dict, output) -> dict:
+    """The data folders relative to the output folder, so that ``ship`` and other readers of the
+    folder find them from any working directory (the typed paths stay as typed)."""
+    found = {}
+    for key in ("calib", "eval", "train"):
+        value = data.get(key)
+        if data.get("source") == "user" and value and os.path.exists(os.path.expanduser(str(value))):
+            found[key] = os.path.relpath(os.path.abspath(os.path.expanduser(str(value))), os.path.abspath(output))
+    return {"from_output": found} if found else {}
 
 
 def build_report(state: RunState, seconds: float) -> dict:

@@ -138,11 +138,17 @@ def _data_folder(source: Source):
     from edgecnn.data.images import ImageFolder
 
     data = source.report.get("data") or {}
+    from_output = data.get("from_output") or {}
     for key in ("eval", "calib"):
-        value = data.get(key)
-        if value and Path(value).expanduser().exists():
+        # As typed (relative to where compress ran), else relative to the output folder (from anywhere).
+        tries = [Path(data[key]).expanduser()] if data.get(key) else []
+        if from_output.get(key) and source.folder is not None:
+            tries.append(source.folder / from_output[key])
+        for folder in tries:
+            if not folder.exists():
+                continue
             try:
-                return ImageFolder(Path(value).expanduser())
+                return ImageFolder(folder)
             except UserError:
                 continue
     return None
