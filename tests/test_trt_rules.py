@@ -190,13 +190,27 @@ def _compile_trt(path, capfd):
     return (code,) + capfd.readouterr()
 
 
-def test_compile_trt_refuses_what_tensorrt_would_reject(tmp_path, capfd):
-    """An ort-x86 style file (uint8 Q/DQ): no trtexec line, one line naming the rule, exit 2."""
+TRT_BUILDING_COMMANDS = {
+    "compile": lambda path, tmp: ["compile", path, "--backend", "trt", "--print-trtexec", "--trt-version", "10.3"],
+    "ship": lambda path, tmp: ["ship", path, "-o", tmp / "bundle", "--target", "trt"],
+    "bench": lambda path, tmp: ["bench", path, "--backend", "trt"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(TRT_BUILDING_COMMANDS))
+def test_every_command_that_builds_for_tensorrt_refuses_what_it_would_reject(command, tmp_path, capfd):
+    """An ort-x86 style file (uint8 Q/DQ): nothing written, one line naming the rule, exit 2."""
+    from edgecnn.cli import main
+
     nodes = qdq("in", "x") + [helper.make_node("Conv", ["in_dq", "w"], ["y"], name="conv")]
     path = tmp_path / "ort_x86.onnx"
     onnx.save(_model(nodes, zero_dtype=np.uint8), str(path))
-    code, out, err = _compile_trt(path, capfd)
-    assert code == 2 and out == ""
+    try:
+        code = main([str(a) for a in TRT_BUILDING_COMMANDS[command](path, tmp_path)]) or 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capfd.readouterr()
+    assert code == 2 and out == "" and not (tmp_path / "bundle").exists()
     assert err.strip().splitlines() == [err.strip()] and "TensorRT would reject" in err and "[uint8_quantization]" in err
 
 

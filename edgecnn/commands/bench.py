@@ -66,6 +66,11 @@ def bench(model_file, backend, threads, batches, warmup, duration, iterations, o
         raise UserError("--batch values must be positive integers")
     if backend == "ort" and path.suffix.lower() == ".onnx":
         _refuse_foreign_kernels(path)
+    if backend == "trt" and path.suffix.lower() == ".onnx":  # an engine is built from it: lint first
+        from edgecnn.export.trt_rules import gate
+
+        for warning in gate(path):
+            click.echo(f"warning: {warning}", err=True)
     if devices:
         if profile_ops or use_trtexec or providers:
             raise UserError("--profile, --trtexec and --providers run here only; drop them with --device")

@@ -29,6 +29,7 @@ Torch-free (runs on the bench/compile side).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -246,3 +247,22 @@ def lint(model, rules: Optional[list[str]] = None) -> list[Violation]:
     for name in rules or list(TRT_RULES):
         found.extend(TRT_RULES[name](g))
     return found
+
+
+def gate(path) -> list[str]:
+    """Before a TensorRT build of ``path``: one line (exit 2) for what TensorRT's parser rejects;
+    the other findings as warning lines for the caller to print."""
+    import onnx
+
+    from edgecnn.errors import UserError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise UserError(f"'{path}' is not an ONNX file ({type(exc).__name__}); pass an exported .onnx model") from None
+    violations = lint(model)
+    fatal = [v for v in violations if v.rule in REJECTED_BY_TENSORRT]
+    if fatal:
+        raise UserError(f"TensorRT would reject '{path}': {fatal[0]}; export it with --target trt "
+                        f"(edgecnn lint {path} lists every rule)")
+    return [f"{v} (edgecnn lint {Path(str(path)).name} gives the source)" for v in violations]

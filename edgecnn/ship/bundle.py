@@ -78,6 +78,12 @@ def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, lab
 
     require("onnxruntime", "ort")  # the golden output and the ORT format come from ONNX Runtime
     src = resolve(source, target)
+    if get_target(src.target).backend == "trt":  # the device's build would fail: refuse here, before any work
+        from edgecnn.export.trt_rules import gate
+
+        for warning in gate(src.onnx):
+            if log is not None:
+                log(f"warning: {warning}")
     refuse_saturating_host(src.target, "write its bundle (the golden output would be wrong)")
     if origin is not None:
         src.shown = origin
