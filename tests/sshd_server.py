@@ -48,7 +48,11 @@ class SshServer:
             f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.root / 'host_key'}",
             f"AuthorizedKeysFile {self.root / 'authorized_keys'}", "PasswordAuthentication no",
             "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password",
-            f"PidFile {self.root / 'sshd.pid'}", "MaxStartups 50", "LogLevel ERROR", "",
+            f"PidFile {self.root / 'sshd.pid'}", "MaxStartups 50", "LogLevel ERROR",
+            # Debian's bash runs ~/.bashrc for every command sshd starts, but only at shell level 1:
+            # the test machine's shell set-up is not the device's, and one that takes a lock (pyenv's
+            # rehash) is left locked when a test drops a connection, making every later command wait.
+            "SetEnv SHLVL=1", "",
         ]))
         host_pub = (self.root / "host_key.pub").read_text().split()
         (self.root / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
