@@ -95,7 +95,8 @@ def check_model(name: str, args, work: Path) -> dict:
                      "predicted_vs_fp32": predicted_ratio, "measured_vs_fp32": measured_ratio,
                      "ratio_error_pct": 100 * (predicted_ratio - measured_ratio) / measured_ratio})
     return {"rows": rows, "table": {"scale": table.scale, "other_ms": table.other_ms,
-                                    "boundary_ms_total": sum(table.boundary_ms.values())}}
+                                    "boundary_ms_total": sum(table.boundary_ms.values())},
+            "full_table": table.to_dict(), "configs": configs}
 
 
 def render(results: dict) -> str:
