@@ -78,12 +78,7 @@ def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, lab
 
     require("onnxruntime", "ort")  # the golden output and the ORT format come from ONNX Runtime
     src = resolve(source, target)
-    if get_target(src.target).backend == "trt":  # the device's build would fail: refuse here, before any work
-        from edgecnn.export.trt_rules import gate
-
-        for warning in gate(src.onnx):
-            if log is not None:
-                log(f"warning: {warning}")
+    _lint_for_tensorrt(src, log)
     refuse_saturating_host(src.target, "write its bundle (the golden output would be wrong)")
     if origin is not None:
         src.shown = origin
@@ -143,6 +138,17 @@ def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, lab
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Bundle(out, src.target, files, expected)
+
+
+def _lint_for_tensorrt(src, log) -> None:
+    """A TensorRT bundle's build would fail on the device: refuse here, before any work."""
+    if get_target(src.target).backend != "trt":
+        return
+    from edgecnn.export.trt_rules import gate
+
+    for warning in gate(src.onnx):
+        if log is not None:
+            log(f"warning: {warning}")
 
 
 def _write_golden(folder: Path, gold, names: list[str], preprocess) -> dict:
