@@ -3,11 +3,15 @@ edgecnn's uniform settings and OpenVINO INT8, side by side in one run.
 
 Per model: the search (and, for configurations that prune, recovery by cached-teacher
 distillation on ../shared/data/distill) runs in a fresh process (wall time, peak memory);
-it sees only the *search* part of imagenet-sample (edgecnn.data.split, salt
-``edgecnn-split-1``). Then every artifact is evaluated on the *evaluation* part (paired
-top-1 drop vs ORT FP32 with its one-sided 95 % bounds, FP32 agreement) and timed at batch 1
-with 2 threads through edgecnn's one timer (edgecnn.measure.interleave: a process per model,
-interleaved rounds), the timer the search itself uses.
+it sees only the *search* part of imagenet-sample (edgecnn.data.split, salt ``--salt``, by
+default ``edgecnn-split-2``: the committed results before it used ``edgecnn-split-1``, whose
+evaluation part was looked at) and, with ``--choose-on`` (default ../shared/data/distill), a
+reserved, fixed subset of unlabelled photos that decides ties between candidates by agreement
+with FP32 and is left out of the recovery training. Then every artifact and every candidate the
+search built is evaluated on the *evaluation* part (paired top-1 drop vs ORT FP32 with its
+one-sided 95 % bounds, FP32 agreement), never chosen on, and timed at batch 1 with 2 threads
+through edgecnn's one timer (edgecnn.measure.interleave: a process per model, interleaved
+rounds), the timer the search itself uses.
 
     python bench/search.py                       # writes bench/results/search.md / .json / *.svg
     python bench/search.py --models squeezenet1_1 --max-verify 3 --recovery-steps 60
@@ -52,7 +56,7 @@ def search_job(job: dict) -> dict:
 
     from edgecnn.data.split import split_folder
     from edgecnn.models import load_model
-    from edgecnn.search.prepare import make_recovery, recovery_images, search_data
+    from edgecnn.search.prepare import choose_set, make_recovery, recovery_images, search_data
     from edgecnn.search.run import SearchConfig, search, summary
     from engines.common import peak_rss_mb
 
@@ -61,21 +65,24 @@ def search_job(job: dict) -> dict:
     spec = MODELS[job["model"]]
     loaded = load_model(job["model"], weights=str(DATA / spec["weights"]), preprocess=spec["preprocess"], **spec["options"])
     work = Path(job["work"]) / job["model"]
-    split = split_folder(DATA / "imagenet-sample")
+    split = split_folder(DATA / "imagenet-sample", salt=job["salt"])
     data = search_data(split.search, loaded.preprocess, 32)
     (work / "data").mkdir(parents=True, exist_ok=True)
     np.save(work / "data" / "calib.npy", torch.cat(data.calib).numpy())
     config = SearchConfig(**job["search"])
     lines = []
     log = lambda s: (lines.append(s), say(f"  [{job['model']}] {s}"))  # noqa: E731
+    data.choose = choose_set(config, loaded.preprocess, work)
+    reserved = data.choose.reserved if data.choose else None
     if config.prune_densities or config.shift:
-        paths = recovery_images(DATA / "distill", job["recovery_images"])
+        paths = recovery_images(DATA / "distill", job["recovery_images"], reserved, log)
         data.recovery = make_recovery(loaded.module, paths, loaded.preprocess, config, Path(job["cache"]), work, log)
     outcome = search(loaded.module, data, config, work, log)
     return {"summary": summary(outcome), "log": lines, "fp32": str(outcome.fp32_path), "chosen": str(outcome.chosen_path),
             "uniform": {p: str(outcome.artifacts[id(c)]) for p, c in outcome.uniform.items()},
             "wall_s": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb(), "split_rule": split.rule,
             "search_images": len(split.search), "evaluation_images": len(split.evaluation),
+            "choose_rule": reserved.rule if reserved else None, "recovery_photos": len(paths) if config.prune_densities or config.shift else 0,
             "evaluation": [[str(p), int(label)] for p, label in split.evaluation], "preprocess": loaded.preprocess.to_dict()}
 
 
@@ -119,6 +126,7 @@ def evaluate_and_time(model: str, found: dict, args, work: Path) -> dict:
             workers["OpenVINO INT8 (NNCF PTQ)"] = EngineWorker("engines.openvino_engines:open_ir", job, ov)
     except (EngineError, ImportError, ModuleNotFoundError) as exc:
         say(f"  OpenVINO INT8 skipped: {str(exc).splitlines()[0]}")
+    found["candidates_evaluation"] = candidates_on_evaluation(found, images, labels, args.threads)
     rows, timed = {}, {label: path for label, path in artifacts.items() if label not in same_as}
     try:
         for label, worker in workers.items():
@@ -136,6 +144,27 @@ def evaluate_and_time(model: str, found: dict, args, work: Path) -> dict:
     return finish_rows(rows, timings)
 
 
+def candidates_on_evaluation(found: dict, images, labels, threads: int) -> dict:
+    """Top-1 on the evaluation part of every configuration the search measured (reported, never
+    chosen on), and whether the proxy it chose with ranks them as that top-1 does."""
+    from edgecnn.search.proxy import rank_agreement
+    from edgecnn.search.run import top1_of
+
+    s = found["summary"]
+    named = {f"uniform {p.upper()}": (v, found["uniform"][p]) for p, v in s["uniform"].items() if p != "fp32"}
+    named.update({f"candidate {i}": (v, v.get("artifact")) for i, v in enumerate(s["verified"]) if v.get("artifact")})
+    rows = {}
+    for name, (cand, path) in named.items():
+        if cand.get("drop") is None or not Path(path).is_file():
+            continue
+        rows[name] = {"top1_search": s["fp32_top1_search_part"] - cand["drop"], "choose": cand.get("choose"),
+                      "top1_evaluation": float((top1_of(Path(path), images, threads) == labels).mean() * 100),
+                      "feasible": cand.get("feasible"), "chosen": path == found["chosen"]}
+    ranked = [r for r in rows.values() if r["choose"]]
+    rank = rank_agreement([r["choose"]["agree"] for r in ranked], [r["top1_evaluation"] for r in ranked]) if ranked else None
+    return {"rows": rows, "rank_vs_evaluation_top1": rank}
+
+
 def finish_rows(rows: dict, timings: dict) -> dict:
     """Accuracy, paired drop bounds (edgecnn.stats), latency and per-round paired speed-up bounds."""
     from edgecnn.stats import drop_bound, ratio_bound
@@ -149,7 +178,8 @@ def finish_rows(rows: dict, timings: dict) -> dict:
         row.update(drop=bound.estimate if bound else 0.0, drop_bound=bound.to_dict() if bound else None, n=len(row["correct"]))
         row["speedup"] = fp32.median_ms / timings[label].median_ms
         row["speedup_bound"] = ratio_bound(fp32.round_medians_ms, timings[label].round_medians_ms).to_dict()
-        row.pop("correct"), row.pop("top1_pred")
+    for row in rows.values():  # after the loop: every row is compared with FP32's predictions
+        row.pop("correct", None), row.pop("top1_pred", None)
     return rows
 
 
@@ -163,6 +193,9 @@ def main(argv=None) -> int:
     parser.add_argument("--recovery-images", type=int, default=3200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-limit", type=int, default=None)
+    parser.add_argument("--salt", default="edgecnn-split-2", help="split salt (a fresh one for a rerun: docs/search.md)")
+    parser.add_argument("--choose-on", default=str(DATA / "distill"), help="unlabelled photos the ties are chosen on ('' = the search part)")
+    parser.add_argument("--choose-images", type=int, default=2000)
     parser.add_argument("--work", default=None)
     parser.add_argument("--out", default=str(BENCH_DIR / "results" / "search"))
     parser.add_argument("--render", nargs="+", metavar="JSON", help="only merge these results files (models of one run each) and render --out")
@@ -191,19 +224,21 @@ def main(argv=None) -> int:
     from edgecnn.measure.sysinfo import environment
 
     settings = {k: v for k, v in vars(args).items() if k not in ("work", "out", "render", "findings")}  # no machine paths
+    settings["choose_on"] = Path(args.choose_on).name if args.choose_on else None
     results = {"settings": settings, "environment": environment(args.threads), "models": {}}
     for model in args.models.split(","):
         say(f"== {model}: search")
         search = {"max_drop": args.max_drop, "max_verify": args.max_verify, "threads": args.threads,
                   "prune_densities": [float(v) for v in args.prune.split(",") if v], "recovery_steps": args.recovery_steps,
-                  "sensitivity_images": 32}
+                  "sensitivity_images": 32, "choose_on": args.choose_on or None, "choose_images": args.choose_images}
         job = {"model": model, "threads": args.threads, "work": str(work), "cache": str(cache), "search": search,
-               "recovery_images": args.recovery_images}
+               "recovery_images": args.recovery_images, "salt": args.salt}
         found = run_build("search:search_job", job, timeout=4 * 3600)
         found["calib_cache"] = str(work / model / "data" / "calib.npy")
         say(f"== {model}: evaluation and timing ({found['evaluation_images']} evaluation images)")
         found["engines"] = evaluate_and_time(model, found, args, work)
         found.pop("evaluation")
+        found = json.loads(json.dumps(found, default=str).replace(str(work) + os.sep, ""))  # no machine paths in results
         results["models"][model] = found
         write(results, Path(args.out))
     return 0

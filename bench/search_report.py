@@ -103,6 +103,7 @@ def model_section(model: str, found: dict, out: Path) -> list[str]:
     lines += [f"![{model} front]({plot.name})", ""]
     if s.get("note"):
         lines += [s["note"], ""]
+    lines += choice_section(found)
     lines += ["Configurations the search built and measured (search part):", ""]
     vrows = [[i, v["predicted_ms"], v["measured_ms"], v["proxy"], v["drop"], "yes" if v["feasible"] else "rejected"]
              for i, v in enumerate(s["verified"])]
@@ -113,6 +114,36 @@ def model_section(model: str, found: dict, out: Path) -> list[str]:
     lines += ["Chosen configuration, per layer:", ""]
     lrows = [[r["layer"], r["kind"], r["precision"], r["in_kept"], r["out_kept"], "yes" if r["shift"] else ""] for r in s["chosen_layers"]]
     return lines + [markdown_table(["layer", "kind", "precision", "in kept", "out kept", "shift"], lrows), ""]
+
+
+def _rank_line(what: str, rank) -> str:
+    if not rank or rank.get("spearman") is None:
+        return f"- proxy vs {what}: not computed ({(rank or {}).get('why', 'no candidates with both')})"
+    verdict = ("resolved: the proxy ranks them as top-1 does" if rank["resolved"] else
+               f"not resolved with {rank['candidates']} candidates")
+    return (f"- proxy vs {what}: Spearman {rank['spearman']:+.2f} over {rank['candidates']} candidates, one-sided "
+            f"permutation p = {rank['p_one_sided']:.3f} -> {verdict}")
+
+
+def choice_section(found: dict) -> list[str]:
+    """Which images chose what, per candidate: the proxy on the reserved photos, top-1 on the search
+    part (the gate), top-1 on the evaluation part (reported, never chosen on)."""
+    s, ev = found["summary"], found.get("candidates_evaluation")
+    choose = s.get("choose") or {}
+    lines = ["Which images chose what: the feasibility gate used the top-1 drop on the search part; ties within the "
+             f"timing noise were decided on {choose.get('tie_break_on', 'the search part (agreement with FP32 on the search images)')}"
+             + (f" ({found['choose_rule']}; " + (f"left out of the {found['recovery_photos']} recovery photos)" if found.get("recovery_photos")
+                                                 else "no recovery training in this run)") if found.get("choose_rule") else "")
+             + "; the evaluation part below was used for nothing but this report.", ""]
+    if not ev:
+        return lines
+    rows = [[name + (" (chosen)" if r["chosen"] else ""), (r["choose"] or {}).get("agree"), None if not r["choose"] else f"{r['choose']['kl']:.4f}",
+             r["top1_search"], r["top1_evaluation"], "yes" if r["feasible"] else "no"] for name, r in ev["rows"].items()]
+    lines += [markdown_table(["configuration", "agree % (reserved photos)", "KL (nats)", "top-1 % search part",
+                              "top-1 % evaluation part", "feasible"], rows), ""]
+    lines += [_rank_line("top-1 on the search part", choose.get("rank_vs_search_top1")),
+              _rank_line("top-1 on the evaluation part", ev.get("rank_vs_evaluation_top1")), ""]
+    return lines
 
 
 def render(results: dict, out: Path) -> None:

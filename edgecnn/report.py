@@ -123,15 +123,35 @@ def search_section(search: dict) -> list[str]:
     lines += ["| layer | kind | precision | in kept | out kept | shift |", "| --- | --- | --- | ---: | ---: | --- |"]
     for r in search.get("chosen_layers") or []:
         lines.append(f"| {r['layer']} | {r['kind']} | {r['precision']} | {r['in_kept']:g} | {r['out_kept']:g} | {'yes' if r['shift'] else ''} |")
-    lines += ["", "| configuration | predicted ms | measured ms | drop (search part) | 95 % upper | kept |",
-              "| --- | ---: | ---: | ---: | ---: | --- |"]
+    base = search.get("fp32_top1_search_part")
+    lines += ["", "| configuration | predicted ms | measured ms | drop (search part) | 95 % upper | kept | agree % (choice photos) "
+              "| top-1 search part | top-1 evaluation part |", "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     for name, c in [(f"uniform {k}", v) for k, v in (search.get("uniform") or {}).items()] + [
             (f"candidate {i}", v) for i, v in enumerate(search.get("verified") or [])]:
         kept = ("not verified (time budget)" if c.get("not_verified") else
                 "" if c.get("feasible") is None else ("yes" if c["feasible"] else "rejected"))
         drop = "-" if c.get("drop") is None else f"{c['drop']:.2f}"
         upper = "-" if not c.get("drop_bound") else f"{c['drop_bound']['upper']:.2f}"
-        lines.append(f"| {name} | {fmt_ms(c.get('predicted_ms'))} | {fmt_ms(c.get('measured_ms'))} | {drop} | {upper} | {kept} |")
+        agree = "-" if not c.get("choose") else f"{c['choose']['agree']:.2f}"
+        top1 = "-" if c.get("drop") is None or base is None or c["drop"] == float("inf") else f"{base - c['drop']:.2f}"
+        evaluated = "-" if c.get("top1_evaluation") is None else f"{c['top1_evaluation']:.2f}"
+        lines.append(f"| {name} | {fmt_ms(c.get('predicted_ms'))} | {fmt_ms(c.get('measured_ms'))} | {drop} | {upper} | {kept} "
+                     f"| {agree} | {top1} | {evaluated} |")
+    return lines + choice_lines(search.get("choose") or {})
+
+
+def choice_lines(choose: dict) -> list[str]:
+    """Which images chose what, and whether the proxy ranks the candidates as top-1 does."""
+    if not choose:
+        return []
+    lines = ["", f"The feasibility gate used the top-1 drop on the search part; ties within the timing noise were decided on "
+             f"{choose['tie_break_on']}; the evaluation part was used only for the column above, after the choice."]
+    for key, what in (("rank_vs_search_top1", "top-1 on the search part"), ("rank_vs_evaluation_top1", "top-1 on the evaluation part")):
+        rank = choose.get(key)
+        if rank and rank.get("spearman") is not None:
+            verdict = "resolved" if rank["resolved"] else f"not resolved with {rank['candidates']} candidates"
+            lines.append(f"Proxy (agreement on the choice photos) vs {what}: Spearman {rank['spearman']:+.2f} over "
+                         f"{rank['candidates']} candidates, one-sided permutation p = {rank['p_one_sided']:.3f} ({verdict}).")
     return lines
 
 

@@ -136,10 +136,14 @@ def test_compress_search_stage_end_to_end(tmp_path):
 
     from edgecnn.cli import main
 
+    from test_choose_on import _photos
+
     recipe = tmp_path / "search.yaml"
     recipe.write_text(SEARCH_RECIPE)
     out = tmp_path / "out"
-    main(["compress", "squeezenet", "--recipe", str(recipe), "-o", str(out), "--quiet"])
+    photos = _photos(tmp_path / "photos", 12)
+    main(["compress", "squeezenet", "--recipe", str(recipe), "-o", str(out), "--quiet", "--max-drop", "5",
+          "--choose-on", str(photos), "--choose-images", "8"])
     report = json.loads((out / "report.json").read_text())
     search = next(s for s in report["stages"] if s["name"] == "search")["summary"]
     assert len(search["chosen_layers"]) == 26
@@ -157,6 +161,15 @@ def test_compress_search_stage_end_to_end(tmp_path):
     assert table["other_ms"]["int8"] > 0 and set(table["scale"]) <= {"fp32", "w7a8"}
     if search["chosen"] and "uniform" in search["chosen"]:
         assert search["note"].startswith("per-layer search:")
+    # The tie-break chose on the 8 reserved photos; each configuration shows them, top-1 on the
+    # search part (the gate) and top-1 on the evaluation part (measured after the choice).
+    w7a8 = search["uniform"]["w7a8"]
+    assert w7a8["choose"]["photos"] == 8 and 0 <= w7a8["choose"]["agree"] <= 100 and w7a8["choose"]["kl"] >= 0
+    assert 0 <= w7a8["top1_evaluation"] <= 100
+    assert search["choose"]["tie_break_on"].startswith("8 reserved photos of photos/")
+    assert search["choose"]["rank_vs_search_top1"]["candidates"] >= 1
+    assert any("ties between candidates decided on 8 reserved photos" in n for n in report["notes"])
+    assert "agree % (choice photos)" in (out / "report.md").read_text()
 
 
 def test_max_drop_flag_puts_a_search_in_place_of_quantize(capsys):

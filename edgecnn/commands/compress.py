@@ -76,6 +76,8 @@ def _collapse_warning(recipe):
 @field_option(SearchConfig, "search_time")
 @field_option(SearchConfig, "objective", help="With --max-drop: what the search minimises, latency (default) or size (the shipped .ecnn).")
 @field_option(SearchConfig, "confidence")
+@field_option(SearchConfig, "choose_on", help="With --max-drop: a folder of unlabelled photos; a reserved, fixed subset of them (--choose-images) breaks ties between candidates by agreement with FP32 and is left out of --train recovery.")
+@field_option(SearchConfig, "choose_images")
 @click.option("--train", type=str, default=None, metavar="DIR", help="Photos for recovery by distillation after pruning / shift (labels optional, sub-folders searched).")
 @click.option("--calib", type=str, default=None, metavar="DIR", help="Calibration images: a folder or a list file.")
 @click.option("--data", type=str, default=None, metavar="DIR", help="Labelled evaluation images (class sub-folders or a labelled list file).")
@@ -88,7 +90,7 @@ def _collapse_warning(recipe):
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @device_option(flag="--measure-on")
-def compress(model, bits, prune, prune_mode, shift, max_drop, search_time, objective, confidence, train, calib, data, targets, recipe_path, output, ship,
+def compress(model, bits, prune, prune_mode, shift, max_drop, search_time, objective, confidence, choose_on, choose_images, train, calib, data, targets, recipe_path, output, ship,
              force, print_recipe, dry_run, quiet, device, **kwargs):
     """Compress MODEL (zoo name or path/to/file.py:factory) and measure every stage.
 
@@ -117,6 +119,7 @@ def compress(model, bits, prune, prune_mode, shift, max_drop, search_time, objec
         model=model, options=section["options"], weights=model_opts.get("weights"), bits=bits, prune=prune,
         prune_mode=prune_mode, shift=shift, calib=calib, data=data, targets=list(targets) or None, output=output, ship=ship,
         max_drop=max_drop, search_time=search_time, objective=objective, confidence=confidence, train=train,
+        choose_on=choose_on, choose_images=choose_images,
     )
     raw, notes = recipes.apply_flags(base, flags)
     if "preprocess" in section:

@@ -41,11 +41,14 @@ class Flags:
     confidence: Optional[float] = None
     train: Optional[str] = None
     objective: Optional[str] = None
+    choose_on: Optional[str] = None
+    choose_images: Optional[int] = None
 
     def given(self) -> bool:
         """True when a flag other than the model options (always present on the command line) is set."""
         values = (self.model, self.bits, self.prune, self.prune_mode, self.shift, self.calib, self.data, self.targets, self.output,
-                  self.ship, self.max_drop, self.search_time, self.confidence, self.train, self.objective)
+                  self.ship, self.max_drop, self.search_time, self.confidence, self.train, self.objective, self.choose_on,
+                  self.choose_images)
         return any(v not in (None, False, (), []) for v in values)
 
 
@@ -128,6 +131,10 @@ def _apply_search(stages: list, flags: Flags, notes: list[str]) -> None:
         cfg["objective"] = flags.objective
     if flags.confidence is not None:
         cfg["confidence"] = flags.confidence
+    if flags.choose_on is not None:
+        cfg["choose_on"] = flags.choose_on
+    if flags.choose_images is not None:
+        cfg["choose_images"] = flags.choose_images
     if flags.shift:
         cfg["shift"] = True
     if flags.prune is not None and flags.objective == "size":  # the size search prunes single weights by magnitude
@@ -172,10 +179,11 @@ def _apply_stages(raw: dict, flags: Flags) -> list[str]:
     if not isinstance(stages, list):  # left for validate() to report
         return notes
     stages = list(stages)
-    if flags.max_drop is not None or flags.search_time is not None or flags.objective is not None or flags.confidence is not None:
+    searching = (flags.search_time, flags.objective, flags.confidence, flags.choose_on, flags.choose_images)
+    if flags.max_drop is not None or any(v is not None for v in searching):
         if flags.max_drop is None:
-            what = ("--search-time" if flags.search_time is not None else "--objective" if flags.objective is not None
-                    else "--confidence")
+            names = ("--search-time", "--objective", "--confidence", "--choose-on", "--choose-images")
+            what = next(name for name, v in zip(names, searching) if v is not None)
             raise UserError(f"{what} needs --max-drop PTS (the top-1 drop the search may spend)")
         if flags.bits is not None:
             raise UserError("--bits and --max-drop do not go together: the search chooses the bits per layer")

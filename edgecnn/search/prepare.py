@@ -10,8 +10,10 @@ import numpy as np
 import torch
 
 from edgecnn.data.images import ImageFolder, is_image, iter_batches, load_image
+from edgecnn.data.reserve import Reserved, reserved_photos, without_reserved
 from edgecnn.errors import UserError
 from edgecnn.models.layer_select import block_outputs
+from edgecnn.search.proxy import ChooseSet, decode
 from edgecnn.search.run import SearchConfig, SearchData
 from edgecnn.train.cached_teacher import RecoveryConfig, TeacherCache, distill_cached, image_key, matching_layers
 
@@ -50,15 +52,36 @@ class RecoveryImages(torch.utils.data.Dataset):
         return torch.from_numpy(load_image(self.paths[i], self.preprocess)), self.key(i)
 
 
-def recovery_images(root: Path, limit: Optional[int] = None) -> list[Path]:
-    """Images of a folder (recursively, sorted), every k-th one when ``limit`` is set."""
+def recovery_images(root: Path, limit: Optional[int] = None, reserved: Optional[Reserved] = None, log=None) -> list[Path]:
+    """Images of a folder (recursively, sorted), every k-th one when ``limit`` is set, never one of
+    the ``reserved`` photos the search chooses on (by path before sampling, by content after)."""
     paths = sorted(p for p in Path(root).expanduser().absolute().rglob("*") if p.is_file() and is_image(p))
     if not paths:
         raise UserError(f"'{root}' holds no images; give --train a folder of photos (sub-folders are searched)")
+    left_out = 0
+    if reserved is not None:
+        names = {p.resolve() for p in reserved.paths}
+        kept = [p for p in paths if p.resolve() not in names]
+        left_out, paths = len(paths) - len(kept), kept
+        if not paths:
+            raise UserError(f"every photo of '{root}' is reserved for the choice (--choose-on); give --train other photos "
+                            "or a smaller --choose-images")
     if limit is not None and limit < len(paths):
         step = len(paths) / limit
         paths = [paths[int(i * step)] for i in range(limit)]
+    if reserved is not None:
+        paths, same_bytes = without_reserved(paths, reserved)
+        left_out += same_bytes
+        if log and left_out:
+            log(f"  recovery images: {left_out} photo(s) reserved for the choice left out")
     return paths
+
+
+def choose_set(config: SearchConfig, preprocess, work: Path) -> Optional[ChooseSet]:
+    """The reserved photos of ``config.choose_on``, decoded once (None without ``choose_on``)."""
+    if not config.choose_on:
+        return None
+    return decode(reserved_photos(config.choose_on, config.choose_images), preprocess, work / "choose")
 
 
 def make_recovery(teacher, paths: list[Path], preprocess, config: SearchConfig, cache_root: Path, work: Path, log=print):

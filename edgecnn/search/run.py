@@ -24,6 +24,7 @@ from edgecnn.search import latency as lat
 from edgecnn.search.budget import Budget
 from edgecnn.search import sensitivity
 from edgecnn.search.probes import export
+from edgecnn.search.proxy import ChooseSet, choose_summary, compare, logits_of
 from edgecnn.search.solve import Candidate, SearchResult, config_key, solve
 from edgecnn.search.space import PRECISIONS, Space, apply_config, build_space, needs_recovery
 from edgecnn.stats import CONFIDENCE, drop_verdict, ratio_bound
@@ -48,6 +49,8 @@ class SearchConfig(BaseModel):
     recovery_size: int = Field(128, ge=32, description="training resolution of the recovery")
     recovery_lr: float = Field(1e-4, gt=0)
     objective: Literal["latency", "size"] = Field("latency", description="latency: the fastest artifact; size: the smallest shipped .ecnn (edgecnn.search.size)")
+    choose_on: Optional[str] = Field(None, description="folder of unlabelled photos: a reserved, fixed subset of them (choose_images) decides between candidates the timing cannot tell apart, by agreement with FP32; kept out of recovery training (docs/search.md)")
+    choose_images: int = Field(2000, ge=1, description="photos of choose_on reserved for the choice")
     bit_choices: list[int] = Field(default_factory=lambda: [2, 3, 4, 5, 6, 7, 8], description="objective size: weight-sharing bits a layer may take")
 
     @field_validator("target")
@@ -93,6 +96,7 @@ class SearchData:
     labels: np.ndarray
     calib: list  # torch batches
     recovery: Optional[Callable[[nn.Module, int], dict]] = None  # (student, steps) -> summary, trains in place
+    choose: Optional[ChooseSet] = None  # reserved unlabelled photos the tie-break chooses on (edgecnn.search.proxy)
 
 
 @dataclass
@@ -112,6 +116,7 @@ class Outcome:
     budget: dict = field(default_factory=dict)  # Budget.summary(): the time budget and what it cut
     note: str = ""  # one line when the answer is a uniform setting (no per-layer mix measured faster)
     confidence: Optional[float] = None  # the feasibility gate's confidence (None: the measured drop)
+    choose: dict = field(default_factory=dict)  # what the tie-break chose on, and how the proxy ranks the candidates
 
 
 def top1_of(path: Path, images: np.ndarray, threads: int = 2, batch: int = 32) -> np.ndarray:
@@ -139,6 +144,8 @@ class _Builder:
         self.agreement[str(self.fp32_path)] = 100.0
         self.bounds: dict[str, dict] = {}  # artifact -> drop with its one-sided bounds and verdict (edgecnn.stats)
         self.timer = Timer(config.threads)  # every timing of the search: one protocol, one process per model
+        self.proxy: dict[str, dict] = {}  # artifact -> agreement / KL with FP32 on the reserved photos
+        self.choose_ref = logits_of(self.fp32_path, data.choose.images, config.threads) if data.choose else None
 
     def build(self, config: dict, name: str) -> Path:
         model = apply_config(self.model, self.space, config, self.data.calib, quantize=False)
@@ -156,9 +163,17 @@ class _Builder:
     def drop(self, path: Path) -> float:
         pred = top1_of(path, self.data.images, self.config.threads)
         self.agreement[str(path)] = float((pred == self.fp32_pred).mean() * 100)
+        if self.choose_ref is not None:
+            self.proxy[str(path)] = compare(self.choose_ref, logits_of(path, self.data.choose.images, self.config.threads))
         self.bounds[str(path)] = drop_verdict(self.fp32_pred == self.data.labels, pred == self.data.labels, self.config.max_drop,
                                               self.config.confidence or CONFIDENCE)
         return self.fp32_top1 - float((pred == self.data.labels).mean() * 100)
+
+    def attach_proxy(self, candidates: list, artifacts: dict) -> None:
+        """``info["choose"]``: agreement / KL with FP32 on the reserved photos, for the tie-break and the report."""
+        for cand in candidates:
+            if str(artifacts.get(id(cand), "")) in self.proxy:
+                cand.info["choose"] = self.proxy[str(artifacts[id(cand)])]
 
     def gate(self, path: Path, drop: float) -> float:
         """What the feasibility test compares with ``max_drop``: the measured drop, or its upper
@@ -233,8 +248,9 @@ def choose(timed: list[Candidate], fp32_ms: float, noise: float = 0.03) -> Optio
     Candidates with one execution signature run the same kernels: their round medians are
     pooled into one time (``pooled_ms``). Among candidates within ``noise`` of the fastest pooled
     time and not beaten by another on both pooled time and drop, the one agreeing most with FP32
-    on the search images wins (then the smaller measured drop): agreement is a paired count over
-    every image, far less noisy than a top-1 difference.
+    wins (then the smaller KL, then the smaller measured drop): on the reserved photos when the
+    search has them (``info["choose"]``), else on the search images. Agreement is a paired count
+    over every image, far less noisy than a top-1 difference.
     """
     pool = [c for c in timed if c.feasible and c.measured_ms is not None]
     signature = lambda c: c.info.get("signature", str(id(c)))  # noqa: E731 (no signature: its own group)
@@ -249,7 +265,11 @@ def choose(timed: list[Candidate], fp32_ms: float, noise: float = 0.03) -> Optio
     close = [c for c in pool if c.info["pooled_ms"] <= fastest * (1 + noise)]
     # Never one that another beats on both axes the choice is made on (pooled time, measured drop).
     close = [c for c in close if not any(o.info["pooled_ms"] < c.info["pooled_ms"] and o.drop < c.drop for o in close)]
-    chosen = max(close, key=lambda c: (c.info.get("fp32_agree") or 0.0, -c.drop, -c.info["pooled_ms"]))
+    if all("choose" in c.info for c in close):
+        key = lambda c: (c.info["choose"]["agree"], -c.info["choose"]["kl"], -c.drop, -c.info["pooled_ms"])  # noqa: E731
+    else:
+        key = lambda c: (c.info.get("fp32_agree") or 0.0, -c.drop, -c.info["pooled_ms"])  # noqa: E731
+    chosen = max(close, key=key)
     return chosen if chosen.info["pooled_ms"] < fp32_ms else None
 
 
@@ -318,6 +338,7 @@ def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path,
             cand.info["drop_bound"] = bound
         artifacts[id(cand)] = path
         uniform[precision] = cand
+    builder.attach_proxy([*result.verified, *[c for p, c in uniform.items() if p != "fp32"]], artifacts)
     chosen = final_timing(result, uniform, artifacts, builder, config)
     builder.timer.close()  # the workers also exit on their own when this process ends
     chosen_path = artifacts.get(id(chosen)) if chosen else builder.fp32_path
@@ -330,7 +351,7 @@ def search(model: nn.Module, data: SearchData, config: SearchConfig, work: Path,
         log(note)
     return Outcome(space, table, scores, result, uniform, builder.fp32_path, chosen_path, chosen_model,
                    artifacts, {k: round(v, 1) for k, v in seconds.items()}, check, builder.fp32_top1, budget.summary(),
-                   note, config.confidence)
+                   note, config.confidence, choose_summary(data.choose, [*result.verified, *uniform.values()], builder.fp32_top1))
 
 
 def uniform_note(chosen: Optional[Candidate], result: SearchResult) -> str:
@@ -360,6 +381,7 @@ def summary(outcome: Outcome, names: Optional[dict] = None) -> dict:
         "verified": [{**c.to_dict(), "artifact": str(outcome.artifacts.get(id(c), ""))} for c in result.verified],
         "chosen": chosen.to_dict() if chosen else None,
         "note": outcome.note,
+        "choose": outcome.choose,
         "latency_table": {"scale": outcome.table.scale, "boundary_ms": outcome.table.boundary_ms, "other_ms": outcome.table.other_ms},
         "chosen_artifact": str(outcome.chosen_path) if outcome.chosen_path else None,
         "chosen_layers": outcome.space.describe(chosen.config if chosen else outcome.space.base()),

@@ -48,7 +48,7 @@ def run_search_stage(module: nn.Module, preprocess, labelled, config: SearchConf
     from now) counts from here: reading the images is part of the search."""
     budget = budget or Budget(config.search_time)
     from edgecnn.data.split import split_items
-    from edgecnn.search.prepare import make_recovery, recovery_images, search_data
+    from edgecnn.search.prepare import choose_set, make_recovery, recovery_images, search_data
 
     notes = []
     root = Path(labelled.root)
@@ -62,21 +62,49 @@ def run_search_stage(module: nn.Module, preprocess, labelled, config: SearchConf
     data = search_data(split.search, preprocess, 32)
     if config.objective == "size":
         return _size_stage(module, preprocess, data, config, work, split, notes, train, cache_root, log)
+    budget.phase = "reading the reserved photos to choose on"
+    data.choose = choose_set(config, preprocess, work)
+    if data.choose is not None:
+        notes.append(f"ties between candidates decided on {data.choose.describe()} ({data.choose.reserved.rule}); "
+                     "none of them in recovery training")
     if train:
-        data.recovery = make_recovery(module, recovery_images(Path(train), 4000), preprocess, config,
-                                      cache_root or work / "teacher-cache", work, log)
+        data.recovery = make_recovery(module, recovery_images(Path(train), 4000, data.choose and data.choose.reserved, log),
+                                      preprocess, config, cache_root or work / "teacher-cache", work, log)
     outcome = search(copy.deepcopy(module), data, config, work, log, budget=budget)
     if budget.skipped:
         notes.append(f"search time budget ({config.search_time:g} min) spent during {budget.spent_in}; not done: "
                      + "; ".join(budget.skipped))
     info = summary(outcome)
     info["front_search_part"] = _front(outcome)
+    budget.phase = "top-1 of each configuration on the evaluation part (reported, never chosen on)"
+    _on_evaluation_part(info, outcome, split.evaluation, preprocess, config.threads)
     chosen = outcome.chosen_model if outcome.chosen_model is not None else copy.deepcopy(module).eval()
     if outcome.note:
         notes.append(outcome.note)
     if outcome.chosen_model is None:
         notes.append(f"no configuration kept the top-1 drop within {config.max_drop} points: the float model is kept")
     return StageResult(chosen, info, info["chosen_layers"], split.evaluation, notes)
+
+
+def _on_evaluation_part(info: dict, outcome, evaluation: list, preprocess, threads: int) -> None:
+    """Top-1 on the evaluation part of every configuration the search measured, after the choice
+    (``top1_evaluation`` per row), and whether the proxy ranks them as that top-1 does."""
+    from edgecnn.search.prepare import arrays
+    from edgecnn.search.proxy import rank_agreement
+    from edgecnn.search.run import top1_of
+
+    rows = [(info["uniform"][p], c) for p, c in outcome.uniform.items() if p != "fp32"]
+    rows += [(row, c) for row, c in zip(info["verified"], outcome.result.verified) if c.drop is not None]
+    rows = [(row, outcome.artifacts[id(c)]) for row, c in rows if id(c) in outcome.artifacts]
+    if not rows or not evaluation:
+        return
+    images, labels = arrays(evaluation, preprocess)
+    for row, path in rows:
+        row["top1_evaluation"] = float((top1_of(path, images, threads) == labels).mean() * 100)
+    ranked = [row for row, _ in rows if row.get("choose")]
+    if ranked:
+        info["choose"]["rank_vs_evaluation_top1"] = rank_agreement([r["choose"]["agree"] for r in ranked],
+                                                                   [r["top1_evaluation"] for r in ranked])
 
 
 def _size_stage(module, preprocess, data, config: SearchConfig, work: Path, split, notes: list, train, cache_root, log) -> StageResult:
