@@ -207,6 +207,7 @@ def main(argv=None) -> int:
             part = json.loads(Path(path).read_text())
             merged["models"].update(part["models"])
             merged.setdefault("environment", part.get("environment"))
+            merged.setdefault("load_average", part.get("load_average"))
             merged["findings"] = part.get("findings") or merged.get("findings")
             per_model = all(isinstance(v, dict) for v in part["settings"].values())  # an already merged file
             for model in part["models"]:
@@ -225,7 +226,8 @@ def main(argv=None) -> int:
 
     settings = {k: v for k, v in vars(args).items() if k not in ("work", "out", "render", "findings")}  # no machine paths
     settings["choose_on"] = Path(args.choose_on).name if args.choose_on else None
-    results = {"settings": settings, "environment": environment(args.threads), "models": {}}
+    results = {"settings": settings, "environment": environment(args.threads), "models": {},
+               "load_average": {"start": os.getloadavg()[0]}}  # other work on the machine slows a niced run
     for model in args.models.split(","):
         say(f"== {model}: search")
         search = {"max_drop": args.max_drop, "max_verify": args.max_verify, "threads": args.threads,
@@ -240,6 +242,7 @@ def main(argv=None) -> int:
         found.pop("evaluation")
         found = json.loads(json.dumps(found, default=str).replace(str(work) + os.sep, ""))  # no machine paths in results
         results["models"][model] = found
+        results["load_average"][f"after {model}"] = os.getloadavg()[0]
         write(results, Path(args.out))
     return 0
 

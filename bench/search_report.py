@@ -156,6 +156,10 @@ def render(results: dict, out: Path) -> None:
              "speed-up lower bound, from per-round paired ratios, >= goal), **not met** when the other bound is on the "
              "other side, **not resolved** otherwise (edgecnn.stats).", ""]
     lines += environment_section(results)
+    if results.get("load_average"):
+        lines += ["Load average (1 min) of the machine, other work included: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in results["load_average"].items())
+                  + " (on 2 cores; above 2, other work competed with the timed rounds).", ""]
     for model, found in results["models"].items():
         lines += model_section(model, found, out)
     if results.get("findings"):
