@@ -111,6 +111,8 @@ CASES = [
     ("train-empty-search", [*SEARCH, "--train", "{empty}"], True, "--train"),
     ("train-no-photos-search", [*SEARCH, "--train", "{notes}"], True, "no images"),
     ("train-broken-search", [*SEARCH, "--train", "{broken}"], True, "a.jpg"),
+    ("choose-on-missing-search", [*SEARCH, "--choose-on", "{tmp}/nope"], True, "--choose-on"),
+    ("choose-on-no-photos-search", [*SEARCH, "--choose-on", "{notes}"], True, "--choose-on"),
     ("calib-list-file-missing-image", ["squeezenet1_1", "--weights", "{weights}", "--num-classes", "10", "--calib", "{notes}/sub/readme.txt"], True, "no photos here"),
 ]
 

@@ -117,3 +117,17 @@ def test_choose_on_flag_sets_the_search_stage_and_needs_max_drop(capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(["compress", "squeezenet", *args, "--print-recipe"])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_report_shows_which_images_chose_what():
+    from edgecnn.report import search_section
+
+    cand = {"predicted_ms": 2.0, "measured_ms": 2.1, "drop": 0.5, "feasible": True, "top1_evaluation": 70.25,
+            "choose": {"agree": 97.45, "kl": 0.02, "photos": 2000}}
+    search = {"max_drop": 1.0, "fp32_top1_search_part": 72.0, "chosen": cand, "uniform": {"w7a8": cand}, "verified": [],
+              "choose": {"tie_break_on": "2000 reserved photos of distill/ (agreement with FP32, then KL)",
+                         "rank_vs_search_top1": {"candidates": 3, "spearman": 1.0, "p_one_sided": 0.1667, "resolved": False}}}
+    text = "\n".join(search_section(search))
+    assert "| uniform w7a8 |" in text and "| 97.45 | 71.50 | 70.25 |" in text
+    assert "decided on 2000 reserved photos of distill/" in text
+    assert "Spearman +1.00 over 3 candidates" in text and "not resolved with 3 candidates" in text

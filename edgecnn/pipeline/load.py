@@ -68,6 +68,9 @@ def check_inputs(r: Recipe) -> None:
             # A search reads its recovery photos at any folder depth; everything else reads an ImageFolder.
             recursive = key == "train" and r.stage("search") is not None and r.stage("distill") is None
             check_image_source(value, f"data.{key} ({flags[key]})", recursive=recursive)
+    search = r.stage("search")
+    if search is not None and getattr(search.config, "choose_on", None):  # photos a search chooses on
+        check_image_source(search.config.choose_on, "search.choose_on (--choose-on)", recursive=True)
 
 
 def load(state: RunState) -> None:
