@@ -164,3 +164,45 @@ def test_finetune_cli_end_to_end_with_shift_and_feature_matching(tmp_path, torch
     no_features = args[:args.index("--feature-layers")] + ["-o", str(tmp_path / "other.pth")]
     nothing = CliRunner().invoke(cli, no_features)
     assert isinstance(nothing.exception, UserError) and "--feature-layers" in str(nothing.exception)
+
+
+class _Recorder(nn.Module):
+    """A teacher that remembers every batch it was shown (what the student is trained on too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+        self.head = nn.Linear(3, 5)
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.head(x.mean((2, 3)))
+
+
+def test_train_size_and_hflip_shape_what_teacher_and_student_see():
+    x = torch.randn(16, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    data = torch.utils.data.TensorDataset(x)
+    teacher, student = _Recorder(), nn.Sequential(nn.Conv2d(3, 5, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    config = DistillConfig(epochs=3, batch_size=4, lr=1e-3, optimizer="sgd", train_size=8, hflip=True,
+                           lr_schedule="constant", progress=False)
+    distill(student, teacher, data, config)
+    assert [tuple(b.shape[-2:]) for b in teacher.seen] == [(8, 8)] * 12
+    small = torch.nn.functional.interpolate(x, size=(8, 8), mode="bilinear", antialias=True, align_corners=False)
+    flipped = [any(torch.equal(b[0], small[i].flip(2)) for i in range(16)) for b in teacher.seen]
+    assert 0 < sum(flipped) < len(flipped)  # some batches mirrored, not all
+    again = _Recorder()
+    distill(nn.Sequential(nn.Conv2d(3, 5, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), again, data, config)
+    assert all(torch.equal(a, b) for a, b in zip(teacher.seen, again.seen))  # same seed, same draws
+
+
+def test_epoch_lrs_set_each_epochs_rate():
+    from edgecnn.train.runtime import lr_lambda
+
+    config = DistillConfig(epochs=3, batch_size=8, lr=3e-4, optimizer="sgd", lr_schedule="epochs",
+                           epoch_lrs=[3e-4, 1e-4], progress=False)
+    factor = lr_lambda(config, steps_per_epoch=2)
+    assert [config.lr * factor(step) for step in range(6)] == pytest.approx([3e-4, 3e-4, 1e-4, 1e-4, 1e-4, 1e-4])
+    run = distill(_net(), _net(seed=7).eval(), _data(n=16), config)
+    assert run.history[-1]["lr"] == pytest.approx(1e-4)  # the rate the last epoch ended at
+    with pytest.raises(ValueError, match="epoch_lrs"):
+        DistillConfig(lr_schedule="epochs")

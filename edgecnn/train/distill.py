@@ -27,7 +27,8 @@ from typing import Callable, Literal, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgecnn.errors import UserError
 from edgecnn.train.losses import FeatureTaps, feature_loss, kd_loss
@@ -58,7 +59,11 @@ class DistillConfig(BaseModel):
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0)
-    lr_schedule: Literal["cosine", "step", "constant"] = "cosine"
+    lr_schedule: Literal["cosine", "step", "constant", "epochs"] = "cosine"
+    epoch_lrs: list[float] = Field(
+        default_factory=list,
+        description="'epochs' schedule: the learning rate of each epoch, the last one repeating (e.g. [3e-4, 1e-4])",
+    )
     warmup_steps: int = Field(0, ge=0)
     step_epochs: int = Field(1, ge=1, description="'step' schedule: multiply the lr by step_gamma every step_epochs")
     step_gamma: float = Field(0.1, gt=0, le=1)
@@ -72,12 +77,25 @@ class DistillConfig(BaseModel):
     feature_weight: float = Field(1.0, ge=0, description="weight of the summed normalised feature MSE (with feature_layers)")
     shift_l1: float = Field(0.0, ge=0, description="weight of the L1 penalty on active-shift offsets (per offset, mean)")
     freeze_bn: bool = Field(False, description="keep BatchNorm statistics fixed (eval-mode BN) while training")
+    train_size: Optional[int] = Field(
+        None, ge=8, description="resize each training batch to this many pixels (bilinear, antialiased) before teacher "
+                                "and student: a fully convolutional net trains faster on smaller images")
+    hflip: bool = Field(False, description="flip each training batch horizontally with probability 1/2 (one draw per "
+                                           "batch, seeded by seed and step, so a resumed run draws the same)")
     seed: int = 0
     grad_clip: Optional[float] = Field(None, gt=0, description="clip the gradient norm to this")
     checkpoint_every: Optional[int] = Field(None, ge=1, description="steps between checkpoints; default: at the end of each epoch")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _epoch_lrs_need_their_schedule(self):
+        if self.lr_schedule == "epochs" and not self.epoch_lrs:
+            raise ValueError("lr_schedule 'epochs' needs epoch_lrs, e.g. epoch_lrs: [3e-4, 1e-4]")
+        if any(lr <= 0 for lr in self.epoch_lrs):
+            raise ValueError("every epoch_lrs entry must be > 0")
+        return self
 
 
 @dataclass
@@ -326,7 +344,7 @@ class _Loop:
         """One optimizer step on one batch, then the after-step hooks."""
         config, device = self.config, self.device
         images, labels = split_batch(batch)
-        images = images.to(device, non_blocking=True)
+        images = self.augment(images.to(device, non_blocking=True))
         labels = labels.to(device) if labels is not None else None
         with torch.no_grad():
             teacher_logits = self.teacher(images)
@@ -356,6 +374,18 @@ class _Loop:
         running["hard"] += parts.get("hard", 0.0)
         running["feature"] += parts.get("feature", 0.0)
         running["n"] += 1
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """The batch at ``train_size`` and, with ``hflip``, mirrored on a coin drawn from (seed, step)."""
+        config = self.config
+        if config.train_size and images.shape[-2:] != (config.train_size, config.train_size):
+            images = F.interpolate(images, size=(config.train_size,) * 2, mode="bilinear", antialias=True,
+                                   align_corners=False)
+        if config.hflip:
+            coin = torch.Generator().manual_seed(config.seed * 1000003 + self.step + 1)
+            if torch.rand(1, generator=coin).item() < 0.5:
+                images = images.flip(3)
+        return images
 
     def end_epoch(self, eval_data) -> None:
         """Average the epoch's loss terms into the history, evaluate, checkpoint."""

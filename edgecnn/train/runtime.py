@@ -71,6 +71,9 @@ def lr_lambda(config, steps_per_epoch: int):
             return (step + 1) / config.warmup_steps
         if config.lr_schedule == "constant":
             return 1.0
+        if config.lr_schedule == "epochs":
+            lrs = config.epoch_lrs
+            return lrs[min(step // steps_per_epoch, len(lrs) - 1)] / config.lr
         if config.lr_schedule == "step":
             return config.step_gamma ** (step // (config.step_epochs * steps_per_epoch))
         progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
