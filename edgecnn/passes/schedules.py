@@ -36,8 +36,20 @@ DEEP_COMPRESSION_SQUEEZENET1_0["classifier.1"] = 0.2
 # Published non-zero parameter count of the schedule above (weights kept + all biases).
 DEEP_COMPRESSION_SQUEEZENET1_0_NONZERO = 421_098
 
+# The same densities on SqueezeNet 1.1 by role (conv1, fire2..fire9, conv10): 1.1 keeps the
+# Fire modules but moves the pools, so fireN sits at another index of ``features``.
+_FIRE_INDEX_1_1 = dict(zip(_FIRE_DENSITIES, (3, 4, 6, 7, 9, 10, 11, 12)))
+DEEP_COMPRESSION_SQUEEZENET1_1: dict[str, float] = {"features.0": 1.0}
+for _fire, (_index, _squeeze, _expand1x1, _expand3x3) in _FIRE_DENSITIES.items():
+    _at = _FIRE_INDEX_1_1[_fire]
+    DEEP_COMPRESSION_SQUEEZENET1_1[f"features.{_at}.squeeze"] = _squeeze
+    DEEP_COMPRESSION_SQUEEZENET1_1[f"features.{_at}.expand1x1"] = _expand1x1
+    DEEP_COMPRESSION_SQUEEZENET1_1[f"features.{_at}.expand3x3"] = _expand3x3
+DEEP_COMPRESSION_SQUEEZENET1_1["classifier.1"] = 0.2
+
 SCHEDULES: dict[str, dict[str, float]] = {
     "deep_compression_squeezenet1_0": DEEP_COMPRESSION_SQUEEZENET1_0,
+    "deep_compression_squeezenet1_1": DEEP_COMPRESSION_SQUEEZENET1_1,
 }
 
 
