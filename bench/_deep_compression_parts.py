@@ -1,5 +1,7 @@
 """What the Deep Compression bench sections share: the shipped size (export, pack, decode),
-the data subsets of the shared sample, ONNX evaluation and the distillation loop.
+the data subsets of the shared sample, ONNX evaluation, and the stages of the shipped Deep
+Compression recipes (passes through the pass registry, distillation through
+``edgecnn.train.distill``).
 
 Imported by bench/deep_compression.py (sections A-D) and bench/deep_compression_fisher.py
 (section E), so neither imports the other.
@@ -17,12 +19,17 @@ import onnx
 import onnxruntime as ort
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
 from edgecnn.data.images import ImageFolder, iter_batches
 from edgecnn.export.onnx_export import export_onnx
 from edgecnn.pack import decode_model, pack_model
+from edgecnn.passes import PassContext, run_pass
+from edgecnn.passes.hooks import after_step_hooks
+from edgecnn.passes.weight_share import centroid_gradient_hook, shared_layers, tie_to_centroids
 from edgecnn.preprocess import get_preset
+from edgecnn.recipe import load_recipe
+from edgecnn.train import distill
 
 
 def mib(n: int) -> str:
@@ -97,47 +104,44 @@ def load_batches(dataset: ImageFolder, preset: str, limit=None) -> list:
     return list(iter_batches(dataset, get_preset(preset), batch_size=50, limit=limit, workers=2))
 
 
-# --------------------------------------------------------------------------- fine-tuning
+# --------------------------------------------------------------------------- the recipes
 
 
-def distill(student, teacher, images: np.ndarray, epochs: int, lr: float, after_step, log, temperature: float = 2.0, size: int = 160, lrs=None):
-    """Knowledge distillation on preprocessed images (random horizontal flips), SGD + momentum.
+def recipe_stages(name: str) -> list:
+    """The model-changing stages of a shipped recipe (export and measure are the bench's own)."""
+    return [stage for stage in load_recipe(name).stages if stage.name not in ("export", "measure")]
 
-    Trains at ``size`` px (the 224 crops downscaled) to fit the CPU budget; SqueezeNet is
-    fully convolutional, evaluation stays at 224. ``lrs``: one learning rate per epoch (else ``lr``).
-    """
-    student.train()
-    teacher.eval()
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    x_all = torch.from_numpy(images)
-    if x_all.shape[-2:] != (size, size):
-        x_all = F.interpolate(x_all, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    with torch.no_grad():
-        soft = torch.cat([teacher(x_all[i : i + 64]) for i in range(0, len(x_all), 64)])
-        soft_flip = torch.cat([teacher(x_all[i : i + 64].flip(3)) for i in range(0, len(x_all), 64)])
-    gen = torch.Generator().manual_seed(0)
-    steps = 0
-    for epoch in range(epochs):
-        for group in opt.param_groups:
-            group["lr"] = lrs[epoch] if lrs else lr
-        order = torch.randperm(len(x_all), generator=gen)
-        total = 0.0
-        for i in range(0, len(order), 32):
-            idx = order[i : i + 32]
-            flip = torch.rand(1, generator=gen).item() < 0.5
-            x = x_all[idx].flip(3) if flip else x_all[idx]
-            target = (soft_flip if flip else soft)[idx]
-            logits = student(x)
-            loss = F.kl_div(
-                F.log_softmax(logits / temperature, 1), F.softmax(target / temperature, 1), reduction="batchmean"
-            ) * temperature**2
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            after_step(student)
-            total += loss.item() * len(idx)
-            steps += 1
-        log(f"    epoch {epoch + 1}/{epochs}: distillation loss {total / len(x_all):.4f}")
-    student.eval()
-    return steps
+
+def stage_config(recipe: str, kind: str, index: int = 0):
+    """The config of the ``index``-th ``kind`` stage of a shipped recipe."""
+    return [stage.config for stage in recipe_stages(recipe) if stage.name == kind][index]
+
+
+def run_stage(stage, model: nn.Module, teacher: nn.Module, train_images, log, ctx=None, **overrides) -> nn.Module:
+    """One recipe stage on ``model``: a pass through the pass registry, or ``distill`` through
+    the library's trainer (``retrain``); ``overrides`` replace config fields (epochs, ...)."""
+    config = stage.config.model_copy(update=overrides) if overrides else stage.config
+    if stage.name == "distill":
+        retrain(model, teacher, train_images, config, log)
+        return model
+    return run_pass(stage.name, model, config, ctx or PassContext(progress=False))
+
+
+def retrain(student: nn.Module, teacher: nn.Module, images: np.ndarray, config, log) -> int:
+    """Distil ``teacher`` into ``student`` with ``edgecnn.train.distill`` on preprocessed,
+    unlabelled images: pruning masks re-applied and shared weights re-tied after every step
+    (``edgecnn.passes.after_step_hooks``); with shared weights each weight's gradient is its
+    cluster's mean (the paper's centroid update). Returns the optimizer steps taken."""
+    handles = centroid_gradient_hook(student)
+    try:
+        run = distill(student, teacher, TensorDataset(torch.from_numpy(images)),
+                      config.model_copy(update={"progress": False, "device": "cpu"}),
+                      after_step=after_step_hooks(student))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if shared_layers(student):
+        tie_to_centroids(student)
+    for entry in run.history:
+        log(f"    epoch {entry['epoch']:.0f}/{config.epochs}: distillation loss {entry['loss']:.4f}")
+    return run.steps

@@ -33,11 +33,14 @@ import torch.nn as nn
 from edgecnn.data.images import ImageFolder
 from edgecnn.models import create
 from edgecnn.passes import PassContext, run_pass
-from edgecnn.passes.prune import reapply_masks, remove_masks
-from edgecnn.passes.schedules import DEEP_COMPRESSION_SQUEEZENET1_0, DEEP_COMPRESSION_SQUEEZENET1_0_NONZERO
-from edgecnn.passes.weight_share import centroid_gradient_hook, tie_to_centroids
+from edgecnn.passes.prune import remove_masks
 
-from _deep_compression_parts import distill, distill_subset, evaluate, export_proto, load_batches, mib, ship, subset  # noqa: E402,F401
+from _deep_compression_parts import distill_subset, evaluate, load_batches, mib, recipe_stages, run_stage, ship, stage_config, subset
+
+# The shipped recipes each section follows (edgecnn/recipes/): densities, bits, distillation.
+DENSE_1_0 = "squeezenet-deep-compression"  # A: prune + share
+DENSE_1_1 = "squeezenet1_1-deep-compression"  # C: prune, distill, share, distill
+PUBLISHED_6BIT = "squeezenet-deep-compression-6bit-retrain"  # B's 6-bit row, D: share, distill
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "deep_compression.md"
@@ -48,38 +51,11 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-# --------------------------------------------------------------------------- pruning
-
-
-# torchvision module names of the 26 convs in order (conv1, fire2..fire9 x squeeze/expand1x1/expand3x3, conv10).
-FIRES_1_0 = (3, 4, 5, 7, 8, 9, 10, 12)
-FIRES_1_1 = (3, 4, 6, 7, 9, 10, 11, 12)
-
-
-def schedule_for_1_1() -> dict[str, float]:
-    """The Deep Compression SqueezeNet 1.0 densities mapped onto 1.1 by role (conv1, fireN, conv10)."""
-    table = DEEP_COMPRESSION_SQUEEZENET1_0
-    mapped = {"features.0": table["features.0"], "classifier.1": table["classifier.1"]}
-    for i10, i11 in zip(FIRES_1_0, FIRES_1_1):
-        for conv in ("squeeze", "expand1x1", "expand3x3"):
-            mapped[f"features.{i11}.{conv}"] = table[f"features.{i10}.{conv}"]
-    return mapped
-
-
-def prune(model: nn.Module, schedule) -> list[dict]:
-    ctx = PassContext(progress=False)
-    run_pass("prune", model, {"schedule": schedule}, ctx)
-    return ctx.reports[-1].rows
-
-
 def count_nonzeros(model: nn.Module) -> tuple[int, int]:
     """(kept parameters, all parameters): non-zero weights plus every bias (biases stay dense)."""
     params = sum(p.numel() for p in model.parameters())
     kept = sum(p.numel() if name.endswith("bias") else int((p != 0).sum()) for name, p in model.named_parameters())
     return kept, params
-
-
-# --------------------------------------------------------------------------- export / pack / eval
 
 
 # --------------------------------------------------------------------------- sections
@@ -92,7 +68,7 @@ def section_a(data: Path, log) -> list[str]:
         for name, p in base.named_parameters():
             if name.endswith("bias"):
                 p.normal_(0, 0.05)
-    prune(base, "deep_compression_squeezenet1_0")
+    run_pass("prune", base, stage_config(DENSE_1_0, "prune"), PassContext(progress=False))
     remove_masks(base)
     nonzeros, params = count_nonzeros(base)
     rows = []
@@ -101,7 +77,8 @@ def section_a(data: Path, log) -> list[str]:
             model = create("squeezenet1_0").eval()
             model.load_state_dict(base.state_dict())
             ctx = PassContext(progress=False)
-            run_pass("weight_share", model, {"bits": bits, "init": init}, ctx)
+            share = stage_config(DENSE_1_0, "weight_share").model_copy(update={"bits": bits, "init": init})
+            run_pass("weight_share", model, share, ctx)
             used = sum(r["distinct"] for r in ctx.reports[-1].rows) / len(ctx.reports[-1].rows)
             result = ship(model, 227)
             rows.append((bits, init, used, result, result["stats"].alternatives))
@@ -109,8 +86,8 @@ def section_a(data: Path, log) -> list[str]:
     lines = [
         "## A. squeezenet1_0, zoo initialisation, Deep Compression densities",
         "",
-        f"Per-layer magnitude pruning with the `prune` pass and the Deep Compression schedule "
-        "(`deep_compression_squeezenet1_0`): "
+        f"Per-layer magnitude pruning with the `prune` pass and the Deep Compression densities of the "
+        f"shipped recipe `{DENSE_1_0}`: "
         f"{nonzeros:,} of {params:,} parameters kept (paper: {PAPER['nonzeros']:,}, "
         f"{100 * (nonzeros - PAPER['nonzeros']) / PAPER['nonzeros']:+.3f} %; biases are kept dense and drawn from N(0, 0.05) "
         "so that they cost what trained float biases cost). "
@@ -140,7 +117,7 @@ def section_b(data: Path, log, limit) -> list[str]:
         model = create("squeezenet1_0").eval()
         model.load_state_dict(sd)
         if bits == 6:
-            run_pass("weight_share", model, {"bits": 6}, PassContext(progress=False))
+            run_pass("weight_share", model, stage_config(PUBLISHED_6BIT, "weight_share"), PassContext(progress=False))
         result = ship(model, 227)
         top1, top5 = evaluate(result["decoded"], batches)
         nonzeros, params = count_nonzeros(model)
@@ -171,17 +148,17 @@ def section_b(data: Path, log, limit) -> list[str]:
     return lines
 
 
-def section_c(data: Path, log, quick: bool, workdir: Path) -> list[str]:
+def section_c(data: Path, log, limit, workdir: Path) -> list[str]:
+    """The recipe ``squeezenet1_1-deep-compression`` stage by stage, a row after each."""
     sd = torch.load(data / "weights" / "squeezenet1_1.pth", map_location="cpu")
     teacher = create("squeezenet1_1").eval()
     teacher.load_state_dict(sd)
     train_set = subset(data, "EliSchwartz", workdir / "train.txt")
     heldout = subset(data, "VeriSilicon", workdir / "heldout.txt")
-    limit = 64 if quick else None
     log("  C: loading images")
     train_images = np.concatenate([b[0] for b in load_batches(train_set, "torchvision", limit)])
     test_batches = load_batches(heldout, "torchvision", limit)
-    epochs = (1, 1) if quick else (3, 2)
+    quick = {"epochs": 1} if limit else {}
 
     rows = []
 
@@ -195,27 +172,28 @@ def section_c(data: Path, log, quick: bool, workdir: Path) -> list[str]:
     record("dense FP32", teacher)
     student = create("squeezenet1_1")
     student.load_state_dict(sd)
-    prune(student, schedule_for_1_1())
-    record("pruned (DC densities)", student)
+    labels = iter(["pruned (DC densities)", "pruned + distilled", "pruned + distilled + 6-bit shared",
+                   "+ centroid fine-tuning (distilled)"])
+    stages = recipe_stages(DENSE_1_1)
+    epochs = [(quick or s.config.model_dump()).get("epochs") for s in stages if s.name == "distill"]
     t0 = time.perf_counter()
-    distill(student, teacher, train_images, epochs[0], 1e-3, reapply_masks, log)
-    record("pruned + distilled", student)
-    run_pass("weight_share", student, {"bits": 6}, PassContext(progress=False))
-    record("pruned + distilled + 6-bit shared", student)
-    handles = centroid_gradient_hook(student)
-    distill(student, teacher, train_images, epochs[1], 1e-3, tie_to_centroids, log)
-    for h in handles:
-        h.remove()
+    for stage in stages:
+        student = run_stage(stage, student, teacher, train_images, log, **(quick if stage.name == "distill" else {}))
+        record(next(labels), student)
+        if stage.name == "prune":
+            t0 = time.perf_counter()
     minutes = (time.perf_counter() - t0) / 60
-    record("+ centroid fine-tuning (distilled)", student)
+    train = stage_config(DENSE_1_1, "distill")
     lines = [
         "## C. squeezenet1_1 (dense real weights) -> pruned, 6-bit shared, distilled",
         "",
-        "The Deep Compression SqueezeNet 1.0 schedule mapped onto 1.1 by role (conv1, fire2..fire9, "
-        "conv10), one-shot magnitude pruning with the `prune` pass. Distillation from the dense model (T=2, SGD momentum 0.9, lr 1e-3, "
-        f"batch 32, random flips, trained at 160 px to fit the CPU budget) on sample half A ({len(train_images)} images, possibly ImageNet "
-        f"training images): {epochs[0]} epochs after pruning (masks re-applied every step), "
-        f"{epochs[1]} epochs of centroid fine-tuning after sharing (cluster-mean gradients, weights "
+        f"The shipped recipe `{DENSE_1_1}`, stage by stage: the Deep Compression SqueezeNet 1.0 densities "
+        "mapped onto 1.1 by role (conv1, fire2..fire9, conv10; schedule `deep_compression_squeezenet1_1`), one-shot "
+        "magnitude pruning with the `prune` pass. Distillation from the dense model by `edgecnn.train.distill` "
+        f"(T={train.temperature:g}, SGD momentum {train.momentum:g}, lr {train.lr:g}, "
+        f"batch {train.batch_size}, random flips, trained at {train.train_size} px to fit the CPU budget) on sample half A "
+        f"({len(train_images)} images, possibly ImageNet training images): {epochs[0]} epochs after pruning (masks re-applied "
+        f"every step), {epochs[1]} epochs of centroid fine-tuning after sharing (cluster-mean gradients, weights "
         f"re-tied every step); {minutes:.1f} min on the shared CPU. Evaluated on held-out half B "
         f"({sum(len(b[1]) for b in test_batches)} genuine ILSVRC2012 val images, torchvision "
         "preprocessing), each through the decoded ONNX in ONNX Runtime. Standard error ~1.8 points.",
@@ -228,49 +206,48 @@ def section_c(data: Path, log, quick: bool, workdir: Path) -> list[str]:
     return lines + [""]
 
 
-def section_d(data: Path, log, quick: bool, workdir: Path, distill_images: int = 0, epochs: int = 2) -> list[str]:
-    """B's 6-bit re-sharing with centroid fine-tuning: distilled from the published model.
+def section_d(data: Path, log, limit, workdir: Path, distill_images: int = 0, epochs: int = 2) -> list[str]:
+    """The recipe ``squeezenet-deep-compression-6bit-retrain`` on the published model.
 
     ``distill_images`` > 0 trains on that many photos of ``distill/`` instead of sample half A.
     """
     sd = torch.load(data / "weights" / "squeezenet1_0.pth", map_location="cpu")
     teacher = create("squeezenet1_0").eval()
     teacher.load_state_dict(sd)
-    limit = 64 if quick else None
     if distill_images:
-        train_set = distill_subset(data, 64 if quick else distill_images, workdir / "distill.txt")
+        train_set = distill_subset(data, limit or distill_images, workdir / "distill.txt")
         train_what = "photos of distill/ (Caltech-101 + Imagenette, none in the sample, evenly spaced over its manifest)"
     else:
         train_set = subset(data, "EliSchwartz", workdir / "a.txt")
         train_what = "sample half A"
     train_images = np.concatenate([b[0] for b in load_batches(train_set, "caffe", limit)])
     test_batches = load_batches(subset(data, "VeriSilicon", workdir / "b.txt"), "caffe", limit)
-    epochs = 1 if quick else epochs
+    epochs = 1 if limit else epochs
     rows = []
     student = create("squeezenet1_0")
     student.load_state_dict(sd)
-    for label in ("8 bit (published)", "6 bit re-shared", "6 bit + centroid fine-tuning"):
-        if label.startswith("6 bit re"):
-            run_pass("weight_share", student, {"bits": 6}, PassContext(progress=False))
-        if label.startswith("6 bit +"):
-            t0 = time.perf_counter()
-            handles = centroid_gradient_hook(student)
-            distill(student, teacher, train_images, epochs, 1e-3, tie_to_centroids, log, size=195)
-            for h in handles:
-                h.remove()
-            tie_to_centroids(student)
+    minutes = 0.0
+    stages = recipe_stages(PUBLISHED_6BIT)
+    for label, stage in zip(("8 bit (published)", "6 bit re-shared", "6 bit + centroid fine-tuning"), [None, *stages]):
+        t0 = time.perf_counter()
+        if stage is not None:
+            student = run_stage(stage, student, teacher, train_images, log,
+                                **({"epochs": epochs} if stage.name == "distill" else {}))
+        if stage is not None and stage.name == "distill":
             minutes = (time.perf_counter() - t0) / 60
         result = ship(student.eval(), 227)
         top1, top5 = evaluate(result["decoded"], test_batches)
         rows.append((label, result, top1, top5))
         log(f"  D {label}: {result['shipped']:,} B, top-1 {top1:.1f} top-5 {top5:.1f}")
+    train = stage_config(PUBLISHED_6BIT, "distill")
     lines = [
         "## D. Deep Compression SqueezeNet 1.0 at 6 bit with centroid fine-tuning",
         "",
         f"Re-sharing B's weights to 6 bit without retraining costs accuracy; the paper retrains the "
-        f"centroids. Here: distillation from the published 8-bit model (T=2, SGD momentum 0.9, "
-        f"lr 1e-3, {epochs} epochs, cluster-mean gradients, weights re-tied every step, crops "
-        f"downscaled to 195 px for the CPU budget; {minutes:.1f} min) on {train_what} "
+        f"centroids. Here the shipped recipe `{PUBLISHED_6BIT}`: distillation from the published 8-bit model by "
+        f"`edgecnn.train.distill` (T={train.temperature:g}, SGD momentum {train.momentum:g}, "
+        f"lr {train.lr:g}, {epochs} epochs, cluster-mean gradients, weights re-tied every step, crops "
+        f"downscaled to {train.train_size} px for the CPU budget; {minutes:.1f} min) on {train_what} "
         f"({len(train_images)} images); evaluated on held-out half B "
         f"({sum(len(b[1]) for b in test_batches)} genuine val images), decoded ONNX in ORT.",
         "",
@@ -286,6 +263,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("EDGECNN_SHARED_DATA", REPO.parent / "shared" / "data")))
     parser.add_argument("--quick", action="store_true", help="64 images and 1 epoch: a smoke run, not results")
+    parser.add_argument("--limit", type=int, default=0, help="with --quick: this many images instead of 64")
     parser.add_argument("--sections", default="ABCD", help="E: Fisher-weighted re-sharing and bit allocation (deep_compression_fisher.py)")
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
     parser.add_argument("--append", action="store_true", help="append the sections to the existing results file")
@@ -298,6 +276,7 @@ def main(argv=None) -> int:
         print(f"shared data not found at {args.data}; pass --data", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    limit = (args.limit or 64) if args.quick else None
     start = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - start:6.0f}s] {msg}", flush=True)  # noqa: E731
     lines = [
@@ -314,15 +293,15 @@ def main(argv=None) -> int:
         if "A" in args.sections:
             lines += section_a(args.data, log)
         if "B" in args.sections:
-            lines += section_b(args.data, log, 100 if args.quick else None)
+            lines += section_b(args.data, log, (args.limit or 100) if args.quick else None)
         if "C" in args.sections:
-            lines += section_c(args.data, log, args.quick, Path(tmp))
+            lines += section_c(args.data, log, limit, Path(tmp))
         if "D" in args.sections:
-            lines += section_d(args.data, log, args.quick, Path(tmp), args.distill_images, args.epochs)
+            lines += section_d(args.data, log, limit, Path(tmp), args.distill_images, args.epochs)
         if "E" in args.sections:
             from deep_compression_fisher import section_e
 
-            lines += section_e(args.data, log, args.quick, Path(tmp), args.distill_images or 4000, args.epochs)
+            lines += section_e(args.data, log, limit, Path(tmp), args.distill_images or 4000, args.epochs)
     lines.append(f"Total bench time {(time.perf_counter() - start) / 60:.1f} min ({args.threads} thread(s) on 2 shared CPU cores).")
     if args.append and args.output.exists():
         lines = [args.output.read_text().rstrip("\n"), ""] + lines[5:]

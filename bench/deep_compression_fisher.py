@@ -22,21 +22,20 @@ import torch
 
 import onnxruntime as ort
 
-from _deep_compression_parts import distill, distill_subset, load_batches, mib, ship, subset
+from _deep_compression_parts import distill_subset, load_batches, mib, recipe_stages, run_stage, ship, subset
 from edgecnn.data.images import iter_batches
 from edgecnn.models import create
 from edgecnn.passes import PassContext, run_pass
-from edgecnn.passes.weight_share import centroid_gradient_hook, tie_to_centroids
-from edgecnn.preprocess import Preprocess, get_preset
+from edgecnn.preprocess import Preprocess
+
+RECIPE = "squeezenet-deep-compression-fisher"  # the allocation and its fine-tuning (edgecnn/recipes/)
 
 GOAL_SIZE = 357_564  # bytes: 0.341 MiB, today's 6-bit .ecnn rounded up to the MiB shown
 GOAL_DROP = 1.0  # top-1 points below the published 8-bit model on half B
-BIT_CHOICES = [4, 5, 6, 7, 8]
-FISHER_IMAGES = 512
-# Per epoch; the lower second epoch settles the centroids. 3e-4 rather than section D's 1e-3:
-# short trials (1 epoch, 1,000 photos) kept the shared model closer to the published one by KL
-# on half B at 3e-4 and 1e-4 than at 1e-3 or 3e-3 (a choice made on the evaluation images).
-LRS = (3e-4, 1e-4)
+# The recipe's learning rates per epoch (epoch_lrs), the lower second epoch settling the
+# centroids; 3e-4 rather than section D's 1e-3: short trials (1 epoch, 1,000 photos) kept the
+# shared model closer to the published one by KL on half B at 3e-4 and 1e-4 than at 1e-3 or
+# 3e-3 (a choice made on the evaluation images).
 # distill/ photos are stored at <= 160 px: Caffe's warp-256 / crop-227 geometry scaled to 160.
 CAFFE_160 = Preprocess(
     input_size=160, resize=180, resize_mode="warp", crop=160, mean=(104.0, 117.0, 123.0),
@@ -82,22 +81,25 @@ def _bits_text(rows: list[dict]) -> str:
     return "; ".join(f"{b} bit: {', '.join(names)}" for b, names in sorted(by_bits.items()))
 
 
-def section_e(data: Path, log, quick: bool, workdir: Path, distill_images: int = 4000, epochs: int = 2) -> list[str]:
+def section_e(data: Path, log, limit, workdir: Path, distill_images: int = 4000, epochs: int = 2) -> list[str]:
+    """Plain and Fisher-weighted 6-bit re-sharing, then the recipe ``squeezenet-deep-compression-fisher``
+    (its weight_share stage, then its distill stage) on the published model; ``limit``: a smoke run."""
     sd = torch.load(data / "weights" / "squeezenet1_0.pth", map_location="cpu")
     teacher = _published(sd)
-    limit = 64 if quick else None
+    share_stage, distill_stage = recipe_stages(RECIPE)
+    allocation = share_stage.config.model_dump(include={"bits", "bit_choices", "fisher_images"})
     test_batches = load_batches(subset(data, "VeriSilicon", workdir / "b.txt"), "caffe", limit)
     n_test = sum(len(b[1]) for b in test_batches)
     labels = np.concatenate([b[1] for b in test_batches])
     reference = None
-    fisher_images = 16 if quick else FISHER_IMAGES
+    fisher_images = min(16, limit) if limit else allocation["fisher_images"]
     # Fisher images: distill/ photos evenly spaced from row 1 (the training photos start at row 0).
     calib = [torch.from_numpy(_arrays(distill_subset(data, fisher_images, workdir / "fisher.txt", offset=1), CAFFE_160))]
     variants = [
         ("8 bit (published)", None),
         ("6 bit re-shared, plain k-means", {"bits": 6, "bit_choices": [6], "fisher_images": fisher_images}),  # [6]: only to report its Fisher error
         ("6 bit, Fisher-weighted k-means", {"bits": 6, "weighting": "fisher", "fisher_images": fisher_images}),
-        ("Fisher bit allocation (4-8 bit, size of 6 bit)", {"bits": 6, "bit_choices": BIT_CHOICES, "fisher_images": fisher_images}),
+        ("Fisher bit allocation (4-8 bit, size of 6 bit)", {**allocation, "fisher_images": fisher_images}),
     ]
     rows, allocated = [], None
     for label, cfg in variants:
@@ -117,36 +119,35 @@ def section_e(data: Path, log, quick: bool, workdir: Path, distill_images: int =
         rows.append((label, result["shipped"], score["top1"], score["top5"], fisher_error, note, score))
         log(f"  E {label}: {result['shipped']:,} B, {score}")
 
-    train = [_arrays(distill_subset(data, 64 if quick else distill_images, workdir / "distill.txt"), CAFFE_160)]
+    train = [_arrays(distill_subset(data, limit or distill_images, workdir / "distill.txt"), CAFFE_160)]
     train.append(_arrays(subset(data, "EliSchwartz", workdir / "a.txt"), CAFFE_160, limit))
     train_images = np.concatenate(train)
     t0 = time.perf_counter()
-    handles = centroid_gradient_hook(allocated)
-    lrs = LRS[:1] if quick else (LRS + (LRS[-1],) * max(0, epochs - len(LRS)))[:epochs]
-    distill(allocated, teacher, train_images, len(lrs), lrs[0], tie_to_centroids, log, size=160, lrs=list(lrs))
-    for h in handles:
-        h.remove()
-    tie_to_centroids(allocated)
+    epochs = 1 if limit else epochs
+    recipe_lrs = distill_stage.config.epoch_lrs
+    lrs = [recipe_lrs[min(e, len(recipe_lrs) - 1)] for e in range(epochs)]  # the last one repeats
+    run_stage(distill_stage, allocated, teacher, train_images, log, epochs=epochs)
     minutes = (time.perf_counter() - t0) / 60
     result = ship(allocated.eval(), 227)
     score = _scores(_logits(result["decoded"], test_batches), labels, reference)
     rows.append(("+ centroid fine-tuning", result["shipped"], score["top1"], score["top5"], None, "", score))
     log(f"  E + centroid fine-tuning: {result['shipped']:,} B, {score}")
-    return _lines(rows, n_test, len(train[0]), len(train[1]), fisher_images, lrs, minutes)
+    return _lines(rows, n_test, len(train[0]), len(train[1]), fisher_images, lrs, minutes, allocation["bit_choices"])
 
 
-def _lines(rows, n_test, n_distill, n_a, fisher_images, lrs, minutes) -> list[str]:
+def _lines(rows, n_test, n_distill, n_a, fisher_images, lrs, minutes, bit_choices) -> list[str]:
     lines = [
         "## E. 6-bit budget re-shared with Fisher sensitivity, then centroid fine-tuning at 160 px",
         "",
+        f"The shipped recipe `{RECIPE}` after two comparison rows. "
         f"`weight_share` options (edgecnn/passes/share_alloc.py): the diagonal Fisher information of each weight, "
         f"estimated on {fisher_images} distill/ photos at 160 px (squared log-likelihood gradient of a label drawn "
         "from the published model's own softmax: the curvature of the distillation loss at the unchanged model). "
         "`weighting: fisher` weights the k-means objective by it; `bit_choices: "
-        f"{BIT_CHOICES}` picks each layer's bits so that the summed Fisher-weighted error is least while the "
+        f"{bit_choices}` picks each layer's bits so that the summed Fisher-weighted error is least while the "
         "estimated entropy-coded index and codebook size stays within that of 6 bit everywhere (plain k-means per "
-        f"layer). The allocated model is then fine-tuned: cluster-mean gradients, weights re-tied every step, "
-        f"distilled from the published model (T=2, SGD momentum 0.9, batch 32, flips, lr {' then '.join(f'{lr:g}' for lr in lrs)} "
+        f"layer). The allocated model is then fine-tuned by `edgecnn.train.distill`: cluster-mean gradients, weights "
+        f"re-tied every step, distilled from the published model (T=2, SGD momentum 0.9, batch 32, flips, lr {' then '.join(f'{lr:g}' for lr in lrs)} "
         f"per epoch) at 160 px (the photos' own size, Caffe warp/crop geometry scaled) on {n_distill} distill/ photos "
         f"+ {n_a} sample half A images; {minutes:.1f} min. Evaluated on half B ({n_test} genuine val images, "
         "Caffe preprocessing at 227), decoded .ecnn in ONNX Runtime.",
@@ -198,7 +199,7 @@ def _findings(rows, n_test, lrs) -> list[str]:
         f"Fisher-weighted error {alloc[4]:.3f}, KL to 8 bit {kl(alloc):.4f}) at {alloc[1]:,} B; centroid fine-tuning "
         f"then: {tuned[2]:.1f} % ({tuned[2] - alloc[2]:+.1f}; KL {kl(tuned):.4f}) at {tuned[1]:,} B.",
         f"- Learning rates {' then '.join(f'{lr:g}' for lr in lrs)}: picked by short trials scored by KL to the published "
-        "model on half B (see LRS in bench/deep_compression_fisher.py), so half B was looked at for this choice.",
+        "model on half B (see the comment at the top of bench/deep_compression_fisher.py), so half B was looked at for this choice.",
         f"- One run each; half B has {n_test} images (standard error "
         f"{100 * (base[2] / 100 * (1 - base[2] / 100) / n_test) ** 0.5:.1f} points; rows are paired on the same images).",
         "",
