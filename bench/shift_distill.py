@@ -1,4 +1,3 @@
-# long: one results file from three experiments (deploy forms, recovery, sensitivity) that share data and caches
 """Shift convolutions + distillation on real weights; writes bench/results/shift_distill.md.
 
 1. Deploy forms of one shift (1x144x56x56, 3x3 taps) in ONNX Runtime CPU: the numbers behind
@@ -27,13 +26,11 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import hashlib
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -43,6 +40,9 @@ DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", REPO.parent / "shared" / "data
 RESULTS = REPO / "bench" / "results" / "shift_distill.md"
 if str(REPO) not in sys.path:  # this checkout's edgecnn, not an installed one
     sys.path.insert(0, str(REPO))
+
+from _shift_data import Eval, spread, train_data, training_data  # noqa: E402
+from _shift_report import render  # noqa: E402
 
 MODELS = [
     # name, options, preprocess, distillation hyper-parameters; features are matched at the
@@ -103,102 +103,6 @@ def deploy_forms(tmp: Path) -> list[dict]:
     return rows
 
 
-class CachedCrops(torch.utils.data.Dataset):
-    """Images decoded once (shorter side ``resize``, centre ``resize`` square, uint8); random
-    ``crop`` windows + flips per (seed, pass, index), normalised on the fly. With ``cache`` the
-    decoded array is kept in that .npy file and reused by later runs on the same images."""
-
-    def __init__(self, paths, labels, preprocess, resize: int, crop: int, seed: int = 0, cache=None):
-        self.preprocess = preprocess.replace(input_size=resize, resize=resize, crop=resize)
-        if cache is not None and Path(cache).is_file():
-            self.images = np.load(cache, mmap_mode="r")
-        else:
-            self.images = np.stack([_square(p, resize) for p in paths])
-            if cache is not None:
-                from edgecnn.fileio import save_atomic
-
-                Path(cache).parent.mkdir(parents=True, exist_ok=True)
-                save_atomic(cache, _npy_writer(self.images))
-        if len(self.images) != len(paths):
-            raise SystemExit(f"cache {cache} holds {len(self.images)} images, not {len(paths)}; delete it")
-        self.labels = labels
-        self.crop, self.seed, self.epoch = crop, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, index):
-        return self.item(index, self.epoch)
-
-    def item(self, index: int, data_pass: int):
-        rng = np.random.default_rng((self.seed, data_pass, index))
-        image = self.images[index]
-        top, left = rng.integers(0, image.shape[0] - self.crop + 1, size=2)
-        window = image[top: top + self.crop, left: left + self.crop]
-        if rng.random() < 0.5:
-            window = window[:, ::-1]
-        return torch.from_numpy(self.preprocess.normalize(np.ascontiguousarray(window))), int(self.labels[index])
-
-
-def _npy_writer(array: np.ndarray):
-    """A ``save_atomic`` writer streaming ``array`` as .npy (np.save on a path would append ".npy")."""
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-    return write
-
-
-def _square(path, size: int) -> np.ndarray:
-    """Shorter side resized to ``size`` (PIL default filter), centre square, uint8 HWC."""
-    from edgecnn.data.images import open_image
-
-    image = open_image(path)
-    width, height = image.size
-    scale = size / min(width, height)
-    image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))))
-    left, top = (image.size[0] - size) // 2, (image.size[1] - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
-
-
-class Chunks(torch.utils.data.Dataset):
-    """``per_epoch`` images per epoch of the distillation loop, walking through one fixed
-    shuffle of ``base``: a long pass over many images is cut into short epochs, each ending
-    with an evaluation. Pass p over the data draws its crops with seed p."""
-
-    def __init__(self, base: CachedCrops, per_epoch: int, seed: int = 0):
-        self.base, self.per_epoch = base, min(per_epoch, len(base))
-        self.order = np.random.default_rng(seed).permutation(len(base))
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self):
-        return self.per_epoch
-
-    def __getitem__(self, i):
-        g = self.epoch * self.per_epoch + i
-        return self.base.item(int(self.order[g % len(self.base)]), g // len(self.base))
-
-
-class Eval(torch.utils.data.Dataset):
-    def __init__(self, paths, labels, preprocess):
-        from edgecnn.data.images import load_image
-
-        self.x = torch.from_numpy(np.stack([load_image(p, preprocess) for p in paths]))
-        self.y = torch.as_tensor(labels)
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
-
-
 def baseline(name, options, preset, eval_items, tmp: Path) -> tuple:
     """Teacher, evaluation set and the FP32 row: params, MACs, ORT ms, top-1."""
     from edgecnn.measure.profile import profile_model
@@ -213,28 +117,6 @@ def baseline(name, options, preset, eval_items, tmp: Path) -> tuple:
     export(teacher.module, tmp / f"{name}.onnx", (1, 3, 224, 224))
     base["onnx"] = tmp / f"{name}.onnx"
     return teacher, evalset, base
-
-
-def train_data(teacher, data) -> tuple:
-    """(training dataset, 16 calibration images at 224 px) from ``data``'s training images."""
-    from edgecnn.data.images import load_image
-
-    paths, labels = data.paths, data.labels
-    if data.distill:
-        base = CachedCrops(paths, labels, teacher.preprocess, round(data.size * 256 / 224), data.size, cache=data.cache)
-    else:
-        base = CachedCrops(paths, labels, teacher.preprocess, 256, 224)
-    trainset = Chunks(base, data.epoch_images) if data.epoch_images else base
-    # Least-squares initialisation of the kept weights on 16 training images (never eval ones).
-    calib = torch.from_numpy(np.stack([load_image(p, teacher.preprocess) for p in spread(paths, 16, 48)]))
-    return trainset, calib
-
-
-def spread(paths, n: int, step: int = 0) -> list:
-    """``n`` of ``paths``: every ``step``-th one, or spread evenly over all of them (step 0)."""
-    if step:
-        return list(paths[::step][:n])
-    return [paths[int(i * len(paths) / n)] for i in range(min(n, len(paths)))]
 
 
 def rank_shift_layers(teacher, data, images: int = 64) -> list[dict]:
@@ -334,26 +216,6 @@ def epochs_until(deadline: str, epoch_s: float, at_most: int) -> int:
     return max(1, min(at_most, int(left // epoch_s)))
 
 
-def training_data(args, items) -> SimpleNamespace:
-    """The training images: the 766 non-evaluation sample images, or ``--distill-images`` photos."""
-    common = {"epoch_images": args.epoch_images, "lr": args.lr}
-    if not args.distill_images:
-        train_items = [it for i, it in enumerate(items) if i % 3 != 0]
-        return SimpleNamespace(distill=False, paths=[p for p, _ in train_items], labels=[y for _, y in train_items],
-                               size=224, cache=None, label=f"{len(train_items)} sample images (index % 3 != 0), "
-                               "random 224 crops of 256 px + flips", **common)
-    rows = list(csv.DictReader(open(DATA / "distill-manifest.csv")))
-    rows = spread(rows, args.distill_images)
-    paths = [DATA / "distill" / r["relpath"] for r in rows]
-    resize = round(args.train_size * 256 / 224)
-    key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{resize}").encode()).hexdigest()[:12]
-    cache = Path(args.cache_dir) / f"distill-{len(paths)}-{resize}-{key}.npy"
-    # Teacher outputs only (feature matching): the Imagenette folder labels are not used.
-    return SimpleNamespace(distill=True, paths=paths, labels=[-1] * len(paths), size=args.train_size, cache=cache,
-                           label=f"{len(paths)} distill/ photos (no labels), random {args.train_size} crops of "
-                           f"{resize} px + flips", **common)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=0, help="epochs for every model (default: per model)")
@@ -372,6 +234,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "edgecnn-bench-cache"))
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the results file")
+    parser.add_argument("--limit", type=int, default=0,
+                        help="a smoke run: this many evaluation and training images, 1 epoch (not results)")
     args = parser.parse_args(argv)
     if not (DATA / "weights").is_dir():
         print(f"shared data not found at {DATA}; nothing to do")
@@ -380,7 +245,9 @@ def main(argv=None) -> int:
     rows = list(csv.DictReader(open(DATA / "imagenet-sample-manifest.csv")))
     items = [(DATA / "imagenet-sample" / r["relpath"], int(r["class_index"])) for r in rows]
     eval_items = [it for i, it in enumerate(items) if i % 3 == 0]
-    data = training_data(args, items)
+    if args.limit:
+        eval_items, args.epochs, args.partial_epochs = eval_items[:args.limit], 1, 1
+    data = training_data(args, items, DATA)
     started = time.perf_counter()
     argv = argv if argv is not None else sys.argv[1:]
     results = []
@@ -395,7 +262,7 @@ def main(argv=None) -> int:
             results.append(row)
         text = render(forms, results, data.label, len(eval_items), argv, args.threads, time.perf_counter() - started)
         if not args.no_write:
-            write(text)
+            write(text, args.out)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -408,73 +275,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def write(text: str) -> None:
+def write(text: str, path: Path) -> None:
     from edgecnn.fileio import write_text_atomic
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(RESULTS, text)
-
-
-def latency(r) -> str:
-    return f"{r['ms_before']:.2f} -> {r['ms_after']:.2f}" if "ms_after" in r else "(measured at the end)"
-
-
-def recovered(r) -> float:
-    lost = r["top1_before"] - r["top1_right_after"]
-    return (r["top1_after"] - r["top1_right_after"]) / lost * 100 if lost > 0 else float("nan")
-
-
-def render(forms, results, train_label, n_eval, argv, threads, total_s) -> str:
-    import platform
-
-    lines = ["# Shift convolutions + knowledge distillation (real weights)", "",
-             f"Produced by `{' '.join(['python bench/shift_distill.py', *argv])}` in {total_s / 60:.1f} min on "
-             f"{platform.machine()} CPU ({os.cpu_count()} cores, shared; torch threads {threads}, ORT 1 thread).", "",
-             "## Deploy forms of one shift (ORT CPU, 1x144x56x56, 1 thread, edgecnn.measure.interleave: median of round medians)", "",
-             "| form | ms | bit-exact vs PyTorch |", "| --- | --- | --- |"]
-    from edgecnn.measure.sysinfo import environment_markdown
-
-    lines[3:3] = [environment_markdown(threads=threads)]
-    for f in forms:
-        lines.append(f"| {f['form']} | {f['ms']:.3f} | {'' if f['exact'] is None else ('yes' if f['exact'] else 'NO')} |")
-    lines += ["", "## Models", "",
-              f"Evaluation: every third image of the shared sample in manifest order (index % 3 == 0, "
-              f"n={n_eval}), 224 px; never trained on. Training images: {train_label}. "
-              "Top-1 on this easy sample is not comparable with published ImageNet numbers; "
-              f"standard error at n={n_eval} is about 2 points.", "",
-              "| model | shifted layers | params | MACs | ORT ms (b1, 224, interleaved) | top-1 before | right after | after distillation | recovered | images seen | train time |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    results = sorted(results, key=lambda r: (r["model"] != "squeezenet1_1", r["model"], -r["layers"]))
-    for r in results:
-        shifted = f"{r['layers']}" + (f" ({', '.join(r['include'])})" if r["include"] else " (all)")
-        lines.append(
-            f"| {r['model']} | {shifted} | {r['params_before'] / 1e6:.3f} M -> {r['params_after'] / 1e6:.3f} M | "
-            f"{r['macs_before'] / 1e6:.0f} M -> {r['macs_after'] / 1e6:.0f} M | {latency(r)} | "
-            f"{r['top1_before']:.1f} | {r['top1_right_after']:.1f} | {r['top1_after']:.1f} | {recovered(r):.0f} % of the loss | "
-            f"{r['images_seen']:,} | {r['train_s'] / 60:.1f} min |")
-    for r in results:
-        if r["model"] == "squeezenet1_1" and not r["include"]:
-            need = r["top1_right_after"] + (r["top1_before"] - r["top1_right_after"]) / 2
-            lines += ["", f"Goal (SqueezeNet 1.1, every Fire's expand3x3 shifted, recovers at least half of what it "
-                      f"loses, i.e. top-1 >= {need:.1f} %): **{'met' if recovered(r) >= 50 else 'NOT met'}**, "
-                      f"{recovered(r):.0f} % recovered ({r['top1_after'] - need:+.1f} points from the mark)."]
-    lines += ["", "Distillation history (per epoch of the loop: images seen, feature loss, eval top-1 %):", ""]
-    for r in results:
-        curve = ", ".join(f"{h['step'] * r['config']['batch_size']:,}: {h['loss']:.3f} / {h['top1']:.1f}" for h in r["history"])
-        lines.append(f"- {r['model']}, {r['layers']} shifted: {curve}")
-    for r in results:
-        if r.get("ranking"):
-            lines += ["", f"Search sensitivity of {r['model']}'s shift units (`edgecnn.search.sensitivity.measure`, each "
-                      "unit alone, 64 training images; KL(FP32 || shifted) of the softmax, top-1 agreement with FP32), "
-                      f"least sensitive first; the {r['layers']} first were shifted in the partial row:", "",
-                      "| layer | KL | agreement |", "| --- | --- | --- |"]
-            lines += [f"| {x['layer']} | {x['kl']:.3f} | {100 * x['agreement']:.0f} % |" for x in r["ranking"]]
-    lines += ["", "Settings:", ""]
-    for r in results:
-        lines.append(f"- {r['model']}, {r['layers']} shifted: shift {r['shift']}; feature layers {r['feature_layers']}; "
-                     f"distill {r['config']}; {r['epoch_images']:,} images per epoch")
-    lines.append("")
-    return "\n".join(lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, text)
 
 
 if __name__ == "__main__":
