@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the results file")
+    parser.add_argument("--limit", type=int, default=None, help="a smoke run: this many search-part images (default: all)")
     args = parser.parse_args(argv)
     if not (DATA / "distill").is_dir():
         print(f"shared data not found at {DATA}; nothing to do")
@@ -54,7 +56,7 @@ def main(argv=None) -> int:
     loaded = load_model("squeezenet1_1", weights=str(DATA / "weights" / "squeezenet1_1.pth"), preprocess="torchvision")
     teacher = loaded.module.eval()
     work = Path(tempfile.mkdtemp(prefix="edgecnn-recovery-check-"))
-    data = search_data(split_folder(DATA / "imagenet-sample").search, loaded.preprocess, 32)
+    data = search_data(split_folder(DATA / "imagenet-sample").search, loaded.preprocess, 32, limit=args.limit)
     reference = predictions(teacher, data.images)
     base_top1 = float((reference == data.labels).mean() * 100)
     space = build_space(teacher, torch.from_numpy(data.images[:1]), ("fp32",), (0.75,), False)
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
         from edgecnn.fileio import write_text_atomic
         from edgecnn.measure.sysinfo import environment_markdown
 
-        write_text_atomic(RESULTS, text.rstrip("\n") + "\n\n" + environment_markdown(threads=args.threads))
+        write_text_atomic(args.out, text.rstrip("\n") + "\n\n" + environment_markdown(threads=args.threads))
     return 0
 
 

@@ -1,0 +1,161 @@
+"""Every bench script runs for real on tiny input and writes what it says it writes.
+
+A bench script calls the library the way a user's code does, so a changed library signature
+breaks it silently until the next 20-minute run; these smoke runs (a few images, one step,
+into a temporary folder) are the guard. Scripts that need ../shared, an optional peer
+(openvino, nncf, nvidia-modelopt) or qemu-user skip with the reason. The fast tests below
+keep bench/ itself in shape: every script listed in bench/README.md, each under 400 lines,
+no import cycles.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+
+
+def listed_scripts() -> list[str]:
+    """The bench files named in bench/README.md's "Every script here" table."""
+    text = (BENCH / "README.md").read_text()
+    section = text[text.index("## Every script here"):].splitlines()
+    table = "\n".join(line for line in section if line.startswith("|"))
+    return sorted(set(re.findall(r"`([\w/]+(?:\.py|/))`", table)))
+
+
+@dataclass
+class Smoke:
+    """How one script runs on tiny input: its arguments ({tmp} is the temporary folder), what
+    it must leave there, and what it needs."""
+
+    args: list[str]
+    writes: list[str] = field(default_factory=list)  # globs under {tmp}, each must match a non-empty file
+    shared: bool = False  # needs ../shared/data
+    modules: tuple[str, ...] = ()  # optional peers it needs
+    tool: str = ""  # an executable it needs
+    printed: str = ""  # a line fragment stdout must hold
+
+
+SMOKE = {
+    "run.py": Smoke(["--quick", "--models", "squeezenet1_1", "--engines", "ort_fp32,edgecnn_int8", "--eval-limit", "8",
+                     "--calib", "4", "--rounds", "1", "--no-op-profile", "--data", "{tmp}/no-data", "--out", "{tmp}"],
+                    writes=["*-quick.md", "*-quick.json"]),
+    "run_report.py": Smoke(["run.py", "--from-json", "{tmp}/run.json"], writes=["run.md"]),
+    "peak_macs.py": Smoke(["--seconds", "0.02"], printed='"int8"'),
+    "trt_peer.py": Smoke(["--from-json", "{tmp}/trt_peer.json", "--out", "{tmp}/trt_peer.md"], writes=["trt_peer.md"]),
+    "search.py": Smoke(["--render", "{tmp}/search.json", "--out", "{tmp}/search"], writes=["search.md"]),
+    "search_report.py": Smoke(["search.py", "--render", "{tmp}/search.json", "--out", "{tmp}/search"], writes=["search.md"]),
+    "latency_check.py": Smoke(["--models", "squeezenet1_1", "--images", "8", "--out", "{tmp}/latency_check"],
+                              writes=["latency_check.md", "latency_check.json"], shared=True),
+    "recovery_check.py": Smoke(["--steps", "1", "--images", "8", "--size", "64", "--limit", "16", "--out", "{tmp}/rc.md"],
+                               writes=["rc.md"], shared=True),
+    "quantize_accuracy.py": Smoke(["--calib", "4", "--limit", "12", "--models", "squeezenet1_1", "--no-cost",
+                                   "--out", "{tmp}/q.md"], writes=["q.md"], shared=True),
+    "shift_distill.py": Smoke(["--limit", "4", "--models", "squeezenet1_1", "--out", "{tmp}/sd.md"], writes=["sd.md"],
+                              shared=True),
+    "deep_compression.py": Smoke(["--quick", "--limit", "2", "--sections", "D", "--output", "{tmp}/dc.md"],
+                                 writes=["dc.md"], shared=True),
+    "deep_compression_fisher.py": Smoke(["deep_compression.py", "--quick", "--limit", "2", "--sections", "E",
+                                         "--output", "{tmp}/dce.md"], writes=["dce.md"], shared=True),
+    "size_search.py": Smoke(["--models", "squeezenet1_1", "--images", "8", "--max-verify", "1", "--output", "{tmp}/ss.md"],
+                            writes=["ss.md"], shared=True),
+    "arm_kernels.py": Smoke(["--images", "2", "--levels", "rpi4", "--models", "squeezenet1_1", "--out", "{tmp}/ak.md",
+                             "--work", "{tmp}/work"], writes=["ak.md"], shared=True, tool="qemu-aarch64"),
+}
+# Shared code, run by the scripts above: imported here so a broken import shows by name.
+HELPERS = {"_stats.py", "_workers.py", "_deep_compression_parts.py", "_run_model.py", "_shift_data.py",
+           "_shift_report.py", "engines/"}
+# Committed results that the renderers re-render (a copy, into the temporary folder).
+RENDER_INPUTS = {"run.json": "2026-11-22-amd-epyc-2cpu.json", "trt_peer.json": "trt_peer.json", "search.json": "search.json"}
+
+
+def test_readme_lists_every_bench_script():
+    on_disk = {p.name for p in BENCH.glob("*.py")} | {"engines/"}
+    listed = set(listed_scripts())
+    assert on_disk - listed == set(), "add these to bench/README.md's table"
+    assert listed - on_disk == set(), "bench/README.md names files that do not exist"
+    assert listed == set(SMOKE) | HELPERS, "every listed script needs a smoke run here (or is a helper)"
+
+
+@pytest.mark.parametrize("path", sorted(BENCH.rglob("*.py")), ids=lambda p: str(p.relative_to(BENCH)))
+def test_bench_file_is_under_400_lines(path):
+    assert len(path.read_text().splitlines()) < 400, "split it into cohesive modules"
+
+
+def _bench_imports(path: Path, names: set[str]) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found & names
+
+
+def test_bench_has_no_import_cycles():
+    modules = {p.stem: p for p in BENCH.glob("*.py")}
+    modules["engines"] = BENCH / "engines" / "__init__.py"
+    graph = {name: _bench_imports(path, set(modules)) - {name} for name, path in modules.items()}
+    for path in (BENCH / "engines").glob("*.py"):  # the package's modules count as "engines"
+        graph["engines"] |= _bench_imports(path, set(modules)) - {"engines"}
+    state: dict[str, int] = {}
+
+    def visit(node, trail):
+        if state.get(node) == 1:
+            raise AssertionError("import cycle in bench/: " + " -> ".join(trail[trail.index(node):] + [node]))
+        if state.get(node) == 2:
+            return
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            visit(nxt, trail + [node])
+        state[node] = 2
+
+    for name in sorted(graph):
+        visit(name, [])
+
+
+@pytest.mark.parametrize("helper", sorted(HELPERS))
+def test_helper_imports(helper, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    name = helper.rstrip("/").removesuffix(".py")
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and Path(spec.origin).is_relative_to(BENCH)
+    __import__(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_bench_script_smoke_run(script, tmp_path, request):
+    smoke = SMOKE[script]
+    if smoke.shared:
+        request.getfixturevalue("shared_data")  # skips when ../shared is absent
+    for module in smoke.modules:
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{script} needs {module} (pip install -r bench/requirements.txt)")
+    if smoke.tool and shutil.which(smoke.tool) is None:
+        pytest.skip(f"{script} needs {smoke.tool} (qemu-user) on PATH")
+    for copy, committed in RENDER_INPUTS.items():
+        shutil.copy(RESULTS / committed, tmp_path / copy)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in smoke.args]
+    target = args.pop(0) if args and args[0].endswith(".py") else script
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "2"}
+    result = subprocess.run([sys.executable, str(BENCH / target), *args], capture_output=True, text=True,
+                            cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    for pattern in smoke.writes:
+        written = list(tmp_path.glob(pattern))
+        assert written and all(p.stat().st_size > 0 for p in written), f"{script} wrote no {pattern}"
+    assert smoke.printed in result.stdout
