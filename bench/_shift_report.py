@@ -32,7 +32,8 @@ def render(forms, results, train_label, n_eval, argv, threads, total_s) -> str:
               f"Evaluation: every third image of the shared sample in manifest order (index % 3 == 0, "
               f"n={n_eval}), 224 px; never trained on. Training images: {train_label}. "
               "Top-1 on this easy sample is not comparable with published ImageNet numbers; "
-              f"standard error at n={n_eval} is about 2 points.", "",
+              f"standard error at n={n_eval} is about 2 points. Trained by `edgecnn.train.distill` (feature matching at the "
+              "block outputs; settings below).", "",
               "| model | shifted layers | params | MACs | ORT ms (b1, 224, interleaved) | top-1 before | right after | after distillation | recovered | images seen | train time |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     results = sorted(results, key=lambda r: (r["model"] != "squeezenet1_1", r["model"], -r["layers"]))

@@ -27,12 +27,12 @@ from typing import Callable, Literal, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgecnn.errors import UserError
 from edgecnn.train.losses import FeatureTaps, feature_loss, kd_loss
 from edgecnn.train.runtime import (
+    augment_batch,
     distributed,
     lr_lambda,
     pick_device,
@@ -344,7 +344,7 @@ class _Loop:
         """One optimizer step on one batch, then the after-step hooks."""
         config, device = self.config, self.device
         images, labels = split_batch(batch)
-        images = self.augment(images.to(device, non_blocking=True))
+        images = augment_batch(images.to(device, non_blocking=True), config, self.step)
         labels = labels.to(device) if labels is not None else None
         with torch.no_grad():
             teacher_logits = self.teacher(images)
@@ -374,18 +374,6 @@ class _Loop:
         running["hard"] += parts.get("hard", 0.0)
         running["feature"] += parts.get("feature", 0.0)
         running["n"] += 1
-
-    def augment(self, images: torch.Tensor) -> torch.Tensor:
-        """The batch at ``train_size`` and, with ``hflip``, mirrored on a coin drawn from (seed, step)."""
-        config = self.config
-        if config.train_size and images.shape[-2:] != (config.train_size, config.train_size):
-            images = F.interpolate(images, size=(config.train_size,) * 2, mode="bilinear", antialias=True,
-                                   align_corners=False)
-        if config.hflip:
-            coin = torch.Generator().manual_seed(config.seed * 1000003 + self.step + 1)
-            if torch.rand(1, generator=coin).item() < 0.5:
-                images = images.flip(3)
-        return images
 
     def end_epoch(self, eval_data) -> None:
         """Average the epoch's loss terms into the history, evaluate, checkpoint."""

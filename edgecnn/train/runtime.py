@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from edgecnn.errors import UserError
 from edgecnn.fileio import save_atomic
@@ -108,3 +109,16 @@ def split_batch(batch) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
             labels = torch.as_tensor(labels)
         return images, labels
     return batch, None
+
+
+def augment_batch(images: torch.Tensor, config, step: int) -> torch.Tensor:
+    """The batch at ``config.train_size`` and, with ``config.hflip``, mirrored on a coin drawn
+    from (seed, step): the same draws in a resumed run, none from the global RNG."""
+    if config.train_size and images.shape[-2:] != (config.train_size, config.train_size):
+        images = F.interpolate(images, size=(config.train_size,) * 2, mode="bilinear", antialias=True,
+                               align_corners=False)
+    if config.hflip:
+        coin = torch.Generator().manual_seed(config.seed * 1000003 + step + 1)
+        if torch.rand(1, generator=coin).item() < 0.5:
+            images = images.flip(3)
+    return images
