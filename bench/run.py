@@ -95,6 +95,7 @@ def parse_args(argv=None):
     parser.add_argument("--no-op-profile", action="store_true", help="skip the ORT per-op-type profile")
     parser.add_argument("--findings", type=Path, help="markdown file appended to the results as 'Findings'")
     parser.add_argument("--build-timeout", type=float, default=900)
+    parser.add_argument("--peak-seconds", type=float, default=1.0, help="time per kernel of the peak MAC rate measurement")
     parser.add_argument("--from-json", type=Path, help="only re-render the .md of an existing results .json")
     args = parser.parse_args(argv)
     for flag, known in (("models", MODELS), ("engines", ENGINES)):
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
 
         progress("measuring this CPU's peak fp32 / int8 MAC rate")
         try:
-            peaks = run_build("peak_macs:measure_peaks_job", {"threads": args.threads}, timeout=300)
+            peaks = run_build("peak_macs:measure_peaks_job", {"threads": args.threads, "seconds": args.peak_seconds}, timeout=300)
         except EngineError as exc:
             say(f"skip peak MAC rate: {str(exc).splitlines()[0]}")
             peaks = None
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
         if peaks:
             progress("measuring the peak MAC rate again (the max of both is used)")
             try:
-                again = run_build("peak_macs:measure_peaks_job", {"threads": args.threads}, timeout=300)
+                again = run_build("peak_macs:measure_peaks_job", {"threads": args.threads, "seconds": args.peak_seconds}, timeout=300)
                 for kind in ("fp32", "int8"):
                     peaks[kind] = max(peaks[kind], again[kind])
                 peaks["kernels"] = {k: max(v, again["kernels"][k]) for k, v in peaks["kernels"].items()}
