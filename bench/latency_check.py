@@ -11,7 +11,10 @@ below is built, exported and timed in one interleaved run through edgecnn's one 
 * mixed: the first conv at FP32 (a Quantize moves onto its output), the last third at FP32,
   every other layer W8A8 / W7A8, the 25 % most MAC-heavy layers at FP32.
 
-Goals: uniform within 10 %, mixed within 15 %. Judged on the time relative to FP32 (predicted
+Goals: uniform within 10 %, mixed within 15 %. ORT's own profiler then shows, per op type and
+input type, where the time of uniform FP32, uniform W7A8 and the worst-predicted mixed
+configuration goes (what the per-layer probes cannot see: the layouts ORT picks around a change
+of precision). Judged on the time relative to FP32 (predicted
 ratio against the ratio measured in the checking run): absolute times drift between two runs on
 a shared machine by as much as the goals, so the absolute error is shown but not judged.
 
@@ -94,9 +97,24 @@ def check_model(name: str, args, work: Path) -> dict:
                      "round_medians_ms": times[label].round_medians_ms, "error_pct": 100 * (predicted - measured) / measured,
                      "predicted_vs_fp32": predicted_ratio, "measured_vs_fp32": measured_ratio,
                      "ratio_error_pct": 100 * (predicted_ratio - measured_ratio) / measured_ratio})
-    return {"rows": rows, "table": {"scale": table.scale, "other_ms": table.other_ms,
+    worst = max((r for r in rows if r["kind"] == "mixed"), key=lambda r: abs(r["ratio_error_pct"]))["config"]
+    profiles = {label: op_shares(paths[label], args.threads) for label in ("uniform FP32", "uniform W7A8", worst)}
+    return {"rows": rows, "profiles": profiles, "table": {"scale": table.scale, "other_ms": table.other_ms,
                                     "boundary_ms_total": sum(table.boundary_ms.values())},
             "full_table": table.to_dict(), "configs": configs}
+
+
+PROFILE_RUNS = 30
+
+
+def op_shares(path, threads: int, top: int = 8) -> list[dict]:
+    """The ``top`` op types (by input type) of one model file in ORT's profiler: ms per run
+    (inflated by the profiler alike for every node) and share of node time."""
+    from edgecnn.backends.ort import profile_ops
+
+    table = profile_ops(path, runs=PROFILE_RUNS, threads=threads, by_input_type=True)
+    return [{"op": row.op_type, "nodes": row.calls // (PROFILE_RUNS - 1), "ms_per_run": row.total_us / 1e3 / (PROFILE_RUNS - 1),
+             "share": row.share} for row in table[:top]]
 
 
 def render(results: dict) -> str:
@@ -124,6 +142,11 @@ def render(results: dict) -> str:
                 lines.append(f"- {kind}: largest |{'ratio ' if judged else ''}error| {worst:.1f} % (goal {goal:g} %) -> "
                              f"{'met' if worst <= goal else 'not met'}")
         lines.append("")
+        for label, ops in found.get("profiles", {}).items():
+            lines += [f"Where the time of *{label}* goes (ORT profiler, {PROFILE_RUNS - 1} runs after one; the profiler "
+                      "slows every node, so compare shares):", "",
+                      markdown_table(["op (first input type)", "nodes", "ms per run", "share %"],
+                                     [[o["op"], o["nodes"], o["ms_per_run"], 100 * o["share"]] for o in ops]), ""]
     return "\n".join(lines) + "\n"
 
 

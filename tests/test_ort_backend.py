@@ -96,6 +96,17 @@ def test_summarize_profile_on_injected_events():
     assert table[0].share == pytest.approx(0.75)
 
 
+def test_summarize_profile_by_input_type_tells_apart_the_kernels_of_one_op():
+    def pool(ts, dur, kind):
+        return {"cat": "Node", "name": f"pool{ts}_kernel_time", "ts": ts, "dur": dur,
+                "args": {"op_name": "MaxPool", "input_type_shape": [{kind: [1, 64, 55, 55]}]}}
+
+    events = [pool(1, 40, "uint8"), pool(2, 5, "float"), pool(3, 20, "uint8")]
+    table = summarize_profile(events, by_input_type=True)
+    assert [(r.op_type, r.calls, r.total_us) for r in table] == [("MaxPool(uint8)", 2, 60.0), ("MaxPool(float)", 1, 5.0)]
+    assert [r.op_type for r in summarize_profile(events)] == ["MaxPool"]
+
+
 def test_save_optimized_writes_a_loadable_graph(tmp_path):
     path = tiny_onnx(tmp_path / "t.onnx")
     out = save_optimized(path, tmp_path / "t.ort.onnx", opt_level="extended")

@@ -87,11 +87,37 @@ def test_channels_of_very_different_scale_are_stored_scaled_and_compute_the_same
         model[1].weight[0] *= 200  # what BN folding does to a depthwise channel
     x = torch.randn(2, 3, 9, 9)
     before = model(x)
-    assert channel_spread(model[1].weight) > 8 and channel_spread(model[0].weight) < 8
-    assert scale_channels(model) == ["1"]
+    assert channel_spread(model[1].weight) > 8 and 1 < channel_spread(model[0].weight) < 8
+    assert scale_channels(model, spread=8) == ["1"]
     assert isinstance(model[1], ChannelScaled) and isinstance(model[0], nn.Conv2d)
     assert torch.allclose(model(x), before, rtol=1e-4, atol=1e-4)
     assert model[1].conv.weight.abs().amax().item() == pytest.approx(1.0)
+    assert scale_channels(model) == ["0"]  # by default every conv whose channels differ at all
+    assert torch.allclose(model(x), before, rtol=1e-4, atol=1e-4)
+
+
+def test_sensitivity_is_measured_on_the_output_and_catches_errors_that_add_up_in_one_kernel():
+    """A 3x3 edge filter (weights summing to zero) after a layer with a large mean: a per-weight
+    error moves its output by the summed error times that mean. The measured KL prices it high,
+    while the same error on a layer whose weights see a zero-mean input costs little."""
+    from edgecnn.search.size import measured_options
+
+    torch.manual_seed(0)
+    edge = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+    other = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+    with torch.no_grad():
+        kernel = torch.tensor([[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -2.0, -1.1]])
+        edge.weight.copy_(kernel.expand(4, 1, 3, 3) * torch.linspace(0.5, 1.5, 4).view(4, 1, 1, 1))
+        other.weight.copy_(torch.randn(4, 1, 3, 3))
+    model = nn.Sequential(edge, other, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+    images = torch.randn(16, 4, 8, 8) * 0.1 + 5.0  # a large mean: what a ReLU6 output has
+    layers = [("0", edge), ("1", other)]
+    before = [m.weight.detach().clone() for _, m in layers]
+    options, clusterings = measured_options(model, layers, images, [1, 4], [1.0])
+    assert options["0"][(1, 1.0)][1] > options["0"][(4, 1.0)][1] >= 0  # fewer bits, larger KL
+    assert options["0"][(1, 1.0)][1] > options["1"][(1, 1.0)][1]
+    assert all(torch.equal(m.weight, w) for (_, m), w in zip(layers, before))  # every weight put back
+    assert set(clusterings) == {(n, b, 1.0) for n in ("0", "1") for b in (1, 4)}
 
 
 def test_a_zero_budget_keeps_only_lossless_artifacts(tiny_data, tmp_path, torch_one_thread):

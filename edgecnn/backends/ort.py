@@ -160,9 +160,10 @@ class OpTime:
 
 def profile_ops(
     path: Union[str, Path], batch: int = 1, runs: int = 20, threads: int = 0, opt_level: str = "all",
-    providers=None,
+    providers=None, by_input_type: bool = False,
 ) -> list[OpTime]:
-    """Per-op-type time table from ORT's built-in profiler, largest first."""
+    """Per-op-type time table from ORT's built-in profiler, largest first (``by_input_type``:
+    one row per op type and type of its first input, e.g. ``MaxPool(uint8)``)."""
     with tempfile.TemporaryDirectory(prefix="edgecnn-ort-profile-") as tmp:
         runner = OrtRunner(path, threads=threads, opt_level=opt_level, providers=providers,
                            profile_prefix=os.path.join(tmp, "ort"))
@@ -172,12 +173,14 @@ def profile_ops(
         trace_file = runner.end_profiling()
         with open(trace_file) as fh:
             events = json.load(fh)
-    return summarize_profile(events, skip_first=1)
+    return summarize_profile(events, skip_first=1, by_input_type=by_input_type)
 
 
-def summarize_profile(events: list[dict], skip_first: int = 0) -> list[OpTime]:
+def summarize_profile(events: list[dict], skip_first: int = 0, by_input_type: bool = False) -> list[OpTime]:
     """Aggregate ORT trace events (``cat == 'Node'``, ``name`` ending in ``_kernel_time``)
-    by ``args.op_name``. ``skip_first`` drops the first runs (allocation, warm-up)."""
+    by ``args.op_name`` (and, ``by_input_type``, the type of the node's first input: ORT runs
+    one op type through different kernels per type). ``skip_first`` drops the first runs
+    (allocation, warm-up)."""
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     start_after = None
     if skip_first and len(runs) > skip_first:
@@ -189,6 +192,9 @@ def summarize_profile(events: list[dict], skip_first: int = 0) -> list[OpTime]:
         if start_after is not None and event.get("ts", 0) < start_after:
             continue
         op = event.get("args", {}).get("op_name", "?")
+        if by_input_type:
+            inputs = event.get("args", {}).get("input_type_shape") or [{}]
+            op = f"{op}({next(iter(inputs[0]), '?')})"
         entry = totals.setdefault(op, [0, 0.0])
         entry[0] += 1
         entry[1] += float(event.get("dur", 0))

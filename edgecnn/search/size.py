@@ -6,10 +6,16 @@ what a layer costs is its coded index stream, not its parameter count. Per-layer
 here (unlike latency on a CPU whose int8 kernels do not care about 6 vs 7 bits): a layer whose
 weights barely move the output can take 3 bits while a sensitive one keeps 8.
 
-Method: the weight_share pass's Fisher estimate (:mod:`edgecnn.passes.share_alloc`) scores
-every layer at every bit width (and, with recovery images, every kept-weight density of
-magnitude pruning); its knapsack (:func:`allocate_bits`) gives the least damaging choice for a
-byte budget. The budget is bisected on the top-1 drop *measured* on the search part of the
+Method: every layer is scored at every bit width (and, with recovery images, every kept-weight
+density of magnitude pruning) by *measuring* what sharing that layer alone does to the output:
+the KL divergence from the FP32 model's class distribution on the sensitivity images (as the
+latency search measures its pruning and shift units). A diagonal Fisher estimate in weight
+space prices each weight's error separately and misses errors that add up inside one kernel: a depthwise 3x3
+whose nine weights sum to nearly zero (an edge filter) turns a small per-weight error into a
+large response to its input's mean (MobileNetV2's first depthwise conv, 288 weights, is the
+layer that moves the output most when shared alone at low widths). The weight_share pass's
+knapsack (:func:`allocate_bits`) then gives the least damaging choice for a byte budget,
+summing the scores. The budget is bisected on the top-1 drop *measured* on the search part of the
 labelled images: the smallest budget whose measured drop is within ``max_drop`` wins. Uniform
 bit widths are measured the same way, and the final answer is the feasible artifact with the
 fewest shipped bytes (packed for real, not estimated). The evaluation part is never seen here.
@@ -29,11 +35,12 @@ import torch
 import torch.nn as nn
 
 from edgecnn.models.layer_select import layer_kind, select_layers
-from edgecnn.passes.share_alloc import CODEBOOK_ENTRY_BYTES, allocate_bits, fisher_diagonal
+from edgecnn.passes.share_alloc import CODEBOOK_ENTRY_BYTES, allocate_bits
 from edgecnn.passes.weight_share import cluster_weights, share_layer, tie_to_centroids
 
 Choice = tuple[int, float]  # (bits, kept-weight density) of one layer
-CHANNEL_SPREAD = 8.0  # a conv whose output channels' largest |weight| differ more than this is stored channel-scaled
+KL_CEILING = 2.0  # nats: a layer whose sharing alone moves the output this far is not tried at fewer bits
+CHANNEL_SPREAD = 1.0  # a conv whose output channels' largest |weight| differ more than this is stored channel-scaled
 
 
 class ChannelScaled(nn.Module):
@@ -43,7 +50,9 @@ class ChannelScaled(nn.Module):
     largest weight of one depthwise channel is 0.08 and of another 56. One codebook per tensor
     then maps whole small channels to a single value and the network collapses (top-1 near 0
     at 8 bit). Scaled back to a common range, the channels share the codebook; the scales cost
-    4 bytes per channel (the same layout per-channel int8 quantization uses).
+    4 bytes per channel (the same layout per-channel int8 quantization uses). Every conv whose
+    channels differ at all is scaled: a channel at an eighth of the largest range otherwise
+    loses three of its bits.
     """
 
     def __init__(self, conv: nn.Conv2d):
@@ -137,30 +146,43 @@ def magnitude_mask(weight: torch.Tensor, density: float) -> np.ndarray:
     return flat >= threshold
 
 
-def layer_options(layers: list, fisher: dict, bit_choices: list[int], densities: list[float], iterations: int = 30):
-    """Per layer and (bits, density): (estimated bytes, Fisher-weighted error) and the clustering.
+@torch.no_grad()
+def measured_options(model: nn.Module, layers: list, images: torch.Tensor, bit_choices: list[int], densities: list[float],
+                     iterations: int = 30, batch: int = 32, log=None):
+    """Per layer and (bits, density): (estimated bytes, output KL from FP32 with that layer alone
+    shared) and the clustering. The layer's weight is swapped in place and put back. Widths are
+    tried from the widest down; once a layer's KL passes ``KL_CEILING`` its narrower widths are
+    not options (they would only be chosen by a budget no artifact within a point meets)."""
+    model.eval()
 
-    Plain k-means (Fisher-weighted k-means was no better in bench/results/deep_compression_distill.md);
-    the Fisher diagonal prices the error, including that of the pruned weights."""
+    def log_probs() -> torch.Tensor:
+        return torch.cat([torch.log_softmax(model(images[i:i + batch]).flatten(1), 1) for i in range(0, len(images), batch)])
+
+    reference = log_probs()
+    probs = reference.exp()
     options: dict[str, dict[Choice, tuple[float, float]]] = {}
     clusterings: dict = {}
-    for name, module in layers:
-        weight = module.weight.detach()
-        flat = weight.reshape(-1).cpu().numpy().astype(np.float64)
-        imp = fisher[name].reshape(-1).cpu().numpy().astype(np.float64)
+    for index, (name, module) in enumerate(layers):
+        weight = module.weight.detach().clone()
+        flat = weight.reshape(-1).cpu().numpy()
         options[name] = {}
         for density in densities:
             masked = weight
             if density < 1:
-                mask = magnitude_mask(weight, density)
-                masked = torch.from_numpy(np.where(mask, flat, 0.0).astype(np.float32)).reshape(weight.shape)
-            for bits in bit_choices:
+                masked = torch.from_numpy(np.where(magnitude_mask(weight, density), flat, 0.0).astype(np.float32)).reshape(weight.shape)
+            for bits in sorted(bit_choices, reverse=True):
                 centroids, assign, nonzero = cluster_weights(masked, bits, iterations)
-                shared = np.zeros_like(flat)
+                shared = np.zeros(flat.size, np.float32)
                 shared[nonzero] = centroids[assign]
-                error = float((imp * (shared - flat) ** 2).sum())
-                options[name][(bits, density)] = (coded_bytes(assign, len(centroids), int((~nonzero).sum())), error)
+                module.weight.copy_(torch.from_numpy(shared).reshape(weight.shape))
+                kl = float((probs * (reference - log_probs())).sum(1).mean())
+                options[name][(bits, density)] = (coded_bytes(assign, len(centroids), int((~nonzero).sum())), max(kl, 0.0))
                 clusterings[(name, bits, density)] = (centroids, assign, nonzero)
+                if kl > KL_CEILING:
+                    break
+        module.weight.copy_(weight)
+        if log is not None and (index + 1) % 10 == 0 and index + 1 < len(layers):
+            log(f"  size: scored {index + 1} of {len(layers)} layers")
     return options, clusterings
 
 
@@ -218,11 +240,9 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
     fp32_correct = fp32_pred == labels
     fp32_top1 = float(fp32_correct.mean() * 100)
     step = max(1, len(images) // config.sensitivity_images)
-    fisher_set = images[::step][:config.sensitivity_images]
-    fisher = fisher_diagonal(base, layers, [torch.from_numpy(fisher_set[i:i + 16]) for i in range(0, len(fisher_set), 16)],
-                             len(fisher_set))
+    sensitivity_set = torch.from_numpy(images[::step][:config.sensitivity_images])
     densities = [1.0] + sorted(config.prune_densities, reverse=True)
-    options, clusterings = layer_options(layers, fisher, list(config.bit_choices), densities)
+    options, clusterings = measured_options(base, layers, sensitivity_set, list(config.bit_choices), densities, log=log)
     seconds = {"sensitivity": time.perf_counter() - started}
     log(f"  size: {len(layers)} layers scored at {len(config.bit_choices)} bit widths x {len(densities)} densities "
         f"({seconds['sensitivity']:.0f} s)")
@@ -244,7 +264,14 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
         return cand
 
     uniform: list[SizeCandidate] = []
+    notes: list[str] = []
     for bits in sorted(config.bit_choices, reverse=True):  # stop at the first infeasible width: fewer bits lose more
+        hopeless = [name for name, _ in layers if (name, bits, 1.0) not in clusterings]
+        if hopeless:
+            notes.append(f"uniform {bits} bit not measured: {hopeless[0]}{' and others' if len(hopeless) > 1 else ''} "
+                         f"alone already moved the output more than {KL_CEILING:g} nats (KL) at a wider width")
+            log(f"  {notes[-1]}")
+            break
         cand = measure(f"uniform {bits} bit", {name: (bits, 1.0) for name, _ in layers})
         uniform.append(cand)
         if not cand.feasible:
@@ -265,8 +292,8 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
         for name, (bits, density) in chosen.choice.items():
             rows.append({"layer": name, "kind": layer_kind(modules[name]), "bits": bits, "density": density,
                          "params": modules[name].weight.numel(), "estimated_bytes": round(options[name][(bits, density)][0])})
-    notes = [f"{len(scaled)} conv layers stored channel-scaled (their channels' weight ranges differ more than "
-             f"{CHANNEL_SPREAD:g}x, e.g. after BN folding): {', '.join(scaled[:4])}{', ...' if len(scaled) > 4 else ''}"] if scaled else []
+    notes += [f"{len(scaled)} conv layers stored channel-scaled (their channels' weight ranges differ, e.g. after BN "
+             f"folding): {', '.join(scaled[:4])}{', ...' if len(scaled) > 4 else ''}"] if scaled else []
     return SizeOutcome(fp32_top1, uniform, searched, chosen, chosen.model if chosen else None, rows, seconds, notes)
 
 
