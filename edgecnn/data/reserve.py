@@ -61,10 +61,12 @@ def reserved_photos(root, count: int, salt: str = SALT) -> Reserved:
     return Reserved(root, ranked[:count], rule, len(photos))
 
 
-def without_reserved(paths: list[Path], reserved: Reserved) -> tuple[list[Path], int]:
-    """``paths`` less the reserved photos (same file, or same bytes under another name), and how many left."""
+def without_reserved(paths: list[Path], reserved: Reserved, by_content: bool = True) -> tuple[list[Path], int]:
+    """``paths`` less the reserved photos (same file, and with ``by_content`` same bytes under
+    another name: that reads every file), and how many left."""
     names = {p.resolve() for p in reserved.paths}
     kept = [p for p in paths if Path(p).resolve() not in names]
-    digests = reserved.digests()
-    kept = [p for p in kept if file_sha256(p) not in digests]
+    if by_content:
+        digests = reserved.digests()
+        kept = [p for p in kept if file_sha256(p) not in digests]
     return kept, len(paths) - len(kept)

@@ -60,9 +60,7 @@ def recovery_images(root: Path, limit: Optional[int] = None, reserved: Optional[
         raise UserError(f"'{root}' holds no images; give --train a folder of photos (sub-folders are searched)")
     left_out = 0
     if reserved is not None:
-        names = {p.resolve() for p in reserved.paths}
-        kept = [p for p in paths if p.resolve() not in names]
-        left_out, paths = len(paths) - len(kept), kept
+        paths, left_out = without_reserved(paths, reserved, by_content=False)  # by name before sampling: cheap
         if not paths:
             raise UserError(f"every photo of '{root}' is reserved for the choice (--choose-on); give --train other photos "
                             "or a smaller --choose-images")

@@ -38,7 +38,8 @@ def score(logits: torch.Tensor, reference: torch.Tensor) -> Score:
 
 
 @torch.no_grad()
-def _forward(model: nn.Module, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
+def forward_logits(model: nn.Module, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """The model's logits on ``images``, in eval mode, a batch at a time."""
     model.eval()
     return torch.cat([model(images[i:i + batch]) for i in range(0, len(images), batch)])
 
@@ -130,7 +131,7 @@ def measure(model: nn.Module, space: Space, images: torch.Tensor, calib_batches:
     infinite score, so the search keeps that unit as it is."""
     model = copy.deepcopy(model).eval()
     out = _precision_scores(model, space, images, calib_batches, target, progress, budget=budget)
-    reference = _forward(model, images)
+    reference = forward_logits(model, images)
     others = [u for u in space.units if u.kind != "precision"]
     unscored = 0
     for index, unit in enumerate(_track(others, "sensitivity: pruning / shift", progress)):
@@ -145,7 +146,7 @@ def measure(model: nn.Module, space: Space, images: torch.Tensor, calib_batches:
         for option in unit.options[1:]:
             config = {unit.name: option}
             candidate = apply_config(model, space, config, calib_batches, images[:1], target, quantize=False)
-            out[(unit.name, option)] = score(_forward(candidate, images), reference)
+            out[(unit.name, option)] = score(forward_logits(candidate, images), reference)
     if unscored:
         budget.skip(f"sensitivity of {unscored} of {len(others)} pruning / shift units (kept as they are)")
     return out

@@ -153,13 +153,9 @@ def measured_options(model: nn.Module, layers: list, images: torch.Tensor, bit_c
     shared) and the clustering. The layer's weight is swapped in place and put back. Widths are
     tried from the widest down; once a layer's KL passes ``KL_CEILING`` its narrower widths are
     not options (they would only be chosen by a budget no artifact within a point meets)."""
-    model.eval()
+    from edgecnn.search.sensitivity import forward_logits, score
 
-    def log_probs() -> torch.Tensor:
-        return torch.cat([torch.log_softmax(model(images[i:i + batch]).flatten(1), 1) for i in range(0, len(images), batch)])
-
-    reference = log_probs()
-    probs = reference.exp()
+    reference = forward_logits(model, images, batch)
     options: dict[str, dict[Choice, tuple[float, float]]] = {}
     clusterings: dict = {}
     for index, (name, module) in enumerate(layers):
@@ -175,8 +171,8 @@ def measured_options(model: nn.Module, layers: list, images: torch.Tensor, bit_c
                 shared = np.zeros(flat.size, np.float32)
                 shared[nonzero] = centroids[assign]
                 module.weight.copy_(torch.from_numpy(shared).reshape(weight.shape))
-                kl = float((probs * (reference - log_probs())).sum(1).mean())
-                options[name][(bits, density)] = (coded_bytes(assign, len(centroids), int((~nonzero).sum())), max(kl, 0.0))
+                kl = score(forward_logits(model, images, batch), reference).kl
+                options[name][(bits, density)] = (coded_bytes(assign, len(centroids), int((~nonzero).sum())), kl)
                 clusterings[(name, bits, density)] = (centroids, assign, nonzero)
                 if kl > KL_CEILING:
                     break
