@@ -86,13 +86,23 @@ def table_rows(report: dict, keys: Optional[tuple] = None) -> tuple[list[str], l
     return header, rows
 
 
+def time_budget_lines(search: dict) -> list[str]:
+    """What ``--search-time`` left out, when it did."""
+    budget = search.get("time_budget") or {}
+    if not budget.get("skipped"):
+        return []
+    return [f"Time budget of {budget['minutes']:g} min spent (during {budget.get('spent_in')}); not done: "
+            + "; ".join(budget["skipped"]) + ".", ""]
+
+
 def size_search_section(search: dict) -> list[str]:
     """report.md lines for a search with the size objective: bits per layer, and what it measured."""
     chosen = search.get("chosen") or {}
     lines = ["", "## Search (size)", "", f"Smallest shipped .ecnn within {search.get('max_drop')} points on the search part: "
              + (f"{chosen['shipped_bytes']:,} B ({chosen['label']}), drop {chosen['drop']:.2f} points" if chosen
-                else "none (float model kept)"), "",
-             "| layer | kind | bits | kept weights | estimated bytes |", "| --- | --- | ---: | ---: | ---: |"]
+                else "none (float model kept)"), ""]
+    lines += time_budget_lines(search)
+    lines += ["| layer | kind | bits | kept weights | estimated bytes |", "| --- | --- | ---: | ---: | ---: |"]
     for r in search.get("chosen_layers") or []:
         lines.append(f"| {r['layer']} | {r['kind']} | {r['bits']} | {r['density']:g} | {r['estimated_bytes']:,} |")
     lines += ["", "| configuration | estimated bytes | .ecnn bytes | drop (search part) | kept |", "| --- | ---: | ---: | ---: | --- |"]
@@ -114,10 +124,7 @@ def search_section(search: dict) -> list[str]:
              + (f"{chosen.get('pooled_ms') or chosen.get('measured_ms') or 0:.2f} ms, drop {chosen.get('drop') or 0:.2f} points{verdict}"
                 if chosen else "none (float model kept)")
              + (f" ([front]({search['plot']}))" if search.get("plot") else ""), ""]
-    budget = search.get("time_budget") or {}
-    if budget.get("skipped"):
-        lines += [f"Time budget of {budget['minutes']:g} min spent (during {budget.get('spent_in')}); not done: "
-                  + "; ".join(budget["skipped"]) + ".", ""]
+    lines += time_budget_lines(search)
     if search.get("note"):
         lines += [search["note"], ""]
     lines += ["| layer | kind | precision | in kept | out kept | shift |", "| --- | --- | --- | ---: | ---: | --- |"]

@@ -200,3 +200,38 @@ def test_compress_with_the_size_objective_end_to_end(tmp_path):
     assert rows["search"]["shipped_bytes"] < rows["fold_bn"]["shipped_bytes"]
     assert "## Search (size)" in (out / "report.md").read_text()
     assert not (out / "search.svg").exists()
+
+
+def test_a_spent_time_budget_scores_the_widest_width_only_and_still_answers(tiny_data, tmp_path, torch_one_thread):
+    """--search-time bounds the layer scoring: the widest width is scored for every layer (no
+    choice exists without it), narrower ones are left out and said so, the answer still comes."""
+    from edgecnn.report import size_search_section
+    from edgecnn.search.budget import Budget
+    from edgecnn.search.size import summary
+
+    model, images, labels = tiny_data
+    now = [0.0]
+    budget = Budget(1.0, clock=lambda: now[0])
+    now[0] = 3600.0  # the minute is long gone before the first score
+    outcome = size_search(model, images, labels, _config(max_drop=100.0, bit_choices=[2, 4, 8]), tmp_path,
+                          log=lambda m: None, budget=budget)
+    assert [c.label for c in outcome.uniform] == ["uniform 8 bit"]
+    assert all(bits == 8 for c in outcome.searched for bits, _ in c.choice.values())
+    assert outcome.chosen is not None and outcome.chosen.shipped_bytes
+    assert budget.skipped[0] == "layer scores at 4 bit (0 of 3 layers scored) and at 2 bit"
+    assert any("bisection" in s for s in budget.skipped)
+    info = {**summary(outcome, 100.0), "time_budget": budget.summary()}
+    assert any("not done: layer scores at 4 bit" in line for line in size_search_section(info))
+
+
+def test_without_a_time_budget_every_width_is_scored(tiny_data):
+    from edgecnn.models.layer_select import select_layers
+    from edgecnn.search.budget import Budget
+    from edgecnn.search.size import measured_options
+
+    model, images, _ = tiny_data
+    layers = select_layers(model)
+    budget = Budget(None)
+    options, _ = measured_options(model, layers, torch.from_numpy(images[:16]), [2, 4, 8], [1.0], budget=budget)
+    assert all(set(o) == {(2, 1.0), (4, 1.0), (8, 1.0)} or max(v[1] for v in o.values()) > 2.0 for o in options.values())
+    assert budget.skipped == []

@@ -2,7 +2,7 @@
 
 The budget is checked before each unit of work: a uniform precision built and checked, a
 latency probe of one layer, one chunk of sensitivity images, one pruning / shift unit, one
-candidate built and checked. Past the budget no new unit starts; what is skipped is recorded
+candidate built and checked; for the size objective, one layer scored at one width. Past the budget no new unit starts; what is skipped is recorded
 and said in the report. Whatever the budget, the search reads its images, exports FP32 and
 predicts the search images with it, and times what it built against FP32 (fewer rounds once
 the budget is spent): without these there is no answer, not even "keep FP32". The overshoot

@@ -37,6 +37,7 @@ import torch.nn as nn
 from edgecnn.models.layer_select import layer_kind, select_layers
 from edgecnn.passes.share_alloc import CODEBOOK_ENTRY_BYTES, allocate_bits
 from edgecnn.passes.weight_share import cluster_weights, share_layer, tie_to_centroids
+from edgecnn.search.budget import Budget
 
 Choice = tuple[int, float]  # (bits, kept-weight density) of one layer
 KL_CEILING = 2.0  # nats: a layer whose sharing alone moves the output this far is not tried at fewer bits
@@ -148,37 +149,53 @@ def magnitude_mask(weight: torch.Tensor, density: float) -> np.ndarray:
 
 @torch.no_grad()
 def measured_options(model: nn.Module, layers: list, images: torch.Tensor, bit_choices: list[int], densities: list[float],
-                     iterations: int = 30, batch: int = 32, log=None):
+                     iterations: int = 30, batch: int = 32, log=None, budget: Optional[Budget] = None):
     """Per layer and (bits, density): (estimated bytes, output KL from FP32 with that layer alone
-    shared) and the clustering. The layer's weight is swapped in place and put back. Widths are
-    tried from the widest down; once a layer's KL passes ``KL_CEILING`` its narrower widths are
-    not options (they would only be chosen by a budget no artifact within a point meets)."""
+    shared) and the clustering. Each layer's weight is swapped in place and put back.
+
+    Scored in rounds, one width at a time for every layer (widest first, then each pruning
+    density), so that a time ``budget`` stops between layers with every layer scored at the
+    widest width (that round always completes: without it there is no choice to make) and each
+    layer keeping the widths it was scored at. Once a layer's KL passes ``KL_CEILING`` its
+    narrower widths are not options (they would only be chosen by a budget no artifact within
+    a point meets)."""
     from edgecnn.search.sensitivity import forward_logits, score
 
     reference = forward_logits(model, images, batch)
-    options: dict[str, dict[Choice, tuple[float, float]]] = {}
+    options: dict[str, dict[Choice, tuple[float, float]]] = {name: {} for name, _ in layers}
     clusterings: dict = {}
-    for index, (name, module) in enumerate(layers):
-        weight = module.weight.detach().clone()
-        flat = weight.reshape(-1).cpu().numpy()
-        options[name] = {}
-        for density in densities:
+    originals = {name: module.weight.detach().clone() for name, module in layers}
+    over_ceiling: set[tuple[str, float]] = set()
+    rounds = [(density, bits) for density in densities for bits in sorted(bit_choices, reverse=True)]
+    for number, (density, bits) in enumerate(rounds):
+        width = f"{bits} bit" + (f" at density {density:g}" if density < 1 else "")
+        if budget is not None:
+            budget.phase = f"scoring {len(layers)} layers at {width}"
+        for index, (name, module) in enumerate(layers):
+            if number and budget is not None and budget.spent():
+                left = [f"{b} bit" + (f" at density {d:g}" if d < 1 else "") for d, b in rounds[number + 1:]]
+                budget.skip(f"layer scores at {width} ({index} of {len(layers)} layers scored)"
+                            + (f" and at {', '.join(left)}" if left else ""))
+                return options, clusterings
+            if (name, density) in over_ceiling:
+                continue
+            weight = originals[name]
+            flat = weight.reshape(-1).cpu().numpy()
             masked = weight
             if density < 1:
                 masked = torch.from_numpy(np.where(magnitude_mask(weight, density), flat, 0.0).astype(np.float32)).reshape(weight.shape)
-            for bits in sorted(bit_choices, reverse=True):
-                centroids, assign, nonzero = cluster_weights(masked, bits, iterations)
-                shared = np.zeros(flat.size, np.float32)
-                shared[nonzero] = centroids[assign]
-                module.weight.copy_(torch.from_numpy(shared).reshape(weight.shape))
-                kl = score(forward_logits(model, images, batch), reference).kl
-                options[name][(bits, density)] = (coded_bytes(assign, len(centroids), int((~nonzero).sum())), kl)
-                clusterings[(name, bits, density)] = (centroids, assign, nonzero)
-                if kl > KL_CEILING:
-                    break
-        module.weight.copy_(weight)
-        if log is not None and (index + 1) % 10 == 0 and index + 1 < len(layers):
-            log(f"  size: scored {index + 1} of {len(layers)} layers")
+            centroids, assign, nonzero = cluster_weights(masked, bits, iterations)
+            shared = np.zeros(flat.size, np.float32)
+            shared[nonzero] = centroids[assign]
+            module.weight.copy_(torch.from_numpy(shared).reshape(weight.shape))
+            kl = score(forward_logits(model, images, batch), reference).kl
+            module.weight.copy_(weight)
+            options[name][(bits, density)] = (coded_bytes(assign, len(centroids), int((~nonzero).sum())), kl)
+            clusterings[(name, bits, density)] = (centroids, assign, nonzero)
+            if kl > KL_CEILING:
+                over_ceiling.add((name, density))
+        if log is not None and number + 1 < len(rounds):
+            log(f"  size: scored {len(layers)} layers at {width} ({number + 1} of {len(rounds)} widths)")
     return options, clusterings
 
 
@@ -217,15 +234,18 @@ def shipped_bytes(model: nn.Module, path: Path, size: int) -> int:
 
 
 def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, config, work: Path,
-                recovery: Optional[Callable] = None, log=print) -> SizeOutcome:
+                recovery: Optional[Callable] = None, log=print, budget: Optional[Budget] = None) -> SizeOutcome:
     """The smallest shipped artifact within ``config.max_drop`` points on ``images`` (the search part).
 
     ``config``: a SearchConfig (fields max_drop, bit_choices, prune_densities, sensitivity_images,
     max_verify, search_time, recovery_steps). Layers may also be magnitude-pruned to each of
     ``prune_densities`` (the search stage empties it when no recovery images are given);
     ``recovery(student, steps)``, when given, trains each pruned candidate back (weights stay
-    tied to their centroids) before its drop is measured.
+    tied to their centroids) before its drop is measured. ``budget`` (default:
+    ``config.search_time`` from now) is checked between layer scores, uniform widths and
+    candidates; what it leaves out is in ``budget.skipped``.
     """
+    budget = budget or Budget(config.search_time)
     started = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     base = copy.deepcopy(module).eval()
@@ -238,7 +258,8 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
     step = max(1, len(images) // config.sensitivity_images)
     sensitivity_set = torch.from_numpy(images[::step][:config.sensitivity_images])
     densities = [1.0] + sorted(config.prune_densities, reverse=True)
-    options, clusterings = measured_options(base, layers, sensitivity_set, list(config.bit_choices), densities, log=log)
+    options, clusterings = measured_options(base, layers, sensitivity_set, list(config.bit_choices), densities, log=log,
+                                            budget=budget)
     seconds = {"sensitivity": time.perf_counter() - started}
     log(f"  size: {len(layers)} layers scored at {len(config.bit_choices)} bit widths x {len(densities)} densities "
         f"({seconds['sensitivity']:.0f} s)")
@@ -262,19 +283,25 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
     uniform: list[SizeCandidate] = []
     notes: list[str] = []
     for bits in sorted(config.bit_choices, reverse=True):  # stop at the first infeasible width: fewer bits lose more
-        hopeless = [name for name, _ in layers if (name, bits, 1.0) not in clusterings]
-        if hopeless:
-            notes.append(f"uniform {bits} bit not measured: {hopeless[0]}{' and others' if len(hopeless) > 1 else ''} "
+        unscored = [name for name, _ in layers if (name, bits, 1.0) not in clusterings]
+        over = [name for name in unscored if any(o[1] > KL_CEILING for o in options[name].values())]
+        if over:
+            notes.append(f"uniform {bits} bit not measured: {over[0]}{' and others' if len(over) > 1 else ''} "
                          f"alone already moved the output more than {KL_CEILING:g} nats (KL) at a wider width")
             log(f"  {notes[-1]}")
             break
+        if unscored or (uniform and budget.spent()):
+            budget.skip(f"uniform {bits} bit and narrower")
+            break
+        budget.phase = f"measuring uniform {bits} bit"
         cand = measure(f"uniform {bits} bit", {name: (bits, 1.0) for name, _ in layers})
         uniform.append(cand)
         if not cand.feasible:
             break
     seconds["uniform"] = time.perf_counter() - started - seconds["sensitivity"]
 
-    searched = bisect_budget(options, measure, [c for c in uniform if c.feasible], config, started)
+    budget.phase = "bisecting the per-layer byte budget"
+    searched = bisect_budget(options, measure, [c for c in uniform if c.feasible], config, budget)
     seconds["search"] = time.perf_counter() - started - seconds["sensitivity"] - seconds["uniform"]
 
     feasible = [c for c in uniform + searched if c.feasible]
@@ -293,14 +320,15 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
     return SizeOutcome(fp32_top1, uniform, searched, chosen, chosen.model if chosen else None, rows, seconds, notes)
 
 
-def bisect_budget(options: dict, measure: Callable, feasible_uniform: list, config, started: float) -> list[SizeCandidate]:
+def bisect_budget(options: dict, measure: Callable, feasible_uniform: list, config, time_budget: Budget) -> list[SizeCandidate]:
     """Per-layer candidates: the first at the smallest feasible uniform size, then the byte budget
     bisected (geometrically) below it on the measured drop."""
     searched: list[SizeCandidate] = []
     high = min((c.estimated_bytes for c in feasible_uniform), default=sum(max(o.values())[0] for o in options.values()))
     low = sum(min(v[0] for v in o.values()) for o in options.values())
-    for _ in range(config.max_verify):
-        if config.search_time is not None and time.perf_counter() - started > config.search_time * 60:
+    for probe in range(config.max_verify):
+        if time_budget.spent():
+            time_budget.skip(f"the rest of the per-layer budget bisection (stopped after {probe} of at most {config.max_verify} candidates)")
             break
         if searched and (high / low < 1.02 or not any(c.feasible for c in searched)):
             break

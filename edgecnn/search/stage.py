@@ -61,7 +61,7 @@ def run_search_stage(module: nn.Module, preprocess, labelled, config: SearchConf
     budget.phase = f"reading {len(split.search)} search images"
     data = search_data(split.search, preprocess, 32)
     if config.objective == "size":
-        return _size_stage(module, preprocess, data, config, work, split, notes, train, cache_root, log)
+        return _size_stage(module, preprocess, data, config, work, split, notes, train, cache_root, log, budget)
     budget.phase = "reading the reserved photos to choose on"
     data.choose = choose_set(config, preprocess, work)
     if data.choose is not None:
@@ -107,7 +107,8 @@ def _on_evaluation_part(info: dict, outcome, evaluation: list, preprocess, threa
                                                                    [r["top1_evaluation"] for r in ranked])
 
 
-def _size_stage(module, preprocess, data, config: SearchConfig, work: Path, split, notes: list, train, cache_root, log) -> StageResult:
+def _size_stage(module, preprocess, data, config: SearchConfig, work: Path, split, notes: list, train, cache_root, log,
+                budget: Budget) -> StageResult:
     """The size objective (edgecnn.search.size): the smallest shipped .ecnn within the budget."""
     from edgecnn.search.prepare import make_recovery, recovery_images
     from edgecnn.search.size import size_search, summary as size_summary
@@ -118,8 +119,12 @@ def _size_stage(module, preprocess, data, config: SearchConfig, work: Path, spli
     if train and config.prune_densities:
         recovery = make_recovery(module, recovery_images(Path(train), 4000), preprocess, config,
                                  cache_root or work / "teacher-cache", work, log)
-    outcome = size_search(copy.deepcopy(module), data.images, data.labels, config, work / "size", recovery, log)
+    outcome = size_search(copy.deepcopy(module), data.images, data.labels, config, work / "size", recovery, log, budget)
     info = size_summary(outcome, config.max_drop)
+    info["time_budget"] = budget.summary()
+    if budget.skipped:
+        notes.append(f"search time budget ({config.search_time:g} min) spent during {budget.spent_in}; not done: "
+                     + "; ".join(budget.skipped))
     if outcome.chosen_model is None:
         notes.append(f"no weight-sharing configuration kept the top-1 drop within {config.max_drop} points: the float model is kept")
     chosen = outcome.chosen_model if outcome.chosen_model is not None else copy.deepcopy(module).eval()
