@@ -19,6 +19,16 @@ from engines import ENGINES
 
 BENCH_DIR = Path(__file__).resolve().parent
 
+
+def shown_path(path) -> str:
+    """A path as results files show it: relative to the repository when it lies beside or in it
+    (``../shared/data/...``), so no machine's folder layout is written into committed results."""
+    path = Path(path)
+    repo = BENCH_DIR.parent
+    if path.is_absolute() and path.resolve().is_relative_to(repo.parent):
+        return os.path.relpath(path.resolve(), repo)
+    return str(path)
+
 # Model -> how it is built and fed. Weights paths are relative to the shared data folder.
 MODELS = {
     "mobilenet_v2": {"options": {"tf_padding": True}, "preprocess": "tf", "weights": "weights/mobilenet_v2.pth"},
@@ -104,7 +114,7 @@ def prepare_model(name: str, spec: dict, data_dir: Path, work: Path, size_hint: 
     export_onnx(loaded, fp32_onnx, input_shape=(1, 3, size, size), batch="dynamic")
     profile = profile_model(loaded.module, size)
     return loaded, {
-        "weights": weights or "random init (seed 0)",
+        "weights": shown_path(weights) if weights else "random init (seed 0)",
         "weights_path": str(weights_path),
         "fp32_onnx": str(fp32_onnx),
         "input_size": size,
@@ -226,7 +236,7 @@ def prepare_data(args, settings: dict, work: Path, progress):
     data = None
     data_ok = (args.data / "imagenet-sample-manifest.csv").exists() and (args.data / "imagenet-sample").is_dir()
     if not data_ok:
-        data_note = f"shared data absent at {args.data}: accuracy columns skipped, calibration on seeded random inputs"
+        data_note = f"shared data absent at {shown_path(args.data)}: accuracy columns skipped, calibration on seeded random inputs"
         say(f"skip accuracy: {data_note}")
     else:
         manifest = read_manifest(args.data)
@@ -242,7 +252,7 @@ def prepare_data(args, settings: dict, work: Path, progress):
             "caches": {},
         }
         data_note = (
-            f"{args.data / 'imagenet-sample'} ({len(manifest)} labelled images). Calibration: {len(calib)} images, "
+            f"{shown_path(args.data / 'imagenet-sample')} ({len(manifest)} labelled images). Calibration: {len(calib)} images, "
             f"every {len(manifest) // max(1, len(calib))}th row of imagenet-sample-manifest.csv from row 0 (spans all "
             f"classes); evaluation: {len(evaluation)} other images, none used for calibration; "
             f"the same calibration images for every quantizer."

@@ -202,25 +202,29 @@ def main() -> None:
                         help="write --output from the .json files of earlier runs (e.g. one per model) instead of running")
     args = parser.parse_args()
     if args.merge:
-        results = [r for path in args.merge for r in json.loads(path.read_text())["results"]]
-        total = sum(json.loads(path.read_text())["total_seconds"] for path in args.merge)
-        _write(args.output, markdown(results, environment(args.threads), args.images, total), results, total)
+        runs = [json.loads(path.read_text()) for path in args.merge]
+        results = [r for run in runs for r in run["results"]]
+        total = sum(run["total_seconds"] for run in runs)
+        env = runs[0].get("environment") or environment(args.threads)  # the machine the runs measured on
+        _write(args.output, markdown(results, env, args.images, total), results, total, env)
         return
     if not (args.data / "weights").is_dir():
         sys.exit(f"no shared data at {args.data}; pass --data DIR (weights/ and imagenet-sample/)")
     started = time.perf_counter()
     results = [run_model(m, args.data, args.images, args.threads, args.max_verify, args.prune, args.salt) for m in args.models]
     total = time.perf_counter() - started
-    _write(args.output, markdown(results, environment(args.threads), args.images, total), results, total)
+    env = environment(args.threads)
+    _write(args.output, markdown(results, env, args.images, total), results, total, env)
 
 
-def _write(output: Path | None, text: str, results: list, total: float) -> None:
+def _write(output: Path | None, text: str, results: list, total: float, env: dict) -> None:
     print(text)
     if output:
         from edgecnn.fileio import write_text_atomic
 
         write_text_atomic(output, text)
-        write_text_atomic(output.with_suffix(".json"), json.dumps({"results": results, "total_seconds": total}, indent=1, default=float))
+        write_text_atomic(output.with_suffix(".json"), json.dumps({"environment": env, "results": results, "total_seconds": total},
+                                                                    indent=1, default=float))
 
 
 if __name__ == "__main__":

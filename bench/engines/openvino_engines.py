@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import time
 from pathlib import Path
 
@@ -44,10 +46,11 @@ class OpenVinoRunner:
         request.infer({0: x})
         return request.get_output_tensor(0).data.copy()
 
-    def runtime_precision(self) -> str:
+    def runtime_precision(self) -> Optional[str]:
+        """The compiled model's inference precision; None before any inference compiled one."""
         for request in self.requests.values():
             return str(request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT"))
-        return "?"
+        return None
 
 
 def open_fp32(job: dict, artifact: dict):
