@@ -84,19 +84,24 @@ def subset(data: Path, source_prefix: str, out: Path) -> ImageFolder:
     return ImageFolder(out)
 
 
-def evaluate(decoded: onnx.ModelProto, batches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
-    """Top-1/top-5 (%) of an ONNX model in ONNX Runtime on preprocessed batches."""
+def evaluate(decoded: onnx.ModelProto, batches: list[tuple[np.ndarray, np.ndarray]], per_image: bool = False):
+    """Top-1/top-5 (%) of an ONNX model in ONNX Runtime on preprocessed batches (and, with
+    ``per_image``, whether each image's top-1 is right: what a paired bound needs)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()  # --threads
     session = ort.InferenceSession(decoded.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     top1 = top5 = total = 0
+    correct = []
     for images, labels in batches:
         logits = session.run(None, {name: images})[0]
         top = np.argsort(-logits, axis=1)[:, :5]
+        correct.append(top[:, 0] == labels)
         top1 += int((top[:, 0] == labels).sum())
         top5 += int((top == labels[:, None]).any(1).sum())
         total += len(labels)
+    if per_image:
+        return 100 * top1 / total, 100 * top5 / total, np.concatenate(correct)
     return 100 * top1 / total, 100 * top5 / total
 
 
