@@ -117,6 +117,33 @@ def op_shares(path, threads: int, top: int = 8) -> list[dict]:
              "share": row.share} for row in table[:top]]
 
 
+def ratio_error_bounds(row: dict, fp32: dict) -> tuple[float, float]:
+    """One-sided 95 % bounds (%) of the predicted-vs-measured error of the time relative to FP32:
+    the measured ratio's bounds come from the per-round paired ratios (edgecnn.stats.ratio_bound)."""
+    from edgecnn.stats import ratio_bound
+
+    measured = ratio_bound(row["round_medians_ms"], fp32["round_medians_ms"])  # candidate / FP32, per round
+    predicted = row["predicted_vs_fp32"]
+    return 100 * (predicted / measured.upper - 1), 100 * (predicted / measured.lower - 1)
+
+
+def error_verdict(low: float, high: float, goal: float) -> str:
+    """|error| <= goal: met when both bounds are inside, not met when both are outside on one side."""
+    from edgecnn.stats import MET, NOT_MET, NOT_RESOLVED
+
+    if -goal <= low and high <= goal:
+        return MET
+    if low > goal or high < -goal:
+        return NOT_MET
+    return NOT_RESOLVED
+
+
+def kind_verdict(verdicts: list[str]) -> str:
+    from edgecnn.stats import MET, NOT_MET, NOT_RESOLVED
+
+    return NOT_MET if NOT_MET in verdicts else (MET if all(v == MET for v in verdicts) else NOT_RESOLVED)
+
+
 def render(results: dict) -> str:
     from edgecnn.measure.sysinfo import environment_markdown
 
@@ -126,21 +153,32 @@ def render(results: dict) -> str:
              "run through edgecnn.measure.interleave; the table was calibrated on an earlier run of the uniform settings).", "",
              environment_markdown(results["environment"])]
     lines += ["Judged on time relative to FP32 (predicted ratio vs the ratio measured in this run): absolute "
-              "times drift between two runs on a shared machine by as much as the goals (the `error %` column).", ""]
+              "times drift between two runs on a shared machine by as much as the goals (the `error %` column). "
+              "A configuration meets its goal only when both one-sided 95 % bounds of its ratio error (from the "
+              "per-round paired ratios to FP32) lie within it, misses it when both lie outside on one side, and "
+              "is not resolved otherwise; a kind of configuration meets its goal when every one of them does.", ""]
     for model, found in results["models"].items():
-        judged = all("ratio_error_pct" in r for r in found["rows"])  # files from before the ratio check have none
-        rows = [[r["config"], r["predicted_ms"], r["measured_ms"], r["error_pct"]]
-                + ([r["predicted_vs_fp32"], r["measured_vs_fp32"], r["ratio_error_pct"]] if judged else [])
-                for r in found["rows"]]
-        head = ["configuration", "predicted ms", "measured ms", "error %"]
-        head += ["predicted x FP32", "measured x FP32", "ratio error %"] if judged else []
+        fp32 = next(r for r in found["rows"] if r["config"] == "uniform FP32")
+        rows, verdicts = [], {kind: [] for kind in GOALS}
+        for r in found["rows"]:
+            row = [r["config"], r["predicted_ms"], r["measured_ms"], r["error_pct"], r["predicted_vs_fp32"],
+                   r["measured_vs_fp32"], r["ratio_error_pct"]]
+            if r is fp32:  # its own reference: no error to judge
+                rows.append(row + ["", ""])
+                continue
+            low, high = ratio_error_bounds(r, fp32)
+            verdict = error_verdict(low, high, GOALS[r["kind"]])
+            verdicts[r["kind"]].append(verdict)
+            rows.append(row + [f"{low:+.1f} / {high:+.1f}", verdict])
+        head = ["configuration", "predicted ms", "measured ms", "error %", "predicted x FP32", "measured x FP32",
+                "ratio error %", "95 % bounds", "verdict"]
         lines += [f"## {model}", "", markdown_table(head, rows), ""]
-        key = "ratio_error_pct" if judged else "error_pct"
         for kind, goal in GOALS.items():
-            worst = max((abs(r[key]) for r in found["rows"] if r["kind"] == kind), default=None)
-            if worst is not None:
-                lines.append(f"- {kind}: largest |{'ratio ' if judged else ''}error| {worst:.1f} % (goal {goal:g} %) -> "
-                             f"{'met' if worst <= goal else 'not met'}")
+            judged = [(r["config"], abs(r["ratio_error_pct"])) for r in found["rows"] if r["kind"] == kind and r is not fp32]
+            if judged:
+                worst = max(judged, key=lambda item: item[1])
+                lines.append(f"- {kind}: largest |ratio error| {worst[1]:.1f} % ({worst[0]}; goal {goal:g} %) -> "
+                             f"{kind_verdict(verdicts[kind])}")
         lines.append("")
         for label, ops in found.get("profiles", {}).items():
             lines += [f"Where the time of *{label}* goes (ORT profiler, {PROFILE_RUNS - 1} runs after one; the profiler "
@@ -156,9 +194,14 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--images", type=int, default=128, help="search-part images (calibration of the configurations)")
     parser.add_argument("--out", default=str(BENCH_DIR / "results" / "latency_check"))
+    parser.add_argument("--render", type=Path, default=None, help="only re-render the .md of an earlier run's .json")
     args = parser.parse_args(argv)
     from edgecnn.fileio import write_text_atomic
     from edgecnn.measure.sysinfo import environment
+
+    if args.render:
+        write_text_atomic(Path(args.out).with_suffix(".md"), render(json.loads(args.render.read_text())))
+        return 0
 
     results = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "environment": environment(args.threads), "models": {}}
     with tempfile.TemporaryDirectory(prefix="edgecnn-latency-check-") as tmp:
