@@ -13,6 +13,7 @@ all after the suite (``.ci/run``).
 from __future__ import annotations
 
 import ast
+import json
 import importlib.util
 import os
 import re
@@ -165,3 +166,21 @@ def test_bench_script_smoke_run(script, tmp_path, request):
         written = list(tmp_path.glob(pattern))
         assert written and all(p.stat().st_size > 0 for p in written), f"{script} wrote no {pattern}"
     assert smoke.printed in result.stdout
+
+
+def test_latency_check_judges_each_configuration_by_the_bounds_of_its_ratio_error(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import latency_check
+
+    assert latency_check.error_verdict(-5.0, 5.0, 10.0) == "met"
+    assert latency_check.error_verdict(-30.0, -12.0, 10.0) == "not met"
+    assert latency_check.error_verdict(-12.0, 3.0, 10.0) == "not resolved"  # the point may be inside, the bound is not
+    fp32 = {"round_medians_ms": [10.0, 10.5, 9.8, 10.2, 10.1]}
+    steady = {"round_medians_ms": [5.0, 5.25, 4.9, 5.1, 5.05], "predicted_vs_fp32": 0.5}  # half of FP32 in every round
+    assert latency_check.ratio_error_bounds(steady, fp32) == pytest.approx((0.0, 0.0), abs=1e-9)
+    noisy = {"round_medians_ms": [4.0, 6.5, 4.9, 5.9, 4.2], "predicted_vs_fp32": 0.5}
+    low, high = latency_check.ratio_error_bounds(noisy, fp32)
+    assert low < -10 < 10 < high  # five noisy rounds cannot resolve a 10 % goal
+    committed = json.loads((RESULTS / "latency_check.json").read_text())
+    text = latency_check.render(committed)
+    assert "-> not met" in text and "-> met" not in text
