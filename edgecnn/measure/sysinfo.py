@@ -87,8 +87,9 @@ ENVIRONMENT_LIBRARIES = ("onnxruntime", "openvino", "torch", "onnx", "numpy", "n
 
 
 def edgecnn_commit() -> Optional[str]:
-    """The git commit of the edgecnn source tree in use (``+dirty`` with uncommitted changes); None
-    for an installed wheel."""
+    """The git commit of the edgecnn source tree in use (``+dirty`` with uncommitted changes to
+    anything but ``bench/results/``, which benches running side by side write); None for an
+    installed wheel."""
     import subprocess
     from pathlib import Path
 
@@ -98,8 +99,8 @@ def edgecnn_commit() -> Optional[str]:
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                                 text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)bench/results"], capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (commit + ("+dirty" if dirty else "")) or None
