@@ -184,3 +184,12 @@ def test_latency_check_judges_each_configuration_by_the_bounds_of_its_ratio_erro
     committed = json.loads((RESULTS / "latency_check.json").read_text())
     text = latency_check.render(committed)
     assert "-> not met" in text and "-> met" not in text
+
+
+def test_shift_goal_verdict_comes_from_the_bounds_of_top1(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    from _shift_report import goal_verdict
+
+    assert goal_verdict({"top1_after": 22.9}, 34.0, 384)[0] == "not met"  # 11 points short: the bound agrees
+    assert goal_verdict({"top1_after": 33.0}, 34.0, 384)[0] == "not resolved"  # short by less than 384 images resolve
+    assert goal_verdict({"top1_after": 45.0}, 34.0, 384)[0] == "met"
