@@ -280,24 +280,8 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
         cand.model = model
         return cand
 
-    uniform: list[SizeCandidate] = []
     notes: list[str] = []
-    for bits in sorted(config.bit_choices, reverse=True):  # stop at the first infeasible width: fewer bits lose more
-        unscored = [name for name, _ in layers if (name, bits, 1.0) not in clusterings]
-        over = [name for name in unscored if any(o[1] > KL_CEILING for o in options[name].values())]
-        if over:
-            notes.append(f"uniform {bits} bit not measured: {over[0]}{' and others' if len(over) > 1 else ''} "
-                         f"alone already moved the output more than {KL_CEILING:g} nats (KL) at a wider width")
-            log(f"  {notes[-1]}")
-            break
-        if unscored or (uniform and budget.spent()):
-            budget.skip(f"uniform {bits} bit and narrower")
-            break
-        budget.phase = f"measuring uniform {bits} bit"
-        cand = measure(f"uniform {bits} bit", {name: (bits, 1.0) for name, _ in layers})
-        uniform.append(cand)
-        if not cand.feasible:
-            break
+    uniform = measure_uniform([name for name, _ in layers], options, clusterings, config, budget, measure, notes, log)
     seconds["uniform"] = time.perf_counter() - started - seconds["sensitivity"]
 
     budget.phase = "bisecting the per-layer byte budget"
@@ -318,6 +302,30 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
     notes += [f"{len(scaled)} conv layers stored channel-scaled (their channels' weight ranges differ, e.g. after BN "
              f"folding): {', '.join(scaled[:4])}{', ...' if len(scaled) > 4 else ''}"] if scaled else []
     return SizeOutcome(fp32_top1, uniform, searched, chosen, chosen.model if chosen else None, rows, seconds, notes)
+
+
+def measure_uniform(names: list[str], options: dict, clusterings: dict, config, budget: Budget, measure: Callable,
+                    notes: list[str], log) -> list[SizeCandidate]:
+    """Uniform widths from the widest down, stopping at the first over the budget (fewer bits lose
+    more), at one a layer's KL ceiling rules out, or where the time budget left layers unscored."""
+    uniform: list[SizeCandidate] = []
+    for bits in sorted(config.bit_choices, reverse=True):
+        unscored = [name for name in names if (name, bits, 1.0) not in clusterings]
+        over = [name for name in unscored if any(o[1] > KL_CEILING for o in options[name].values())]
+        if over:
+            notes.append(f"uniform {bits} bit not measured: {over[0]}{' and others' if len(over) > 1 else ''} "
+                         f"alone already moved the output more than {KL_CEILING:g} nats (KL) at a wider width")
+            log(f"  {notes[-1]}")
+            break
+        if unscored or (uniform and budget.spent()):
+            budget.skip(f"uniform {bits} bit and narrower")
+            break
+        budget.phase = f"measuring uniform {bits} bit"
+        cand = measure(f"uniform {bits} bit", {name: (bits, 1.0) for name in names})
+        uniform.append(cand)
+        if not cand.feasible:
+            break
+    return uniform
 
 
 def bisect_budget(options: dict, measure: Callable, feasible_uniform: list, config, time_budget: Budget) -> list[SizeCandidate]:
