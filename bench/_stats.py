@@ -116,3 +116,15 @@ def ratio(numerator, denominator) -> float:
     if math.isnan(n) or math.isnan(d) or d <= 0:
         return math.nan
     return n / d
+
+
+def hand_written_findings(path) -> str:
+    """The "## Findings" section of an earlier results file (written by hand after a run, up to
+    its environment block if one follows), so that a rerun keeps it; "" when there is none."""
+    from pathlib import Path
+
+    path = Path(path)
+    earlier = path.read_text().split("\n## Findings", 1) if path.is_file() else []
+    if len(earlier) != 2:
+        return ""
+    return "\n## Findings" + earlier[1].split("\n## Environment", 1)[0].rstrip("\n") + "\n"

@@ -86,9 +86,9 @@ def main(argv=None) -> int:
         from edgecnn.fileio import write_text_atomic
         from edgecnn.measure.sysinfo import environment_markdown
 
-        # The findings are written by hand after a run: keep them (they name the numbers to recheck).
-        earlier = args.out.read_text().split("\n## Findings", 1) if args.out.is_file() else []
-        findings = "\n## Findings" + earlier[1].split("\n## Environment", 1)[0].rstrip("\n") + "\n" if len(earlier) == 2 else ""
+        from _stats import hand_written_findings
+
+        findings = hand_written_findings(args.out)  # they name the numbers a rerun must recheck
         write_text_atomic(args.out, text.rstrip("\n") + "\n" + findings + "\n" + environment_markdown(threads=args.threads))
     return 0
 

@@ -302,9 +302,9 @@ def write_markdown(rows: list[dict], args, out: Path, seconds: float, env: Optio
     recorded = env if env is not None else (None if getattr(args, "from_json", None) else environment())
     lines += ["## Environment (generated)", "", *(environment_lines(recorded) if recorded else
                                                   ["- not recorded by this run (it predates the generated block)"]), ""]
-    # The findings below the table are written by hand after a run: keep them.
-    findings = out.read_text().split("\n## Findings", 1) if out.is_file() else []
-    tail = "\n## Findings" + findings[1] if len(findings) == 2 else ""
+    from _stats import hand_written_findings
+
+    tail = hand_written_findings(out)  # written by hand after a run: kept
     write_text_atomic(out, "\n".join(lines) + tail + ("\n" if not tail.endswith("\n") else ""))
     if out.with_suffix(".json") != getattr(args, "from_json", None):
         write_text_atomic(out.with_suffix(".json"), json.dumps({"rows": rows, "seconds": seconds, "environment": recorded}, indent=1) + "\n")

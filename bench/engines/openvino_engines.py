@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 

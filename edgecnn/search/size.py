@@ -167,13 +167,14 @@ def measured_options(model: nn.Module, layers: list, images: torch.Tensor, bit_c
     originals = {name: module.weight.detach().clone() for name, module in layers}
     over_ceiling: set[tuple[str, float]] = set()
     rounds = [(density, bits) for density in densities for bits in sorted(bit_choices, reverse=True)]
+    label = lambda bits, density: f"{bits} bit" + (f" at density {density:g}" if density < 1 else "")  # noqa: E731
     for number, (density, bits) in enumerate(rounds):
-        width = f"{bits} bit" + (f" at density {density:g}" if density < 1 else "")
+        width = label(bits, density)
         if budget is not None:
             budget.phase = f"scoring {len(layers)} layers at {width}"
         for index, (name, module) in enumerate(layers):
             if number and budget is not None and budget.spent():
-                left = [f"{b} bit" + (f" at density {d:g}" if d < 1 else "") for d, b in rounds[number + 1:]]
+                left = [label(b, d) for d, b in rounds[number + 1:]]
                 budget.skip(f"layer scores at {width} ({index} of {len(layers)} layers scored)"
                             + (f" and at {', '.join(left)}" if left else ""))
                 return options, clusterings

@@ -71,9 +71,7 @@ def run_search_stage(module: nn.Module, preprocess, labelled, config: SearchConf
         data.recovery = make_recovery(module, recovery_images(Path(train), 4000, data.choose and data.choose.reserved, log),
                                       preprocess, config, cache_root or work / "teacher-cache", work, log)
     outcome = search(copy.deepcopy(module), data, config, work, log, budget=budget)
-    if budget.skipped:
-        notes.append(f"search time budget ({config.search_time:g} min) spent during {budget.spent_in}; not done: "
-                     + "; ".join(budget.skipped))
+    notes += _time_budget_notes(config, budget)
     info = summary(outcome)
     info["front_search_part"] = _front(outcome)
     budget.phase = "top-1 of each configuration on the evaluation part (reported, never chosen on)"
@@ -107,6 +105,14 @@ def _on_evaluation_part(info: dict, outcome, evaluation: list, preprocess, threa
                                                                    [r["top1_evaluation"] for r in ranked])
 
 
+def _time_budget_notes(config: SearchConfig, budget: Budget) -> list[str]:
+    """One line saying what ``--search-time`` left out, when it left anything out."""
+    if not budget.skipped:
+        return []
+    return [f"search time budget ({config.search_time:g} min) spent during {budget.spent_in}; not done: "
+            + "; ".join(budget.skipped)]
+
+
 def _size_stage(module, preprocess, data, config: SearchConfig, work: Path, split, notes: list, train, cache_root, log,
                 budget: Budget) -> StageResult:
     """The size objective (edgecnn.search.size): the smallest shipped .ecnn within the budget."""
@@ -122,9 +128,7 @@ def _size_stage(module, preprocess, data, config: SearchConfig, work: Path, spli
     outcome = size_search(copy.deepcopy(module), data.images, data.labels, config, work / "size", recovery, log, budget)
     info = size_summary(outcome, config.max_drop)
     info["time_budget"] = budget.summary()
-    if budget.skipped:
-        notes.append(f"search time budget ({config.search_time:g} min) spent during {budget.spent_in}; not done: "
-                     + "; ".join(budget.skipped))
+    notes += _time_budget_notes(config, budget)
     if outcome.chosen_model is None:
         notes.append(f"no weight-sharing configuration kept the top-1 drop within {config.max_drop} points: the float model is kept")
     chosen = outcome.chosen_model if outcome.chosen_model is not None else copy.deepcopy(module).eval()
