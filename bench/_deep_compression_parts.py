@@ -87,6 +87,8 @@ def subset(data: Path, source_prefix: str, out: Path) -> ImageFolder:
 def evaluate(decoded: onnx.ModelProto, batches: list[tuple[np.ndarray, np.ndarray]], per_image: bool = False):
     """Top-1/top-5 (%) of an ONNX model in ONNX Runtime on preprocessed batches (and, with
     ``per_image``, whether each image's top-1 is right: what a paired bound needs)."""
+    from edgecnn.measure.accuracy import ranked_classes  # ties: edgecnn's one rule
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()  # --threads
     session = ort.InferenceSession(decoded.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -95,7 +97,7 @@ def evaluate(decoded: onnx.ModelProto, batches: list[tuple[np.ndarray, np.ndarra
     correct = []
     for images, labels in batches:
         logits = session.run(None, {name: images})[0]
-        top = np.argsort(-logits, axis=1)[:, :5]
+        top = ranked_classes(logits)
         correct.append(top[:, 0] == labels)
         top1 += int((top[:, 0] == labels).sum())
         top5 += int((top == labels[:, None]).any(1).sum())

@@ -137,7 +137,7 @@ def run_model(name: str, args, settings: dict, engines: list[str], data, work: P
     cache = data["caches"][loaded.preprocess.name] if data else None
     job = {
         "model": name, "options": spec["options"], "weights_path": info["weights_path"], "fp32_onnx": info["fp32_onnx"],
-        "work_dir": str(work), "threads": args.threads, "cache": str(cache) if cache else None,
+        "work_dir": str(work), "threads": args.threads, "target": args.target, "cache": str(cache) if cache else None,
         "calib_indices": data["calib_positions"] if data else [], "eval_indices": data["eval_positions"] if data else [],
         "input_shape": [1, 3, info["input_size"], info["input_size"]],
     }
@@ -160,7 +160,8 @@ def run_model(name: str, args, settings: dict, engines: list[str], data, work: P
         progress(f"{name}: building {engine.label} (calibration on {len(job['calib_indices'])} images)")
         try:
             began = time.perf_counter()
-            artifacts[engine_name] = run_build(engine.build, job, timeout=args.build_timeout)
+            artifacts[engine_name] = run_build(engine.build, {**job, "target": engine.target or job["target"], "engine": engine_name},
+                                               timeout=args.build_timeout)
             say(f"  built {engine_name} in {time.perf_counter() - began:.0f} s")
         except EngineError as exc:
             first = str(exc).splitlines()[0]

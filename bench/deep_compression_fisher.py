@@ -59,7 +59,9 @@ def _logits(decoded, batches) -> np.ndarray:
 
 def _scores(logits: np.ndarray, labels: np.ndarray, reference) -> dict:
     """top-1/top-5 %, and against the published model's logits: top-1 agreement % and mean KL(ref || this)."""
-    top = np.argsort(-logits, axis=1)[:, :5]
+    from edgecnn.measure.accuracy import ranked_classes  # ties: edgecnn's one rule
+
+    top = ranked_classes(logits)
     out = {"top1": 100 * float((top[:, 0] == labels).mean()), "top5": 100 * float((top == labels[:, None]).any(1).mean()),
            "correct": top[:, 0] == labels}
     if reference is not None:

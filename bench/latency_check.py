@@ -74,7 +74,7 @@ def check_model(name: str, args, work: Path) -> dict:
     loaded = load_model(name, weights=str(DATA / spec["weights"]), preprocess=spec["preprocess"], **spec["options"])
     model = loaded.module.eval()
     data = search_data(split_folder(DATA / "imagenet-sample").search, loaded.preprocess, 32, limit=args.images)
-    config = SearchConfig(threads=args.threads, prune_densities=[])
+    config = SearchConfig(threads=args.threads, prune_densities=[], target=args.target)
     space = build_space(model, torch.from_numpy(data.images[:1]), tuple(config.precisions))
     builder = _Builder(model, space, data, config, work / name, print, Budget(None))  # no time limit
     try:
@@ -192,13 +192,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mobilenet_v2,squeezenet1_1")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--target", default="x86", help="ONNX Runtime target of the table (default: x86, this CPU's)")
     parser.add_argument("--images", type=int, default=128, help="search-part images (calibration of the configurations)")
     parser.add_argument("--out", default=str(BENCH_DIR / "results" / "latency_check"))
     parser.add_argument("--render", type=Path, default=None, help="only re-render the .md of an earlier run's .json")
     args = parser.parse_args(argv)
     from edgecnn.fileio import write_text_atomic
     from edgecnn.measure.sysinfo import environment
+    from edgecnn.targets import resolve_target_name
 
+    args.target = resolve_target_name(args.target)  # the results name the target that ran, not "x86"
     if args.render:
         write_text_atomic(Path(args.out).with_suffix(".md"), render(json.loads(args.render.read_text())))
         return 0

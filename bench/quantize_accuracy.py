@@ -75,7 +75,9 @@ def ort_outputs(path: Path, images: np.ndarray, batch: int = 32) -> np.ndarray:
 
 
 def scores(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray | None) -> dict:
-    top5 = np.argsort(-logits, axis=1)[:, :5]
+    from edgecnn.measure.accuracy import ranked_classes  # ties: edgecnn's one rule
+
+    top5 = ranked_classes(logits)
     out = {
         "top1": float((top5[:, 0] == labels).mean() * 100),
         "top5": float((top5 == labels[:, None]).any(1).mean() * 100),

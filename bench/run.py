@@ -83,6 +83,7 @@ def parse_args(argv=None):
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma list of: {', '.join(MODELS)}")
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma list of: {', '.join(ENGINES)}")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--target", default="x86", help="edgecnn's ONNX Runtime target (default: x86, this CPU's: ort-x86-vnni on VNNI, else ort-x86)")
     parser.add_argument("--rounds", type=int, help="override the number of interleaved timing rounds")
     parser.add_argument("--calib", type=int, help="override the number of calibration images")
     parser.add_argument("--eval-limit", type=int, help="evaluate on at most this many images (spread over the sample)")
@@ -104,15 +105,27 @@ def parse_args(argv=None):
         if unknown or not chosen:
             parser.error(f"--{flag}: unknown {', '.join(unknown) or '(empty)'}; valid: {', '.join(known)}")
         setattr(args, flag, chosen)
+    from edgecnn import cpu
+    from edgecnn.targets import TARGETS, resolve_target_name
+
+    args.target = resolve_target_name(args.target)
+    target = TARGETS.get(args.target)
+    if target is None or target.backend != "ort":
+        parser.error(f"--target: '{args.target}' is not an ONNX Runtime target; valid: x86, "
+                     + ", ".join(n for n, t in TARGETS.items() if t.backend == "ort"))
+    if cpu.host_class() in target.saturates_on:  # its timings and accuracy here would be the saturating kernels'
+        parser.error(f"--target: {target.unfit_reason(cpu.host_class())}")
     return args
 
 
-def select_engines(requested: list[str]) -> tuple[list[str], list[str]]:
+def select_engines(requested: list[str], target: str) -> tuple[list[str], list[str]]:
     """(engines that can run here, 'name: reason' lines for those skipped)."""
     ready, skipped = [], []
     for name in requested:
         missing = missing_requirement(ENGINES[name])
-        if missing:
+        if ENGINES[name].target == target:  # the run's own edgecnn INT8 file already is this one
+            skipped.append(f"{name} ({ENGINES[name].label}): the same file as edgecnn_int8 with --target {target}")
+        elif missing:
             skipped.append(f"{name} ({ENGINES[name].label}): needs '{missing}', not importable here "
                            f"(pip install -r bench/requirements.txt)")
         else:
@@ -147,7 +160,7 @@ def main(argv=None) -> int:
         say(f"error: {md_path} already exists; pass --force to overwrite it or --out another folder")
         return 2
 
-    engines, skipped = select_engines(args.engines)
+    engines, skipped = select_engines(args.engines, args.target)
     for line in skipped:
         say(f"skip {line}")
     from edgecnn.measure.sysinfo import environment
@@ -171,7 +184,7 @@ def main(argv=None) -> int:
     try:
         data, data_note, calib, evaluation = prepare_data(args, settings, work, progress)
         report["config"] = {
-            "date": date, "quick": args.quick, "threads": args.threads, "models": args.models, "engines": engines,
+            "date": date, "quick": args.quick, "threads": args.threads, "target": args.target, "models": args.models, "engines": engines,
             "data_note": data_note, **settings,
             "calib_manifest_rows": calib if data else [], "eval_manifest_rows": evaluation if data else [],
         }

@@ -192,6 +192,7 @@ def main(argv=None) -> int:
     parser.add_argument("--recovery-steps", type=int, default=100)
     parser.add_argument("--recovery-images", type=int, default=3200)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--target", default="x86", help="ONNX Runtime target searched and timed (default: x86, this CPU's)")
     parser.add_argument("--eval-limit", type=int, default=None)
     parser.add_argument("--salt", default="edgecnn-split-2", help="split salt (a fresh one for a rerun: docs/search.md)")
     parser.add_argument("--choose-on", default=str(DATA / "distill"), help="unlabelled photos the ties are chosen on ('' = the search part)")
@@ -201,6 +202,9 @@ def main(argv=None) -> int:
     parser.add_argument("--render", nargs="+", metavar="JSON", help="only merge these results files (models of one run each) and render --out")
     parser.add_argument("--findings", metavar="MD", help="with --render: a findings section (markdown) to append")
     args = parser.parse_args(argv)
+    from edgecnn.targets import resolve_target_name
+
+    args.target = resolve_target_name(args.target)  # the settings name the target that ran, not "x86"
     if args.render:
         merged = {"settings": {}, "models": {}}
         for path in args.render:
@@ -232,7 +236,7 @@ def main(argv=None) -> int:
         say(f"== {model}: search")
         search = {"max_drop": args.max_drop, "max_verify": args.max_verify, "threads": args.threads,
                   "prune_densities": [float(v) for v in args.prune.split(",") if v], "recovery_steps": args.recovery_steps,
-                  "sensitivity_images": 32, "choose_on": args.choose_on or None, "choose_images": args.choose_images}
+                  "sensitivity_images": 32, "target": args.target, "choose_on": args.choose_on or None, "choose_images": args.choose_images}
         job = {"model": model, "threads": args.threads, "work": str(work), "cache": str(cache), "search": search,
                "recovery_images": args.recovery_images, "salt": args.salt}
         found = run_build("search:search_job", job, timeout=4 * 3600)

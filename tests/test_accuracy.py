@@ -94,3 +94,26 @@ def test_eval_command_on_onnx_and_zoo_model(folder, tmp_path, torch_one_thread):
     assert payload["samples"] == 12 and 0 <= payload["top1"] <= 1 and payload["reference_top1"] == pytest.approx(11 / 12)
     wrong = CliRunner().invoke(cli, ["eval", str(model), "--data", str(folder), "--weights", "imagenet"])
     assert isinstance(wrong.exception, UserError)
+
+
+def test_tied_logits_rank_by_class_index_in_every_accuracy_path(monkeypatch):
+    """An int8 model's quantized logits often tie at the top; one rule (lower class first, as
+    argmax) must decide them everywhere, or one file scores differently in two tools."""
+    import sys
+    from pathlib import Path
+
+    from edgecnn.measure.accuracy import ranked_classes
+
+    rng = np.random.default_rng(0)
+    logits = np.round(rng.standard_normal((400, 1000)) * 2).astype(np.float32) / 2  # coarse: ties everywhere
+    logits[:, 7] = logits[:, 900] = logits.max(axis=1) + 1.0  # a tie for first place in every row
+    ranked = ranked_classes(logits)
+    assert ranked.shape == (400, 5)
+    assert (ranked[:, 0] == logits.argmax(axis=1)).all() and (ranked[:, 0] == 7).all() and (ranked[:, 1] == 900).all()
+    order = np.take_along_axis(logits, ranked, axis=1)
+    assert (np.diff(order, axis=1) <= 0).all()  # best first
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    sys.modules.pop("_stats", None)
+    from _stats import top5_of
+
+    assert (top5_of(logits) == ranked).all()

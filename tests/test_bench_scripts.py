@@ -193,3 +193,27 @@ def test_shift_goal_verdict_comes_from_the_bounds_of_top1(monkeypatch):
     assert goal_verdict({"top1_after": 22.9}, 34.0, 384)[0] == "not met"  # 11 points short: the bound agrees
     assert goal_verdict({"top1_after": 33.0}, 34.0, 384)[0] == "not resolved"  # short by less than 384 images resolve
     assert goal_verdict({"top1_after": 45.0}, 34.0, 384)[0] == "met"
+
+
+@pytest.mark.parametrize("host, asked, built", [("x86-vnni", "x86", "ort-x86-vnni"), ("x86-avx2", "x86", "ort-x86"),
+                                                ("x86-vnni", "ort-x86", "ort-x86"), ("x86-avx2", "ort-x86-vnni", None),
+                                                ("x86-avx2", "trt", None)])
+def test_run_builds_edgecnn_artifacts_for_this_cpus_target(host, asked, built, monkeypatch, capsys):
+    """bench/run.py times edgecnn's artifact for the CPU it runs on (a VNNI CPU gets its U8S8 full 8-bit
+    file), and refuses a target whose kernels here are not the deployed ones (saturating, or not ORT)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import run
+
+    from edgecnn import cpu
+
+    monkeypatch.setattr(cpu, "host_class", lambda: host)
+    if built is None:
+        with pytest.raises(SystemExit) as exit_info:
+            run.parse_args(["--target", asked])
+        assert exit_info.value.code == 2 and "--target" in capsys.readouterr().err
+    else:
+        args = run.parse_args(["--target", asked])
+        assert args.target == built
+        ready, skipped = run.select_engines(["edgecnn_int8", "edgecnn_int8_u8u8"], args.target)
+        # the ort-x86 (U8U8) form is timed beside the run's own INT8 file only where the two differ
+        assert ("edgecnn_int8_u8u8" in ready) == (built != "ort-x86")

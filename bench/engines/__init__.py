@@ -23,6 +23,8 @@ class Engine:
     artifact_kind: str = "onnx"  # onnx | ir | module
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    # edgecnn's target for this engine's artifact, when fixed; None: the run's --target
+    target: Optional[str] = None
 
 
 ENGINES: dict[str, Engine] = {
@@ -40,6 +42,13 @@ ENGINES: dict[str, Engine] = {
         Engine("edgecnn_w7a8", "edgecnn W7A8 (ORT, reduce-range)", "int8", "engines.ort:open_onnx",
                build="engines.edgecnn_quant:build_w7a8",
                requires=("onnxruntime", "torch", "edgecnn.export.qdq", "edgecnn.passes.quant")),
+        Engine("edgecnn_int8_u8u8", "edgecnn INT8 (ORT, ort-x86 form: U8U8)", "int8", "engines.ort:open_onnx",
+               build="engines.edgecnn_quant:build_int8",
+               requires=("onnxruntime", "torch", "edgecnn.export.qdq", "edgecnn.passes.quant"), target="ort-x86"),
+        Engine("edgecnn_int8_ov", "edgecnn INT8 file in OpenVINO", "int8", "engines.openvino_engines:open_ir",
+               build="engines.edgecnn_quant:build_int8",
+               requires=("openvino", "torch", "edgecnn.export.qdq", "edgecnn.passes.quant"),
+               notes="edgecnn's Q/DQ ONNX (the run's --target) read by OpenVINO's CPU plugin as it is: no NNCF"),
         Engine("ort_qstatic", "ORT quantize_static INT8", "int8", "engines.ort:open_onnx",
                build="engines.ort:build_quantize_static", requires=("onnxruntime",)),
         Engine("ov_fp32", "OpenVINO FP32", "fp32", "engines.openvino_engines:open_fp32",

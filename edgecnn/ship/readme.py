@@ -19,7 +19,7 @@ name, labels, config = session.get_inputs()[0].name, load_labels(), load_preproc
 def top5(path):
     x = preprocess(open_rgb(path), config)  # float32 (1, 3, {size}, {size}); open_rgb: EXIF, alpha, 16-bit
     logits = session.run(None, {{name: x}})[0][0]
-    return [(labels[i], float(logits[i])) for i in np.argsort(-logits)[:5]]
+    return [(labels[i], float(logits[i])) for i in np.argsort(-logits, kind="stable")[:5]]  # ties: lower class first, as argmax
 
 # The golden test, for the app's own unit tests (runtime only, then image -> labels):
 expected = json.load(open("golden/expected.json"))

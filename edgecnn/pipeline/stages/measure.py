@@ -20,6 +20,7 @@ import numpy as np
 from edgecnn import cpu
 from edgecnn.data.images import iter_batches
 from edgecnn.export.parity import run_onnx
+from edgecnn.measure.accuracy import ranked_classes
 from edgecnn.measure.latency import measure_in_subprocess
 from edgecnn.pack import pack_file
 from edgecnn.pipeline.checkpoint import Checkpoint
@@ -141,7 +142,7 @@ class _Rows:
         if logits is not None:
             labels = _labels(state)
             if labels is not None:
-                top5 = np.argsort(-logits, axis=1)[:, :5]
+                top5 = ranked_classes(logits)
                 values["top1"] = float((top5[:, 0] == labels).mean() * 100.0)
                 values["top5"] = float((top5 == labels[:, None]).any(axis=1).mean() * 100.0)
                 correct = top5[:, 0] == labels
