@@ -105,3 +105,23 @@ def test_ship_reads_each_targets_runtime_form_from_the_table(name, tmp_path):
         assert platform == target.ort_format_platform
     assert readme._runtime_title(name) == target.runtime_title
     assert readme._runtime_title("unknown-target") == "unknown-target"
+
+
+@pytest.mark.parametrize("host", ["x86-avx2", "x86-vnni", "arm64-dot"])
+@pytest.mark.parametrize("bits", [8, 6])
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_compress_says_when_this_cpu_has_a_faster_target_for_the_file(models, name, bits, host, tmp_path):
+    """Full 8-bit ort-x86 weights are stored U8U8 (exact everywhere), which a VNNI CPU runs on
+    slower kernels than its own target's s8 form: the run says so; nowhere else, and not for
+    6-bit files (already s8)."""
+    from test_qdq_export import SHAPE
+
+    from edgecnn.export.qdq import export_qdq_report
+    from edgecnn.pipeline.stages.export import host_target_note
+
+    path = export_qdq_report(models[bits], tmp_path / f"{name}-w{bits}.onnx", name, input_shape=SHAPE, parity=False).path
+    note = host_target_note(path, name, host)
+    if (name, bits, host) == ("ort-x86", 8, "x86-vnni"):
+        assert note and "--target x86" in note and "ort-x86-vnni" in note
+    else:
+        assert note is None

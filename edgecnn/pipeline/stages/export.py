@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
+from edgecnn import cpu
 from edgecnn.errors import UserError
 from edgecnn.export.metadata import model_metadata
 from edgecnn.export.onnx_export import export_onnx
@@ -14,7 +15,7 @@ from edgecnn.pipeline.checkpoint import Checkpoint
 from edgecnn.pipeline.state import ExportedFile, RunState, StageOutcome
 from edgecnn.recipe import Stage as RecipeStage
 from edgecnn.records import Artifact
-from edgecnn.targets import get_target
+from edgecnn.targets import get_target, resolve_target_name
 
 
 def export_metadata(state: RunState, ck: Checkpoint, precision: Union[str, None], target: str) -> dict:
@@ -49,6 +50,26 @@ def export_checkpoint(state: RunState, ck: Checkpoint, path: Path, target: str, 
     return ExportedFile(Path(result.path), result.parity.summary() if result.parity is not None else None, lint)
 
 
+def stores_u8_weights(path: Path) -> bool:
+    """Does the Q/DQ file keep any weight as u8 codes (the U8U8 form of full 8-bit weights)?"""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    u8 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.UINT8 and len(i.dims) >= 2}
+    return any(n.op_type == "DequantizeLinear" and n.input[0] in u8 for n in model.graph.node)
+
+
+def host_target_note(path: Path, target: str, cpu_class: str) -> Optional[str]:
+    """One line when this CPU has its own target of the family that runs this file's u8 weights
+    on faster kernels (``ort-x86`` 8-bit weights on a VNNI CPU), else None."""
+    spec = get_target(target)
+    own = resolve_target_name(spec.family, cpu_class) if spec.family else target
+    if own == target or get_target(own).weight_dtype != "int8" or not stores_u8_weights(path):
+        return None
+    return (f"{target} stores full 8-bit weights as u8 (U8U8: exact on every CPU of the family); this CPU ({cpu_class}) "
+            f"runs the s8 form of {own} on faster kernels: --target {spec.family} builds it (docs/quantization.md)")
+
+
 class ExportStage:
     kind = "export"
     own_progress = False
@@ -65,4 +86,8 @@ class ExportStage:
             state.artifacts[target] = Artifact(f"{target}/model.onnx", "qdq" if final.quantized else "fp32", final.stage,
                                                parity=done.parity, lint=done.lint)
             parts.append(f"{target} {done.path.stat().st_size / 1e3:,.0f} kB")
+            if final.quantized:
+                note = host_target_note(done.path, target, cpu.host_class())
+                if note and note not in state.notes:
+                    state.notes.append(note)
         return StageOutcome("ONNX " + ", ".join(parts) + (" (parity checked)" if config.parity else ""))
