@@ -199,9 +199,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from edgecnn.fileio import write_text_atomic
     from edgecnn.measure.sysinfo import environment
-    from edgecnn.targets import resolve_target_name
+    from engines import host_ort_target
 
-    args.target = resolve_target_name(args.target)  # the results name the target that ran, not "x86"
+    args.target, unfit = host_ort_target(args.target)  # the results name the target that ran, not "x86"
+    if unfit and not args.render:
+        parser.error(f"--target: {unfit}")
     if args.render:
         write_text_atomic(Path(args.out).with_suffix(".md"), render(json.loads(args.render.read_text())))
         return 0

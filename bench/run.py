@@ -33,7 +33,7 @@ if str(BENCH_DIR) not in sys.path:
 import numpy as np  # noqa: E402
 
 from _run_model import MODELS, PROFILES, prepare_data, run_model, say  # noqa: E402
-from engines import ENGINES, missing_requirement  # noqa: E402
+from engines import ENGINES, host_ort_target, missing_requirement  # noqa: E402
 from run_report import derived_columns, goal_lines, print_tables, render_markdown, table_rows  # noqa: E402,F401
 
 DEFAULT_DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", BENCH_DIR.parent.parent / "shared" / "data"))
@@ -105,16 +105,9 @@ def parse_args(argv=None):
         if unknown or not chosen:
             parser.error(f"--{flag}: unknown {', '.join(unknown) or '(empty)'}; valid: {', '.join(known)}")
         setattr(args, flag, chosen)
-    from edgecnn import cpu
-    from edgecnn.targets import TARGETS, resolve_target_name
-
-    args.target = resolve_target_name(args.target)
-    target = TARGETS.get(args.target)
-    if target is None or target.backend != "ort":
-        parser.error(f"--target: '{args.target}' is not an ONNX Runtime target; valid: x86, "
-                     + ", ".join(n for n, t in TARGETS.items() if t.backend == "ort"))
-    if cpu.host_class() in target.saturates_on:  # its timings and accuracy here would be the saturating kernels'
-        parser.error(f"--target: {target.unfit_reason(cpu.host_class())}")
+    args.target, unfit = host_ort_target(args.target)
+    if unfit:
+        parser.error(f"--target: {unfit}")
     return args
 
 

@@ -202,9 +202,11 @@ def main(argv=None) -> int:
     parser.add_argument("--render", nargs="+", metavar="JSON", help="only merge these results files (models of one run each) and render --out")
     parser.add_argument("--findings", metavar="MD", help="with --render: a findings section (markdown) to append")
     args = parser.parse_args(argv)
-    from edgecnn.targets import resolve_target_name
+    from engines import host_ort_target
 
-    args.target = resolve_target_name(args.target)  # the settings name the target that ran, not "x86"
+    args.target, unfit = host_ort_target(args.target)  # the settings name the target that ran, not "x86"
+    if unfit and not args.render:
+        parser.error(f"--target: {unfit}")
     if args.render:
         merged = {"settings": {}, "models": {}}
         for path in args.render:
