@@ -99,4 +99,3 @@ def host_ort_target(name: str) -> tuple[str, Optional[str]]:
     if cpu.host_class() in target.saturates_on:
         return resolved, target.unfit_reason(cpu.host_class())
     return resolved, None
-
