@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from edgecnn.export.qdq_rewrites import fold_weight_quantizers, merge_duplicate_qdq
+from edgecnn.export.qdq_rewrites import fold_weight_quantizers, merge_duplicate_qdq, quantize_max_pool_inputs
 
 
 def _model(nodes, inputs, outputs, initializers):
@@ -116,3 +116,41 @@ def test_rewrites_run_without_torch():
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def _float_relu_pool_quantized(pool_input_dequantized: bool = False):
+    """X -> Relu -> MaxPool -> Q -> DQ -> Y: a float layer's output pooled, then quantized for
+    the int8 layer after it (optionally with the pool's input already quantized)."""
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z")]
+    nodes = [helper.make_node("Relu", ["X"], ["R"])]
+    pooled = "R"
+    if pool_input_dequantized:
+        nodes += [helper.make_node("QuantizeLinear", ["R", "s", "z"], ["Rq"]),
+                  helper.make_node("DequantizeLinear", ["Rq", "s", "z"], ["Rdq"])]
+        pooled = "Rdq"
+    nodes += [helper.make_node("MaxPool", [pooled], ["P"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+              helper.make_node("QuantizeLinear", ["P", "s", "z"], ["Pq"]),
+              helper.make_node("DequantizeLinear", ["Pq", "s", "z"], ["Y"])]
+    return _model(nodes, [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 4, 11, 11])],
+                  [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 4, 5, 5])], inits)
+
+
+def test_quantize_max_pool_inputs_pools_int8_and_computes_the_same():
+    model = _float_relu_pool_quantized()
+    x = (np.random.default_rng(2).normal(size=(1, 4, 11, 11)) * 3).astype(np.float32)
+    before = _run(model, {"X": x})[0]
+
+    assert quantize_max_pool_inputs(model) == 1
+    onnx.checker.check_model(model)
+    nodes = {n.output[0]: n for n in model.graph.node}
+    pool = next(n for n in model.graph.node if n.op_type == "MaxPool")
+    dq = nodes[pool.input[0]]
+    assert dq.op_type == "DequantizeLinear" and list(dq.input[1:]) == ["s", "z"]  # the reader's own parameters
+    assert nodes[dq.input[0]].op_type == "QuantizeLinear"
+    np.testing.assert_array_equal(_run(model, {"X": x})[0], before)  # exact: quantization is monotone
+    assert quantize_max_pool_inputs(model) == 0  # once
+
+
+def test_quantize_max_pool_inputs_leaves_an_int8_pool_alone():
+    model = _float_relu_pool_quantized(pool_input_dequantized=True)
+    assert quantize_max_pool_inputs(model) == 0 and len(model.graph.node) == 6

@@ -35,6 +35,7 @@ from edgecnn.export.qdq_rewrites import (
     int8_weight_bytes,
     merge_duplicate_qdq,
     quantize_gemm_bias,
+    quantize_max_pool_inputs,
     store_weights_unsigned,
 )
 from edgecnn.targets import DEFAULT_TARGET, QuantTarget, get_target
@@ -185,6 +186,7 @@ def _trace_qdq(clone, trace_shape, opset: int, dynamic: bool, target: QuantTarge
     fold_pad_into_conv(proto)
     fold_weight_quantizers(proto)
     merge_duplicate_qdq(proto)
+    quantize_max_pool_inputs(proto)
     if target.weight_dtype == "uint8":
         store_weights_unsigned(proto, target.signed_weights_max)
     if target.int32_gemm_bias:

@@ -2,8 +2,8 @@
 
 Torch-free (numpy + onnx only), so each rewrite is tested on hand-built graphs. In export
 order: constants folded, Pad folded into Conv, weight QuantizeLinear folded into int8
-initializers, duplicate Q/DQ pairs merged, then per target: weights stored unsigned
-(``ort-x86``) and Gemm bias quantized to int32.
+initializers, duplicate Q/DQ pairs merged, max pools quantized at their input, then per
+target: weights stored unsigned (``ort-x86``) and Gemm bias quantized to int32.
 """
 
 from __future__ import annotations
@@ -333,6 +333,54 @@ def merge_duplicate_qdq(model) -> int:
             graph.node.remove(dq)
             merged += 1
     return merged
+
+
+def quantize_max_pool_inputs(model) -> int:
+    """Give a float max pool whose output is quantized a Q/DQ pair of the same parameters at its input.
+
+    Exact: quantization is monotone, so Q(max(x)) = max(Q(x)). A runtime that does not move
+    the QuantizeLinear up itself (OpenVINO) otherwise pools in float behind a float conv output;
+    with the pair, the conv before the pool writes int8 and the pool runs on int8. ONNX Runtime
+    and TensorRT move or fuse it alike, so their graphs are unchanged."""
+    graph = model.graph
+    consumers: dict[str, list] = {}
+    producer: dict[str, object] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+        for name in node.output:
+            producer[name] = node
+    outputs = {o.name for o in graph.output}
+    added = 0
+    for pool in list(graph.node):
+        if pool.op_type != "MaxPool" or pool.output[0] in outputs or any(pool.output[1:]):
+            continue
+        source = producer.get(pool.input[0])
+        if source is not None and source.op_type == "DequantizeLinear":
+            continue  # already int8 at its input
+        readers = consumers.get(pool.output[0], [])
+        if not readers or any(r.op_type != "QuantizeLinear" for r in readers):
+            continue
+        params = {tuple(r.input[1:]) for r in readers}
+        if len(params) != 1:
+            continue
+        scale, zero = (list(params)[0] + ("",))[:2]
+        value = constant_values(model, scale)
+        if value is None or value.size != 1:  # per-tensor activation quantizers only
+            continue
+        from onnx import helper
+
+        base = pool.input[0]
+        q = helper.make_node("QuantizeLinear", [base, scale] + ([zero] if zero else []), [f"{base}_pool_q"],
+                             name=f"{pool.name or base}_input_quantize")
+        dq = helper.make_node("DequantizeLinear", [f"{base}_pool_q", scale] + ([zero] if zero else []), [f"{base}_pool_dq"],
+                              name=f"{pool.name or base}_input_dequantize")
+        index = list(graph.node).index(pool)
+        graph.node.insert(index, dq)
+        graph.node.insert(index, q)
+        pool.input[0] = f"{base}_pool_dq"
+        added += 1
+    return added
 
 
 def int8_weight_bytes(model) -> int:
