@@ -43,14 +43,46 @@ def parse_flags(cpuinfo: str) -> frozenset:
     return frozenset()
 
 
+# /proc/cpuinfo fields that name the core design: x86 family/model/stepping, ARM implementer/part.
+_IDENTITY_FIELDS = (("cpu family", "family"), ("model", "model"), ("stepping", "stepping"),
+                    ("CPU implementer", "implementer"), ("CPU part", "part"), ("CPU variant", "variant"))
+
+
+def parse_identity(cpuinfo: str) -> str:
+    """The first processor's core design in a /proc/cpuinfo text ("family 23 model 49 stepping 0",
+    "implementer 0x41 part 0xd0c variant 0x1"); "" when the text has none.
+
+    A hypervisor may name very different cores alike ("AMD EPYC"), and within one CPU class the
+    int8 kernels' speed relative to fp32 differs by core design, so results record it.
+    """
+    names = dict(_IDENTITY_FIELDS)
+    found: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        label = names.get(key.strip())
+        if sep and label and value.strip() and label not in found:  # the first processor's value
+            found[label] = value.strip()
+    return " ".join(f"{label} {found[label]}" for _, label in _IDENTITY_FIELDS if label in found)
+
+
+def _read_cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
 @lru_cache(maxsize=1)
 def host_flags() -> frozenset:
     """The host's CPU flags (empty where /proc/cpuinfo cannot be read, e.g. not Linux)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            return parse_flags(fh.read())
-    except OSError:
-        return frozenset()
+    return parse_flags(_read_cpuinfo())
+
+
+@lru_cache(maxsize=1)
+def host_identity() -> str:
+    """The host's core design (:func:`parse_identity`; "" where /proc/cpuinfo cannot be read)."""
+    return parse_identity(_read_cpuinfo())
 
 
 def cpu_flags(flags: Optional[Iterable[str]] = None) -> list[str]:

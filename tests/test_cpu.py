@@ -37,6 +37,32 @@ def test_flags_of_interest_keep_their_order():
     assert cpu.cpu_flags(["avx512_vnni", "avx2", "nonsense"]) == ["avx2", "avx512_vnni"]
 
 
+ZEN2 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 49\nmodel name\t: AMD EPYC\n"
+        "stepping\t: 0\nflags\t\t: avx2\n\nprocessor\t: 1\ncpu family\t: 25\nmodel\t\t: 1\n")
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd i8mm\nCPU implementer\t: 0x41\nCPU variant\t: 0x1\nCPU part\t: 0xd40\n"
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    (ZEN2, "family 23 model 49 stepping 0"),  # "model name" is not the model; the first processor only
+    (GRAVITON3, "implementer 0x41 part 0xd40 variant 0x1"),
+    (X86_AVX2, ""),
+    ("", ""),
+])
+def test_cpuinfo_text_gives_its_core_design(cpuinfo, expected):
+    assert cpu.parse_identity(cpuinfo) == expected
+
+
+def test_the_environment_block_names_the_core_design():
+    """One marketing name ("AMD EPYC") covers cores whose int8 speed differs: the block says which."""
+    from edgecnn.measure.sysinfo import environment, environment_lines
+
+    env = environment(2)
+    assert env["cpu_id"] == cpu.host_identity()
+    line = environment_lines({**env, "cpu_id": "family 23 model 49 stepping 0"})[0]
+    assert "(family 23 model 49 stepping 0; flags: " in line
+    assert "(flags: " in environment_lines({**env, "cpu_id": ""})[0]  # blocks recorded before it read the same
+
+
 def test_this_host_is_named_and_recorded_with_measurements():
     from edgecnn.measure.sysinfo import system_info
 

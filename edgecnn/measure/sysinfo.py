@@ -52,6 +52,7 @@ def library_versions(names=LIBRARIES) -> dict[str, str]:
 def _static_info() -> dict:
     return {
         "cpu": cpu_model(),
+        "cpu_id": cpu.host_identity(),
         "cpu_flags": cpu.cpu_flags(),
         "cpu_class": cpu.host_class(),
         "machine": platform.machine(),
@@ -107,12 +108,13 @@ def edgecnn_commit() -> Optional[str]:
 
 
 def environment(threads: Optional[int] = None) -> dict:
-    """The generated block every report and results file carries: CPU model and its int8 flags,
-    cores, OS, versions of the runtimes and of edgecnn (commit)."""
+    """The generated block every report and results file carries: CPU model, core design and its
+    int8 flags, cores, OS, versions of the runtimes and of edgecnn (commit)."""
     static = _static_info()
     versions = library_versions(("edgecnn",) + ENVIRONMENT_LIBRARIES)
     return {
         "cpu": static["cpu"],
+        "cpu_id": static["cpu_id"],  # core design: one marketing name may cover several
         "cpu_flags": static["cpu_flags"],  # edgecnn.cpu: AVX2 / AVX-512 / VNNI / AMX, ARM dot product / i8mm
         "cpu_class": static["cpu_class"],
         "logical_cpus": static["logical_cpus"],
@@ -130,9 +132,10 @@ def environment_lines(env: dict) -> list[str]:
     """Markdown bullet lines of :func:`environment` (the "Environment" section)."""
     flags = ", ".join(env.get("cpu_flags") or []) or "none recorded"
     flags += f"; class {env['cpu_class']}" if env.get("cpu_class") else ""
+    flags = (f"{env['cpu_id']}; " if env.get("cpu_id") else "") + f"flags: {flags}"
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v)
     threads = f", {env['threads']} threads" if env.get("threads") else ""
-    return [f"- CPU: {env.get('cpu')} (flags: {flags}); {env.get('usable_cpus')} usable of {env.get('logical_cpus')} "
+    return [f"- CPU: {env.get('cpu')} ({flags}); {env.get('usable_cpus')} usable of {env.get('logical_cpus')} "
             f"logical CPUs{threads}",
             f"- OS: {env.get('os')} {env.get('machine')}, Python {env.get('python')}",
             f"- versions: {versions}; edgecnn commit {env.get('edgecnn_commit') or 'n/a'}"]
