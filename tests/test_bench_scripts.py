@@ -64,6 +64,8 @@ SMOKE = {
     "search_report.py": Smoke(["search.py", "--render", "{tmp}/search.json", "--out", "{tmp}/search"], writes=["search.md"]),
     "latency_check.py": Smoke(["--models", "squeezenet1_1", "--images", "8", "--out", "{tmp}/latency_check"],
                               writes=["latency_check.md", "latency_check.json"], shared=True, heavy=600),
+    "timing_states.py": Smoke(["--models", "squeezenet1_1", "--images", "8", "--timings", "2", "--pause", "0",
+                                "--out", "{tmp}/ts"], writes=["ts.md", "ts.json"], shared=True, heavy=16),
     "recovery_check.py": Smoke(["--steps", "1", "--images", "8", "--size", "64", "--limit", "16", "--out", "{tmp}/rc.md"],
                                writes=["rc.md"], shared=True, heavy=100),
     "quantize_accuracy.py": Smoke(["--calib", "4", "--limit", "12", "--models", "squeezenet1_1", "--no-cost",
@@ -184,6 +186,19 @@ def test_latency_check_judges_each_configuration_by_the_bounds_of_its_ratio_erro
     committed = json.loads((RESULTS / "latency_check.json").read_text())
     text = latency_check.render(committed)
     assert "-> not met" in text and "-> met" not in text
+
+
+def test_timing_states_names_the_timings_that_disagree_beyond_their_bounds(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import timing_states
+
+    def timing(estimate, half_width):
+        return {"vs_fp32": {"w7a8": {"estimate": estimate, "lower": estimate - half_width, "upper": estimate + half_width}}}
+
+    # Two steady timings of 1.25x and one of 1.04x whose bounds do not reach them: two disagreeing pairs.
+    timings = [timing(1.25, 0.05), timing(1.04, 0.05), timing(1.23, 0.05)]
+    assert timing_states.disagreements(timings, "w7a8") == [(1, 2), (2, 3)]
+    assert timing_states.disagreements([timing(1.25, 0.2), timing(1.04, 0.2)], "w7a8") == []  # wide bounds cover both
 
 
 def test_shift_goal_verdict_comes_from_the_bounds_of_top1(monkeypatch):
