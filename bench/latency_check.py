@@ -58,15 +58,17 @@ def mixed_configs(space) -> dict[str, dict]:
     }
 
 
-def check_model(name: str, args, work: Path) -> dict:
+def search_builder(name: str, args, work: Path):
+    """(space, builder) of model ``name`` as the search makes them: real weights, ``args.images``
+    search-part images, precision only, ``args.target``, no time limit. The caller closes
+    ``builder.timer``."""
     import torch
 
     from edgecnn.data.split import split_folder
-    from edgecnn.measure.interleave import Timer
     from edgecnn.models import load_model
     from edgecnn.search.budget import Budget
     from edgecnn.search.prepare import search_data
-    from edgecnn.search.run import SearchConfig, _Builder, measure_table
+    from edgecnn.search.run import SearchConfig, _Builder
     from edgecnn.search.space import build_space
 
     torch.set_num_threads(args.threads)
@@ -76,10 +78,17 @@ def check_model(name: str, args, work: Path) -> dict:
     data = search_data(split_folder(DATA / "imagenet-sample").search, loaded.preprocess, 32, limit=args.images)
     config = SearchConfig(threads=args.threads, prune_densities=[], target=args.target)
     space = build_space(model, torch.from_numpy(data.images[:1]), tuple(config.precisions))
-    builder = _Builder(model, space, data, config, work / name, print, Budget(None))  # no time limit
+    return space, _Builder(model, space, data, config, work / name, print, Budget(None))
+
+
+def check_model(name: str, args, work: Path) -> dict:
+    from edgecnn.measure.interleave import Timer
+    from edgecnn.search.run import measure_table
+
+    space, builder = search_builder(name, args, work)
     try:
         table = measure_table(builder, space, print)
-        configs = {f"uniform {p.upper()}": space.uniform(p) for p in config.precisions}
+        configs = {f"uniform {p.upper()}": space.uniform(p) for p in builder.config.precisions}
         configs.update(mixed_configs(space))
         paths = {label: (builder.fp32_path if label == "uniform FP32" else builder.build(cfg, f"check-{i}"))
                  for i, (label, cfg) in enumerate(configs.items())}

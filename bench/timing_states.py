@@ -26,40 +26,19 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 
 from _stats import markdown_table  # noqa: E402
+from latency_check import search_builder  # noqa: E402
 
-DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", BENCH_DIR.parent.parent / "shared" / "data"))
-MODELS = {
-    "mobilenet_v2": {"options": {"tf_padding": True}, "preprocess": "tf", "weights": "weights/mobilenet_v2.pth"},
-    "squeezenet1_1": {"options": {}, "preprocess": "torchvision", "weights": "weights/squeezenet1_1.pth"},
-}
 SETTINGS = ("fp32", "w8a8", "w7a8")
 
 
 def build_files(name: str, args, work: Path) -> dict[str, str]:
     """FP32 and the uniform int8 settings of ``name``, exported for ``args.target`` as the search does."""
-    import torch
-
-    from edgecnn.data.split import split_folder
-    from edgecnn.models import load_model
-    from edgecnn.search.budget import Budget
-    from edgecnn.search.prepare import search_data
-    from edgecnn.search.run import SearchConfig, _Builder
-    from edgecnn.search.space import build_space
-
-    torch.set_num_threads(args.threads)
-    spec = MODELS[name]
-    loaded = load_model(name, weights=str(DATA / spec["weights"]), preprocess=spec["preprocess"], **spec["options"])
-    model = loaded.module.eval()
-    data = search_data(split_folder(DATA / "imagenet-sample").search, loaded.preprocess, 32, limit=args.images)
-    config = SearchConfig(threads=args.threads, prune_densities=[], target=args.target)
-    space = build_space(model, torch.from_numpy(data.images[:1]), tuple(config.precisions))
-    builder = _Builder(model, space, data, config, work / name, print, Budget(None))
+    space, builder = search_builder(name, args, work)
     try:
-        paths = {s: str(builder.fp32_path if s == "fp32" else builder.build(space.uniform(s), f"uniform-{s}"))
-                 for s in SETTINGS}
+        return {s: str(builder.fp32_path if s == "fp32" else builder.build(space.uniform(s), f"uniform-{s}"))
+                for s in SETTINGS}
     finally:
         builder.timer.close()
-    return paths
 
 
 def time_repeatedly(paths: dict[str, str], args) -> list[dict]:
