@@ -65,7 +65,9 @@ def parse_identity(cpuinfo: str) -> str:
     return " ".join(f"{label} {found[label]}" for _, label in _IDENTITY_FIELDS if label in found)
 
 
-def _read_cpuinfo() -> str:
+@lru_cache(maxsize=1)
+def read_cpuinfo() -> str:
+    """The text of /proc/cpuinfo, read once ("" where it cannot be read, e.g. not Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             return fh.read()
@@ -76,13 +78,13 @@ def _read_cpuinfo() -> str:
 @lru_cache(maxsize=1)
 def host_flags() -> frozenset:
     """The host's CPU flags (empty where /proc/cpuinfo cannot be read, e.g. not Linux)."""
-    return parse_flags(_read_cpuinfo())
+    return parse_flags(read_cpuinfo())
 
 
 @lru_cache(maxsize=1)
 def host_identity() -> str:
     """The host's core design (:func:`parse_identity`; "" where /proc/cpuinfo cannot be read)."""
-    return parse_identity(_read_cpuinfo())
+    return parse_identity(read_cpuinfo())
 
 
 def cpu_flags(flags: Optional[Iterable[str]] = None) -> list[str]:

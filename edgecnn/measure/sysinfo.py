@@ -19,14 +19,10 @@ LIBRARIES = ("edgecnn", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tens
 
 def cpu_model() -> str:
     """The CPU's marketing name (from /proc/cpuinfo on Linux, platform elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
+    for line in cpu.read_cpuinfo().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+            return value.strip()
     return platform.processor() or platform.machine()
 
 
