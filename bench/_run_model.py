@@ -39,8 +39,11 @@ MODELS = {
 
 # Full run vs --quick (development).
 PROFILES = {
-    "full": {"calib": 128, "eval_limit": None, "rounds": 5, "iters_b1": 30, "iters_b8": 6, "warmup": 5, "op_iters": 20},
-    "quick": {"calib": 32, "eval_limit": 96, "rounds": 3, "iters_b1": 10, "iters_b8": 3, "warmup": 2, "op_iters": 10},
+    # spread_s: seconds the timing rounds are spread over (edgecnn.measure.interleave.CLAIM_SPREAD_S for the tables)
+    "full": {"calib": 128, "eval_limit": None, "rounds": 10, "spread_s": 30.0, "iters_b1": 30, "iters_b8": 6, "warmup": 5,
+             "op_iters": 20},
+    "quick": {"calib": 32, "eval_limit": 96, "rounds": 3, "spread_s": 0.0, "iters_b1": 10, "iters_b8": 3, "warmup": 2,
+              "op_iters": 10},
 }
 FP32_REFERENCE_ORDER = ("torch", "ort_fp32", "ov_fp32")  # FP32 agreement is measured against the first present
 
@@ -205,7 +208,8 @@ def run_model(name: str, args, settings: dict, engines: list[str], data, work: P
     finally:
         for worker in workers.values():
             worker.close()
-    progress(f"{name}: timing {len(artifacts)} engines interleaved ({settings['rounds']} rounds, batch 1 then batch 8)")
+    progress(f"{name}: timing {len(artifacts)} engines interleaved ({settings['rounds']} rounds spread over "
+             f"{settings.get('spread_s', 0.0):g} s, batch 1 then batch 8)")
     time_engines(result, {e: artifacts[e] for e in workers}, job, settings)
     return result
 
@@ -221,7 +225,7 @@ def time_engines(result: dict, artifacts: dict, job: dict, settings: dict) -> No
     began = time.perf_counter()
     for batch, iters in ((1, settings["iters_b1"]), (8, settings["iters_b8"])):
         with Timer(job["threads"], batch=batch, rounds=settings["rounds"], iterations=iters, warmup_runs=settings["warmup"]) as timer:
-            timings = timer.time(specs)
+            timings = timer.time(specs, spread_s=settings.get("spread_s", 0.0))
         for engine_name, timing in timings.items():
             entry = result["engines"][engine_name]
             entry[f"latency_b{batch}"] = {**timing.to_dict(), "p90_ms": timing.p90_ms}

@@ -165,7 +165,8 @@ def render_markdown(report: dict) -> str:
         f"- All engines at {config['threads']} threads, 1 stream.",
         f"- Load average at start / end: {env['load_start']} / {env.get('load_end')}"
         + (" — above 0.75 x threads at start or end (this run's own engine processes count too): other work may have added noise." if env.get("shared") else ""),
-        f"- Run: {'--quick' if config['quick'] else 'full'}, {config['rounds']} interleaved rounds x "
+        f"- Run: {'--quick' if config['quick'] else 'full'}, {config['rounds']} interleaved rounds"
+        + (f" spread over {config['spread_s']:g} s" if config.get("spread_s") else "") + " x "
         f"({config['iters_b1']} batch-1 + {config['iters_b8']} batch-8 iterations, warm-up {config['warmup']} "
         + ("calls per round); each engine in its own process (edgecnn.measure.interleave); latency = median over "
            "rounds of each round's median, p90 over all samples" if "edgecnn_commit" in env else

@@ -138,7 +138,11 @@ def evaluate_and_time(model: str, found: dict, args, work: Path) -> dict:
     finally:
         for worker in workers.values():
             worker.close()
-    timings = time_interleaved(timed, args.threads)  # engines never compute at the same time
+    from edgecnn.measure import interleave
+
+    spread = interleave.CLAIM_SPREAD_S if args.spread is None else args.spread
+    say(f"  timing {len(timed)} engines interleaved, {interleave.CLAIM_ROUNDS} rounds spread over {spread:g} s")
+    timings = time_interleaved(timed, args.threads, spread_s=spread, rounds=interleave.CLAIM_ROUNDS)  # engines never compute at the same time
     for label, first in same_as.items():
         rows[label], timings[label] = {**rows[first], "same_file_as": first}, timings[first]
     return finish_rows(rows, timings)
@@ -193,6 +197,9 @@ def main(argv=None) -> int:
     parser.add_argument("--recovery-images", type=int, default=3200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--target", default="x86", help="ONNX Runtime target searched and timed (default: x86, this CPU's)")
+    parser.add_argument("--spread", type=float, default=None,
+                        help="seconds the rounds of the search's final timing and of the table's timing are spread over "
+                             "(default: edgecnn.measure.interleave.CLAIM_SPREAD_S)")
     parser.add_argument("--eval-limit", type=int, default=None)
     parser.add_argument("--salt", default="edgecnn-split-2", help="split salt (a fresh one for a rerun: docs/search.md)")
     parser.add_argument("--choose-on", default=str(DATA / "distill"), help="unlabelled photos the ties are chosen on ('' = the search part)")
@@ -238,7 +245,8 @@ def main(argv=None) -> int:
         say(f"== {model}: search")
         search = {"max_drop": args.max_drop, "max_verify": args.max_verify, "threads": args.threads,
                   "prune_densities": [float(v) for v in args.prune.split(",") if v], "recovery_steps": args.recovery_steps,
-                  "sensitivity_images": 32, "target": args.target, "choose_on": args.choose_on or None, "choose_images": args.choose_images}
+                  "sensitivity_images": 32, "target": args.target, "choose_on": args.choose_on or None, "choose_images": args.choose_images,
+                  "final_spread_s": args.spread}
         job = {"model": model, "threads": args.threads, "work": str(work), "cache": str(cache), "search": search,
                "recovery_images": args.recovery_images, "salt": args.salt}
         found = run_build("search:search_job", job, timeout=4 * 3600)

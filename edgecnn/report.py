@@ -125,6 +125,11 @@ def search_section(search: dict) -> list[str]:
                 if chosen else "none (float model kept)")
              + (f" ([front]({search['plot']}))" if search.get("plot") else ""), ""]
     lines += time_budget_lines(search)
+    timing = search.get("final_timing") or {}
+    if timing.get("rounds"):
+        window = f" (took {timing['window_s']:.0f} s)" if timing.get("window_s") is not None else ""
+        lines += [f"Measured ms: the final timing, FP32 and every kept configuration interleaved, {timing['rounds']} rounds "
+                  f"spread over {timing['spread_s']:g} s{window}; speed ratios are paired per round.", ""]
     if search.get("note"):
         lines += [search["note"], ""]
     lines += ["| layer | kind | precision | in kept | out kept | shift |", "| --- | --- | --- | ---: | ---: | --- |"]

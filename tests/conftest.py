@@ -41,3 +41,13 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _claims_timed_back_to_back(monkeypatch):
+    """The searches the tests run on toy models time their final choice with back-to-back rounds:
+    spreading them over CLAIM_SPREAD_S (30 s) would add that to every search test. The spread
+    itself is tested in test_interleave.py and test_search.py (with a small spread)."""
+    from edgecnn.measure import interleave
+
+    monkeypatch.setattr(interleave, "CLAIM_SPREAD_S", 0.0)

@@ -58,3 +58,42 @@ def test_a_missing_or_broken_file_is_one_line(tmp_path, two_models):
     with pytest.raises(UserError, match="cannot load"):
         with Timer() as timer:
             timer.time({"x": broken})
+
+
+def test_rounds_of_a_claim_are_spread_over_the_protocols_seconds(two_models):
+    import time
+
+    from edgecnn.measure import interleave
+
+    with Timer(threads=1, rounds=2, iterations=2, warmup_runs=1) as timer:
+        began = time.perf_counter()
+        spread = timer.time(two_models, rounds=3, spread_s=1.0)
+        took = time.perf_counter() - began
+        claim = timer.time_claim({"small": two_models["small"]}, spread_s=0.0)
+        with pytest.raises(UserError, match="spread"):
+            timer.time(two_models, spread_s=-1.0)
+    for timing in spread.values():  # three rounds, the last starting a second after the first
+        assert len(timing.round_medians_ms) == 3 and 1.0 <= timing.window_s <= took
+        assert timing.to_dict()["window_s"] == round(timing.window_s, 1)
+    assert len(claim["small"].round_medians_ms) == interleave.CLAIM_ROUNDS
+
+
+def test_paced_rounds_start_evenly_over_the_spread_and_never_make_up_for_a_slow_round():
+    from edgecnn.measure.latency import paced_rounds
+
+    now = [0.0]
+    slept = []
+
+    def sleep(seconds):
+        slept.append(round(seconds, 6))
+        now[0] += seconds
+
+    starts = []
+    for k in paced_rounds(4, 3.0, clock=lambda: now[0], sleep=sleep):
+        starts.append(now[0])
+        now[0] += 0.25 if k != 1 else 2.5  # round 1 overruns the next start
+    assert starts == [0.0, 1.0, 3.5, 3.75] and slept == [0.75]
+    now[0], slept[:] = 0.0, []
+    assert list(paced_rounds(3, 0.0, clock=lambda: now[0], sleep=sleep)) == [0, 1, 2] and slept == []
+    with pytest.raises(UserError):
+        list(paced_rounds(0, 1.0))

@@ -124,7 +124,8 @@ data:
   batch_size: 16
 stages:
   - fold_bn
-  - search: {max_drop: 5.0, precisions: [fp32, w7a8], max_verify: 1, sensitivity_images: 8, threads: 1}
+  - search: {max_drop: 5.0, precisions: [fp32, w7a8], max_verify: 1, sensitivity_images: 8, threads: 1,
+             final_spread_s: 1.0}
   - export
   - measure: {checkpoints: all, latency_runs: 10, warmup: 1, warmup_seconds: 0.0}
 """
@@ -170,6 +171,10 @@ def test_compress_search_stage_end_to_end(tmp_path):
     assert search["choose"]["rank_vs_search_top1"]["candidates"] >= 1
     assert any("ties between candidates decided on 8 reserved photos" in n for n in report["notes"])
     assert "agree % (choice photos)" in (out / "report.md").read_text()
+    # The final timing, whose ratios the answer claims, spread its rounds as the recipe asked.
+    timing = search["final_timing"]
+    assert timing["rounds"] == 10 and timing["spread_s"] == 1.0 and timing["window_s"] >= 1.0
+    assert "10 rounds spread over 1 s" in (out / "report.md").read_text()
 
 
 def test_max_drop_flag_puts_a_search_in_place_of_quantize(capsys):

@@ -58,3 +58,15 @@ def test_speed_ratio_bound_from_per_round_pairs():
 def test_bad_input_is_refused(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_speed_ratio_is_the_median_round_bounded_by_the_sign_test():
+    fp32 = [3.0] * 10
+    steady = [1.5, 1.52, 1.49, 1.51, 1.5, 1.48, 1.5, 1.53, 1.5, 1.51]
+    burst = steady[:9] + [6.0]  # other work slowed the candidate in one round: the median barely moves
+    a, b = ratio_bound(fp32, steady), ratio_bound(fp32, burst)
+    assert b.estimate == pytest.approx(a.estimate, rel=0.01) and b.lower == pytest.approx(a.lower, rel=0.01)
+    ratios = sorted(3.0 / x for x in burst)  # ten rounds: the second smallest and second largest ratio (98.9 %)
+    assert (b.lower, b.upper, b.n) == (pytest.approx(ratios[1]), pytest.approx(ratios[8]), 10)
+    few = ratio_bound([3.0] * 4, [1.0] * 4)  # four rounds cannot bound a median at 95 %
+    assert few.lower == 0.0 and few.upper == float("inf") and speed_verdict([3.0] * 4, [1.0] * 4, 1.5)["verdict"] == NOT_RESOLVED

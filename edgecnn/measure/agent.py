@@ -61,15 +61,17 @@ def infer(model: str, threads: int, opt_level: str, stdin, stdout) -> None:
         stdout.flush()
 
 
-def interleave(models: dict[str, str], threads: int, batch: int, rounds: int, iters: int, warmup: int) -> dict:
-    """Per-call seconds by round of several files, rounds interleaved (A, B, A, B, ...), each call
-    timed by the library timer: what :class:`edgecnn.measure.interleave.Timer` measures, on this machine."""
-    from edgecnn.measure.latency import open_runner, time_runs
+def interleave(models: dict[str, str], threads: int, batch: int, rounds: int, iters: int, warmup: int,
+               spread_s: float = 0.0) -> dict:
+    """Per-call seconds by round of several files, rounds interleaved (A, B, A, B, ...) and spread
+    over ``spread_s`` seconds, each call timed by the library timer: what
+    :class:`edgecnn.measure.interleave.Timer` measures, on this machine."""
+    from edgecnn.measure.latency import open_runner, paced_rounds, time_runs
 
     runners = {name: open_runner(path, "ort", threads) for name, path in models.items()}
     calls = {name: r.run_callable(r.input_for(batch)) for name, r in runners.items()}
     times: dict[str, list] = {name: [] for name in models}
-    for _ in range(rounds):
+    for _ in paced_rounds(rounds, spread_s):
         for name, call in calls.items():
             times[name].append(time_runs(call, 0.0, iterations=iters, warmup_runs=warmup))
     return times
@@ -92,6 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--spread", type=float, default=0.0, help="seconds the rounds are spread over")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["latency"]:
         from edgecnn.measure.latency import main as latency_main
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
             sys.stdout.write("\n")
         elif args.job == "interleave":
             models = dict(item.split("=", 1) for item in args.models)
-            json.dump(interleave(models, args.threads, args.batch, args.rounds, args.iters, args.warmup), sys.stdout)
+            json.dump(interleave(models, args.threads, args.batch, args.rounds, args.iters, args.warmup, args.spread), sys.stdout)
             sys.stdout.write("\n")
         elif args.job == "infer":
             infer(args.model, args.threads, args.opt_level, sys.stdin.buffer, sys.stdout.buffer)

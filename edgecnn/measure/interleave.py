@@ -11,7 +11,12 @@ come from one protocol:
   through :func:`edgecnn.measure.latency.time_runs` (the loop ``edgecnn bench`` uses), so a busy
   moment slows every model in that round alike;
 * statistics: median over rounds of each round's median (the headline), p90 over all samples,
-  and the per-round medians kept, so ratios can be paired per round (:mod:`edgecnn.stats`).
+  and the per-round medians kept, so ratios can be paired per round (:mod:`edgecnn.stats`);
+* a timing whose ratios are *claims* (the search's final timing and answer, the bench tables)
+  spreads its rounds over ``CLAIM_SPREAD_S`` seconds (:func:`edgecnn.measure.latency.paced_rounds`):
+  on a machine shared with other work, back-to-back rounds share one state and their bounds
+  do not cover the next timing's (``bench/results/timing_states.md``). Probes that only rank
+  layers keep back-to-back rounds.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Union
@@ -29,10 +35,13 @@ import numpy as np
 
 from edgecnn.errors import UserError
 from edgecnn.latency_stats import LatencyStats, summarize
+from edgecnn.measure.latency import paced_rounds
 
 ROUNDS = 5
 ITERATIONS = 20  # timed calls per model per round
 WARMUP_RUNS = 3  # untimed calls per model per round, before its timed calls
+CLAIM_ROUNDS = 10  # rounds of a timing whose ratios are claims
+CLAIM_SPREAD_S = 30.0  # seconds such a timing's rounds are spread over
 
 
 @dataclass(frozen=True)
@@ -58,10 +67,14 @@ class Timing:
     p90_ms: float  # over all samples
     round_medians_ms: list[float]
     stats: LatencyStats = field(repr=False)
+    window_s: Optional[float] = None  # seconds from the first round's start to the last one's end
 
     def to_dict(self) -> dict:
-        return {"median_ms": round(self.median_ms, 4), "p90_ms": round(self.p90_ms, 4),
-                "round_medians_ms": [round(v, 4) for v in self.round_medians_ms], "samples": self.stats.samples}
+        out = {"median_ms": round(self.median_ms, 4), "p90_ms": round(self.p90_ms, 4),
+               "round_medians_ms": [round(v, 4) for v in self.round_medians_ms], "samples": self.stats.samples}
+        if self.window_s is not None:
+            out["window_s"] = round(self.window_s, 1)
+        return out
 
 
 class _Worker:
@@ -133,8 +146,13 @@ class Timer:
         while self.workers:
             self.workers.pop().close()
 
-    def time(self, paths: Mapping[str, Union[str, Path, Engine]]) -> dict[str, Timing]:
-        """Times of every model in ``paths`` (name -> ONNX file or :class:`Engine`), in interleaved rounds."""
+    def time(self, paths: Mapping[str, Union[str, Path, Engine]], rounds: Optional[int] = None,
+             spread_s: float = 0.0) -> dict[str, Timing]:
+        """Times of every model in ``paths`` (name -> ONNX file or :class:`Engine`), in interleaved
+        rounds (``rounds``, default the timer's), spread over ``spread_s`` seconds."""
+        rounds = self.rounds if rounds is None else rounds
+        if rounds < 1 or spread_s < 0:
+            raise UserError("rounds must be >= 1 and the spread >= 0 s")
         names = list(paths)
         for name in names:
             if not isinstance(paths[name], Engine) and not Path(paths[name]).is_file():
@@ -143,22 +161,31 @@ class Timer:
 
         device = measuring_device()  # compress --measure-on: the device's agent runs the same rounds there
         if device is not None and not any(isinstance(p, Engine) for p in paths.values()):
-            rounds_there = interleave_on(device, paths, self.threads, self.batch, self.rounds, self.iterations,
-                                         self.warmup_runs)
-            return {name: summarize_rounds(rounds_there[name], self.batch) for name in names}
+            began = time.perf_counter()
+            rounds_there = interleave_on(device, paths, self.threads, self.batch, rounds, self.iterations,
+                                         self.warmup_runs, spread_s)
+            window = time.perf_counter() - began  # from here: the agent's start-up and transfers included
+            return {name: summarize_rounds(rounds_there[name], self.batch, window) for name in names}
         while len(self.workers) < len(names):
             self.workers.append(_Worker())
         for name, worker in zip(names, self.workers):
             model = paths[name]
             worker.load(model if isinstance(model, Engine) else str(model), self.threads, self.batch)
-        rounds: dict[str, list[list[float]]] = {name: [] for name in names}
-        for _ in range(self.rounds):
+        times: dict[str, list[list[float]]] = {name: [] for name in names}
+        began = time.perf_counter()
+        for _ in paced_rounds(rounds, spread_s):
             for name, worker in zip(names, self.workers):
-                rounds[name].append(worker.call(cmd="time", warmup_runs=self.warmup_runs, iterations=self.iterations)["times_s"])
-        return {name: summarize_rounds(rounds[name], self.batch) for name in names}
+                times[name].append(worker.call(cmd="time", warmup_runs=self.warmup_runs, iterations=self.iterations)["times_s"])
+        window = time.perf_counter() - began
+        return {name: summarize_rounds(times[name], self.batch, window) for name in names}
+
+    def time_claim(self, paths: Mapping[str, Union[str, Path, Engine]], spread_s: float = CLAIM_SPREAD_S) -> dict[str, Timing]:
+        """:meth:`time` under the protocol for ratios that are claims: ``CLAIM_ROUNDS`` rounds
+        spread over ``spread_s`` seconds."""
+        return self.time(paths, rounds=max(self.rounds, CLAIM_ROUNDS), spread_s=spread_s)
 
 
-def summarize_rounds(rounds: list[list[float]], batch: int = 1) -> Timing:
+def summarize_rounds(rounds: list[list[float]], batch: int = 1, window_s: Optional[float] = None) -> Timing:
     """The protocol's statistics of per-call seconds grouped by round (every caller uses these)."""
     rounds = [list(r) for r in rounds if len(r)]
     if not rounds:
@@ -166,13 +193,15 @@ def summarize_rounds(rounds: list[list[float]], batch: int = 1) -> Timing:
     medians = [statistics.median(r) * 1e3 for r in rounds]
     samples = [t for r in rounds for t in r]
     return Timing(statistics.median(medians), float(np.percentile(np.asarray(samples) * 1e3, 90)), medians,
-                  summarize(samples, batch))
+                  summarize(samples, batch), window_s)
 
 
-def time_interleaved(paths: Mapping[str, Union[str, Path]], threads: int = 0, **protocol) -> dict[str, Timing]:
-    """One interleaved run of ``paths`` with fresh workers (see :class:`Timer`)."""
+def time_interleaved(paths: Mapping[str, Union[str, Path]], threads: int = 0, spread_s: float = 0.0,
+                     **protocol) -> dict[str, Timing]:
+    """One interleaved run of ``paths`` with fresh workers (see :class:`Timer`), rounds spread
+    over ``spread_s`` seconds."""
     with Timer(threads, **protocol) as timer:
-        return timer.time(paths)
+        return timer.time(paths, spread_s=spread_s)
 
 
 def _open_engine(spec: dict, threads: int, batch: int):

@@ -28,6 +28,25 @@ from edgecnn.targets import BACKENDS, backend_name
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
+def paced_rounds(rounds: int, spread_s: float = 0.0, clock: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], None] = time.sleep):
+    """Round numbers ``0 .. rounds-1``, round ``k`` starting no earlier than ``k * spread_s / (rounds - 1)``
+    seconds after round 0 (waiting when ahead; a slow round is not made up for).
+
+    A machine shared with other work changes state for longer than a few back-to-back rounds
+    last: their per-round ratios then share one state and their bounds describe that moment
+    only. Rounds spread over tens of seconds sample the states a claim should hold across."""
+    if rounds < 1 or spread_s < 0:
+        raise UserError("rounds must be >= 1 and the spread >= 0 s")
+    gap = spread_s / (rounds - 1) if rounds > 1 else 0.0
+    start = clock()
+    for k in range(rounds):
+        wait = start + k * gap - clock()
+        if wait > 0:
+            sleep(wait)
+        yield k
+
+
 def time_runs(
     run: Callable[[], object],
     warmup_s: float = 1.0,

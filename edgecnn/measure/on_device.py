@@ -190,13 +190,15 @@ def measuring_device() -> Optional[Device]:
 
 
 def interleave_on(device: Device, paths: dict, threads: int, batch: int, rounds: int, iterations: int,
-                  warmup_runs: int) -> dict[str, list[list[float]]]:
+                  warmup_runs: int, spread_s: float = 0.0) -> dict[str, list[list[float]]]:
     """Per-call seconds by round of every model, timed interleaved by the device's agent (what
     :class:`edgecnn.measure.interleave.Timer` measures here)."""
     staged = [f"{name}={device.put(Path(path))}" for name, path in paths.items()]
     args = ["interleave", *staged, "--threads", str(threads), "--batch", str(batch), "--rounds", str(rounds),
             "--iters", str(iterations), "--warmup", str(warmup_runs)]
-    return device.run_agent(args, timeout=600.0)
+    if spread_s:
+        args += ["--spread", str(spread_s)]
+    return device.run_agent(args, timeout=600.0 + spread_s)
 
 
 def timing_device(spec: Optional[str]) -> Optional[Device]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgecnn.measure import interleave
 from edgecnn.measure.interleave import Timer
 from edgecnn.search import latency as lat
 from edgecnn.search.budget import Budget
@@ -52,6 +53,7 @@ class SearchConfig(BaseModel):
     choose_on: Optional[str] = Field(None, description="folder of unlabelled photos: a reserved, fixed subset of them (choose_images) decides between candidates the timing cannot tell apart, by agreement with FP32; kept out of recovery training (docs/search.md)")
     choose_images: int = Field(2000, ge=1, description="photos of choose_on reserved for the choice")
     bit_choices: list[int] = Field(default_factory=lambda: [2, 3, 4, 5, 6, 7, 8], description="objective size: weight-sharing bits a layer may take")
+    final_spread_s: Optional[float] = Field(None, ge=0, description="seconds the final timing's rounds (whose ratios the answer and report claim) are spread over; default edgecnn.measure.interleave.CLAIM_SPREAD_S")
 
     @field_validator("target")
     @classmethod
@@ -221,8 +223,10 @@ def final_timing(result: SearchResult, uniform: dict, artifacts: dict, builder: 
     measurement decides between what the table proposed and the uniform settings."""
     timed = [c for c in result.verified if c.feasible] + [c for p, c in uniform.items() if p != "fp32"]
     paths = {"fp32": str(builder.fp32_path), **{f"c{i}": str(artifacts[id(c)]) for i, c in enumerate(timed) if id(c) in artifacts}}
-    builder.budget.phase = f"final timing of {len(paths)} artifacts"
-    times = builder.timer.time(paths)
+    spread = interleave.CLAIM_SPREAD_S if config.final_spread_s is None else config.final_spread_s
+    builder.budget.phase = f"final timing of {len(paths)} artifacts (rounds spread over {spread:g} s)"
+    times = builder.timer.time_claim(paths, spread_s=spread)
+    result.final_timing = {"rounds": len(times["fp32"].round_medians_ms), "spread_s": spread, "window_s": times["fp32"].window_s}
     fp32_ms = times["fp32"].median_ms
     if "fp32" in uniform:
         uniform["fp32"].measured_ms = fp32_ms
@@ -374,6 +378,7 @@ def summary(outcome: Outcome, names: Optional[dict] = None) -> dict:
         "confidence": outcome.confidence,
         "units": len(outcome.space.units),
         "fp32_top1_search_part": outcome.fp32_top1,
+        "final_timing": result.final_timing,
         "seconds": outcome.seconds,
         "time_budget": outcome.budget,
         "latency_table_check": outcome.table_check,

@@ -44,6 +44,7 @@ class SearchResult:
     chosen: Optional[Candidate]
     verified: list[Candidate]
     max_drop: float
+    final_timing: Optional[dict] = None  # the final timing's protocol: rounds, spread_s, window_s
 
     @property
     def rejected(self) -> list[Candidate]:
