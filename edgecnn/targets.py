@@ -8,7 +8,7 @@ target is adding an entry to :data:`TARGETS` (plus its encoder, if its encoding 
 an ``if`` elsewhere: ``ship``, ``search``, the CLI's choices and the tests read this table.
 This module is at the bottom of edgecnn: it imports nothing but errors and :mod:`edgecnn.cpu`.
 
-Each ONNX Runtime target declares the CPU classes (:mod:`edgecnn.cpu`) whose kernels run it as
+Each CPU target (ONNX Runtime, OpenVINO) declares the CPU classes (:mod:`edgecnn.cpu`) whose kernels run it as
 deployed (``cpu_classes``). On any other host its accuracy is measured in the reference Q/DQ
 semantics and its latency is not shown, as for ``trt``: that host's int8 kernels are not the
 ones the artifact was encoded for.
@@ -43,6 +43,14 @@ Encodings and why (measurements: docs/quantization.md and bench/results/quantiza
   (SDOT/SMMLA) natively and ORT recommends S8S8 for QDQ models there. Non-negative tensors use
   zero-point -128 (the same 256-level grid as ``ort-x86``, so both ORT artifacts compute
   identical values), signed ones zero-point 0.
+* ``ov-x86`` / ``ov-x86-vnni``: the same two encodings read by OpenVINO's CPU plugin (backend
+  ``openvino``). Its int8 convolutions take u8 activations and s8 weights, and on AVX2 without
+  VNNI they saturate like ORT's (a 1x1 conv of 64 channels, u8 255 times s8 127: about half the
+  exact sum), while weights stored u8 with zero-point 128 are computed exactly (slower: they miss
+  the s8 kernels, so ``bits=7`` is the fast choice there too). On VNNI CPUs the full 8-bit s8
+  file runs OpenVINO's fastest int8 kernels (``bench/results/`` peers: edgecnn's VNNI file read by
+  OpenVINO). ``--target openvino`` picks the VNNI one on a VNNI host. The claims are checked on
+  this host's OpenVINO kernels in tests/test_cpu_kernels.py like ORT's.
 * ``trt``: int8, zero-point 0, symmetric everywhere (TensorRT's explicit quantization only
   supports symmetric int8); every export is linted against TensorRT's placement rules. On a
   CPU its accuracy is measured in the reference Q/DQ semantics (ONNX Runtime with graph
@@ -60,8 +68,11 @@ from edgecnn.errors import UserError
 
 # The runtime that runs an artifact on its device: one vocabulary for the table, the CLI's
 # --backend and the measuring side. "tensorrt" is read as "trt" (older recipes spelled it so).
-Backend = Literal["ort", "trt"]
+Backend = Literal["ort", "openvino", "trt"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
+# The runtimes that run an artifact on a CPU's own int8 kernels: their targets declare the CPU
+# classes those kernels serve, and are measured (accuracy, latency) on this host's kernels there.
+CPU_BACKENDS: tuple[str, ...] = ("ort", "openvino")
 _BACKEND_SPELLINGS = {"tensorrt": "trt"}
 CpuAccuracy = Literal["optimized", "reference"]
 
@@ -74,8 +85,9 @@ class QuantTarget:
     weight_dtype: str = "int8"  # "uint8": the same grid stored with zero-point 128 (U8U8)
     # With weight_dtype "uint8": weights whose largest |q| is at most this stay s8 (U8S8).
     signed_weights_max: int = 0
-    # CPU classes (edgecnn.cpu.CPU_CLASSES) whose ONNX Runtime kernels run the artifact as
-    # deployed; empty for a target that never runs on a CPU's int8 kernels (trt).
+    # CPU classes (edgecnn.cpu.CPU_CLASSES) whose kernels (of the target's runtime: ONNX Runtime's
+    # or OpenVINO's) run the artifact as deployed; empty for a target that never runs on a CPU's
+    # int8 kernels (trt).
     cpu_classes: tuple[str, ...] = ()
     # CPU classes whose int8 kernels compute this artifact wrongly (int16 saturation): nothing
     # measured there with ORT's kernels is shown, and a bundle is not checked there.
@@ -95,15 +107,26 @@ class QuantTarget:
     # Exact export form of a shift layer (edgecnn.passes.shift) and where that choice comes from.
     shift_deploy: Literal["onehot_dwconv", "pad_slice"] = "onehot_dwconv"
     shift_deploy_basis: str = ""
-    # How `measure` evaluates accuracy on a CPU: "optimized" = ONNX Runtime with its graph
-    # optimizations (its int8 kernels, as deployed); "reference" = optimizations off, i.e.
-    # DequantizeLinear -> float op -> QuantizeLinear, the semantics the device computes.
+    # How `measure` evaluates accuracy on a CPU: "optimized" = the target's runtime with its
+    # graph optimizations (its int8 kernels, as deployed); "reference" = ONNX Runtime with
+    # optimizations off, i.e. DequantizeLinear -> float op -> QuantizeLinear, the semantics the
+    # device computes.
     cpu_accuracy: CpuAccuracy = "optimized"
     cpu_latency_meaningful: bool = True  # does ORT CPU latency predict the deployed latency?
     description: str = ""
     runtime_title: str = ""  # what a ship bundle's README says it is for
+    # Does `ship` write an app bundle for it? Bundles carry an ONNX Runtime app and check or a
+    # TensorRT build script; OpenVINO's are not written yet (ship_refusal says what to do instead).
+    bundle: bool = True
     # ORT-format converter --target_platform (ship's model.ort); None: the converter's portable default.
     ort_format_platform: Optional[str] = None
+
+    def ship_refusal(self) -> Optional[str]:
+        """One line on why ``ship`` writes no bundle for this target and what to ship instead, or None."""
+        if self.bundle:
+            return None
+        return (f"ship writes no app bundle for {self.name} yet (bundles carry an ONNX Runtime app or a TensorRT "
+                f"build); ship its .onnx, or OpenVINO's own files from 'edgecnn compile MODEL.onnx --backend {self.backend}'")
 
     def runs_on(self, cpu_class: str) -> bool:
         """Do the int8 kernels of a CPU of class ``cpu_class`` run this artifact as deployed?"""
@@ -111,7 +134,7 @@ class QuantTarget:
 
     def unfit_reason(self, cpu_class: str) -> Optional[str]:
         """One line on why a CPU of ``cpu_class`` does not run this artifact as deployed, or None."""
-        if self.backend != "ort" or self.runs_on(cpu_class):
+        if self.backend not in CPU_BACKENDS or self.runs_on(cpu_class):
             return None
         why = ("its int8 kernels saturate on this artifact's full 8-bit s8 weights"
                if cpu_class in self.saturates_on else "its int8 kernels are not the ones the artifact is for")
@@ -172,6 +195,21 @@ TARGETS: dict[str, QuantTarget] = {
                     "aarch64 kernels at NEON, dot-product and I8MM levels: no saturation, S8S8 = U8S8; "
                     "docs/arm.md, bench/results/arm_kernels.md)",
         runtime_title="ONNX Runtime on ARM64 CPUs (phones, Jetson CPU)", ort_format_platform="arm",
+    ),
+    "ov-x86": QuantTarget(
+        "ov-x86", "uint8", True, weight_dtype="uint8", signed_weights_max=64,
+        cpu_classes=("x86-avx2", "x86-vnni"), family="openvino", extra_quantizers=_ORT_FUSION_QUANTIZERS,
+        int32_gemm_bias=True, backend="openvino", shift_deploy_basis="not measured in OpenVINO",
+        description="OpenVINO CPU on x86: the ort-x86 encoding (u8 activations, weights above |64| stored u8 with "
+                    "zero-point 128), which OpenVINO's AVX2 kernels compute exactly",
+        runtime_title="OpenVINO on x86-64 CPUs", bundle=False,
+    ),
+    "ov-x86-vnni": QuantTarget(
+        "ov-x86-vnni", "uint8", True, cpu_classes=("x86-vnni",), saturates_on=("x86-avx2",), family="openvino",
+        extra_quantizers=_ORT_FUSION_QUANTIZERS, int32_gemm_bias=True, backend="openvino",
+        shift_deploy_basis="not measured in OpenVINO",
+        description="OpenVINO CPU on x86 with VNNI: u8 activations, s8 per-channel full 8-bit weights",
+        runtime_title="OpenVINO on x86-64 CPUs with AVX-512 VNNI or AVX-VNNI", bundle=False,
     ),
     "trt": QuantTarget(
         "trt", "int8", False, backend="trt", engine="tensorrt", trt_lint=True,

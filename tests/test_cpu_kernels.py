@@ -1,6 +1,7 @@
-"""Each ONNX Runtime target's encoding on this host's own int8 kernels, as the target table claims.
+"""Each CPU target's encoding on this host's own int8 kernels (ONNX Runtime's or OpenVINO's, the
+target's runtime), as the target table claims.
 
-The table says on which CPU classes ONNX Runtime's kernels run a target's artifacts as deployed
+The table says on which CPU classes the runtime's kernels run a target's artifacts as deployed
 (``cpu_classes``) and on which they compute them wrongly (``saturates_on``). Both claims are
 checked here on the kernels of the machine running the tests, with the worst case of a target's
 weight encoding: the largest weight code times the largest activation code, summed over many
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from edgecnn import cpu
-from edgecnn.targets import TARGETS
+from edgecnn.targets import CPU_BACKENDS, TARGETS
 
 CHANNELS, OUT, SIDE = 64, 16, 8
 
@@ -53,7 +54,15 @@ def worst_case_conv(target) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
-def run(model: bytes, optimized: bool, top_code: float) -> np.ndarray:
+def run(model: bytes, optimized: bool, top_code: float, backend: str = "ort", tmp_path=None) -> np.ndarray:
+    """The worst case through ``backend``'s kernels (``optimized``) or ONNX Runtime's reference semantics."""
+    x = np.full((1, CHANNELS, SIDE, SIDE), top_code, np.float32)
+    if optimized and backend == "openvino":
+        from edgecnn.backends.openvino import OvRunner
+
+        path = tmp_path / "worst_case.onnx"
+        path.write_bytes(model)
+        return OvRunner(path, threads=1).run(x)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -61,17 +70,19 @@ def run(model: bytes, optimized: bool, top_code: float) -> np.ndarray:
     if not optimized:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": np.full((1, CHANNELS, SIDE, SIDE), top_code, np.float32)})[0]
+    return session.run(None, {"x": x})[0]
 
 
-@pytest.mark.parametrize("name", [n for n, t in TARGETS.items() if t.backend == "ort"])
-def test_worst_case_weights_on_this_hosts_kernels_match_the_table(name):
+@pytest.mark.parametrize("name", [n for n, t in TARGETS.items() if t.backend in CPU_BACKENDS])
+def test_worst_case_weights_on_this_hosts_kernels_match_the_table(name, tmp_path):
     target, host = TARGETS[name], cpu.host_class()
     if not target.runs_on(host) and host not in target.saturates_on:
         pytest.skip(f"{name} makes no claim about CPU class {host} (it is for {', '.join(target.cpu_classes)})")
+    if target.backend == "openvino":
+        pytest.importorskip("openvino", reason="the OpenVINO targets' kernels need openvino (pip install 'edgecnn[openvino]')")
     top_code = float(target.qmax - target.activation_encoding(True)[1])
     model = worst_case_conv(target)
-    reference, kernels = run(model, False, top_code), run(model, True, top_code)
+    reference, kernels = run(model, False, top_code), run(model, True, top_code, target.backend, tmp_path)
     if target.runs_on(host):
         np.testing.assert_allclose(kernels, reference, rtol=0.02)  # int32 accumulation: exact up to one output step
     else:

@@ -19,8 +19,9 @@ def test_every_target_is_complete_and_consistent():
         assert t.name == name and t.description
         assert t.backend in targets.BACKENDS and t.cpu_accuracy in ("optimized", "reference")
         assert t.shift_deploy in ("onehot_dwconv", "pad_slice") and t.shift_deploy_basis
-        # A target whose int8 kernels are not ORT's cannot be timed or run optimized on a CPU.
-        assert (t.backend == "ort") == (t.cpu_accuracy == "optimized") == t.cpu_latency_meaningful
+        # A target whose int8 kernels are not a CPU runtime's cannot be timed or run optimized on a CPU.
+        assert (t.backend in targets.CPU_BACKENDS) == (t.cpu_accuracy == "optimized") == t.cpu_latency_meaningful
+        assert t.bundle == (t.ship_refusal() is None)
     assert targets.DEFAULT_TARGET in TARGETS and targets.UNTARGETED_ENCODING in TARGETS
 
 
@@ -93,25 +94,26 @@ def test_each_target_declares_where_it_runs_and_how_it_ships(name):
     assert t.runtime_title and t.ort_format_platform in (None, "arm", "amd64")
     assert set(t.cpu_classes) <= set(CPU_CLASSES) and set(t.saturates_on) <= set(CPU_CLASSES)
     assert not set(t.cpu_classes) & set(t.saturates_on)
-    # An ONNX Runtime target runs on some CPU class; a TensorRT one on none.
-    assert bool(t.cpu_classes) == (t.backend == "ort")
+    # A CPU runtime's target (ONNX Runtime, OpenVINO) runs on some CPU class; a TensorRT one on none.
+    assert bool(t.cpu_classes) == (t.backend in targets.CPU_BACKENDS)
     assert t.family in ("",) + targets.families()
     for cpu_class in CPU_CLASSES:
         fits = t.runs_on(cpu_class)
         assert t.latency_meaningful_on(cpu_class) == (fits and t.cpu_latency_meaningful)
         assert t.accuracy_semantics_on(cpu_class) == ("optimized" if fits and t.cpu_accuracy == "optimized" else "reference")
-        assert (t.unfit_reason(cpu_class) is None) == (fits or t.backend != "ort")
+        assert (t.unfit_reason(cpu_class) is None) == (fits or t.backend not in targets.CPU_BACKENDS)
 
 
-@pytest.mark.parametrize("cpu_class, x86, arm", [
-    ("x86-vnni", "ort-x86-vnni", "ort-arm"),
-    ("x86-avx2", "ort-x86", "ort-arm"),
-    ("other", "ort-x86", "ort-arm"),
-    ("arm64-dot", "ort-x86", "ort-arm"),
+@pytest.mark.parametrize("cpu_class, x86, arm, openvino", [
+    ("x86-vnni", "ort-x86-vnni", "ort-arm", "ov-x86-vnni"),
+    ("x86-avx2", "ort-x86", "ort-arm", "ov-x86"),
+    ("other", "ort-x86", "ort-arm", "ov-x86"),
+    ("arm64-dot", "ort-x86", "ort-arm", "ov-x86"),
 ])
-def test_a_family_name_picks_the_target_for_the_cpu_class(cpu_class, x86, arm):
+def test_a_family_name_picks_the_target_for_the_cpu_class(cpu_class, x86, arm, openvino):
     assert targets.resolve_target_name("x86", cpu_class) == x86
     assert targets.resolve_target_name("arm", cpu_class) == arm
+    assert targets.resolve_target_name("openvino", cpu_class) == openvino
     assert targets.resolve_target_name("trt", cpu_class) == "trt"
     assert targets.resolve_target_name("tpu", cpu_class) == "tpu"  # left to the validation that lists valid names
 
@@ -130,11 +132,12 @@ def test_target_x86_in_a_recipe_or_on_the_cli_resolves_on_this_host(monkeypatch,
 def test_backend_is_one_vocabulary():
     from edgecnn.measure import latency
 
-    assert targets.BACKENDS == ("ort", "trt")
+    assert targets.BACKENDS == ("ort", "openvino", "trt") and set(targets.CPU_BACKENDS) < set(targets.BACKENDS)
     assert {t.backend for t in TARGETS.values()} <= set(targets.BACKENDS)
     assert targets.backend_name("tensorrt") == "trt" and targets.targets_on_backend("tensorrt") == ("trt",)
     assert set(targets.targets_on_backend("ort")) == {n for n, t in TARGETS.items() if t.backend == "ort"}
-    with pytest.raises(UserError, match="choose ort or trt"):
+    assert set(targets.targets_on_backend("openvino")) == {"ov-x86", "ov-x86-vnni"}
+    with pytest.raises(UserError, match="choose ort or openvino or trt"):
         latency.open_runner(__file__, backend="tpu")
 
 
@@ -144,7 +147,7 @@ def test_the_search_times_only_targets_this_cpu_computes_correctly(monkeypatch):
     from edgecnn import cpu
     from edgecnn.search.run import SearchConfig
 
-    with pytest.raises(ValidationError, match="runs elsewhere \\(use " + " or ".join(targets.targets_on_backend("ort"))):
+    with pytest.raises(ValidationError, match="runs elsewhere \\(use " + ", ".join(t for b in targets.CPU_BACKENDS for t in targets.targets_on_backend(b))):
         SearchConfig(target="trt")
     monkeypatch.setattr(cpu, "host_class", lambda: "x86-avx2")
     with pytest.raises(ValidationError, match="ort-x86-vnni is for CPU classes x86-vnni; this CPU is x86-avx2"):

@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from edgecnn.backends.shapes import InputShape
 from edgecnn.errors import UserError
 from edgecnn.fileio import atomic_path
 from edgecnn.lazy import lazy_import
@@ -88,7 +89,7 @@ def session_options(threads: int = 0, opt_level: str = "all", profile_prefix: Op
 
 
 @dataclass
-class OrtRunner:
+class OrtRunner(InputShape):
     """One ONNX Runtime session. ``OrtRunner(path, threads=2).run(batch) -> first output``."""
 
     path: Union[str, Path]
@@ -116,26 +117,6 @@ class OrtRunner:
         self.input_name = first.name
         self.input_shape = list(first.shape)
         self.input_dtype = np.float16 if first.type == "tensor(float16)" else np.float32
-
-    @property
-    def static_batch(self) -> Optional[int]:
-        dim = self.input_shape[0] if self.input_shape else None
-        return dim if isinstance(dim, int) and dim > 0 else None
-
-    def input_for(self, batch: int, seed: int = 0) -> np.ndarray:
-        """A seeded random input of the model's shape with the given batch size."""
-        if self.static_batch and batch != self.static_batch:
-            raise UserError(
-                f"this ONNX file has a fixed batch of {self.static_batch}; bench it with --batch "
-                f"{self.static_batch} or re-export with --batch dynamic"
-            )
-        dims = []
-        for i, dim in enumerate(self.input_shape[1:], start=1):
-            if not isinstance(dim, int) or dim <= 0:
-                raise UserError(f"input dimension {i} of '{self.path}' is symbolic ({dim}); re-export with a fixed size")
-            dims.append(dim)
-        rng = np.random.default_rng(seed)
-        return rng.standard_normal((batch, *dims), dtype=np.float32).astype(self.input_dtype)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=self.input_dtype)})[0]

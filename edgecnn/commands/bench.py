@@ -9,7 +9,17 @@ import click
 
 from edgecnn.cli_options import device_option
 from edgecnn.errors import UserError
-from edgecnn.targets import BACKENDS
+from edgecnn.targets import BACKENDS, CPU_BACKENDS
+
+
+def _file_runtime(path: Path) -> str:
+    """The CPU runtime an ONNX file was exported for (its target's), ONNX Runtime when it names none."""
+    from edgecnn.export.metadata import read_metadata, target_from_metadata
+
+    if path.suffix.lower() != ".onnx":
+        return "ort"
+    target = target_from_metadata(read_metadata(path))
+    return target.backend if target is not None and target.backend in CPU_BACKENDS else "ort"
 
 
 def _refuse_foreign_kernels(path: Path) -> None:
@@ -30,8 +40,9 @@ def _refuse_foreign_kernels(path: Path) -> None:
 @click.command("bench")
 @click.argument("model_file", type=click.Path(dir_okay=False))
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
-              help="Runtime (default: trt for .engine/.plan files, ort otherwise).")
-@click.option("--threads", type=int, default=0, show_default=True, help="ORT intra-op threads (0: ORT's default).")
+              help="Runtime (default: trt for .engine/.plan files; for ONNX, the runtime of the target it was "
+                   "exported for: ort or openvino).")
+@click.option("--threads", type=int, default=0, show_default=True, help="Runtime threads (0: the runtime's default).")
 @click.option("--batch", "batches", type=int, multiple=True, help="Batch size; repeat for several (each in its own process).")
 @click.option("--warmup", type=float, default=1.0, show_default=True, help="Warm-up time in seconds.")
 @click.option("--duration", type=float, default=None, help="Measure for this many seconds (default 5).")
@@ -58,13 +69,13 @@ def bench(model_file, backend, threads, batches, warmup, duration, iterations, o
         raise UserError(f"'{path}' does not exist; check the path")
     if duration is not None and iterations is not None:
         raise UserError("give either --duration or --iterations, not both")
-    backend = backend or ("trt" if path.suffix.lower() in ENGINE_SUFFIXES else "ort")
+    backend = backend or ("trt" if path.suffix.lower() in ENGINE_SUFFIXES else _file_runtime(path))
     batches = list(batches) or [1]
     if use_trtexec and backend != "trt":
         raise UserError("--trtexec times TensorRT engines; build one with: edgecnn compile MODEL.onnx --backend trt")
     if any(b < 1 for b in batches):
         raise UserError("--batch values must be positive integers")
-    if backend == "ort" and path.suffix.lower() == ".onnx":
+    if backend in CPU_BACKENDS and path.suffix.lower() == ".onnx":
         _refuse_foreign_kernels(path)
     if backend == "trt" and path.suffix.lower() == ".onnx":  # an engine is built from it: lint first
         from edgecnn.export.trt_rules import gate

@@ -1,7 +1,8 @@
-"""``edgecnn compile model.onnx --backend ort|trt -o OUT``: a runtime artifact from ONNX (no torch).
+"""``edgecnn compile model.onnx --backend ort|openvino|trt -o OUT``: a runtime artifact from ONNX (no torch).
 
 ``--backend ort`` writes ONNX Runtime's optimised graph (what the session would build at
-load time, saved so the device skips it). ``--backend trt`` builds a TensorRT engine and its
+load time, saved so the device skips it). ``--backend openvino`` writes OpenVINO's own model
+files (``.xml`` and ``.bin``), which its runtime reads without converting ONNX. ``--backend trt`` builds a TensorRT engine and its
 build log; ``--print-trtexec`` prints the equivalent trtexec command with every timing flag
 pinned, and works without TensorRT installed.
 """
@@ -23,7 +24,7 @@ from edgecnn.targets import BACKENDS
 @click.argument("onnx_file", type=click.Path(dir_okay=False))
 @click.option("--backend", type=click.Choice(BACKENDS), default="ort", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Engine (trt) or optimised ONNX (ort) to write.")
+              help="Engine (trt), optimised ONNX (ort) or OpenVINO .xml (openvino, its .bin beside it) to write.")
 @click.option("--fp16/--no-fp16", default=None,
               help="TensorRT 8.x/10: allow FP16 kernels (default: on for the float rest of a Q/DQ file); "
                    "TensorRT 11: compile an FP16 ONNX instead.")
@@ -57,6 +58,14 @@ def compile_(onnx_file, backend, output, fp16, int8, strongly_typed, sparse, dla
         raise UserError(f"ONNX file '{path}' does not exist; export one with: edgecnn export MODEL -o {path.name}")
     if batch < 1:
         raise UserError(f"--batch {batch} is not valid; give a positive integer")
+    if backend == "openvino":
+        if any([fp16, int8, sparse, dla_core is not None, workspace_mb, timing_cache, print_trtexec, threads]):
+            raise UserError("--fp16/--int8/--sparse/--dla/--workspace/--timing-cache/--print-trtexec/--threads are "
+                            "TensorRT's or ONNX Runtime's options; OpenVINO's model files take none of them")
+        if device not in (None, "local"):
+            raise UserError("--device builds TensorRT engines (--backend trt); OpenVINO's files are the same on every CPU")
+        _compile_openvino(path, output, force, as_json)
+        return
     if backend == "ort":
         if any([fp16, int8, sparse, dla_core is not None, workspace_mb, timing_cache, print_trtexec]):
             raise UserError("--fp16/--int8/--sparse/--dla/--workspace/--timing-cache/--print-trtexec are TensorRT "
@@ -103,6 +112,23 @@ def _compile_ort(path: Path, output, threads: int, opt_level: str, force: bool, 
         record_output(out, "compile")
     result = {"backend": "ort", "output": str(out), "opt_level": opt_level, "bytes": out.stat().st_size}
     click.echo(json.dumps(result) if as_json else f"wrote {out} (ONNX Runtime graph, optimization level {opt_level})")
+
+
+def _compile_openvino(path: Path, output, force: bool, as_json: bool):
+    from edgecnn.backends.openvino import save_ir
+
+    out = Path(output) if output else path.with_suffix(".xml")
+    if out.suffix.lower() != ".xml":
+        raise UserError(f"an OpenVINO model is an .xml file with its .bin beside it; give -o {out.with_suffix('.xml').name}")
+    for file in (out, out.with_suffix(".bin")):
+        check_output_file(file, force, inputs=[path])
+    with writing(out):
+        files = save_ir(path, out)
+        for file in files:
+            record_output(file, "compile")
+    result = {"backend": "openvino", "output": str(out), "files": [str(f) for f in files],
+              "bytes": sum(f.stat().st_size for f in files)}
+    click.echo(json.dumps(result) if as_json else f"wrote {out} and {out.with_suffix('.bin').name} (OpenVINO model files)")
 
 
 def _compile_trt(path: Path, output, options: dict, batch: int, print_trtexec: bool, trt_version, force: bool, as_json: bool):

@@ -120,9 +120,12 @@ class Device:
         info["device_kind"] = self.kind
         return info
 
-    def stream(self, model: str, threads: int = 0, opt_level: str = "all") -> "AgentStream":
-        """Batches through ``model`` (a path on the device) in one long-running agent process."""
+    def stream(self, model: str, threads: int = 0, opt_level: str = "all", backend: str = "ort") -> "AgentStream":
+        """Batches through ``model`` (a path on the device) in one long-running agent process,
+        in ``backend``'s runtime there (ONNX Runtime or OpenVINO)."""
         args = ["infer", model, "--threads", str(threads), "--opt-level", opt_level]
+        if backend != "ort":
+            args += ["--backend", backend]
         return AgentStream(self, self.agent_command(args))
 
 

@@ -49,10 +49,10 @@ class QemuArmDevice(Device):
 
         return [*self.python_command(), str(agent_zip(cache_root() / PREFIX)), *args]
 
-    def stream(self, model: str, threads: int = 0, opt_level: str = "all"):
+    def stream(self, model: str, threads: int = 0, opt_level: str = "all", backend: str = "ort"):
         # One thread unless asked: emulated worker threads spin-wait on the host's cores, which
         # slows emulation many times on a busy machine; the numerics are the same kernels'.
-        return super().stream(model, threads or 1, opt_level)
+        return super().stream(model, threads or 1, opt_level, backend)
 
     def agent_env(self) -> dict:
         # The host's PYTHONPATH/PYTHONHOME point at x86 packages the emulated Python must not see.

@@ -192,6 +192,9 @@ class SshDevice(Device):
         if backend == "ort" and not ({"onnxruntime", "onnxruntime-gpu"} & set(runtimes)):
             raise UserError(f"{self.name}: onnxruntime is missing from the device's Python ({self.python}): "
                             f"install it there with '{self.python} -m pip install onnxruntime'")
+        if backend == "openvino" and "openvino" not in runtimes:
+            raise UserError(f"{self.name}: openvino is missing from the device's Python ({self.python}): "
+                            f"install it there with '{self.python} -m pip install openvino'")
         if self.trtexec:
             info["trtexec"] = self.trtexec
         if backend == "trt" and not info.get("trtexec"):

@@ -75,12 +75,13 @@ class AccuracyReport:
         return ": ".join(parts[:1]) + (": " + "; ".join(parts[1:]) if len(parts) > 1 else "")
 
 
-def onnx_predictor(onnx_path: Union[str, Path], threads: int = 0, opt_level: str = "all") -> tuple[Predict, list]:
-    """(predict function, input shape) for an ONNX file in ONNX Runtime; a fixed-batch model
-    is fed in chunks of its batch (the last one padded)."""
-    from edgecnn.backends.ort import OrtRunner
+def onnx_predictor(onnx_path: Union[str, Path], threads: int = 0, opt_level: str = "all",
+                   backend: str = "ort") -> tuple[Predict, list]:
+    """(predict function, input shape) for an ONNX file in ONNX Runtime (or OpenVINO's CPU plugin,
+    ``backend="openvino"``); a fixed-batch model is fed in chunks of its batch (the last one padded)."""
+    from edgecnn.measure.latency import open_runner
 
-    runner = OrtRunner(onnx_path, threads=threads, opt_level=opt_level)
+    runner = open_runner(onnx_path, backend, threads, opt_level)
     static = runner.static_batch
 
     def predict(images: np.ndarray) -> np.ndarray:
@@ -229,7 +230,7 @@ def evaluate_onnx(
 
     ``semantics``: "reference" runs the file with ONNX Runtime's graph optimizations off (each
     Q/DQ computed as ONNX defines it: what TensorRT computes, up to rounding), "runtime" with
-    ORT's own fused int8 kernels, "auto" chooses reference for a file whose metadata names a
+    the runtime's own fused int8 kernels (ONNX Runtime's; OpenVINO's for an OpenVINO target), "auto" chooses reference for a file whose metadata names a
     target measured that way (``cpu_accuracy`` in :mod:`edgecnn.targets`: ``trt``).
     ``overrides`` (``KEY=VALUE``, the CLI's --preprocess-set) apply last, on top of the
     metadata or preset fitted to the file's input size, so each one takes effect or is refused.
@@ -257,7 +258,8 @@ def evaluate_onnx(
         warning = f"{reason}; these numbers are this CPU's kernels, not the deployment's"
     elif reason and asked == "auto":
         warning = f"{reason}; measured in reference semantics instead"
-    predict, shape = onnx_predictor(onnx_path, threads, opt_level="disable" if semantics == "reference" else "all")
+    predict, shape = onnx_predictor(onnx_path, threads, opt_level="disable" if semantics == "reference" else "all",
+                                    backend=runtime_backend(onnx_path, semantics))
     prep = _fit_size(onnx_preprocess(onnx_path, preprocess), shape)
     if overrides:
         prep = prep.with_overrides(overrides)
@@ -288,7 +290,11 @@ def _evaluate_on_device(onnx_path, data, device, reference, limit, batch_size, t
         prep = prep.with_overrides(overrides)
     check_input_size(shape, prep, f"'{ref_path}'")
     opt_level = "disable" if semantics == "reference" else "all"
-    with device.stream(device.put(Path(onnx_path)), threads, opt_level) as stream:
+    backend = runtime_backend(onnx_path, semantics)
+    from edgecnn.measure.on_device import probe_device
+
+    probe_device(device, backend)
+    with device.stream(device.put(Path(onnx_path)), threads, opt_level, backend) as stream:
         report = evaluate(stream.send, data, prep, str(onnx_path), ref_predict,
                           str(reference) if reference else "reference semantics", limit, batch_size, progress,
                           num_outputs=_onnx_outputs(onnx_path), labels=labels_from_metadata(read_metadata(onnx_path)))
@@ -314,6 +320,17 @@ def resolve_semantics(onnx_path: Union[str, Path], semantics: str = "auto", cpu_
     if target is None:
         return "runtime"
     return "runtime" if target.accuracy_semantics_on(cpu_class or cpu.host_class()) == "optimized" else "reference"
+
+
+def runtime_backend(onnx_path: Union[str, Path], semantics: str) -> str:
+    """The runtime that computes ``onnx_path`` in ``semantics``: its target's CPU runtime for
+    "runtime" (ORT or OpenVINO), ONNX Runtime with optimizations off for "reference"."""
+    from edgecnn.targets import CPU_BACKENDS
+
+    target = _file_target(onnx_path)
+    if semantics == "runtime" and target is not None and target.backend in CPU_BACKENDS:
+        return target.backend
+    return "ort"
 
 
 def _file_target(onnx_path: Union[str, Path]):

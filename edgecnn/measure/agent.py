@@ -30,7 +30,7 @@ def probe(cache_dir: str = ".") -> dict:
     from edgecnn.measure.sysinfo import library_versions, system_info
 
     info = system_info()
-    info["runtimes"] = library_versions(("onnxruntime", "onnxruntime-gpu", "tensorrt", "polygraphy", "numpy"))
+    info["runtimes"] = library_versions(("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "polygraphy", "numpy"))
     try:
         info["free_disk_bytes"] = shutil.disk_usage(cache_dir).free
     except OSError:
@@ -40,13 +40,13 @@ def probe(cache_dir: str = ".") -> dict:
     return info
 
 
-def infer(model: str, threads: int, opt_level: str, stdin, stdout) -> None:
+def infer(model: str, threads: int, opt_level: str, stdin, stdout, backend: str = "ort") -> None:
     import numpy as np
 
     from edgecnn.devices.base import read_frame, write_frame
     from edgecnn.measure.accuracy import onnx_predictor
 
-    predict, _ = onnx_predictor(model, threads=threads, opt_level=opt_level)
+    predict, _ = onnx_predictor(model, threads=threads, opt_level=opt_level, backend=backend)
     while True:
         try:
             frame = read_frame(stdin)
@@ -62,13 +62,13 @@ def infer(model: str, threads: int, opt_level: str, stdin, stdout) -> None:
 
 
 def interleave(models: dict[str, str], threads: int, batch: int, rounds: int, iters: int, warmup: int,
-               spread_s: float = 0.0) -> dict:
+               spread_s: float = 0.0, backend: str = "ort") -> dict:
     """Per-call seconds by round of several files, rounds interleaved (A, B, A, B, ...) and spread
     over ``spread_s`` seconds, each call timed by the library timer: what
     :class:`edgecnn.measure.interleave.Timer` measures, on this machine."""
     from edgecnn.measure.latency import open_runner, paced_rounds, time_runs
 
-    runners = {name: open_runner(path, "ort", threads) for name, path in models.items()}
+    runners = {name: open_runner(path, backend, threads) for name, path in models.items()}
     calls = {name: r.run_callable(r.input_for(batch)) for name, r in runners.items()}
     times: dict[str, list] = {name: [] for name in models}
     for _ in paced_rounds(rounds, spread_s):
@@ -87,6 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("model")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--opt-level", default="all")
+    p.add_argument("--backend", default="ort", choices=("ort", "openvino"))
     p = jobs.add_parser("interleave")
     p.add_argument("models", nargs="+", metavar="NAME=PATH")
     p.add_argument("--threads", type=int, default=0)
@@ -95,6 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--spread", type=float, default=0.0, help="seconds the rounds are spread over")
+    p.add_argument("--backend", default="ort", choices=("ort", "openvino"))
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["latency"]:
         from edgecnn.measure.latency import main as latency_main
@@ -107,10 +109,11 @@ def main(argv=None) -> int:
             sys.stdout.write("\n")
         elif args.job == "interleave":
             models = dict(item.split("=", 1) for item in args.models)
-            json.dump(interleave(models, args.threads, args.batch, args.rounds, args.iters, args.warmup, args.spread), sys.stdout)
+            json.dump(interleave(models, args.threads, args.batch, args.rounds, args.iters, args.warmup, args.spread,
+                                  args.backend), sys.stdout)
             sys.stdout.write("\n")
         elif args.job == "infer":
-            infer(args.model, args.threads, args.opt_level, sys.stdin.buffer, sys.stdout.buffer)
+            infer(args.model, args.threads, args.opt_level, sys.stdin.buffer, sys.stdout.buffer, args.backend)
     except UserError as exc:
         print(f"edgecnn: error: {exc}", file=sys.stderr)
         return 2

@@ -103,14 +103,14 @@ class _Worker:
             raise UserError(answer["error"])
         return answer
 
-    def load(self, model: Union[str, Engine], threads: int, batch: int) -> None:
-        key = (model, threads, batch)
+    def load(self, model: Union[str, Engine], threads: int, batch: int, backend: str = "ort") -> None:
+        key = (model, threads, batch, backend)
         if self.loaded != key:
             self.loaded = None
             if isinstance(model, Engine):
                 self.call(cmd="load", engine=model.command(), threads=threads, batch=batch)
             else:
-                self.call(cmd="load", path=model, threads=threads, batch=batch)
+                self.call(cmd="load", path=model, threads=threads, batch=batch, backend=backend)
             self.loaded = key
 
     def close(self) -> None:
@@ -130,10 +130,15 @@ class Timer:
     calls (a new file is loaded into an idle worker), so many small comparisons stay cheap."""
 
     def __init__(self, threads: int = 0, batch: int = 1, rounds: int = ROUNDS, iterations: int = ITERATIONS,
-                 warmup_runs: int = WARMUP_RUNS):
+                 warmup_runs: int = WARMUP_RUNS, backend: str = "ort"):
+        from edgecnn.targets import CPU_BACKENDS
+
         if rounds < 1 or iterations < 1 or warmup_runs < 0 or batch < 1:
             raise UserError("rounds, iterations and batch must be >= 1 and warm-up runs >= 0")
+        if backend not in CPU_BACKENDS:
+            raise UserError(f"the timer runs CPU runtimes ({', '.join(CPU_BACKENDS)}), not '{backend}'")
         self.threads, self.batch, self.rounds, self.iterations, self.warmup_runs = threads, batch, rounds, iterations, warmup_runs
+        self.backend = backend  # the runtime that runs the ONNX files (Engines bring their own)
         self.workers: list[_Worker] = []
 
     def __enter__(self) -> "Timer":
@@ -163,14 +168,14 @@ class Timer:
         if device is not None and not any(isinstance(p, Engine) for p in paths.values()):
             began = time.perf_counter()
             rounds_there = interleave_on(device, paths, self.threads, self.batch, rounds, self.iterations,
-                                         self.warmup_runs, spread_s)
+                                         self.warmup_runs, spread_s, self.backend)
             window = time.perf_counter() - began  # from here: the agent's start-up and transfers included
             return {name: summarize_rounds(rounds_there[name], self.batch, window) for name in names}
         while len(self.workers) < len(names):
             self.workers.append(_Worker())
         for name, worker in zip(names, self.workers):
             model = paths[name]
-            worker.load(model if isinstance(model, Engine) else str(model), self.threads, self.batch)
+            worker.load(model if isinstance(model, Engine) else str(model), self.threads, self.batch, self.backend)
         times: dict[str, list[list[float]]] = {name: [] for name in names}
         began = time.perf_counter()
         for _ in paced_rounds(rounds, spread_s):
@@ -233,7 +238,7 @@ def _serve() -> int:
                     runner, x = _open_engine(command["engine"], command["threads"], command["batch"])
                     run = (lambda r, x: lambda: r.run(x))(runner, x)
                 else:
-                    runner = open_runner(command["path"], "ort", command["threads"])
+                    runner = open_runner(command["path"], command.get("backend", "ort"), command["threads"])
                     run = runner.run_callable(runner.input_for(command["batch"]))
                 answer: dict = {"ok": True}
             elif command["cmd"] == "time":

@@ -129,7 +129,7 @@ class LatencyResult:
 
     @property
     def runtime(self) -> str:
-        return "tensorrt" if self.backend == "trt" else "onnxruntime-cpu"
+        return {"trt": "tensorrt", "openvino": "openvino-cpu"}.get(self.backend, "onnxruntime-cpu")
 
     def summary(self) -> str:
         s = self.stats
@@ -142,7 +142,7 @@ class LatencyResult:
 
 def open_runner(model_path: Union[str, Path], backend: str = "ort", threads: int = 0, opt_level: str = "all",
                 providers=None):
-    """The runner for a model file: ORT for .onnx, TensorRT (Polygraphy) for engines."""
+    """The runner for a model file: ORT or OpenVINO for .onnx, TensorRT (Polygraphy) for engines."""
     path = Path(model_path)
     if not path.is_file():
         raise UserError(f"model file '{path}' does not exist; check the path")
@@ -157,6 +157,12 @@ def open_runner(model_path: Union[str, Path], backend: str = "ort", threads: int
         return TrtRunner(path)
     if path.suffix.lower() in ENGINE_SUFFIXES:
         raise UserError(f"'{path.name}' looks like a TensorRT engine; bench it with --backend trt")
+    if backend == "openvino":
+        if providers or opt_level != "all":
+            raise UserError("--providers and --opt-level are ONNX Runtime's; OpenVINO's CPU plugin takes neither")
+        from edgecnn.backends.openvino import OvRunner
+
+        return OvRunner(path, threads=threads)
     from edgecnn.backends.ort import OrtRunner
 
     return OrtRunner(path, threads=threads, opt_level=opt_level, providers=providers)

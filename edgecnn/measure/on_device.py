@@ -102,11 +102,12 @@ def time_on_device(device: Device, model: Path, settings: LatencySettings) -> La
     return measure_on(device, model, [settings.batch], settings).results[0]
 
 
-def device_predictor(device: Device, model_path: Path, threads: int = 0, opt_level: str = "all"):
-    """``(predict, stream)``: ``predict(batch) -> logits`` computed on the device; close ``stream`` after use."""
-    probe_device(device, "ort")
+def device_predictor(device: Device, model_path: Path, threads: int = 0, opt_level: str = "all", backend: str = "ort"):
+    """``(predict, stream)``: ``predict(batch) -> logits`` computed on the device in ``backend``'s
+    runtime; close ``stream`` after use."""
+    probe_device(device, backend)
     remote = device.put(Path(model_path))
-    stream = device.stream(remote, threads=threads, opt_level=opt_level)
+    stream = device.stream(remote, threads=threads, opt_level=opt_level, backend=backend)
     return stream.send, stream
 
 
@@ -190,7 +191,7 @@ def measuring_device() -> Optional[Device]:
 
 
 def interleave_on(device: Device, paths: dict, threads: int, batch: int, rounds: int, iterations: int,
-                  warmup_runs: int, spread_s: float = 0.0) -> dict[str, list[list[float]]]:
+                  warmup_runs: int, spread_s: float = 0.0, backend: str = "ort") -> dict[str, list[list[float]]]:
     """Per-call seconds by round of every model, timed interleaved by the device's agent (what
     :class:`edgecnn.measure.interleave.Timer` measures here)."""
     staged = [f"{name}={device.put(Path(path))}" for name, path in paths.items()]
@@ -198,6 +199,8 @@ def interleave_on(device: Device, paths: dict, threads: int, batch: int, rounds:
             "--iters", str(iterations), "--warmup", str(warmup_runs)]
     if spread_s:
         args += ["--spread", str(spread_s)]
+    if backend != "ort":
+        args += ["--backend", backend]
     return device.run_agent(args, timeout=600.0 + spread_s)
 
 

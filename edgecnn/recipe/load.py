@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from edgecnn.errors import UserError
-from edgecnn.targets import DEFAULT_TARGET, check_targets, resolve_target_name
+from edgecnn.targets import DEFAULT_TARGET, check_targets, get_target, resolve_target_name
 from edgecnn.recipe.schema import (
     RECIPE_SCHEMA_VERSION,
     SHIPPED_RECIPES,
@@ -260,6 +260,17 @@ def _simulate_first_target(stages: list[Stage], targets: list[str], prefix: str)
                                 f"({exc.errors()[0]['msg']}); set quantize.target or list another target first") from None
 
 
+def _check_shippable(stages: list[Stage], targets: list[str], prefix: str) -> None:
+    """A ship stage for a target with no bundle kind is refused before any work."""
+    for i, stage in enumerate(stages):
+        if stage.name != "ship":
+            continue
+        for name in stage.config.targets or targets:
+            refusal = get_target(name).ship_refusal() if name in targets else None
+            if refusal:
+                raise UserError(f"{prefix}stages[{i}].ship: {refusal}; or list the targets to ship in ship.targets")
+
+
 def validate(raw: dict, source: str = "<recipe>") -> Recipe:
     """Validate a merged recipe dict; every problem is one UserError line starting with ``source``."""
     prefix = f"{source}: "
@@ -276,6 +287,7 @@ def validate(raw: dict, source: str = "<recipe>") -> Recipe:
     _check_stage_order(stages, prefix)
     targets = _validate_targets(raw, prefix)
     _simulate_first_target(stages, targets, prefix)
+    _check_shippable(stages, targets, prefix)
     output = raw.get("output")
     if output is not None and not isinstance(output, str):
         raise UserError(f"{prefix}output: expected a folder path, got {output!r}")

@@ -47,10 +47,11 @@ def decode(reserved: Reserved, preprocess, folder: Path, batch: int = 32) -> Cho
     return ChooseSet(np.load(folder / "choose.npy", mmap_mode="r"), reserved)
 
 
-def logits_of(path: Path, images: np.ndarray, threads: int = 2, batch: int = 32) -> np.ndarray:
-    from edgecnn.backends.ort import OrtRunner
+def logits_of(path: Path, images: np.ndarray, threads: int = 2, batch: int = 32, backend: str = "ort") -> np.ndarray:
+    """Logits per image through ``backend``'s CPU runtime (the target's: ORT or OpenVINO)."""
+    from edgecnn.measure.latency import open_runner
 
-    runner = OrtRunner(path, threads=threads)
+    runner = open_runner(path, backend, threads)
     return np.concatenate([runner.run(np.ascontiguousarray(images[i:i + batch])) for i in range(0, len(images), batch)])
 
 

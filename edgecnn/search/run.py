@@ -29,7 +29,7 @@ from edgecnn.search.proxy import ChooseSet, choose_summary, compare, logits_of
 from edgecnn.search.solve import Candidate, SearchResult, config_key, solve
 from edgecnn.search.space import PRECISIONS, Space, apply_config, build_space, needs_recovery
 from edgecnn.stats import CONFIDENCE, drop_verdict, ratio_bound
-from edgecnn.targets import DEFAULT_TARGET, get_target, resolve_target_name, targets_on_backend
+from edgecnn.targets import CPU_BACKENDS, DEFAULT_TARGET, get_target, resolve_target_name, targets_on_backend
 
 
 class SearchConfig(BaseModel):
@@ -37,7 +37,7 @@ class SearchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     max_drop: float = Field(1.0, ge=0, description="Largest top-1 drop in points (measured on held-out labelled images) the fastest artifact may have.")
-    target: str = Field(DEFAULT_TARGET, description="target whose runtime the layers are timed in (an ONNX Runtime target)")
+    target: str = Field(DEFAULT_TARGET, description="target whose runtime the layers are timed in (a CPU target: ONNX Runtime or OpenVINO)")
     precisions: list[str] = Field(default_factory=lambda: list(PRECISIONS))
     prune_densities: list[float] = Field(default_factory=lambda: [0.75], description="channel fractions a group may keep (with recovery images only); objective size: fractions of each layer's weights kept by magnitude")
     shift: bool = Field(False, description="also try shift substitution of spatial convs (with recovery images only)")
@@ -62,9 +62,10 @@ class SearchConfig(BaseModel):
 
         value = resolve_target_name(value)
         target, host = get_target(value), cpu.host_class()
-        if target.backend != "ort":
-            raise ValueError(f"the search times layers in ONNX Runtime on this machine; '{value}' runs elsewhere "
-                             f"(use {' or '.join(targets_on_backend('ort'))})")
+        if target.backend not in CPU_BACKENDS:
+            cpu_targets = [t for b in CPU_BACKENDS for t in targets_on_backend(b)]
+            raise ValueError(f"the search times layers in a CPU runtime on this machine; '{value}' runs elsewhere "
+                             f"(use {', '.join(cpu_targets)})")
         if host in target.saturates_on:  # its timings and answers here would be the saturating kernels'
             raise ValueError(f"the search times layers on this machine: {target.unfit_reason(host)}")
         return value
@@ -121,11 +122,11 @@ class Outcome:
     choose: dict = field(default_factory=dict)  # what the tie-break chose on, and how the proxy ranks the candidates
 
 
-def top1_of(path: Path, images: np.ndarray, threads: int = 2, batch: int = 32) -> np.ndarray:
-    """Predicted class per image through ORT."""
-    from edgecnn.backends.ort import OrtRunner
+def top1_of(path: Path, images: np.ndarray, threads: int = 2, batch: int = 32, backend: str = "ort") -> np.ndarray:
+    """Predicted class per image through ``backend``'s CPU runtime (the target's: ORT or OpenVINO)."""
+    from edgecnn.measure.latency import open_runner
 
-    runner = OrtRunner(path, threads=threads)
+    runner = open_runner(path, backend, threads)
     return np.concatenate([runner.run(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
 
 
@@ -138,16 +139,18 @@ class _Builder:
         self.size = data.images.shape[-1]
         self.paths: dict[str, Path] = {}
         self.models: dict[Path, nn.Module] = {}
+        self.backend = get_target(config.target).backend  # every artifact, FP32 too, runs in the target's runtime
         self.fp32_path = export(copy.deepcopy(model).eval(), work / "fp32.onnx", self.size, config.target)
-        self.fp32_pred = top1_of(self.fp32_path, data.images, config.threads)
+        self.fp32_pred = top1_of(self.fp32_path, data.images, config.threads, backend=self.backend)
         self.fp32_top1 = float((self.fp32_pred == data.labels).mean() * 100)
         self.agreement: dict[str, float] = {}  # artifact -> % of search images on FP32's class
         self.uniform_drop: dict[str, float] = {"fp32": 0.0}  # precision -> measured drop of its uniform setting
         self.agreement[str(self.fp32_path)] = 100.0
         self.bounds: dict[str, dict] = {}  # artifact -> drop with its one-sided bounds and verdict (edgecnn.stats)
-        self.timer = Timer(config.threads)  # every timing of the search: one protocol, one process per model
+        self.timer = Timer(config.threads, backend=self.backend)  # every timing of the search: one protocol, one process per model
         self.proxy: dict[str, dict] = {}  # artifact -> agreement / KL with FP32 on the reserved photos
-        self.choose_ref = logits_of(self.fp32_path, data.choose.images, config.threads) if data.choose else None
+        self.choose_ref = (logits_of(self.fp32_path, data.choose.images, config.threads, backend=self.backend)
+                           if data.choose else None)
 
     def build(self, config: dict, name: str) -> Path:
         model = apply_config(self.model, self.space, config, self.data.calib, quantize=False)
@@ -163,10 +166,11 @@ class _Builder:
         return path
 
     def drop(self, path: Path) -> float:
-        pred = top1_of(path, self.data.images, self.config.threads)
+        pred = top1_of(path, self.data.images, self.config.threads, backend=self.backend)
         self.agreement[str(path)] = float((pred == self.fp32_pred).mean() * 100)
         if self.choose_ref is not None:
-            self.proxy[str(path)] = compare(self.choose_ref, logits_of(path, self.data.choose.images, self.config.threads))
+            self.proxy[str(path)] = compare(self.choose_ref, logits_of(path, self.data.choose.images, self.config.threads,
+                                                                       backend=self.backend))
         self.bounds[str(path)] = drop_verdict(self.fp32_pred == self.data.labels, pred == self.data.labels, self.config.max_drop,
                                               self.config.confidence or CONFIDENCE)
         return self.fp32_top1 - float((pred == self.data.labels).mean() * 100)

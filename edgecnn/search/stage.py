@@ -19,6 +19,7 @@ import torch.nn as nn
 from edgecnn.search import pareto
 from edgecnn.search.budget import Budget
 from edgecnn.search.run import SearchConfig, search, summary
+from edgecnn.targets import get_target
 
 
 @dataclass
@@ -75,7 +76,7 @@ def run_search_stage(module: nn.Module, preprocess, labelled, config: SearchConf
     info = summary(outcome)
     info["front_search_part"] = _front(outcome)
     budget.phase = "top-1 of each configuration on the evaluation part (reported, never chosen on)"
-    _on_evaluation_part(info, outcome, split.evaluation, preprocess, config.threads)
+    _on_evaluation_part(info, outcome, split.evaluation, preprocess, config.threads, get_target(config.target).backend)
     chosen = outcome.chosen_model if outcome.chosen_model is not None else copy.deepcopy(module).eval()
     if outcome.note:
         notes.append(outcome.note)
@@ -84,7 +85,7 @@ def run_search_stage(module: nn.Module, preprocess, labelled, config: SearchConf
     return StageResult(chosen, info, info["chosen_layers"], split.evaluation, notes)
 
 
-def _on_evaluation_part(info: dict, outcome, evaluation: list, preprocess, threads: int) -> None:
+def _on_evaluation_part(info: dict, outcome, evaluation: list, preprocess, threads: int, backend: str = "ort") -> None:
     """Top-1 on the evaluation part of every configuration the search measured, after the choice
     (``top1_evaluation`` per row), and whether the proxy ranks them as that top-1 does."""
     from edgecnn.search.prepare import arrays
@@ -98,7 +99,7 @@ def _on_evaluation_part(info: dict, outcome, evaluation: list, preprocess, threa
         return
     images, labels = arrays(evaluation, preprocess)
     for row, path in rows:
-        row["top1_evaluation"] = float((top1_of(path, images, threads) == labels).mean() * 100)
+        row["top1_evaluation"] = float((top1_of(path, images, threads, backend=backend) == labels).mean() * 100)
     ranked = [row for row, _ in rows if row.get("choose")]
     if ranked:
         info["choose"]["rank_vs_evaluation_top1"] = rank_agreement([r["choose"]["agree"] for r in ranked],

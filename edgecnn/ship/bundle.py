@@ -78,6 +78,9 @@ def build_bundle(source, out_dir, target: Optional[str] = None, golden=None, lab
 
     require("onnxruntime", "ort")  # the golden output and the ORT format come from ONNX Runtime
     src = resolve(source, target)
+    refusal = get_target(src.target).ship_refusal()
+    if refusal:
+        raise UserError(refusal)
     _lint_for_tensorrt(src, log)
     refuse_saturating_host(src.target, "write its bundle (the golden output would be wrong)")
     if origin is not None:

@@ -63,7 +63,7 @@ def measurement_notes(targets: list[str]) -> list[str]:
             )
         if not target.cpu_latency_meaningful:
             notes.append(
-                f"{name} rows: no latency: ONNX Runtime CPU time of a {name} Q/DQ model says nothing about its "
+                f"{name} rows: no latency: CPU time of a {name} Q/DQ model says nothing about its "
                 f"{target.engine or target.backend} engine; time the engine on the device with 'edgecnn compile' and 'edgecnn bench'"
             )
     return notes
@@ -77,10 +77,25 @@ def _labels(state: RunState) -> Optional[np.ndarray]:
     return None
 
 
-def _predict(state: RunState, path: Path, threads: int, optimize: bool) -> Optional[np.ndarray]:
-    """Logits on the evaluation images (else calibration images); None without images."""
-    def run(x):
-        return run_onnx(path, x, batch_size=32, threads=threads, optimize=optimize)
+def cpu_runtime(target: str) -> str:
+    """The runtime a row is measured in on this CPU: FP32 rows in ONNX Runtime (the one baseline),
+    a CPU target's rows in its own runtime (ONNX Runtime or OpenVINO)."""
+    return "ort" if target == FP32 else get_target(target).backend
+
+
+def _predict(state: RunState, path: Path, threads: int, optimize: bool, backend: str = "ort") -> Optional[np.ndarray]:
+    """Logits on the evaluation images (else calibration images); None without images. ``optimize``:
+    on the runtime's own kernels (``backend``'s); otherwise ONNX Runtime's reference semantics."""
+    if optimize and backend != "ort":
+        from edgecnn.measure.accuracy import onnx_predictor
+
+        predict, _ = onnx_predictor(path, threads, backend=backend)
+
+        def run(x):
+            return np.concatenate([predict(np.ascontiguousarray(x[i:i + 32])) for i in range(0, len(x), 32)])
+    else:
+        def run(x):
+            return run_onnx(path, x, batch_size=32, threads=threads, optimize=optimize)
 
     if state.eval_arrays is not None:
         return run(state.eval_arrays)
@@ -134,11 +149,12 @@ class _Rows:
         shipped = ecnn.stat().st_size
         values: dict = {"onnx_bytes": path.stat().st_size, "shipped_bytes": shipped}
         if cpu_latency_meaningful(target):
-            lat = _time(path, backend="ort", threads=config.threads or 0, warmup_s=config.warmup_seconds,
+            lat = _time(path, backend=cpu_runtime(target), threads=config.threads or 0, warmup_s=config.warmup_seconds,
                         iterations=config.latency_runs, warmup=config.warmup)
             values.update(latency_ms_median=float(lat.median_ms), latency_ms_p90=float(lat.p90_ms), runtime=lat.runtime)
             state.latency_warnings.extend(f"{path.name}: {w}" for w in lat.warnings)
-        logits = _predict(state, path, config.threads or 0, optimize=cpu_accuracy(target) == "optimized")
+        logits = _predict(state, path, config.threads or 0, optimize=cpu_accuracy(target) == "optimized",
+                          backend=cpu_runtime(target))
         if logits is not None:
             labels = _labels(state)
             if labels is not None:
