@@ -115,8 +115,12 @@ def evaluate_and_time(model: str, found: dict, args, work: Path) -> dict:
         first = next(other for other, p in artifacts.items() if p == path)
         if first != label:
             same_as[label] = first
-    workers = {label: EngineWorker("engines.ort:open_onnx", job, {"path": path}) for label, path in artifacts.items()
-               if label not in same_as}
+    from edgecnn.targets import get_target
+
+    runtime = get_target(args.target).backend  # edgecnn's files run in their target's runtime, ORT FP32 in ORT
+    opener = {"ort": "engines.ort:open_onnx", "openvino": "engines.openvino_engines:open_edgecnn_runtime"}
+    workers = {label: EngineWorker(opener["ort" if label == "ORT FP32" else runtime], job, {"path": path})
+               for label, path in artifacts.items() if label not in same_as}
     try:
         calib = np.load(found["calib_cache"]) if found.get("calib_cache") else None
         if calib is not None:
@@ -126,8 +130,12 @@ def evaluate_and_time(model: str, found: dict, args, work: Path) -> dict:
             workers["OpenVINO INT8 (NNCF PTQ)"] = EngineWorker("engines.openvino_engines:open_ir", job, ov)
     except (EngineError, ImportError, ModuleNotFoundError) as exc:
         say(f"  OpenVINO INT8 skipped: {str(exc).splitlines()[0]}")
-    found["candidates_evaluation"] = candidates_on_evaluation(found, images, labels, args.threads)
+    found["candidates_evaluation"] = candidates_on_evaluation(found, images, labels, args.threads, runtime)
     rows, timed = {}, {label: path for label, path in artifacts.items() if label not in same_as}
+    if runtime != "ort":  # the timer runs ONNX files in ORT; edgecnn's go through their runtime's opener
+        timed = {label: path if label == "ORT FP32" else
+                 Engine("edgecnn.backends.openvino:OvRunner", (("path", str(path)),), tuple(job["input_shape"]))
+                 for label, path in timed.items()}
     try:
         for label, worker in workers.items():
             top1 = worker.call("eval", indices=job["eval_indices"], batch=8)[:, 0]
@@ -148,7 +156,7 @@ def evaluate_and_time(model: str, found: dict, args, work: Path) -> dict:
     return finish_rows(rows, timings)
 
 
-def candidates_on_evaluation(found: dict, images, labels, threads: int) -> dict:
+def candidates_on_evaluation(found: dict, images, labels, threads: int, runtime: str = "ort") -> dict:
     """Top-1 on the evaluation part of every configuration the search measured (reported, never
     chosen on), and whether the proxy it chose with ranks them as that top-1 does."""
     from edgecnn.search.proxy import rank_agreement
@@ -162,7 +170,7 @@ def candidates_on_evaluation(found: dict, images, labels, threads: int) -> dict:
         if cand.get("drop") is None or not Path(path).is_file():
             continue
         rows[name] = {"top1_search": s["fp32_top1_search_part"] - cand["drop"], "choose": cand.get("choose"),
-                      "top1_evaluation": float((top1_of(Path(path), images, threads) == labels).mean() * 100),
+                      "top1_evaluation": float((top1_of(Path(path), images, threads, backend=runtime) == labels).mean() * 100),
                       "feasible": cand.get("feasible"), "chosen": path == found["chosen"]}
     ranked = [r for r in rows.values() if r["choose"]]
     rank = rank_agreement([r["choose"]["agree"] for r in ranked], [r["top1_evaluation"] for r in ranked]) if ranked else None
@@ -196,7 +204,8 @@ def main(argv=None) -> int:
     parser.add_argument("--recovery-steps", type=int, default=100)
     parser.add_argument("--recovery-images", type=int, default=3200)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--target", default="x86", help="ONNX Runtime target searched and timed (default: x86, this CPU's)")
+    parser.add_argument("--target", default="x86", help="CPU target searched and timed, ONNX Runtime or OpenVINO "
+                        "(default: x86, this CPU's ONNX Runtime target; openvino: its OpenVINO one)")
     parser.add_argument("--spread", type=float, default=None,
                         help="seconds the rounds of the search's final timing and of the table's timing are spread over "
                              "(default: edgecnn.measure.interleave.CLAIM_SPREAD_S)")
@@ -211,7 +220,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from engines import host_ort_target
 
-    args.target, unfit = host_ort_target(args.target)  # the settings name the target that ran, not "x86"
+    args.target, unfit = host_ort_target(args.target, ("ort", "openvino"))  # the settings name the target that ran, not "x86"
     if unfit and not args.render:
         parser.error(f"--target: {unfit}")
     if args.render:

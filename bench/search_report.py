@@ -150,6 +150,19 @@ def choice_section(found: dict) -> list[str]:
     return lines
 
 
+def _run_target(settings: dict) -> str:
+    """The run's target: in the settings, or (merged files) in each model's settings."""
+    return str(settings.get("target") or next((v.get("target") for v in settings.values() if isinstance(v, dict)), ""))
+
+
+def _target_runtime(settings: dict) -> str:
+    """The runtime of the run's target ("ort" for older files and unknown names)."""
+    from edgecnn.targets import TARGETS
+
+    target = TARGETS.get(_run_target(settings))
+    return target.backend if target is not None else "ort"
+
+
 def render(results: dict, out: Path) -> None:
     from edgecnn.fileio import write_text_atomic
 
@@ -159,6 +172,11 @@ def render(results: dict, out: Path) -> None:
              "Verdicts: **met** when the one-sided 95 % bound is on the goal's side (drop upper bound <= budget; "
              "speed-up lower bound, from per-round paired ratios, >= goal), **not met** when the other bound is on the "
              "other side, **not resolved** otherwise (edgecnn.stats).", ""]
+    runtime = _target_runtime(settings)
+    if runtime and runtime != "ort":
+        lines += [f"edgecnn's files (uniform settings, candidates, the searched artifact) were searched, evaluated and "
+                  f"timed in {runtime} (target {_run_target(settings)}); ORT FP32 is ONNX Runtime's, the baseline of "
+                  "every ratio.", ""]
     lines += environment_section(results)
     if results.get("load_average"):
         lines += ["Load average (1 min) of the machine, other work included: "

@@ -211,6 +211,26 @@ def test_shift_goal_verdict_comes_from_the_bounds_of_top1(monkeypatch):
     assert goal_verdict({"top1_after": 45.0}, 34.0, 384)[0] == "met"
 
 
+@pytest.mark.parametrize("host, asked, built", [("x86-vnni", "openvino", "ov-x86-vnni"), ("x86-avx2", "openvino", "ov-x86"),
+                                                ("x86-avx2", "ov-x86-vnni", None), ("x86-avx2", "trt", None)])
+def test_the_search_bench_takes_openvino_targets_the_other_scripts_do_not(host, asked, built, monkeypatch):
+    """bench/search.py searches, evaluates and times an OpenVINO target's files in OpenVINO (its
+    report says so); the scripts comparing ONNX Runtime kernels keep refusing it."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from engines import host_ort_target
+    from search_report import _target_runtime
+
+    from edgecnn import cpu
+
+    monkeypatch.setattr(cpu, "host_class", lambda: host)
+    resolved, unfit = host_ort_target(asked, ("ort", "openvino"))
+    assert (unfit is None) == (built is not None) and (built is None or resolved == built)
+    if built:
+        assert "not an ONNX Runtime target" in host_ort_target(asked)[1]
+        assert _target_runtime({"mobilenet_v2": {"target": built}}) == "openvino"
+    assert _target_runtime({"target": "ort-x86"}) == "ort" and _target_runtime({}) == "ort"
+
+
 @pytest.mark.parametrize("host, asked, built", [("x86-vnni", "x86", "ort-x86-vnni"), ("x86-avx2", "x86", "ort-x86"),
                                                 ("x86-vnni", "ort-x86", "ort-x86"), ("x86-avx2", "ort-x86-vnni", None),
                                                 ("x86-avx2", "trt", None)])

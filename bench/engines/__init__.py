@@ -84,18 +84,20 @@ def timed_runner(open_target: str, job: dict, artifact: dict, threads: int):
     return resolve(open_target)({**job, "threads": threads}, artifact)
 
 
-def host_ort_target(name: str) -> tuple[str, Optional[str]]:
-    """(the ONNX Runtime target ``name`` means on this CPU, "x86" resolved; a one-line reason it
-    cannot be timed here, or None): a target for another runtime, or one whose int8 kernels on
-    this CPU compute it wrongly, gives timings and accuracy that are not the deployment's."""
+def host_ort_target(name: str, runtimes: tuple[str, ...] = ("ort",)) -> tuple[str, Optional[str]]:
+    """(the target ``name`` means on this CPU, a family such as "x86" resolved; a one-line reason it
+    cannot be timed here, or None): a target for a runtime not in ``runtimes`` (default: ONNX
+    Runtime only), or one whose int8 kernels on this CPU compute it wrongly, gives timings and
+    accuracy that are not the deployment's."""
     from edgecnn import cpu
     from edgecnn.targets import TARGETS, resolve_target_name
 
     resolved = resolve_target_name(name)
     target = TARGETS.get(resolved)
-    if target is None or target.backend != "ort":
-        valid = ", ".join(n for n, t in TARGETS.items() if t.backend == "ort")
-        return resolved, f"'{name}' is not an ONNX Runtime target; valid: x86, {valid}"
+    if target is None or target.backend not in runtimes:
+        valid = ", ".join(n for n, t in TARGETS.items() if t.backend in runtimes)
+        what = "an ONNX Runtime" if runtimes == ("ort",) else f"a {' or '.join(runtimes)}"
+        return resolved, f"'{name}' is not {what} target; valid: x86, {valid}"
     if cpu.host_class() in target.saturates_on:
         return resolved, target.unfit_reason(cpu.host_class())
     return resolved, None

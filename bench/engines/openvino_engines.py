@@ -52,6 +52,13 @@ class OpenVinoRunner:
         return None
 
 
+def open_edgecnn_runtime(job: dict, artifact: dict):
+    """An edgecnn file of an OpenVINO target, run as edgecnn measures it (edgecnn.backends.openvino)."""
+    from edgecnn.backends.openvino import OvRunner
+
+    return OvRunner(artifact["path"], job["threads"])
+
+
 def open_fp32(job: dict, artifact: dict):
     return OpenVinoRunner(artifact["path"], job["threads"])
 
