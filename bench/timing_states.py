@@ -114,6 +114,15 @@ def _ratio_cell(bound: dict) -> str:
     return f"{bound['estimate']:.2f} ({bound['lower']:.2f}-{bound['upper']:.2f})"
 
 
+def _mean_width(timings: list[dict], setting: str) -> str:
+    """Mean upper / lower bound over the timings; "unbounded" when too few rounds bound a ratio."""
+    import math
+
+    widths = [t["vs_fp32"][setting]["upper"] / t["vs_fp32"][setting]["lower"] for t in timings
+              if t["vs_fp32"][setting]["lower"] > 0 and math.isfinite(t["vs_fp32"][setting]["upper"])]
+    return f"{sum(widths) / len(widths):.2f}" if len(widths) == len(timings) else "unbounded"
+
+
 def render(results: dict) -> str:
     from edgecnn.measure.sysinfo import environment_markdown
 
@@ -157,8 +166,7 @@ def render(results: dict) -> str:
                 row = [model, protocol, x.upper()]
                 for name in STATISTICS:
                     bounded = with_bounds(timings, STATISTICS[name])
-                    row += [f"{len(disagreements(bounded, x))} of {pairs_total}",
-                            f"{sum(t['vs_fp32'][x]['upper'] / t['vs_fp32'][x]['lower'] for t in bounded) / len(bounded):.2f}"]
+                    row += [f"{len(disagreements(bounded, x))} of {pairs_total}", _mean_width(bounded, x)]
                 summary.append(row)
             lines.append("")
     lines += ["## Protocols and statistics side by side", "",
