@@ -126,3 +126,19 @@ def hand_written_findings(path) -> str:
     if len(earlier) != 2:
         return ""
     return "\n## Findings" + earlier[1].split("\n## Environment", 1)[0].rstrip("\n") + "\n"
+
+
+def write_results(out, results: dict, render) -> str:
+    """``out``.json (the run's data) and ``out``.md (``render(results)``), each written atomically;
+    returns the markdown."""
+    import json
+    from pathlib import Path
+
+    from edgecnn.fileio import write_text_atomic
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=1, default=str))
+    text = render(results)
+    write_text_atomic(out.with_suffix(".md"), text)
+    return text

@@ -34,7 +34,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 
-from _stats import markdown_table  # noqa: E402
+from _stats import markdown_table, write_results  # noqa: E402
 
 DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", BENCH_DIR.parent.parent / "shared" / "data"))
 MODELS = {
@@ -224,12 +224,7 @@ def main(argv=None) -> int:
         for model in args.models.split(","):
             print(f"== {model}", flush=True)
             results["models"][model] = check_model(model, args, Path(tmp))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=1, default=str))
-    text = render(results)
-    write_text_atomic(out.with_suffix(".md"), text)
-    print(text)
+    print(write_results(args.out, results, render))
     return 0
 
 

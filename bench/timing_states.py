@@ -27,7 +27,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 
-from _stats import markdown_table  # noqa: E402
+from _stats import markdown_table, write_results  # noqa: E402
 from latency_check import search_builder  # noqa: E402
 
 SETTINGS = ("fp32", "w8a8", "w7a8")
@@ -203,8 +203,9 @@ def main(argv=None) -> int:
         results = json.loads(args.render.read_text())
         if args.findings:
             results["findings"] = args.findings.read_text()
-            write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=1))
-        write_text_atomic(out.with_suffix(".md"), render(results))
+            write_results(out, results, render)
+        else:
+            write_text_atomic(out.with_suffix(".md"), render(results))
         return 0
     try:
         args.spreads = [float(v) for v in args.spreads.split(",") if v.strip()]
@@ -223,11 +224,7 @@ def main(argv=None) -> int:
             print(f"== {model}", flush=True)
             results["models"][model] = time_repeatedly(build_files(model, args, Path(tmp)), args)
             results["load_average"][f"after {model}"] = os.getloadavg()[0]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=1))
-    text = render(results)
-    write_text_atomic(out.with_suffix(".md"), text)
-    print(text)
+    print(write_results(out, results, render))
     return 0
 
 

@@ -4,7 +4,7 @@ A goal is "met" only when the bound on the right side of the point estimate says
 when the bound on the other side says that, and "not resolved" otherwise: a 0.2-point margin
 measured on a thousand images is inside the noise of which images were drawn, and a speed-up
 measured in five rounds on a busy machine is inside the noise of the rounds. Torch-free,
-numpy only (scipy's t quantile when installed), at the bottom of the package.
+numpy only, at the bottom of the package.
 
 * Accuracy drop: paired on per-image correctness (the same images through the reference and
   the candidate), so only the images on which they disagree carry the variance.
@@ -13,8 +13,7 @@ numpy only (scipy's t quantile when installed), at the bottom of the package.
   ratios (the sign test: no assumption on their spread). Rounds on a shared machine are
   heavy-tailed (a burst of other work slows one file of a round far more than the other), and
   a t bound on the mean log ratio then both moves with one burst and claims too narrow an
-  interval: in ``bench/results/timing_states.md`` two to eight of 28 pairs of timings of the
-  same files disagreed beyond such bounds, none beyond these.
+  interval (``bench/results/timing_states.md`` compares the two on the same rounds).
 """
 
 from __future__ import annotations
@@ -28,15 +27,6 @@ import numpy as np
 
 MET, NOT_MET, NOT_RESOLVED = "met", "not met", "not resolved"
 CONFIDENCE = 0.95
-
-
-def _t_quantile(confidence: float, dof: int) -> float:
-    """One-sided quantile of Student's t (normal when scipy is absent or dof is large)."""
-    try:
-        from scipy.stats import t
-    except ImportError:
-        return NormalDist().inv_cdf(confidence)
-    return float(t.ppf(confidence, dof))
 
 
 def _check_confidence(confidence: float) -> None:

@@ -225,6 +225,12 @@ DEFAULT_TARGET = "ort-x86"  # recipes and exports that name no target
 UNTARGETED_ENCODING = "trt"
 
 
+def cpu_runtime(target: Optional[QuantTarget]) -> str:
+    """The runtime that runs ``target``'s artifacts on a CPU's own kernels: its backend for a CPU
+    target, ONNX Runtime for none (FP32) or for a target whose runtime is not a CPU's (trt)."""
+    return target.backend if target is not None and target.backend in CPU_BACKENDS else "ort"
+
+
 def target_names() -> tuple[str, ...]:
     return tuple(TARGETS)
 

@@ -54,11 +54,12 @@ class OvRunner(InputShape):
         shape = model.input(0).get_partial_shape()
         self.input_shape = [d.get_length() if d.is_static else f"dim{i}" for i, d in enumerate(shape)]
         self.input_dtype = np.float32
+        self._model = model  # read once; each input shape compiles a reshaped clone
         self._requests: dict[tuple, object] = {}
 
     def _request(self, shape: tuple):
         if shape not in self._requests:
-            model = self.core.read_model(str(self.path))
+            model = self._model.clone()
             try:
                 model.reshape(list(shape))
                 compiled = self.core.compile_model(model, "CPU", self.config)

@@ -12,16 +12,6 @@ from edgecnn.errors import UserError
 from edgecnn.targets import BACKENDS, CPU_BACKENDS
 
 
-def _file_runtime(path: Path) -> str:
-    """The CPU runtime an ONNX file was exported for (its target's), ONNX Runtime when it names none."""
-    from edgecnn.export.metadata import read_metadata, target_from_metadata
-
-    if path.suffix.lower() != ".onnx":
-        return "ort"
-    target = target_from_metadata(read_metadata(path))
-    return target.backend if target is not None and target.backend in CPU_BACKENDS else "ort"
-
-
 def _refuse_foreign_kernels(path: Path) -> None:
     """A latency of kernels that compute the file wrongly is not shown; other CPU classes get a warning."""
     from edgecnn import cpu
@@ -69,7 +59,11 @@ def bench(model_file, backend, threads, batches, warmup, duration, iterations, o
         raise UserError(f"'{path}' does not exist; check the path")
     if duration is not None and iterations is not None:
         raise UserError("give either --duration or --iterations, not both")
-    backend = backend or ("trt" if path.suffix.lower() in ENGINE_SUFFIXES else _file_runtime(path))
+    if backend is None and path.suffix.lower() == ".onnx":  # the runtime of the target it was exported for
+        from edgecnn.measure.accuracy import runtime_backend
+
+        backend = runtime_backend(path, "runtime")
+    backend = backend or ("trt" if path.suffix.lower() in ENGINE_SUFFIXES else "ort")
     batches = list(batches) or [1]
     if use_trtexec and backend != "trt":
         raise UserError("--trtexec times TensorRT engines; build one with: edgecnn compile MODEL.onnx --backend trt")

@@ -325,12 +325,9 @@ def resolve_semantics(onnx_path: Union[str, Path], semantics: str = "auto", cpu_
 def runtime_backend(onnx_path: Union[str, Path], semantics: str) -> str:
     """The runtime that computes ``onnx_path`` in ``semantics``: its target's CPU runtime for
     "runtime" (ORT or OpenVINO), ONNX Runtime with optimizations off for "reference"."""
-    from edgecnn.targets import CPU_BACKENDS
+    from edgecnn.targets import cpu_runtime
 
-    target = _file_target(onnx_path)
-    if semantics == "runtime" and target is not None and target.backend in CPU_BACKENDS:
-        return target.backend
-    return "ort"
+    return cpu_runtime(_file_target(onnx_path)) if semantics == "runtime" else "ort"
 
 
 def _file_target(onnx_path: Union[str, Path]):

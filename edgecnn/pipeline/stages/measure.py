@@ -30,7 +30,7 @@ from edgecnn.recipe import Stage as RecipeStage
 from edgecnn.records import ResultRow
 from edgecnn.report import accuracy_drops
 from edgecnn.stats import drop_bound
-from edgecnn.targets import get_target
+from edgecnn.targets import cpu_runtime, get_target
 
 FP32 = "fp32"  # the row target of a checkpoint that is not quantized
 
@@ -77,10 +77,10 @@ def _labels(state: RunState) -> Optional[np.ndarray]:
     return None
 
 
-def cpu_runtime(target: str) -> str:
+def row_runtime(target: str) -> str:
     """The runtime a row is measured in on this CPU: FP32 rows in ONNX Runtime (the one baseline),
     a CPU target's rows in its own runtime (ONNX Runtime or OpenVINO)."""
-    return "ort" if target == FP32 else get_target(target).backend
+    return cpu_runtime(None if target == FP32 else get_target(target))
 
 
 def _predict(state: RunState, path: Path, threads: int, optimize: bool, backend: str = "ort") -> Optional[np.ndarray]:
@@ -149,12 +149,12 @@ class _Rows:
         shipped = ecnn.stat().st_size
         values: dict = {"onnx_bytes": path.stat().st_size, "shipped_bytes": shipped}
         if cpu_latency_meaningful(target):
-            lat = _time(path, backend=cpu_runtime(target), threads=config.threads or 0, warmup_s=config.warmup_seconds,
+            lat = _time(path, backend=row_runtime(target), threads=config.threads or 0, warmup_s=config.warmup_seconds,
                         iterations=config.latency_runs, warmup=config.warmup)
             values.update(latency_ms_median=float(lat.median_ms), latency_ms_p90=float(lat.p90_ms), runtime=lat.runtime)
             state.latency_warnings.extend(f"{path.name}: {w}" for w in lat.warnings)
         logits = _predict(state, path, config.threads or 0, optimize=cpu_accuracy(target) == "optimized",
-                          backend=cpu_runtime(target))
+                          backend=row_runtime(target))
         if logits is not None:
             labels = _labels(state)
             if labels is not None:
