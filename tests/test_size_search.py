@@ -126,7 +126,7 @@ def test_a_zero_budget_keeps_only_lossless_artifacts(tiny_data, tmp_path, torch_
     assert outcome.chosen is not None and outcome.chosen.drop <= 0.0
 
 
-def test_pruned_candidates_are_recovered_and_stay_tied(tiny_data, tmp_path, torch_one_thread):
+def test_every_candidate_is_recovered_and_stays_tied(tiny_data, tmp_path, torch_one_thread):
     model, images, labels = tiny_data
     calls = []
 
@@ -140,7 +140,8 @@ def test_pruned_candidates_are_recovered_and_stay_tied(tiny_data, tmp_path, torc
     outcome = size_search(model, images, labels, config, tmp_path, recovery=recover, log=lambda m: None)
     pruned = [c for c in outcome.searched if any(d < 1 for _, d in c.choice.values())]
     assert pruned, "with a budget this loose, the allocation must prune"
-    assert calls and set(calls) == {7}
+    measured = outcome.uniform + outcome.searched
+    assert len(calls) == len(measured) and set(calls) == {7}  # uniform widths get the same training
     sized = {c.shipped_bytes for c in outcome.uniform + outcome.searched if c.shipped_bytes is not None}
     assert len(sized) >= 2 and outcome.chosen.shipped_bytes == min(sized)  # several finalists packed, the smallest wins
     for name, module in pruned[0].model.named_modules():
@@ -150,9 +151,11 @@ def test_pruned_candidates_are_recovered_and_stay_tied(tiny_data, tmp_path, torc
             assert len(torch.unique(values[values != 0])) <= 2 ** bits  # still tied after recovery
             if density < 1:
                 assert (values == 0).float().mean() >= 0.5
+    calls.clear()
     unpruned = size_search(model, images, labels, config.model_copy(update={"prune_densities": []}), tmp_path / "b",
                            recovery=recover, log=lambda m: None)
     assert all(d == 1.0 for c in unpruned.uniform + unpruned.searched for _, d in c.choice.values())
+    assert len(calls) == len(unpruned.uniform + unpruned.searched)
 
 
 def test_objective_flag_sets_the_search_stage(capsys):

@@ -241,8 +241,10 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
     ``config``: a SearchConfig (fields max_drop, bit_choices, prune_densities, sensitivity_images,
     max_verify, search_time, recovery_steps). Layers may also be magnitude-pruned to each of
     ``prune_densities`` (the search stage empties it when no recovery images are given);
-    ``recovery(student, steps)``, when given, trains each pruned candidate back (weights stay
-    tied to their centroids) before its drop is measured. ``budget`` (default:
+    ``recovery(student, steps)``, when given, trains every candidate back (weights stay tied to
+    their centroids, pruned weights stay zero) before its drop is measured: the uniform widths get
+    the same training as the per-layer choices, so a per-layer answer that wins does not win by
+    training alone. ``budget`` (default:
     ``config.search_time`` from now) is checked between layer scores, uniform widths and
     candidates; what it leaves out is in ``budget.skipped``.
     """
@@ -267,9 +269,10 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
 
     def measure(label: str, choice: dict[str, Choice]) -> SizeCandidate:
         model = apply_choice(base, choice, clusterings)
-        if recovery is not None and any(d < 1 for _, d in choice.values()):
-            recovery(model, config.recovery_steps)
+        if recovery is not None:  # every candidate, uniform widths too: what differs between them is the choice
+            trained = recovery(model, config.recovery_steps)
             tie_to_centroids(model)
+            log(f"  recovery of {label}: {trained}")
         pred = predictions(model, images)
         cand = SizeCandidate(label, choice, sum(options[n][c][0] for n, c in choice.items()))
         cand.correct = pred == labels
