@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _models import WITH_WEIGHTS, weights_path
 from _stats import accuracy, split_calibration
 from engines import ENGINES
 
@@ -29,10 +30,10 @@ def shown_path(path) -> str:
         return os.path.relpath(path.resolve(), repo)
     return str(path)
 
-# Model -> how it is built and fed. Weights paths are relative to the shared data folder.
+# Model -> how it is built and fed (bench/_models.py for the ones with published weights).
 MODELS = {
-    "mobilenet_v2": {"options": {"tf_padding": True}, "preprocess": "tf", "weights": "weights/mobilenet_v2.pth"},
-    "squeezenet1_1": {"options": {}, "preprocess": "torchvision", "weights": "weights/squeezenet1_1.pth"},
+    "mobilenet_v2": WITH_WEIGHTS["mobilenet_v2"],
+    "squeezenet1_1": WITH_WEIGHTS["squeezenet1_1"],
     # No real ShuffleNet weights exist here: seeded random init, speed and size only.
     "shufflenet_v2_x1_0": {"options": {}, "preprocess": "torchvision", "weights": None},
 }
@@ -104,7 +105,7 @@ def prepare_model(name: str, spec: dict, data_dir: Path, work: Path, size_hint: 
     from edgecnn.measure.profile import profile_model
     from edgecnn.models import load_model
 
-    weights = str(data_dir / spec["weights"]) if spec["weights"] else None
+    weights = str(weights_path(name, data_dir)) if spec["weights"] else None
     if weights and not Path(weights).exists():
         say(f"  {name}: weights {weights} absent: random init, accuracy n/a")
         weights = None

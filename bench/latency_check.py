@@ -34,13 +34,10 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 
+from _models import load  # noqa: E402
 from _stats import markdown_table, write_results  # noqa: E402
 
 DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", BENCH_DIR.parent.parent / "shared" / "data"))
-MODELS = {
-    "mobilenet_v2": {"options": {"tf_padding": True}, "preprocess": "tf", "weights": "weights/mobilenet_v2.pth"},
-    "squeezenet1_1": {"options": {}, "preprocess": "torchvision", "weights": "weights/squeezenet1_1.pth"},
-}
 GOALS = {"uniform": 10.0, "mixed": 15.0}  # largest |error| in %
 
 
@@ -65,15 +62,13 @@ def search_builder(name: str, args, work: Path):
     import torch
 
     from edgecnn.data.split import split_folder
-    from edgecnn.models import load_model
     from edgecnn.search.budget import Budget
     from edgecnn.search.prepare import search_data
     from edgecnn.search.run import SearchConfig, _Builder
     from edgecnn.search.space import build_space
 
     torch.set_num_threads(args.threads)
-    spec = MODELS[name]
-    loaded = load_model(name, weights=str(DATA / spec["weights"]), preprocess=spec["preprocess"], **spec["options"])
+    loaded = load(name, DATA)
     model = loaded.module.eval()
     data = search_data(split_folder(DATA / "imagenet-sample").search, loaded.preprocess, 32, limit=args.images)
     config = SearchConfig(threads=args.threads, prune_densities=[], target=args.target)

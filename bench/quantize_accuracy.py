@@ -32,20 +32,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-MODELS = {
-    "squeezenet1_1": dict(weights="squeezenet1_1.pth", preprocess="torchvision", options={}),
-    "mobilenet_v2": dict(weights="mobilenet_v2.pth", preprocess="tf", options={"tf_padding": True}),
-}
+from _models import WITH_WEIGHTS  # noqa: E402
 
 
 def load(name: str, data: Path):
-    from edgecnn.models import load_model
-    from edgecnn.passes.registry import run_pass
+    """The model with its published weights, BN folded (as the pipeline's fold_bn stage leaves it)."""
+    import _models
 
-    spec = MODELS[name]
-    loaded = load_model(name, weights=str(data / "weights" / spec["weights"]), preprocess=spec["preprocess"], **spec["options"])
-    loaded.module = run_pass("fold_bn", loaded.module)
-    return loaded
+    return _models.load(name, data, fold_bn=True)
 
 
 def load_images(data: Path, preprocess, calib_count: int, limit: int | None):
@@ -236,7 +230,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--calib", type=int, default=256)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images (quick runs)")
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(WITH_WEIGHTS))
     parser.add_argument("--no-cost", action="store_true", help="skip the calibration time/memory measurement")
     parser.add_argument("--cost-only", action="store_true", help="only re-measure calibration cost; update --out")
     parser.add_argument("--w6", default='{"bias_correction": true}', help="extra W6A8 config (JSON)")

@@ -34,13 +34,10 @@ if str(BENCH_DIR.parent) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR.parent))
 
 import numpy as np  # noqa: E402
+from _models import load  # noqa: E402
 
 
 DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", BENCH_DIR.parent.parent / "shared" / "data"))
-MODELS = {
-    "mobilenet_v2": {"options": {"tf_padding": True}, "preprocess": "tf", "weights": "weights/mobilenet_v2.pth"},
-    "squeezenet1_1": {"options": {}, "preprocess": "torchvision", "weights": "weights/squeezenet1_1.pth"},
-}
 
 
 def say(message: str) -> None:
@@ -55,15 +52,13 @@ def search_job(job: dict) -> dict:
     import torch
 
     from edgecnn.data.split import split_folder
-    from edgecnn.models import load_model
     from edgecnn.search.prepare import choose_set, make_recovery, recovery_images, search_data
     from edgecnn.search.run import SearchConfig, search, summary
     from engines.common import peak_rss_mb
 
     torch.set_num_threads(job["threads"])
     started = time.perf_counter()
-    spec = MODELS[job["model"]]
-    loaded = load_model(job["model"], weights=str(DATA / spec["weights"]), preprocess=spec["preprocess"], **spec["options"])
+    loaded = load(job["model"], DATA)
     work = Path(job["work"]) / job["model"]
     split = split_folder(DATA / "imagenet-sample", salt=job["salt"])
     data = search_data(split.search, loaded.preprocess, 32)

@@ -30,12 +30,9 @@ from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
+from _models import WITH_WEIGHTS, load
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = {
-    "squeezenet1_1": dict(weights="squeezenet1_1.pth", preprocess="torchvision", options={}),
-    "mobilenet_v2": dict(weights="mobilenet_v2.pth", preprocess="tf", options={"tf_padding": True}),
-}
 GOAL_SMALLER = 0.30
 BUDGET = 1.0
 CONFIDENCE = 0.95
@@ -48,16 +45,6 @@ def environment(threads: int) -> dict:
     from edgecnn.measure.sysinfo import system_info
 
     return {**system_info(threads), **library_environment(threads)}
-
-
-def load(name: str, data: Path):
-    from edgecnn.models import load_model
-    from edgecnn.passes.registry import run_pass
-
-    spec = MODELS[name]
-    loaded = load_model(name, weights=str(data / "weights" / spec["weights"]), preprocess=spec["preprocess"], **spec["options"])
-    loaded.module = run_pass("fold_bn", loaded.module).eval()
-    return loaded
 
 
 def split_arrays(data: Path, preprocess, limit: int | None, work: Path, salt: str):
@@ -114,7 +101,8 @@ def run_model(name: str, data: Path, limit: int | None, threads: int, max_verify
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    loaded = load(name, data)
+    loaded = load(name, data, fold_bn=True)
+    loaded.module.eval()
     with tempfile.TemporaryDirectory(prefix="edgecnn-size-") as tmp:
         work = Path(tmp)
         (xs, ys), (xe, ye), rule = split_arrays(data, loaded.preprocess, limit, work, salt)
@@ -217,7 +205,7 @@ def markdown(results: list[dict], env: dict, limit: int | None, total: float) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(WITH_WEIGHTS), choices=list(WITH_WEIGHTS))
     parser.add_argument("--images", type=int, default=None, help="images per split part (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-verify", type=int, default=6)

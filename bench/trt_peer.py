@@ -47,25 +47,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-MODELS = {
-    "squeezenet1_1": dict(weights="squeezenet1_1.pth", preprocess="torchvision", options={}),
-    "mobilenet_v2": dict(weights="mobilenet_v2.pth", preprocess="tf", options={"tf_padding": True}),
-}
+from _models import WITH_WEIGHTS, load  # noqa: E402
+
 CALIB = 128
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "Add", "Concat", "GlobalAveragePool", "AveragePool", "MaxPool")
-
-
-def load(name: str, data: Path, fold: bool = True):
-    from edgecnn.models import load_model
-
-    spec = MODELS[name]
-    loaded = load_model(name, weights=str(data / "weights" / spec["weights"]), preprocess=spec["preprocess"],
-                        **spec["options"])
-    if fold:
-        from edgecnn.passes.registry import run_pass
-
-        loaded.module = run_pass("fold_bn", loaded.module)
-    return loaded
 
 
 def load_images(data: Path, preprocess):
@@ -171,7 +156,7 @@ def modelopt_worker(name: str, data: Path, work: Path) -> None:
 
     calib = np.load(work / f"{name}_calib.npy")
     timings = {"modelopt": modelopt.__version__}
-    loaded = load(name, data, fold=False)
+    loaded = load(name, data)
     model = loaded.module.eval()
     batches = [torch.from_numpy(calib[i:i + 32]) for i in range(0, len(calib), 32)]
 
@@ -229,7 +214,7 @@ def run_model(name: str, data: Path, work: Path, modelopt_python: str) -> list[d
     from edgecnn.export.qdq import export_qdq_report
     from edgecnn.passes.quantize import QuantConfig, quantize_model
 
-    loaded = load(name, data)
+    loaded = load(name, data, fold_bn=True)
     calib, images, labels = load_images(data, loaded.preprocess)
     np.save(work / f"{name}_calib.npy", calib)
     print(f"{name}: {len(calib)} calibration images, {len(images)} evaluation images", flush=True)
@@ -315,7 +300,7 @@ def write_markdown(rows: list[dict], args, out: Path, seconds: float, env: Optio
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(WITH_WEIGHTS))
     parser.add_argument("--modelopt-python", default=os.environ.get("EDGECNN_MODELOPT_PYTHON"),
                         help="the Python of Model Optimizer's own venv (bench/requirements.txt); or $EDGECNN_MODELOPT_PYTHON")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "trt_peer.md")

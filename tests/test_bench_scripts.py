@@ -40,8 +40,8 @@ def listed_scripts() -> list[str]:
 
 @dataclass
 class Smoke:
-    """How one script runs on tiny input: its arguments ({tmp} is the temporary folder), what
-    it must leave there, and what it needs."""
+    """How one script runs on tiny input: its arguments ({tmp} is the temporary folder, {data} the
+    shared data), what it must leave there, and what it needs."""
 
     args: list[str]
     writes: list[str] = field(default_factory=list)  # globs under {tmp}, each must match a non-empty file
@@ -77,13 +77,14 @@ SMOKE = {
                                  writes=["dc.md"], shared=True, heavy=57),
     "deep_compression_fisher.py": Smoke(["deep_compression.py", "--quick", "--limit", "2", "--sections", "E",
                                          "--output", "{tmp}/dce.md"], writes=["dce.md"], shared=True, heavy=79),
-    "size_search.py": Smoke(["--models", "squeezenet1_1", "--images", "8", "--max-verify", "1", "--output", "{tmp}/ss.md"],
-                            writes=["ss.md"], shared=True, heavy=65),
+    "size_search.py": Smoke(["--models", "squeezenet1_1", "--images", "8", "--max-verify", "1", "--prune", "0.5",
+                             "--train", "{data}/distill", "--recovery-steps", "1", "--recovery-images", "8",
+                             "--output", "{tmp}/ss.md"], writes=["ss.md"], shared=True, heavy=100),
     "arm_kernels.py": Smoke(["--images", "2", "--levels", "rpi4", "--models", "squeezenet1_1", "--out", "{tmp}/ak.md",
                              "--work", "{tmp}/work"], writes=["ak.md"], shared=True, tool="qemu-aarch64", heavy=167),
 }
 # Shared code, run by the scripts above: imported here so a broken import shows by name.
-HELPERS = {"_stats.py", "_workers.py", "_deep_compression_parts.py", "_run_model.py", "_shift_data.py",
+HELPERS = {"_models.py", "_stats.py", "_workers.py", "_deep_compression_parts.py", "_run_model.py", "_shift_data.py",
            "_shift_report.py", "engines/"}
 # Committed results that the renderers re-render (a copy, into the temporary folder).
 RENDER_INPUTS = {"run.json": "2026-12-03-amd-epyc-2cpu.json", "trt_peer.json": "trt_peer.json", "search.json": "search.json"}
@@ -149,8 +150,7 @@ def test_bench_script_smoke_run(script, tmp_path, request):
     smoke = SMOKE[script]
     if smoke.heavy and os.environ.get("EDGECNN_BENCH_SMOKE") != "all":
         pytest.skip(f"{script}'s smallest run takes ~{smoke.heavy} s; EDGECNN_BENCH_SMOKE=all runs it")
-    if smoke.shared:
-        request.getfixturevalue("shared_data")  # skips when ../shared is absent
+    data = request.getfixturevalue("shared_data") if smoke.shared else None  # skips when ../shared is absent
     for module in smoke.modules:
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{script} needs {module} (pip install -r bench/requirements.txt)")
@@ -158,7 +158,7 @@ def test_bench_script_smoke_run(script, tmp_path, request):
         pytest.skip(f"{script} needs {smoke.tool} (qemu-user) on PATH")
     for copy, committed in RENDER_INPUTS.items():
         shutil.copy(RESULTS / committed, tmp_path / copy)
-    args = [a.replace("{tmp}", str(tmp_path)) for a in smoke.args]
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{data}", str(data)) for a in smoke.args]
     target = args.pop(0) if args and args[0].endswith(".py") else script
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "2"}
