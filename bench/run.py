@@ -42,9 +42,14 @@ DEFAULT_DATA = Path(os.environ.get("EDGECNN_SHARED_DATA", BENCH_DIR.parent.paren
 
 
 def machine_name() -> str:
+    """The results file's machine: the CPU's name, its core design and the core count. One
+    marketing name ("AMD EPYC") covers core designs with different int8 kernels, whose files
+    must not overwrite each other."""
+    from edgecnn.cpu import host_identity
     from edgecnn.measure.sysinfo import cpu_model
 
-    slug = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")
+    design = re.sub(r"\s*stepping \S+", "", host_identity())
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{cpu_model()} {design}".lower()).strip("-")
     return f"{slug}-{os.cpu_count()}cpu"
 
 

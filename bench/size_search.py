@@ -197,7 +197,7 @@ def markdown(results: list[dict], env: dict, limit: int | None, total: float) ->
         else:
             lines += ["", f"Size goal: **{r['verdict']}** (no artifact within the budget on the search part)."]
         lines.append("")
-    lines.append(f"Total bench time {total / 60:.1f} min (the per-model run times above add up to it; load average in the "
+    lines.append(f"Total bench time {total / 60:.1f} min (the per-model run times above add up to it; load average at the start in the "
                  f"environment block).")
     return "\n".join(lines) + "\n"
 
@@ -230,13 +230,13 @@ def main() -> None:
         return
     if not (args.data / "weights").is_dir():
         sys.exit(f"no shared data at {args.data}; pass --data DIR (weights/ and imagenet-sample/)")
-    started = time.perf_counter()
     if args.train is not None and not args.train.is_dir():
         sys.exit(f"--train {args.train} is not a folder; give a folder of photos (e.g. ../shared/data/distill)")
+    env = environment(args.threads)  # the commit and machine the run starts on, not what was edited during it
+    started = time.perf_counter()
     results = [run_model(m, args.data, args.images, args.threads, args.max_verify, args.prune, args.salt, args.train,
                          args.recovery_steps, args.recovery_images) for m in args.models]
     total = time.perf_counter() - started
-    env = environment(args.threads)
     _write(args.output, markdown(results, env, args.images, total), results, total, env)
 
 

@@ -323,7 +323,10 @@ def main() -> None:
         parser.error("give --modelopt-python V/bin/python (Model Optimizer's own venv: bench/requirements.txt)")
     import torch
 
+    from edgecnn.measure.sysinfo import environment
+
     torch.set_num_threads(2)
+    env = environment()  # the commit and machine the run starts on (edits during a long run would mark it dirty)
     start = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -331,7 +334,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         for name in args.models:
             rows += run_model(name, args.data, work, args.modelopt_python)
-    write_markdown(rows, args, args.out, time.perf_counter() - start)
+    write_markdown(rows, args, args.out, time.perf_counter() - start, env)
     print(args.out.read_text())
 
 

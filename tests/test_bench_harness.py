@@ -115,6 +115,20 @@ def _model_entry():
     }
 
 
+def test_results_file_names_tell_core_designs_apart(monkeypatch):
+    # Two AMD EPYC generations (AVX2 only, and AVX-512 VNNI) share one marketing name.
+    import edgecnn.cpu
+    import edgecnn.measure.sysinfo
+
+    monkeypatch.setattr(edgecnn.measure.sysinfo, "cpu_model", lambda: "AMD EPYC")
+    names = set()
+    for design in ("family 23 model 49 stepping 0", "family 25 model 17 stepping 1"):
+        monkeypatch.setattr(edgecnn.cpu, "host_identity", lambda design=design: design)
+        names.add(run.machine_name())
+    assert len(names) == 2
+    assert all(n.startswith("amd-epyc-family-") and "stepping" not in n for n in names)
+
+
 def test_derived_columns_and_goal_check():
     model = _model_entry()
     run.derived_columns(model, {"fp32": 20e9, "int8": 40e9})
