@@ -32,14 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from _models import WITH_WEIGHTS  # noqa: E402
-
-
-def load(name: str, data: Path):
-    """The model with its published weights, BN folded (as the pipeline's fold_bn stage leaves it)."""
-    import _models
-
-    return _models.load(name, data, fold_bn=True)
+from _models import WITH_WEIGHTS, load  # noqa: E402
 
 
 def load_images(data: Path, preprocess, calib_count: int, limit: int | None):
@@ -107,10 +100,11 @@ def calibration_cost(data: Path, calib_count: int) -> dict:
 import json, resource, sys, time, torch
 sys.path.insert(0, {str(REPO / 'bench')!r})
 torch.set_num_threads(2)
-from quantize_accuracy import load, load_images
+from _models import load
+from quantize_accuracy import load_images
 from pathlib import Path
 from edgecnn.passes.quantize import QuantConfig, quantize_model
-loaded = load("mobilenet_v2", Path({str(data)!r}))
+loaded = load("mobilenet_v2", Path({str(data)!r}), fold_bn=True)
 calib, _, _ = load_images(Path({str(data)!r}), loaded.preprocess, {calib_count}, None)
 batches = [torch.from_numpy(calib[i:i + 32]) for i in range(0, len(calib), 32)]
 del calib
@@ -140,7 +134,7 @@ def run_model(name: str, data: Path, calib_count: int, limit: int | None, work: 
     from edgecnn.export.qdq import export_qdq_report
     from edgecnn.passes.quantize import QuantConfig, quantize_model
 
-    loaded = load(name, data)
+    loaded = load(name, data, fold_bn=True)
     calib, images, labels = load_images(data, loaded.preprocess, calib_count, limit)
     shape = (1, *images.shape[1:])
     print(f"{name}: {len(calib)} calibration images, {len(images)} evaluation images", flush=True)
