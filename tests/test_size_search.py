@@ -238,3 +238,26 @@ def test_without_a_time_budget_every_width_is_scored(tiny_data):
     options, _ = measured_options(model, layers, torch.from_numpy(images[:16]), [2, 4, 8], [1.0], budget=budget)
     assert all(set(o) == {(2, 1.0), (4, 1.0), (8, 1.0)} or max(v[1] for v in o.values()) > 2.0 for o in options.values())
     assert budget.skipped == []
+
+
+def test_pruned_options_are_refit_before_they_are_scored(tiny_data):
+    """A pruned layer's kept weights are refit to its old output (edgecnn.passes.reconstruct): the
+    option the knapsack prices moves the output less than magnitude pruning alone, and its
+    clustering (what a candidate applies) holds the refit weights."""
+    from edgecnn.models.layer_select import select_layers
+    from edgecnn.passes.reconstruct import input_grams
+    from edgecnn.search.size import measured_options
+
+    model, images, _ = tiny_data
+    layers = select_layers(model)
+    scored, fit = torch.from_numpy(images[:16]), torch.from_numpy(images[16:48])
+    grams = input_grams(model, layers, [fit])
+    plain, _ = measured_options(model, layers, scored, [8], [1.0, 0.5])
+    refit, clusterings = measured_options(model, layers, scored, [8], [1.0, 0.5], grams=grams)
+    assert sum(refit[n][(8, 0.5)][1] for n, _ in layers) < 0.7 * sum(plain[n][(8, 0.5)][1] for n, _ in layers)
+    assert all(refit[n][(8, 1.0)] == plain[n][(8, 1.0)] for n, _ in layers)  # unpruned options unchanged
+    name, module = layers[1]
+    centroids, assign, nonzero = clusterings[(name, 8, 0.5)]
+    kept = magnitude_mask(module.weight, 0.5)
+    assert np.array_equal(nonzero, kept)  # the magnitude mask, with other values on it
+    assert not np.allclose(centroids[assign], module.weight.detach().reshape(-1).numpy()[kept], atol=1e-2)

@@ -7,7 +7,8 @@ here (unlike latency on a CPU whose int8 kernels do not care about 6 vs 7 bits):
 weights barely move the output can take 3 bits while a sensitive one keeps 8.
 
 Method: every layer is scored at every bit width (and, with recovery images, every kept-weight
-density of magnitude pruning) by *measuring* what sharing that layer alone does to the output:
+density of magnitude pruning, its kept weights refit to the layer's old output on other search
+images: :mod:`edgecnn.passes.reconstruct`) by *measuring* what sharing that layer alone does to the output:
 the KL divergence from the FP32 model's class distribution on the sensitivity images (as the
 latency search measures its pruning and shift units). A diagonal Fisher estimate in weight
 space prices each weight's error separately and misses errors that add up inside one kernel: a depthwise 3x3
@@ -35,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from edgecnn.models.layer_select import layer_kind, select_layers
+from edgecnn.passes.reconstruct import input_grams, refit_kept
 from edgecnn.passes.share_alloc import CODEBOOK_ENTRY_BYTES, allocate_bits
 from edgecnn.passes.weight_share import cluster_weights, share_layer, tie_to_centroids
 from edgecnn.search.budget import Budget
@@ -149,9 +151,12 @@ def magnitude_mask(weight: torch.Tensor, density: float) -> np.ndarray:
 
 @torch.no_grad()
 def measured_options(model: nn.Module, layers: list, images: torch.Tensor, bit_choices: list[int], densities: list[float],
-                     iterations: int = 30, batch: int = 32, log=None, budget: Optional[Budget] = None):
+                     iterations: int = 30, batch: int = 32, log=None, budget: Optional[Budget] = None,
+                     grams: Optional[dict] = None):
     """Per layer and (bits, density): (estimated bytes, output KL from FP32 with that layer alone
-    shared) and the clustering. Each layer's weight is swapped in place and put back.
+    shared) and the clustering. Each layer's weight is swapped in place and put back. With
+    ``grams`` (:func:`edgecnn.passes.reconstruct.input_grams`), a pruned layer's kept weights are
+    refit to its old output before they are shared (:func:`edgecnn.passes.reconstruct.refit_kept`).
 
     Scored in rounds, one width at a time for every layer (widest first, then each pruning
     density), so that a time ``budget`` stops between layers with every layer scored at the
@@ -184,7 +189,8 @@ def measured_options(model: nn.Module, layers: list, images: torch.Tensor, bit_c
             flat = weight.reshape(-1).cpu().numpy()
             masked = weight
             if density < 1:
-                masked = torch.from_numpy(np.where(magnitude_mask(weight, density), flat, 0.0).astype(np.float32)).reshape(weight.shape)
+                keep = torch.from_numpy(magnitude_mask(weight, density)).reshape(weight.shape)
+                masked = refit_kept(weight, keep, grams[name]) if grams is not None else weight * keep
             centroids, assign, nonzero = cluster_weights(masked, bits, iterations)
             shared = np.zeros(flat.size, np.float32)
             shared[nonzero] = centroids[assign]
@@ -261,8 +267,13 @@ def size_search(module: nn.Module, images: np.ndarray, labels: np.ndarray, confi
     step = max(1, len(images) // config.sensitivity_images)
     sensitivity_set = torch.from_numpy(images[::step][:config.sensitivity_images])
     densities = [1.0] + sorted(config.prune_densities, reverse=True)
+    grams = None
+    if len(densities) > 1:  # pruned options are refit on other search images than they are scored on (where there are enough)
+        refit_set = torch.from_numpy(images[step // 2::step][:config.sensitivity_images])
+        grams = input_grams(base, layers, torch.split(refit_set, 16))
+        log(f"  size: input statistics of {len(layers)} layers on {len(refit_set)} images, to refit pruned layers")
     options, clusterings = measured_options(base, layers, sensitivity_set, list(config.bit_choices), densities, log=log,
-                                            budget=budget)
+                                            budget=budget, grams=grams)
     seconds = {"sensitivity": time.perf_counter() - started}
     log(f"  size: {len(layers)} layers scored at {len(config.bit_choices)} bit widths x {len(densities)} densities "
         f"({seconds['sensitivity']:.0f} s)")
