@@ -87,7 +87,9 @@ def refit_kept(weight: torch.Tensor, keep: torch.Tensor, gram: torch.Tensor, dam
         # rows and columns of dropped weights become identity rows with a zero right-hand side
         a = h * both + torch.diag_embed(lam * m + (1 - m))
         b = m * ((h @ w[:, :, None]).squeeze(2) + lam * w)
-        result[rows] = torch.linalg.solve(a, b) * m
+        # symmetric positive definite by construction: Cholesky (batched LU of torch's MKL build
+        # also fails on some of these systems with two threads, calling them singular)
+        result[rows] = torch.cholesky_solve(b[:, :, None], torch.linalg.cholesky(a)).squeeze(2) * m
     return result.reshape(weight.shape).to(weight.dtype)
 
 
