@@ -80,6 +80,8 @@ SMOKE = {
     "size_search.py": Smoke(["--models", "squeezenet1_1", "--images", "8", "--max-verify", "1", "--prune", "0.5",
                              "--train", "{data}/distill", "--recovery-steps", "1", "--recovery-images", "8",
                              "--output", "{tmp}/ss.md"], writes=["ss.md"], shared=True, heavy=100),
+    "prune_reconstruct.py": Smoke(["--models", "squeezenet1_1", "--densities", "0.5", "--calib", "4", "--limit", "8",
+                                   "--out", "{tmp}/pr.md"], writes=["pr.md", "pr.json"], shared=True),
     "arm_kernels.py": Smoke(["--images", "2", "--levels", "rpi4", "--models", "squeezenet1_1", "--out", "{tmp}/ak.md",
                              "--work", "{tmp}/work"], writes=["ak.md"], shared=True, tool="qemu-aarch64", heavy=167),
 }

@@ -141,3 +141,18 @@ def test_print_recipe_and_dry_run_do_no_work(tmp_path, capsys):
     plan = capsys.readouterr().out
     assert "embedded digits baseline" in plan and "stage 2: quantize" in plan
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.slow
+def test_prune_with_reconstruction_runs_from_a_recipe(tmp_path):
+    """`prune: {reconstruct: true}` takes the run's calibration images and reports, per layer, the
+    output error left after the refit."""
+    recipe = tmp_path / "prune.yaml"
+    recipe.write_text(SMALL.replace("  - quantize: {bits: 8, calibrator: max}\n", "  - prune: {density: 0.5, reconstruct: true}\n"))
+    out = tmp_path / "out"
+    main(["compress", "squeezenet", "--recipe", str(recipe), "--target", "ort-x86", "-o", str(out), "--quiet"])
+    report = json.loads((out / "report.json").read_text())
+    text = json.dumps(report)
+    assert '"reconstructed": true' in text
+    left = [float(part.split(",")[0].split("}")[0]) for part in text.split('"output_error_left": ')[1:]]
+    assert len(left) >= 20 and all(0 <= value < 1 for value in left)
