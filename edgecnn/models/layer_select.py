@@ -9,8 +9,9 @@ not silently do nothing).
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
+import torch
 import torch.nn as nn
 
 from edgecnn.errors import UserError
@@ -93,3 +94,24 @@ def block_outputs(model: nn.Module) -> list[str]:
                 taken.append(name)
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     return sorted(names, key=order.__getitem__)
+
+
+def visit_layer_inputs(model: nn.Module, layers: list[tuple[str, nn.Module]], batches: Iterable,
+                       visit: Callable[[str, nn.Module, torch.Tensor], None]) -> None:
+    """Run ``model`` in eval mode without gradients over ``batches``, calling ``visit(name, module,
+    input)`` with the input each of ``layers`` receives; hooks are removed and the model's mode
+    restored afterwards, also on error."""
+    def hook(name):
+        return lambda module, args: visit(name, module, args[0].detach())
+
+    handles = [module.register_forward_pre_hook(hook(name)) for name, module in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edgecnn.models.layer_select import visit_layer_inputs
+
 DAMPING = 0.01  # ridge weight, relative to the mean of the Gram matrix's diagonal
 SOLVE_ELEMENTS = 1 << 24  # float64 elements of one batch of per-channel systems
 
@@ -37,28 +39,16 @@ def layer_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     raise TypeError(f"reconstruction handles Conv2d and Linear layers, not {type(module).__name__}")
 
 
-@torch.no_grad()
 def input_grams(model: nn.Module, layers: list[tuple[str, nn.Module]], batches: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per layer, the float64 Gram matrices (groups, D, D) of its inputs over ``batches`` (one forward pass each)."""
     grams: dict[str, torch.Tensor] = {}
 
-    def collect(name: str):
-        def hook(module, inputs):
-            cols = layer_columns(module, inputs[0].detach()).double()
-            gram = cols @ cols.transpose(1, 2)
-            grams[name] = grams[name] + gram if name in grams else gram
-        return hook
+    def collect(name: str, module: nn.Module, x: torch.Tensor) -> None:
+        cols = layer_columns(module, x).double()
+        gram = cols @ cols.transpose(1, 2)
+        grams[name] = grams[name] + gram if name in grams else gram
 
-    handles = [module.register_forward_pre_hook(collect(name)) for name, module in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            model(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    visit_layer_inputs(model, layers, batches, collect)
     return grams
 
 

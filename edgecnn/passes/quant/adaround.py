@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edgecnn.models.layer_select import visit_layer_inputs
 from edgecnn.passes.quant.quantizers import QuantConv2d, quant_layers, weight_qmax
 
 ZETA, GAMMA = 1.1, -0.1  # stretch of the rectified sigmoid (AdaRound paper)
@@ -58,32 +59,16 @@ def bias_correction(model: nn.Module, inputs: list[torch.Tensor], layers: Option
     selected = [(n, m) for n, m in quant_layers(model) if (layers is None or n in layers) and m.weight_bits]
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    handles = []
 
-    def make_hook(name, layer):
-        def hook(_module, args):
-            with torch.no_grad():
-                delta = layer_output(layer, args[0], layer.weight - layer.quantized_weight())
-                if layer.bias is not None:
-                    delta = delta - layer.bias.view(1, -1, *([1] * (delta.dim() - 2)))
-                dims = [0] + list(range(2, delta.dim()))
-                sums[name] = sums.get(name, 0) + delta.sum(dims)
-                counts[name] = counts.get(name, 0) + delta.numel() // delta.shape[1]
+    def accumulate(name: str, layer: nn.Module, x: torch.Tensor) -> None:
+        delta = layer_output(layer, x, layer.weight - layer.quantized_weight())
+        if layer.bias is not None:
+            delta = delta - layer.bias.view(1, -1, *([1] * (delta.dim() - 2)))
+        dims = [0] + list(range(2, delta.dim()))
+        sums[name] = sums.get(name, 0) + delta.sum(dims)
+        counts[name] = counts.get(name, 0) + delta.numel() // delta.shape[1]
 
-        return hook
-
-    for name, layer in selected:
-        handles.append(layer.register_forward_pre_hook(make_hook(name, layer)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for x in inputs:
-                model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    visit_layer_inputs(model, selected, inputs, accumulate)
     corrections = {}
     with torch.no_grad():
         for name, layer in selected:
