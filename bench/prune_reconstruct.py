@@ -20,20 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from _models import WITH_WEIGHTS, load
 from _stats import markdown_table, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "prune_reconstruct.md"
-
-
-def predictions(model, images: np.ndarray, batch: int = 50) -> np.ndarray:
-    import torch
-
-    model.eval()
-    with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(images[i:i + batch])).argmax(1).numpy() for i in range(0, len(images), batch)])
 
 
 def run_model(name: str, data: Path, densities: list[float], calib: int, limit: int | None, log) -> dict:
@@ -42,6 +33,7 @@ def run_model(name: str, data: Path, densities: list[float], calib: int, limit: 
     from edgecnn.data.images import ImageFolder
     from edgecnn.passes.registry import PassContext, run_pass
     from edgecnn.search.prepare import arrays, recovery_images
+    from edgecnn.search.size import predictions
     from edgecnn.stats import drop_bound
 
     started = time.perf_counter()

@@ -277,12 +277,12 @@ def prune_2_4(model: nn.Module, config: PruneConfig) -> list[dict]:
 
 
 def calibration_images(batches, images: int):
-    """Input tensors from ``batches`` (tensors or (inputs, labels) pairs), ``images`` in all at most."""
+    """Input tensors from ``batches`` (as the quantizer's calibration reads them), ``images`` in all at most."""
+    from edgecnn.passes.quant.calibrate import iterate_batches
+
     seen = 0
-    for batch in batches:
-        if isinstance(batch, (tuple, list)):
-            batch = batch[0]
-        batch = torch.as_tensor(batch).float()[: images - seen]
+    for batch in iterate_batches(batches):
+        batch = batch[: images - seen]
         if len(batch):
             yield batch
         seen += len(batch)
