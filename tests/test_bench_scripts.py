@@ -67,6 +67,8 @@ SMOKE = {
     "timing_states.py": Smoke(["--models", "squeezenet1_1", "--images", "8", "--timings", "2", "--pause", "0",
                                 "--rounds", "2", "--spreads", "0,0.5", "--out", "{tmp}/ts"], writes=["ts.md", "ts.json"],
                                shared=True, heavy=16),
+    "timing_order.py": Smoke(["--models", "squeezenet1_1", "--rounds", "5", "--repeats", "1", "--out", "{tmp}/to"],
+                             writes=["to.md", "to.json"], modules=("openvino",)),
     "recovery_check.py": Smoke(["--steps", "1", "--images", "8", "--size", "64", "--limit", "16", "--out", "{tmp}/rc.md"],
                                writes=["rc.md"], shared=True, heavy=100),
     "quantize_accuracy.py": Smoke(["--calib", "4", "--limit", "12", "--models", "squeezenet1_1", "--no-cost",

@@ -49,6 +49,40 @@ def test_another_runtime_is_timed_through_its_opener(two_models):
             timer.time({"x": Engine("edgecnn.no_such_module:Runner", (), (1, 3, 8, 8))})
 
 
+def test_the_model_after_a_spinning_runtime_waits_for_its_threads_to_settle(two_models):
+    """ONNX Runtime's threads spin on after a run: the next model waits SETTLE_S, every switch."""
+    from edgecnn.measure import latency
+
+    slept = []
+    with Timer(threads=1, rounds=2, iterations=2, warmup_runs=1, settle_s=0.05, sleep=slept.append) as timer:
+        timer.time(two_models)
+        assert slept == [0.05] * 3  # small | large, small | large: every call but the first
+        slept.clear()
+        timer.time({"small": two_models["small"]})
+        assert slept == []  # one model: no neighbour to wait for
+    assert Timer().settle_s == latency.SETTLE_S  # conftest sets it to 0 for the toy searches
+
+
+def test_a_runtime_that_settles_at_once_is_not_waited_for(two_models):
+    pytest.importorskip("openvino")
+    slept = []
+    with Timer(threads=1, rounds=2, iterations=2, warmup_runs=1, backend="openvino", settle_s=0.05, sleep=slept.append) as timer:
+        timer.time(two_models)
+    assert slept == []
+
+
+def test_the_device_agent_waits_as_the_timer_does(two_models, monkeypatch):
+    import time
+
+    from edgecnn.measure import agent, latency
+
+    monkeypatch.setattr(latency, "SETTLE_S", 0.05)
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    times = agent.interleave({k: str(v) for k, v in two_models.items()}, 1, 1, rounds=2, iters=2, warmup=1)
+    assert slept == [0.05] * 3 and all(len(r) == 2 for r in times.values())
+
+
 def test_a_missing_or_broken_file_is_one_line(tmp_path, two_models):
     with pytest.raises(UserError, match="does not exist"):
         with Timer() as timer:

@@ -10,6 +10,9 @@ come from one protocol:
 * rounds interleaved (A, B, C, A, B, C, ...), each with the same warm-up calls and timed calls
   through :func:`edgecnn.measure.latency.time_runs` (the loop ``edgecnn bench`` uses), so a busy
   moment slows every model in that round alike;
+* after a model whose runtime spins on when a run returns (ONNX Runtime; an :class:`Engine`,
+  whose runtime the timer cannot see), the next model waits ``SETTLE_S`` before its calls:
+  otherwise the model that always follows it is timed on cores shared with spinning threads;
 * statistics: median over rounds of each round's median (the headline), p90 over all samples,
   and the per-round medians kept, so ratios can be paired per round (:mod:`edgecnn.stats`);
 * a timing whose ratios are *claims* (the search's final timing and answer, the bench tables)
@@ -35,6 +38,7 @@ import numpy as np
 
 from edgecnn.errors import UserError
 from edgecnn.latency_stats import LatencyStats, summarize
+from edgecnn.measure import latency as _latency
 from edgecnn.measure.latency import paced_rounds
 
 ROUNDS = 5
@@ -82,6 +86,7 @@ class _Worker:
 
     def __init__(self):
         self.loaded: Optional[tuple] = None
+        self.spins = True  # whether its runtime's threads may spin on after a run (see SETTLE_S)
         self.errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty runtime cannot block the worker
         self.process = subprocess.Popen([sys.executable, "-m", "edgecnn.measure.interleave"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=self.errors, text=True, bufsize=1)
@@ -112,6 +117,7 @@ class _Worker:
             else:
                 self.call(cmd="load", path=model, threads=threads, batch=batch, backend=backend)
             self.loaded = key
+            self.spins = isinstance(model, Engine) or backend in _latency.SPINNING_BACKENDS
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -130,11 +136,14 @@ class Timer:
     calls (a new file is loaded into an idle worker), so many small comparisons stay cheap."""
 
     def __init__(self, threads: int = 0, batch: int = 1, rounds: int = ROUNDS, iterations: int = ITERATIONS,
-                 warmup_runs: int = WARMUP_RUNS, backend: str = "ort"):
+                 warmup_runs: int = WARMUP_RUNS, backend: str = "ort", settle_s: Optional[float] = None,
+                 sleep=time.sleep):
         from edgecnn.targets import CPU_BACKENDS
 
         if rounds < 1 or iterations < 1 or warmup_runs < 0 or batch < 1:
             raise UserError("rounds, iterations and batch must be >= 1 and warm-up runs >= 0")
+        self.settle_s = _latency.SETTLE_S if settle_s is None else settle_s
+        self._sleep = sleep
         if backend not in CPU_BACKENDS:
             raise UserError(f"the timer runs CPU runtimes ({', '.join(CPU_BACKENDS)}), not '{backend}'")
         self.threads, self.batch, self.rounds, self.iterations, self.warmup_runs = threads, batch, rounds, iterations, warmup_runs
@@ -177,9 +186,12 @@ class Timer:
             model = paths[name]
             worker.load(model if isinstance(model, Engine) else str(model), self.threads, self.batch, self.backend)
         times: dict[str, list[list[float]]] = {name: [] for name in names}
-        began = time.perf_counter()
+        began, previous = time.perf_counter(), None
         for _ in paced_rounds(rounds, spread_s):
             for name, worker in zip(names, self.workers):
+                if previous is not None and previous is not worker and previous.spins and self.settle_s > 0:
+                    self._sleep(self.settle_s)
+                previous = worker
                 times[name].append(worker.call(cmd="time", warmup_runs=self.warmup_runs, iterations=self.iterations)["times_s"])
         window = time.perf_counter() - began
         return {name: summarize_rounds(times[name], self.batch, window) for name in names}

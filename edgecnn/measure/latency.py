@@ -28,6 +28,13 @@ from edgecnn.targets import BACKENDS, backend_name
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
+# Seconds between one model's timed calls and the next model's, when the first ran in a runtime
+# whose threads keep spinning after a run returns (ONNX Runtime's intra-op pool does, by default):
+# a model started inside that time shares the cores with them (bench/results/timing_order.md).
+SETTLE_S = 0.05
+SPINNING_BACKENDS = ("ort",)  # runtimes whose threads spin on after a run; OpenVINO's settle at once
+
+
 def paced_rounds(rounds: int, spread_s: float = 0.0, clock: Callable[[], float] = time.perf_counter,
                  sleep: Callable[[float], None] = time.sleep):
     """Round numbers ``0 .. rounds-1``, round ``k`` starting no earlier than ``k * spread_s / (rounds - 1)``

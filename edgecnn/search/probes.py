@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from edgecnn.models.layer_select import visit_layer_inputs
 from edgecnn.search import latency as lat
 from edgecnn.search.space import BITS, Space, quantize_per_layer
 from edgecnn.targets import DEFAULT_TARGET
@@ -46,17 +47,13 @@ class _Probe(nn.Module):
 
 def layer_inputs(model: nn.Module, layers: list[str], images: torch.Tensor) -> dict[str, torch.Tensor]:
     """Each layer's input on ``images`` (4-D; a linear layer's input as N x C x 1 x 1)."""
-    captured, handles = {}, []
+    captured = {}
+
+    def keep(name: str, _layer: nn.Module, x: torch.Tensor) -> None:
+        captured[name] = x if x.dim() == 4 else x.reshape(x.shape[0], -1, 1, 1)
+
     modules = dict(model.named_modules())
-    for name in layers:
-        def hook(_m, args, name=name):
-            x = args[0].detach()
-            captured[name] = x if x.dim() == 4 else x.reshape(x.shape[0], -1, 1, 1)
-        handles.append(modules[name].register_forward_pre_hook(hook))
-    with torch.no_grad():
-        model.eval()(images)
-    for h in handles:
-        h.remove()
+    visit_layer_inputs(model, [(name, modules[name]) for name in layers], [images], keep)
     return captured
 
 

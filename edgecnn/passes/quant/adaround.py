@@ -37,17 +37,7 @@ def layer_output(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor, quanti
 
 def _capture_inputs(model: nn.Module, layer: nn.Module, inputs: list[torch.Tensor]) -> torch.Tensor:
     captured = []
-
-    def hook(_module, args):
-        captured.append(args[0].detach())
-
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        with torch.no_grad():
-            for x in inputs:
-                model(x)
-    finally:
-        handle.remove()
+    visit_layer_inputs(model, [("", layer)], inputs, lambda _name, _layer, x: captured.append(x))
     return torch.cat(captured)
 
 
