@@ -29,9 +29,9 @@ ORDER = ("ORT after ORT", "OpenVINO after ORT", "OpenVINO after OpenVINO", "ORT 
 PAIRS = (("OpenVINO after OpenVINO", "OpenVINO after ORT"), ("ORT after OpenVINO", "ORT after ORT"))
 
 
-def build_files(name: str, target: str, work: Path) -> dict[str, str]:
+def build_files(name: str, target: str, work: Path) -> dict:
     """The zoo model's FP32 ONNX and its uniform W8A8 file for the OpenVINO ``target`` (BN folded,
-    every conv and linear quantized, calibrated on random images: timing only)."""
+    every conv and linear quantized, calibrated on random images: timing only), and their input shape."""
     import torch
     import torch.nn as nn
 
@@ -51,7 +51,7 @@ def build_files(name: str, target: str, work: Path) -> dict[str, str]:
     calib = [torch.rand(4, *shape[1:]) for _ in range(2)]
     quantized = quantize_per_layer(model, layers, calib, target=target)
     int8 = export_qdq_report(quantized, work / f"{name}-w8a8.onnx", target=target, input_shape=shape, parity=False).path
-    return {"fp32": str(fp32), "int8": str(int8)}
+    return {"fp32": str(fp32), "int8": str(int8), "shape": shape}
 
 
 def time_orders(files: dict[str, str], args) -> dict:
@@ -60,7 +60,7 @@ def time_orders(files: dict[str, str], args) -> dict:
     from edgecnn.measure import latency
     from edgecnn.measure.interleave import Engine, Timer
 
-    ov = Engine("edgecnn.backends.openvino:OvRunner", (("path", files["int8"]),), (1, 3, *args.shape))
+    ov = Engine("edgecnn.backends.openvino:OvRunner", (("path", files["int8"]),), files["shape"])
     copies = {ORDER[0]: files["fp32"], ORDER[1]: ov, ORDER[2]: ov, ORDER[3]: files["fp32"]}  # one worker per name
     out: dict = {}
     for _ in range(args.repeats):
@@ -137,19 +137,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgecnn-timing-order-") as tmp:
         for model in args.models.split(","):
             print(f"== {model}", flush=True)
-            files = build_files(model, args.target, Path(tmp))
-            args.shape = _shape(files["fp32"])
-            results["models"][model] = summarize(time_orders(files, args))
+            results["models"][model] = summarize(time_orders(build_files(model, args.target, Path(tmp)), args))
             results["load_average"][f"after {model}"] = os.getloadavg()[0]
     print(write_results(Path(args.out), results, render))
     return 0
-
-
-def _shape(path: str) -> tuple:
-    import onnx
-
-    dims = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    return tuple(d.dim_value for d in dims[2:])
 
 
 if __name__ == "__main__":

@@ -47,8 +47,8 @@ def torch_one_thread():
 def _claims_timed_back_to_back(monkeypatch):
     """The searches the tests run on toy models time their final choice with back-to-back rounds:
     spreading them over CLAIM_SPREAD_S (30 s) would add that to every search test, and the pause
-    after a spinning runtime (SETTLE_S) a minute over the layer probes. The spread and the pause
-    are tested in test_interleave.py and test_search.py (with a small spread)."""
+    after a spinning runtime (SETTLE_S) a minute over the layer probes. The spread is tested in
+    test_interleave.py and test_search.py (with a small spread), the pause in test_interleave.py."""
     from edgecnn.measure import interleave, latency
 
     monkeypatch.setattr(interleave, "CLAIM_SPREAD_S", 0.0)

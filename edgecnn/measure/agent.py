@@ -66,19 +66,13 @@ def interleave(models: dict[str, str], threads: int, batch: int, rounds: int, it
     """Per-call seconds by round of several files, rounds interleaved (A, B, A, B, ...) and spread
     over ``spread_s`` seconds, each call timed by the library timer: what
     :class:`edgecnn.measure.interleave.Timer` measures, on this machine."""
-    import time
-
-    from edgecnn.measure.latency import SETTLE_S, SPINNING_BACKENDS, open_runner, paced_rounds, time_runs
+    from edgecnn.measure.latency import SETTLE_S, SPINNING_BACKENDS, interleaved, open_runner, time_runs
 
     runners = {name: open_runner(path, backend, threads) for name, path in models.items()}
     calls = {name: r.run_callable(r.input_for(batch)) for name, r in runners.items()}
     times: dict[str, list] = {name: [] for name in models}
-    settle = SETTLE_S if backend in SPINNING_BACKENDS and len(calls) > 1 else 0.0  # as the Timer: see SETTLE_S
-    for k in paced_rounds(rounds, spread_s):
-        for index, (name, call) in enumerate(calls.items()):
-            if settle and (k or index):
-                time.sleep(settle)
-            times[name].append(time_runs(call, 0.0, iterations=iters, warmup_runs=warmup))
+    for name in interleaved(list(calls), rounds, spread_s, lambda _name: backend in SPINNING_BACKENDS, SETTLE_S):
+        times[name].append(time_runs(calls[name], 0.0, iterations=iters, warmup_runs=warmup))
     return times
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from edgecnn.errors import UserError
 from edgecnn.latency_stats import LatencyStats, summarize
 from edgecnn.measure import latency as _latency
-from edgecnn.measure.latency import paced_rounds
+from edgecnn.measure.latency import interleaved
 
 ROUNDS = 5
 ITERATIONS = 20  # timed calls per model per round
@@ -186,13 +186,10 @@ class Timer:
             model = paths[name]
             worker.load(model if isinstance(model, Engine) else str(model), self.threads, self.batch, self.backend)
         times: dict[str, list[list[float]]] = {name: [] for name in names}
-        began, previous = time.perf_counter(), None
-        for _ in paced_rounds(rounds, spread_s):
-            for name, worker in zip(names, self.workers):
-                if previous is not None and previous is not worker and previous.spins and self.settle_s > 0:
-                    self._sleep(self.settle_s)
-                previous = worker
-                times[name].append(worker.call(cmd="time", warmup_runs=self.warmup_runs, iterations=self.iterations)["times_s"])
+        worker_of = dict(zip(names, self.workers))
+        began = time.perf_counter()
+        for name in interleaved(names, rounds, spread_s, lambda n: worker_of[n].spins, self.settle_s, self._sleep):
+            times[name].append(worker_of[name].call(cmd="time", warmup_runs=self.warmup_runs, iterations=self.iterations)["times_s"])
         window = time.perf_counter() - began
         return {name: summarize_rounds(times[name], self.batch, window) for name in names}
 

@@ -54,6 +54,20 @@ def paced_rounds(rounds: int, spread_s: float = 0.0, clock: Callable[[], float] 
         yield k
 
 
+def interleaved(names: list, rounds: int, spread_s: float, spins: Callable[[object], bool], settle_s: float,
+                sleep: Optional[Callable[[float], None]] = None):
+    """``names`` in interleaved rounds (A, B, C, A, B, C, ...) paced by :func:`paced_rounds`, waiting
+    ``settle_s`` before a model whose predecessor ``spins`` (see ``SETTLE_S``): the one order and
+    pause of every interleaved timing, in-process or on a device."""
+    previous = None
+    for _ in paced_rounds(rounds, spread_s):
+        for name in names:
+            if previous is not None and previous != name and settle_s > 0 and spins(previous):
+                (sleep or time.sleep)(settle_s)
+            previous = name
+            yield name
+
+
 def time_runs(
     run: Callable[[], object],
     warmup_s: float = 1.0,
